@@ -1,0 +1,199 @@
+"""Build and install llama-cpp-python with pop-local's prefill-only pruning compiled in.
+
+    python native/build.py                 # into the running interpreter's environment
+    CMAKE_ARGS="-DGGML_CUDA=on" python native/build.py
+    python native/build.py --vanilla DIR   # unpatched libraries into DIR (benchmark baseline)
+
+What it does, once per install:
+1. fetches the llama-cpp-python sdist from the package registry (pip download) and checks its sha256;
+2. unpacks it to a fixed folder under the cache root, so that ccache (when present) and CMake's own
+   incremental build reuse earlier work;
+3. runs pip's normal build of that folder: llama-cpp-python's scikit-build-core/CMake build, with
+   -DCMAKE_PROJECT_llama_cpp_INCLUDE=native/pop.cmake added in front of the user's CMAKE_ARGS
+   (which pass through unchanged), with --no-cache-dir so no cached unpatched wheel is ever reused;
+4. checks that the installed libllama exports the POP symbols.
+
+Standard library only: it runs before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+NATIVE_DIR = Path(__file__).resolve().parent
+HOOK = NATIVE_DIR / "pop.cmake"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    env = os.environ.get("POP_LOCAL_BUILD_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pop-local" / "native"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(cmd: list[str], env: dict | None = None) -> None:
+    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise BuildError(f"command failed with exit code {result.returncode}: {cmd[0]} {' '.join(cmd[1:3])} ...")
+
+
+def fetch_sdist(python: str, root: Path) -> Path:
+    """The pinned sdist from the package registry, hash-checked (downloaded once)."""
+    dl = root / "dl"
+    dl.mkdir(parents=True, exist_ok=True)
+    path = dl / SDIST_NAME
+    if not path.exists() or sha256(path) != SDIST_SHA256:
+        with tempfile.TemporaryDirectory(dir=dl) as tmp:
+            run([python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-cache-dir",
+                 "-d", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"])
+            got = Path(tmp) / SDIST_NAME
+            if not got.exists():
+                raise BuildError(f"pip download did not produce {SDIST_NAME}")
+            os.replace(got, path)
+    digest = sha256(path)
+    if digest != SDIST_SHA256:
+        path.unlink()
+        raise BuildError(f"{SDIST_NAME}: sha256 {digest} does not match the pinned {SDIST_SHA256}")
+    return path
+
+
+def unpack(sdist: Path, dest: Path) -> Path:
+    """Unpack once into dest; keep an existing intact tree so unchanged files keep their mtimes."""
+    stamp = dest / ".pop-sdist-sha256"
+    if stamp.exists() and stamp.read_text().strip() == SDIST_SHA256:
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
+    try:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(tmp)
+        (inner,) = list(tmp.iterdir())
+        (inner / ".pop-sdist-sha256").write_text(SDIST_SHA256 + "\n")
+        os.replace(inner, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def cmake_args(user_args: str, patched: bool) -> str:
+    """Our hook first, the user's CMAKE_ARGS after it (later -D wins in CMake), ccache if present."""
+    ours = []
+    if patched:
+        ours.append(f"-DCMAKE_PROJECT_llama_cpp_INCLUDE={HOOK}")
+    else:
+        ours.append("-DLLAVA_BUILD=OFF")  # same as the hook's default, so the baseline is built the same way
+    if shutil.which("ccache") and "COMPILER_LAUNCHER" not in user_args:
+        ours += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
+                 "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
+    return " ".join(ours + ([user_args] if user_args else []))
+
+
+def build_env(root: Path, args: str) -> dict:
+    env = dict(os.environ)
+    env["CMAKE_ARGS"] = args
+    # ccache: paths relative to the cache root, so the patched and baseline trees share objects
+    env.setdefault("CCACHE_BASEDIR", str(root))
+    env.setdefault("CCACHE_NOHASHDIR", "1")
+    env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+    return env
+
+
+def build_dir_for(root: Path, flavour: str, args: str) -> Path:
+    # one build folder per flavour and CMAKE_ARGS, so a CUDA build never reuses a CPU configure
+    key = hashlib.sha256(args.encode()).hexdigest()[:10]
+    return root / flavour / f"build-{key}"
+
+
+def check_installed(python: str) -> None:
+    code = ("import llama_cpp.llama_cpp as m; f = m._lib.pop_llama_abi_version; "
+            "f.restype = __import__('ctypes').c_int32; print(f())")
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0 or not result.stdout.strip().isdigit():
+        detail = (result.stderr.strip().splitlines() or [""])[-1]
+        raise BuildError(f"the installed llama_cpp has no POP symbols; the build did not take the patch ({detail})")
+    print(f"pop-local: libllama with POP (ABI {result.stdout.strip()}) installed for {python}")
+
+
+def install_patched(python: str, root: Path) -> None:
+    sdist = fetch_sdist(python, root)
+    src = unpack(sdist, root / "pop" / "src")
+    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=True)
+    build_dir = build_dir_for(root, "pop", args)
+    run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
+         f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
+    check_installed(python)
+
+
+def build_vanilla(python: str, root: Path, out: Path) -> None:
+    """Unpatched libllama built the same way, its libraries copied to out (for LLAMA_CPP_LIB_PATH)."""
+    sdist = fetch_sdist(python, root)
+    src = unpack(sdist, root / "vanilla" / "src")
+    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=False)
+    build_dir = build_dir_for(root, "vanilla", args)
+    with tempfile.TemporaryDirectory() as wheel_dir:
+        run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,
+             f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
+        (wheel,) = Path(wheel_dir).glob("*.whl")
+        import zipfile
+        tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name.startswith("llama_cpp/lib/"):
+                    z.extract(name, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp / "llama_cpp" / "lib", out)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"pop-local: unpatched libraries in {out} (use LLAMA_CPP_LIB_PATH={out})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--python", default=sys.executable, help="interpreter whose environment gets the build")
+    p.add_argument("--vanilla", metavar="DIR", type=Path,
+                   help="build unpatched llama-cpp-python the same way and put its libraries in DIR")
+    a = p.parse_args(argv)
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if a.vanilla:
+            a.vanilla.parent.mkdir(parents=True, exist_ok=True)
+            build_vanilla(a.python, root, a.vanilla.resolve())
+        else:
+            install_patched(a.python, root)
+    except BuildError as e:
+        print(f"pop-local build: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Anchored one-line insertions into the llama.cpp sources vendored by llama-cpp-python.
+
+Run by native/pop.cmake at configure time (stdlib only: it runs in the build's isolated env):
+
+    python patch_upstream.py <llama-cpp-python source dir>
+
+Every insertion names the text it must sit next to. An anchor must occur exactly once, or the build
+stops naming the llama-cpp-python version these anchors were written for. Re-running is a no-op:
+each inserted line ends with the marker and is not inserted twice. Files are rewritten through a
+temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+EXPECTED_UPSTREAM = "llama-cpp-python 0.3.36"
+MARK = "// pop-local"
+
+# (file under vendor/llama.cpp/src, anchor with "@@" where the line goes, line to insert)
+EDITS = [
+    # graph parameters carry the ubatch's POP plan, and a graph is reused only for the same plan
+    ("llama-graph.h",
+     '#include "llama-adapter.h"\n@@',
+     '#include "pop.h" // pop-local'),
+    ("llama-graph.h",
+     "    llm_graph_result * res;\n@@\n    // return true if the \"other\" params would result in a graph with the same topology",
+     "    pop_graph_plan pop; // pop-local"),
+    ("llama-graph.h",
+     "        if (n_outputs != other.n_outputs) {\n            return false;\n        }\n@@",
+     "        if (pop != other.pop) { return false; } // pop-local"),
+    # per-context state
+    ("llama-context.h",
+     "struct llama_context {\n@@",
+     "    pop_context_state pop; // pop-local: prefill-only pruning"),
+    ("llama-context.cpp",
+     "        /*.res         =*/ res,\n@@",
+     "        /*.pop         =*/ pop_plan_for(pop, gtype, ubatch.n_tokens, n_outputs), // pop-local"),
+    ("llama-context.cpp",
+     "@@    llama_memory_context_ptr mctx;\n\n    while (true) {\n        mctx = memory->init_batch(*balloc, cparams.n_ubatch, output_all);",
+     "    pop_context_prepare(pop, model); balloc->pop_split_by_output = pop_split_by_output(pop); // pop-local"),
+    ("llama-context.cpp",
+     "            // needs to happen before the graph is built\n            n_outputs = n_outputs_new;\n        }\n@@",
+     "        pop_count_ubatch(pop, ctx_type_to_graph_type(cparams.ctx_type), ubatch.n_tokens, n_outputs); // pop-local"),
+    # ubatches never mix tokens with and without requested outputs
+    ("llama-batch.h",
+     "    llama_ubatch split_seq(uint32_t n_ubatch);\n@@",
+     "    bool pop_split_by_output = false; // pop-local: cut ubatches where the output flag changes"),
+    ("llama-batch.cpp",
+     "        if (idxs.size() >= n_ubatch) {\n            break;\n        }\n@@    }\n\n"
+     "    return ubatch_add(idxs, idxs.size(), false);",
+     "        if (pop_split_by_output && output[cur_idx] != output[idxs[0]]) { break; } // pop-local"),
+    ("llama-batch.cpp",
+     "    llama_seq_id last_seq_id = -1;\n@@",
+     "    int pop_mode = -1; seq_set_t pop_rejected; // pop-local"),
+    ("llama-batch.cpp",
+     "@@        if (add) {\n            cur_seq_set.push_back(seq_set[i]);",
+     "        if (pop_split_by_output && add) { if ((pop_rejected & seq_set[i]).any() || (pop_mode >= 0 && output[i] != pop_mode)) "
+     "{ pop_rejected |= seq_set[i]; add = false; } else { pop_mode = output[i]; } } // pop-local"),
+    ("llama-batch.cpp",
+     "            if (cur_idx[s] >= (int32_t) seq_set_map[cur_seq_set[s]].size()) {\n"
+     "                can_expand = false;\n                break;\n            }\n@@",
+     "            if (pop_split_by_output && output[seq_set_map[cur_seq_set[s]][cur_idx[s]]] != pop_mode) "
+     "{ can_expand = false; break; } // pop-local"),
+    # model load reads and validates the pop.* keys
+    ("llama.cpp",
+     "        model->load_stats(ml);\n@@",
+     "        pop_model_load(*model, ml); // pop-local"),
+    # graph builders: a skipped layer stores its K/V and passes the residual stream through
+    ("models/llama.cpp",
+     "@@            cur = build_attn(inp_attn,\n"
+     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
+     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, kq_scale, il);",
+     "            if (pop_kv_only(*this, params, inp_attn, Kcur, Vcur, il)) { inpL = pop_skip_layer(*this, inpL, il, inp_out_ids); continue; } // pop-local"),
+]
+
+
+class PatchError(RuntimeError):
+    pass
+
+
+def apply_edit(text: str, anchor: str, line: str, where: str) -> str:
+    """Return text with `line` inserted at the anchor's "@@"; unchanged if already there."""
+    before, sep, after = anchor.partition("@@")
+    if not sep:
+        raise PatchError(f"{where}: anchor has no insertion point")
+    patched = before + line + "\n" + after
+    if patched in text:
+        return text
+    count = text.count(before + after)
+    if count != 1:
+        raise PatchError(
+            f"{where}: anchor found {count} times (expected once). pop-local's patch is written for "
+            f"{EXPECTED_UPSTREAM}; the sources being built differ.\nanchor:\n{before + after}"
+        )
+    return text.replace(before + after, patched, 1)
+
+
+def write_atomic(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pop-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def patch_tree(source_dir: str) -> int:
+    """Apply every edit under source_dir; return how many files changed."""
+    src = os.path.join(source_dir, "vendor", "llama.cpp", "src")
+    if not os.path.isdir(src):
+        raise PatchError(f"{src} not found: expected the {EXPECTED_UPSTREAM} source tree")
+    texts: dict[str, str] = {}
+    for rel, anchor, line in EDITS:
+        path = os.path.join(src, rel)
+        if path not in texts:
+            try:
+                with open(path, encoding="utf-8", newline="") as f:
+                    texts[path] = f.read()
+            except FileNotFoundError:
+                raise PatchError(f"{rel} not found: expected the {EXPECTED_UPSTREAM} source tree") from None
+        texts[path] = apply_edit(texts[path], anchor, line, rel)
+    changed = 0
+    for path, text in texts.items():
+        with open(path, encoding="utf-8", newline="") as f:
+            if f.read() == text:
+                continue
+        write_atomic(path, text)
+        changed += 1
+    return changed
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: patch_upstream.py <llama-cpp-python source dir>", file=sys.stderr)
+        return 2
+    try:
+        changed = patch_tree(argv[1])
+    except PatchError as e:
+        print(f"pop-local: cannot patch llama.cpp: {e}", file=sys.stderr)
+        return 1
+    print(f"pop-local: llama.cpp sources patched ({changed} files changed, {len(EDITS)} insertions checked)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

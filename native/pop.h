@@ -1,0 +1,82 @@
+// pop-local internals shared with the llama.cpp sources that native/patch_upstream.py edits.
+//
+// Only forward declarations of llama.cpp types here: this header is included from
+// llama-graph.h, llama-context.h and llama-batch.h, before those types are defined.
+#pragma once
+
+#include "llama-hparams.h" // LLAMA_MAX_LAYERS
+
+#include <bitset>
+#include <cstdint>
+
+struct ggml_tensor;
+struct llama_model;
+struct llama_model_loader;
+struct llm_graph_context;
+struct llm_graph_params;
+class llm_graph_input_attn_kv;
+class llm_graph_input_attn_kv_iswa;
+class llm_graph_input_attn_no_cache;
+
+using pop_layer_set = std::bitset<LLAMA_MAX_LAYERS>;
+
+// What one ubatch's graph does with the skip set. Part of llm_graph_params, so a graph built
+// for one plan is never reused for another (see llm_graph_params::allow_reuse).
+struct pop_graph_plan {
+    enum : uint8_t { FULL = 0, KV_ONLY = 1, REMOVED = 2 };
+
+    uint8_t       mode = FULL;
+    pop_layer_set skip;
+
+    bool operator==(const pop_graph_plan & other) const {
+        return mode == other.mode && (mode == FULL || skip == other.skip);
+    }
+    bool operator!=(const pop_graph_plan & other) const { return !(*this == other); }
+};
+
+// Per-context POP state, a member of llama_context. Filled from the model's metadata on first use.
+struct pop_context_state {
+    bool          ready   = false;
+    bool          enabled = true;
+    bool          arch_ok = false;
+    int32_t       stage_mode = 0; // enum pop_llama_stage_mode
+    int32_t       n_layer    = 0;
+    pop_layer_set skip;
+
+    uint64_t pruned_tokens   = 0;
+    uint64_t full_tokens     = 0;
+    uint64_t pruned_ubatches = 0;
+    uint64_t full_ubatches   = 0;
+
+    // true when prompts are really pruned (enabled, non-empty skip set, supported architecture)
+    bool active() const { return ready && enabled && arch_ok && skip.any(); }
+};
+
+// Model load: resolve pop.* keys (file + kv_overrides), validate them and store the canonical
+// values in model.gguf_kv. Throws std::runtime_error naming the key on bad values.
+void pop_model_load(llama_model & model, const llama_model_loader & ml);
+
+// Context: read the model's POP keys on first use (idempotent).
+void pop_context_prepare(pop_context_state & state, const llama_model & model);
+
+// Whether a batch must be cut where the output flag changes (so no ubatch mixes pruned and full tokens).
+bool pop_split_by_output(const pop_context_state & state);
+
+// The plan for a ubatch with `n_outputs` outputs and `n_tokens` tokens built as graph type `gtype`.
+pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t n_tokens, uint32_t n_outputs);
+
+// Count a processed ubatch.
+void pop_count_ubatch(pop_context_state & state, int gtype, uint32_t n_tokens, uint32_t n_outputs);
+
+// Graph builders: called just before a layer's build_attn(). When layer `il` is skipped by the
+// plan it writes K/V to the cache (KV_ONLY) or nothing (REMOVED) and returns true; the caller
+// then leaves the residual stream unchanged (pop_skip_layer) and goes to the next layer.
+bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv * inp,
+                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
+bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv_iswa * inp,
+                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
+bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_no_cache * inp,
+                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
+
+// The residual stream of a skipped layer: unchanged, except that the last layer keeps only output rows.
+ggml_tensor * pop_skip_layer(llm_graph_context & g, ggml_tensor * inp, int il, ggml_tensor * inp_out_ids);

@@ -1,0 +1,60 @@
+// pop-local public C API: prefill-only pruning (POP) controls for a llama_context.
+//
+// Compiled into libllama by native/pop.cmake. Python binds these symbols in
+// pop_local/_native.py; keep the two in step (POP_LLAMA_ABI_VERSION guards it).
+#pragma once
+
+#include "llama.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define POP_LLAMA_ABI_VERSION 1
+
+// How skipped layers are treated. Only PREFILL is the product; the other two exist so that
+// `pop-local eval` can measure the baselines of the paper in the same process.
+enum pop_llama_stage_mode {
+    POP_LLAMA_STAGE_PREFILL             = 0, // non-output tokens skip S (K/V still written); output tokens run full
+    POP_LLAMA_STAGE_PREFILL_NO_BOUNDARY = 1, // every multi-token ubatch skips S, outputs included
+    POP_LLAMA_STAGE_ALL                 = 2, // S removed in every step, no K/V written (ShortGPT-style)
+};
+
+struct pop_llama_stats {
+    uint64_t pruned_tokens;   // tokens that ran the pruned graph
+    uint64_t full_tokens;     // tokens that ran the full graph (while a decoder graph was built)
+    uint64_t pruned_ubatches;
+    uint64_t full_ubatches;
+};
+
+LLAMA_API int32_t pop_llama_abi_version(void);
+
+// true when this build knows how to run the model's architecture with skipped layers
+LLAMA_API bool pop_llama_arch_supported(const struct llama_model * model);
+
+// Replace the context's prefill skip set. Layers must be ascending, unique and < n_layer.
+// Returns 0 on success, -1 (set unchanged, error logged) on invalid input.
+LLAMA_API int32_t pop_llama_set_skip_layers(struct llama_context * ctx, const int32_t * layers, int32_t n_layers);
+
+// Copies up to `capacity` layer indices into `out`; returns the size of the skip set.
+LLAMA_API int32_t pop_llama_get_skip_layers(struct llama_context * ctx, int32_t * out, int32_t capacity);
+
+LLAMA_API void pop_llama_set_enabled(struct llama_context * ctx, bool enabled);
+LLAMA_API bool pop_llama_get_enabled(struct llama_context * ctx);
+
+// true when the next prompt will really be pruned: enabled, non-empty set, supported architecture
+LLAMA_API bool pop_llama_is_active(struct llama_context * ctx);
+
+// Returns 0 on success, -1 for an unknown mode.
+LLAMA_API int32_t pop_llama_set_stage_mode(struct llama_context * ctx, int32_t mode);
+LLAMA_API int32_t pop_llama_get_stage_mode(struct llama_context * ctx);
+
+LLAMA_API void pop_llama_get_stats(struct llama_context * ctx, struct pop_llama_stats * out);
+LLAMA_API void pop_llama_reset_stats(struct llama_context * ctx);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,53 @@
+"""Skip-set strings: "20-29", "20,21,28", "" (nothing skipped). Mirrors pop_parse_layers in native/pop.cpp."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional, Tuple
+
+from . import keys
+from .errors import PopMetadataError
+
+__all__ = ["parse_layers", "format_layers"]
+
+_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_EXPECTED = '(expected ascending layer indices such as "20-29" or "20,21,28")'
+
+
+def parse_layers(text: str, n_layer: Optional[int] = None, key: str = keys.SKIP_LAYERS) -> Tuple[int, ...]:
+    """Parse a skip-set string into ascending layer indices; raise PopMetadataError naming `key`."""
+    if not isinstance(text, str):
+        raise PopMetadataError(f"{key}: expected a string, got {type(text).__name__}")
+    if not text.strip():
+        return ()
+    layers: list[int] = []
+    for part in text.split(","):
+        m = _ITEM.match(part)
+        if not m:
+            raise PopMetadataError(f'{key}: cannot read "{part.strip()}" in "{text}" {_EXPECTED}')
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
+        if b < a:
+            raise PopMetadataError(f'{key}: range {a}-{b} is descending in "{text}" {_EXPECTED}')
+        if layers and a <= layers[-1]:
+            raise PopMetadataError(f'{key}: layer {a} is not ascending or repeated in "{text}" {_EXPECTED}')
+        layers.extend(range(a, b + 1))
+    if n_layer is not None and layers[-1] >= n_layer:
+        raise PopMetadataError(
+            f"{key}: layer {layers[-1]} is out of range (the model has {n_layer} layers, 0-{n_layer - 1})")
+    return tuple(layers)
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """Canonical string of a layer set: ascending, consecutive runs as ranges ("20-29")."""
+    items = sorted(set(int(x) for x in layers))
+    out: list[str] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        out.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
+        i = j + 1
+    return ",".join(out)
+

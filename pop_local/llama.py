@@ -1,0 +1,159 @@
+"""PopLlama: llama_cpp.Llama with prefill-only pruning controls.
+
+Completion, chat completion, streaming and embeddings are llama_cpp.Llama's own; the native patch
+decides per micro-batch which graph runs (non-output prompt tokens pruned, output tokens full).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import llama_cpp
+
+from . import _native
+from .errors import PopMetadataError
+from .layers import parse_layers
+from .metadata import PopMetadata, read_pop_metadata, resolve_runtime_metadata
+
+__all__ = ["PopLlama"]
+
+
+class PopLlama(llama_cpp.Llama):
+    """A llama_cpp.Llama whose prompt processing skips the layers in `skip_layers`.
+
+    Args:
+        model_path: a GGUF file; its pop.* keys give the default skip set and switch.
+        pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
+        skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
+        **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
+
+    Raises:
+        PopNativeError: the loaded libllama was built without pop-local's patch.
+        PopMetadataError: a pop.* key in the file or in kv_overrides is invalid.
+    """
+
+    def __init__(self, model_path: str, *, pop: Optional[bool] = None,
+                 skip_layers: "Optional[Iterable[int] | str]" = None, **llama_kwargs: Any):
+        self._pop = _native.lib()  # fail before loading anything when the build lacks POP
+        # same checks as the native loader, but as a Python error naming the key
+        self.pop_metadata: PopMetadata = resolve_runtime_metadata(
+            read_pop_metadata(model_path), llama_kwargs.get("kv_overrides"))
+        requested_skip = None
+        if skip_layers is not None:
+            requested_skip = self._check_layers(skip_layers, self.pop_metadata.n_layer)
+        self._last_prefill_ms: Optional[float] = None
+        self._last_prefill_tokens = 0
+
+        super().__init__(model_path=model_path, **llama_kwargs)
+
+        if requested_skip is not None:
+            self.skip_layers = requested_skip
+        if pop is not None:
+            self.pop_enabled = pop
+
+    # --- POP controls -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_layers(layers: "Iterable[int] | str", n_layer: int) -> Tuple[int, ...]:
+        if isinstance(layers, str):
+            return parse_layers(layers, n_layer, key="skip_layers")
+        result = tuple(int(x) for x in layers)
+        if list(result) != sorted(set(result)):
+            raise PopMetadataError(f"skip_layers: layers must be ascending and unique, got {list(result)}")
+        if result and (result[0] < 0 or result[-1] >= n_layer):
+            bad = result[0] if result[0] < 0 else result[-1]
+            raise PopMetadataError(f"skip_layers: layer {bad} is out of range (the model has {n_layer} layers, 0-{n_layer - 1})")
+        return result
+
+    @property
+    def _ctx_ptr(self) -> ctypes.c_void_p:
+        return self._ctx.ctx
+
+    @property
+    def pop_supported(self) -> bool:
+        """Whether this build can run the model's architecture with skipped layers."""
+        return bool(self._pop.pop_llama_arch_supported(self._model.model))
+
+    @property
+    def pop_enabled(self) -> bool:
+        """POP on/off for this context (settable at any time; the next prompt follows it)."""
+        return bool(self._pop.pop_llama_get_enabled(self._ctx_ptr))
+
+    @pop_enabled.setter
+    def pop_enabled(self, value: bool) -> None:
+        self._pop.pop_llama_set_enabled(self._ctx_ptr, bool(value))
+
+    @property
+    def pop_active(self) -> bool:
+        """True when prompts are really pruned: enabled, non-empty skip set, supported architecture."""
+        return bool(self._pop.pop_llama_is_active(self._ctx_ptr))
+
+    @property
+    def skip_layers(self) -> Tuple[int, ...]:
+        """Layers skipped during prompt processing (ascending)."""
+        n = self._pop.pop_llama_get_skip_layers(self._ctx_ptr, None, 0)
+        buf = (ctypes.c_int32 * max(n, 1))()
+        self._pop.pop_llama_get_skip_layers(self._ctx_ptr, buf, n)
+        return tuple(buf[i] for i in range(n))
+
+    @skip_layers.setter
+    def skip_layers(self, layers: "Iterable[int] | str") -> None:
+        checked = self._check_layers(layers, self.pop_metadata.n_layer)
+        arr = (ctypes.c_int32 * max(len(checked), 1))(*checked)
+        if self._pop.pop_llama_set_skip_layers(self._ctx_ptr, arr, len(checked)) != 0:
+            raise PopMetadataError(f"skip_layers: the runtime rejected {list(checked)}")
+
+    def _set_stage_mode(self, mode: int) -> None:
+        """Evaluation baselines only (see native/pop_api.h); not a product feature."""
+        if self._pop.pop_llama_set_stage_mode(self._ctx_ptr, int(mode)) != 0:
+            raise ValueError(f"unknown stage mode {mode}")
+
+    def pop_stats(self) -> Dict[str, Any]:
+        """Token counters since load (or reset_pop_stats) and the last prompt's prefill time."""
+        s = _native.PopStats()
+        self._pop.pop_llama_get_stats(self._ctx_ptr, ctypes.byref(s))
+        return {
+            "pruned_tokens": int(s.pruned_tokens),
+            "full_tokens": int(s.full_tokens),
+            "pruned_ubatches": int(s.pruned_ubatches),
+            "full_ubatches": int(s.full_ubatches),
+            "last_prefill_ms": self._last_prefill_ms,
+            "last_prefill_tokens": self._last_prefill_tokens,
+            "enabled": self.pop_enabled,
+            "active": self.pop_active,
+            "skip_layers": self.skip_layers,
+        }
+
+    def reset_pop_stats(self) -> None:
+        self._pop.pop_llama_reset_stats(self._ctx_ptr)
+        self._last_prefill_ms = None
+        self._last_prefill_tokens = 0
+
+    # --- prompt evaluation ------------------------------------------------------------------------
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens; only the final token of a prompt asks for logits.
+
+        llama_cpp.Llama.eval requests logits for the last token of every n_batch chunk, which would
+        run those tokens at full depth; without logits_all nothing reads them, so here only the very
+        last token is an output. The KV cache then matches one POP pass over the whole prompt.
+        """
+        if self._logits_all or len(tokens) <= 1:
+            super().eval(tokens)
+            return
+        start = time.perf_counter()
+        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i: min(len(tokens), i + self.n_batch)]
+            n_past = self.n_tokens
+            self._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
+            if i + len(chunk) < len(tokens):
+                self._batch.batch.logits[len(chunk) - 1] = False
+            self._ctx.decode(self._batch)
+            self.input_ids[n_past: n_past + len(chunk)] = chunk
+            self.n_tokens += len(chunk)
+            self._requires_eval = False
+        self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
+        self._last_prefill_tokens = len(tokens)

@@ -1,0 +1,105 @@
+"""Read a GGUF file's POP metadata without loading the model (gguf package, memory-mapped)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from . import keys
+from .errors import PopMetadataError, PopModelNotFound
+from .layers import format_layers, parse_layers
+
+__all__ = ["PopMetadata", "read_pop_metadata", "resolve_runtime_metadata"]
+
+
+@dataclass(frozen=True)
+class PopMetadata:
+    """What a GGUF says about POP. `skip_layers` is () when the file has no skip set."""
+
+    path: str
+    architecture: str
+    n_layer: int
+    version: Optional[int]
+    skip_layers: Tuple[int, ...]
+    enabled: bool
+    has_pop_keys: bool
+    extra: Dict[str, Any] = field(default_factory=dict)  # other pop.* keys, as read
+
+    @property
+    def skip_layers_text(self) -> str:
+        return format_layers(self.skip_layers)
+
+
+def _field_value(reader, name: str) -> Any:
+    f = reader.get_field(name)
+    if f is None:
+        return None
+    return f.contents()
+
+
+def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
+    """Architecture, layer count and the pop.* keys of a GGUF file, validated like the runtime does."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PopModelNotFound(f"{path}: no such file")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path, "r")
+    except Exception as e:  # the gguf package raises ValueError/struct.error/... on foreign files
+        raise PopMetadataError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+    arch = _field_value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise PopMetadataError(f"{path}: general.architecture missing; not a model GGUF")
+    n_layer = _field_value(reader, f"{arch}.block_count")
+    if not isinstance(n_layer, int):
+        raise PopMetadataError(f"{path}: {arch}.block_count missing")
+
+    version = _field_value(reader, keys.VERSION)
+    if version is not None and (not isinstance(version, int) or not 1 <= version <= keys.SCHEMA_VERSION):
+        raise PopMetadataError(
+            f"{keys.VERSION}: schema version {version!r} is not supported (this pop-local reads "
+            f"{keys.SCHEMA_VERSION}); update pop-local")
+
+    skip_raw = _field_value(reader, keys.SKIP_LAYERS)
+    skip = parse_layers(skip_raw, n_layer) if skip_raw is not None else ()
+    enabled_raw = _field_value(reader, keys.ENABLED)
+    if enabled_raw is not None and not isinstance(enabled_raw, bool):
+        raise PopMetadataError(f"{keys.ENABLED}: expected a bool, got {enabled_raw!r}")
+
+    extra = {}
+    for name in reader.fields:
+        if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS:
+            extra[name] = _field_value(reader, name)
+
+    return PopMetadata(
+        path=path,
+        architecture=arch,
+        n_layer=n_layer,
+        version=version,
+        skip_layers=skip,
+        enabled=True if enabled_raw is None else enabled_raw,
+        has_pop_keys=any(name.startswith(keys.PREFIX) for name in reader.fields),
+        extra=extra,
+    )
+
+
+def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[str, Any]]) -> PopMetadata:
+    """The skip set and switch the runtime will use once `kv_overrides` are applied (same checks as native)."""
+    if not kv_overrides:
+        return meta
+    skip, enabled = meta.skip_layers, meta.enabled
+    if keys.SKIP_LAYERS in kv_overrides:
+        value = kv_overrides[keys.SKIP_LAYERS]
+        if not isinstance(value, str):
+            raise PopMetadataError(f'{keys.SKIP_LAYERS}: the override must be a string such as "20-29", got {value!r}')
+        skip = parse_layers(value, meta.n_layer)
+    if keys.ENABLED in kv_overrides:
+        value = kv_overrides[keys.ENABLED]
+        if not isinstance(value, bool):
+            raise PopMetadataError(f"{keys.ENABLED}: the override must be a bool, got {value!r}")
+        enabled = value
+    return PopMetadata(meta.path, meta.architecture, meta.n_layer, meta.version, skip, enabled,
+                       meta.has_pop_keys, meta.extra)

@@ -1,0 +1,27 @@
+"""pop-local: prefill-only pruning for llama.cpp.
+
+llama-cpp-python must be the build made by native/build.py (it compiles our patch into libllama);
+install.sh does both in the right order.
+"""
+
+from setuptools import setup
+
+setup(
+    name="pop-local",
+    version="0.1.0",
+    description="Prefill-only pruning (POP) for llama.cpp: faster prompt processing, full-model answers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["pop_local", "pop_local.converter"],
+    package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
+    install_requires=[
+        "llama-cpp-python==0.3.36",
+        "gguf>=0.10",
+        "numpy>=1.24",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4"],
+    },
+)
