@@ -91,6 +91,7 @@ def unpack(sdist: Path, dest: Path) -> Path:
         return dest
     if dest.exists():
         shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
     try:
         with tarfile.open(sdist) as tar:

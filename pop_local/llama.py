@@ -53,6 +53,11 @@ class PopLlama(llama_cpp.Llama):
         if pop is not None:
             self.pop_enabled = pop
 
+    def close(self) -> None:
+        # __init__ may stop before llama_cpp.Llama.__init__ ran (bad metadata); nothing to close then
+        if hasattr(self, "_stack"):
+            super().close()
+
     # --- POP controls -------------------------------------------------------------------------
 
     @staticmethod

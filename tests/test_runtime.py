@@ -1,0 +1,299 @@
+"""The native POP runtime on the real SmolLM2-135M-Instruct model (llama architecture, 30 layers)."""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+import llama_cpp
+
+from pop_local import PopLlama, PopMetadataError
+from pop_local import _native
+
+pytestmark = pytest.mark.slow
+
+SKIP = "20-29"
+SKIP_TUPLE = tuple(range(20, 30))
+
+
+def make(path, **kw):
+    kw.setdefault("n_ctx", 4096)
+    kw.setdefault("n_batch", 512)
+    kw.setdefault("n_ubatch", 512)
+    kw.setdefault("verbose", False)
+    kw.setdefault("seed", 1)
+    return PopLlama(path, **kw)
+
+
+def final_logits(llm, tokens):
+    """Logits of the last prompt token after a fresh prefill of `tokens`."""
+    llm.reset()
+    llm.eval(tokens)
+    return last_logits(llm)
+
+
+def last_logits(llm):
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def prompt_tokens(llm, text, n):
+    toks = llm.tokenize(text.encode(), add_bos=True)
+    while len(toks) < n:
+        toks += toks[1:]
+    return toks[:n]
+
+
+@pytest.fixture(scope="module")
+def pop_llm(smollm2):
+    """SmolLM2 with layers 20-29 skipped in prefill, set through kv_overrides (the file has no POP keys)."""
+    return make(smollm2, kv_overrides={"pop.prefill.skip_layers": SKIP})
+
+
+@pytest.fixture(scope="module")
+def prompt512(pop_llm, long_text):
+    return prompt_tokens(pop_llm, long_text, 512)
+
+
+def test_overrides_reach_the_runtime(pop_llm):
+    assert pop_llm.pop_supported
+    assert pop_llm.skip_layers == SKIP_TUPLE
+    assert pop_llm.pop_enabled and pop_llm.pop_active
+
+
+def test_counters_show_pruned_prompt(pop_llm, prompt512):
+    pop_llm.reset_pop_stats()
+    final_logits(pop_llm, prompt512)
+    s = pop_llm.pop_stats()
+    assert s["pruned_tokens"] == 511 and s["full_tokens"] == 1
+    assert s["last_prefill_tokens"] == 512 and s["last_prefill_ms"] > 0
+
+
+def test_pop_changes_logits_but_not_the_shape_of_the_answer(pop_llm, prompt512):
+    pop_llm.pop_enabled = True
+    pruned = final_logits(pop_llm, prompt512)
+    pop_llm.pop_enabled = False
+    full = final_logits(pop_llm, prompt512)
+    pop_llm.pop_enabled = True
+    assert not np.array_equal(pruned, full), "POP on and off gave identical logits: nothing was skipped"
+    # same argmax at the boundary: the last token ran at full depth over a slightly different cache
+    assert int(np.argmax(pruned)) == int(np.argmax(full))
+
+
+def test_empty_skip_set_is_identical_to_pop_off(smollm2, prompt512):
+    llm = make(smollm2)  # the plain file: no skip set
+    assert llm.skip_layers == () and not llm.pop_active
+    llm.pop_enabled = False
+    off = final_logits(llm, prompt512)
+    llm.pop_enabled = True
+    on = final_logits(llm, prompt512)
+    assert np.array_equal(on, off)
+    assert llm.pop_stats()["pruned_tokens"] == 0
+
+
+def test_disabled_through_kv_overrides_is_identical_to_pop_off(smollm2, pop_llm, prompt512):
+    llm = make(smollm2, kv_overrides={"pop.prefill.skip_layers": SKIP, "pop.prefill.enabled": False})
+    assert llm.skip_layers == SKIP_TUPLE and not llm.pop_enabled
+    disabled = final_logits(llm, prompt512)
+    pop_llm.pop_enabled = False
+    full = final_logits(pop_llm, prompt512)
+    pop_llm.pop_enabled = True
+    assert np.array_equal(disabled, full)
+    assert llm.pop_stats()["pruned_tokens"] == 0
+
+
+def test_one_token_prompt_runs_full(pop_llm):
+    tok = [pop_llm.token_bos()]
+    pop_llm.reset_pop_stats()
+    on = final_logits(pop_llm, tok)
+    pop_llm.pop_enabled = False
+    off = final_logits(pop_llm, tok)
+    pop_llm.pop_enabled = True
+    assert np.array_equal(on, off)
+    assert pop_llm.pop_stats()["pruned_tokens"] == 0
+
+
+def greedy(llm, prompt, n):
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(n):
+        tok = int(np.argmax(last_logits(llm)))
+        out.append(tok)
+        llm.eval([tok])
+    return out
+
+
+def test_greedy_continuation_stays_close(pop_llm, prompt512):
+    """Teacher-forced top-1 agreement with the full model over a 64-token greedy continuation."""
+    pop_llm.pop_enabled = False
+    reference = greedy(pop_llm, prompt512, 64)
+    pop_llm.pop_enabled = True
+    pop_llm.reset()
+    pop_llm.eval(prompt512)
+    agree = 0
+    for tok in reference:
+        agree += int(np.argmax(last_logits(pop_llm))) == tok
+        pop_llm.eval([tok])  # decode steps run the full graph
+    agreement = agree / len(reference)
+    print(f"top-1 agreement POP vs full, 512-token prompt, 64 steps: {agreement:.3f}")
+    assert agreement >= 0.75
+
+
+def test_chunked_prompt_matches_single_pass(smollm2, pop_llm, prompt512):
+    single = final_logits(pop_llm, prompt512)
+    # llama_decode cuts into ubatches of 64; PopLlama.eval cuts into n_batch chunks of 128
+    for n_batch, n_ubatch in ((512, 64), (128, 128), (128, 32)):
+        llm = make(smollm2, kv_overrides={"pop.prefill.skip_layers": SKIP}, n_batch=n_batch, n_ubatch=n_ubatch)
+        llm.reset_pop_stats()
+        chunked = final_logits(llm, prompt512)
+        assert llm.pop_stats()["pruned_tokens"] == 511 and llm.pop_stats()["full_tokens"] == 1
+        np.testing.assert_allclose(chunked, single, atol=2e-3, rtol=0, err_msg=f"n_batch={n_batch} n_ubatch={n_ubatch}")
+
+
+def _decode(ctx, entries, n_seq_max=1):
+    """One llama_decode of (token, pos, seq_id, output) entries; returns {batch index: logits}."""
+    batch = llama_cpp.llama_batch_init(len(entries), 0, n_seq_max)
+    try:
+        for i, (tok, pos, seq, out) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = out
+        batch.n_tokens = len(entries)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
+        return {i: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
+                for i, e in enumerate(entries) if e[3]}
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def _context(llm, **params):
+    # the same settings as the PopLlama context (flash attention, threads, ...), then the overrides
+    cp = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+    cp.n_batch = 2048
+    for k, v in params.items():
+        setattr(cp, k, v)
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, cp)
+    assert ctx
+    return ctx
+
+
+def _stats(ctx):
+    stats = _native.PopStats()
+    _native.lib().pop_llama_get_stats(ctx, ctypes.byref(stats))
+    return stats
+
+
+@pytest.mark.parametrize("kv_unified", [True, False])
+def test_two_sequences_in_one_batch(pop_llm, prompt512, kv_unified):
+    """Two prompts in one llama_decode == each prompt in its own POP decode, in the same cache layout.
+
+    (A unified cache places the second sequence after the first; upstream llama.cpp's own logits
+    already depend on that placement, so the reference uses the same cells.)
+    """
+    a = prompt512[:300]
+    b = prompt512[:1] + prompt512[200:420]
+    entries_a = [(t, p, 0, p == len(a) - 1) for p, t in enumerate(a)]
+    entries_b = [(t, p, 1, p == len(b) - 1) for p, t in enumerate(b)]
+    ref, ctx = _context(pop_llm, n_seq_max=2, kv_unified=kv_unified), None
+    try:
+        ref_a = _decode(ref, entries_a, n_seq_max=2)[len(a) - 1]
+        ref_b = _decode(ref, entries_b, n_seq_max=2)[len(b) - 1]
+        ctx = _context(pop_llm, n_seq_max=2, kv_unified=kv_unified)
+        out = _decode(ctx, entries_a + entries_b, n_seq_max=2)
+        stats = _stats(ctx)
+        assert stats.pruned_tokens == len(a) + len(b) - 2 and stats.full_tokens == 2
+        assert np.array_equal(out[len(a) - 1], ref_a)
+        assert np.array_equal(out[len(a) + len(b) - 1], ref_b)
+        if not kv_unified:  # one stream per sequence: the same cells as a PopLlama run
+            np.testing.assert_allclose(ref_b, final_logits(pop_llm, b), atol=2e-3, rtol=0)
+    finally:
+        for c in (ref, ctx):
+            if c:
+                llama_cpp.llama_free(c)
+
+
+def test_second_turn_matches_single_pass_with_mid_batch_output(pop_llm, prompt512):
+    """Turn 1 then turn 2 on the same cache == one batch with outputs at the end of each turn."""
+    turn1, turn2 = prompt512[:300], prompt512[300:]
+    pop_llm.reset()
+    pop_llm.eval(turn1)
+    first = last_logits(pop_llm)
+    pop_llm.eval(turn2)  # appended to the existing cache, like a second chat turn
+    second = last_logits(pop_llm)
+
+    ctx = _context(pop_llm)
+    try:
+        entries = [(t, p, 0, p in (len(turn1) - 1, len(prompt512) - 1)) for p, t in enumerate(prompt512)]
+        out = _decode(ctx, entries)
+        stats = _stats(ctx)
+        assert stats.full_tokens == 2 and stats.pruned_tokens == len(prompt512) - 2
+        np.testing.assert_allclose(out[len(turn1) - 1], first, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(out[len(prompt512) - 1], second, atol=2e-3, rtol=0)
+    finally:
+        llama_cpp.llama_free(ctx)
+
+
+def test_graph_reuse_never_mixes_pruned_and_full(pop_llm, prompt512):
+    """Alternating POP on/off with identical shapes reproduces each mode exactly, decode steps included."""
+    runs = {}
+    for on in (True, False, True, False):
+        pop_llm.pop_enabled = on
+        runs.setdefault(on, []).append(greedy(pop_llm, prompt512[:200], 4) + [final_logits(pop_llm, prompt512[:200])])
+    pop_llm.pop_enabled = True
+    for on, (first, again) in runs.items():
+        assert first[:4] == again[:4]
+        assert np.array_equal(first[4], again[4])
+    assert not np.array_equal(runs[True][0][4], runs[False][0][4])
+
+
+def test_runtime_skip_set_changes(pop_llm, prompt512):
+    try:
+        pop_llm.skip_layers = [25, 26, 27, 28, 29]
+        assert pop_llm.skip_layers == (25, 26, 27, 28, 29)
+        five = final_logits(pop_llm, prompt512)
+        pop_llm.skip_layers = "20-29"
+        ten = final_logits(pop_llm, prompt512)
+        pop_llm.skip_layers = []
+        none = final_logits(pop_llm, prompt512)
+        assert not pop_llm.pop_active
+        assert not np.array_equal(five, ten) and not np.array_equal(five, none)
+    finally:
+        pop_llm.skip_layers = SKIP_TUPLE
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([30], "layer 30 is out of range"),
+    ([-1], "layer -1 is out of range"),
+    ([5, 3], "ascending"),
+    ("20-x", "cannot read"),
+])
+def test_runtime_rejects_bad_layers(pop_llm, layers, message):
+    with pytest.raises(PopMetadataError, match=message):
+        pop_llm.skip_layers = layers
+    assert pop_llm.skip_layers == SKIP_TUPLE
+
+
+def test_c_api_rejects_out_of_range_without_change(pop_llm):
+    lib = _native.lib()
+    bad = (ctypes.c_int32 * 2)(3, 30)
+    assert lib.pop_llama_set_skip_layers(pop_llm._ctx.ctx, bad, 2) == -1
+    unordered = (ctypes.c_int32 * 2)(4, 3)
+    assert lib.pop_llama_set_skip_layers(pop_llm._ctx.ctx, unordered, 2) == -1
+    assert lib.pop_llama_set_stage_mode(pop_llm._ctx.ctx, 7) == -1
+    assert pop_llm.skip_layers == SKIP_TUPLE
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"pop.prefill.skip_layers": "25-35"}, r"pop\.prefill\.skip_layers: layer 35 is out of range"),
+    ({"pop.prefill.skip_layers": "20-x"}, r"pop\.prefill\.skip_layers: cannot read"),
+    ({"pop.prefill.skip_layers": "29-20"}, r"pop\.prefill\.skip_layers: range 29-20 is descending"),
+    ({"pop.prefill.skip_layers": 20}, r"pop\.prefill\.skip_layers: the override must be a string"),
+    ({"pop.prefill.enabled": "yes"}, r"pop\.prefill\.enabled: the override must be a bool"),
+])
+def test_bad_overrides_are_rejected_before_loading(smollm2, overrides, message):
+    with pytest.raises(PopMetadataError, match=message):
+        make(smollm2, kv_overrides=overrides)
