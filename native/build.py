@@ -49,6 +49,11 @@ def cache_root() -> Path:
     return Path(base) / "pop-local" / "native"
 
 
+def vanilla_lib_dir() -> Path:
+    """Where --vanilla puts the unpatched libraries by default (tests and benchmarks look there)."""
+    return cache_root() / "vanilla-lib"
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -143,14 +148,39 @@ def check_installed(python: str) -> None:
     print(f"pop-local: libllama with POP (ABI {result.stdout.strip()}) installed for {python}")
 
 
-def install_patched(python: str, root: Path) -> None:
+def build_fingerprint(args: str) -> str:
+    """What the installed build depends on: our native sources, the sdist and the CMake arguments."""
+    h = hashlib.sha256((SDIST_SHA256 + "\n" + args).encode())
+    for path in sorted(NATIVE_DIR.iterdir()):
+        if path.suffix in (".cpp", ".h", ".cmake", ".py") and path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def installed_stamp(python: str) -> Path | None:
+    code = "import importlib.util, os; s = importlib.util.find_spec('llama_cpp'); print(os.path.dirname(s.origin) if s else '')"
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    where = result.stdout.strip()
+    return Path(where) / "lib" / ".pop-build" if result.returncode == 0 and where else None
+
+
+def install_patched(python: str, root: Path, force: bool = False) -> None:
+    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=True)
+    fingerprint = build_fingerprint(args)
+    stamp = installed_stamp(python)
+    if not force and stamp and stamp.exists() and stamp.read_text().strip() == fingerprint:
+        check_installed(python)
+        print("pop-local: this build is already installed (use --force to rebuild)")
+        return
     sdist = fetch_sdist(python, root)
     src = unpack(sdist, root / "pop" / "src")
-    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=True)
     build_dir = build_dir_for(root, "pop", args)
     run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
          f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
     check_installed(python)
+    stamp = installed_stamp(python)
+    if stamp:
+        stamp.write_text(fingerprint + "\n")
 
 
 def build_vanilla(python: str, root: Path, out: Path) -> None:
@@ -179,17 +209,20 @@ def build_vanilla(python: str, root: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--python", default=sys.executable, help="interpreter whose environment gets the build")
-    p.add_argument("--vanilla", metavar="DIR", type=Path,
-                   help="build unpatched llama-cpp-python the same way and put its libraries in DIR")
+    p.add_argument("--vanilla", metavar="DIR", nargs="?", const="", default=None,
+                   help="build unpatched llama-cpp-python the same way and put its libraries in DIR "
+                        "(default: <cache>/vanilla-lib)")
+    p.add_argument("--force", action="store_true", help="rebuild even if this exact build is installed")
     a = p.parse_args(argv)
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if a.vanilla:
-            a.vanilla.parent.mkdir(parents=True, exist_ok=True)
-            build_vanilla(a.python, root, a.vanilla.resolve())
+        if a.vanilla is not None:
+            out = Path(a.vanilla).resolve() if a.vanilla else vanilla_lib_dir()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build_vanilla(a.python, root, out)
         else:
-            install_patched(a.python, root)
+            install_patched(a.python, root, force=a.force)
     except BuildError as e:
         print(f"pop-local build: {e}", file=sys.stderr)
         return 1

