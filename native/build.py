@@ -133,8 +133,9 @@ def build_env(root: Path, args: str) -> dict:
 
 
 def build_dir_for(root: Path, flavour: str, args: str) -> Path:
-    # one build folder per flavour and CMAKE_ARGS, so a CUDA build never reuses a CPU configure
-    key = hashlib.sha256(args.encode()).hexdigest()[:10]
+    # one build folder per flavour and CMAKE_ARGS, so a CUDA build never reuses a CPU configure;
+    # the hook's path is left out, so every checkout of pop-local shares one incremental build
+    key = hashlib.sha256(args.replace(str(HOOK), "<hook>").encode()).hexdigest()[:10]
     return root / flavour / f"build-{key}"
 
 

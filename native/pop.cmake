@@ -34,12 +34,18 @@ if (NOT POP_PATCH_RESULT EQUAL 0)
 endif()
 message(STATUS "${POP_PATCH_OUTPUT}")
 
+# Our sources are copied next to llama.cpp's own (only when changed), so every compile command is the
+# same whichever checkout the hook comes from: ccache and incremental builds carry across checkouts.
+set(POP_SRC_DIR "${CMAKE_CURRENT_SOURCE_DIR}/vendor/llama.cpp/src")
+foreach(POP_FILE pop.h pop.cpp pop_api.h)
+    configure_file("${POP_NATIVE_DIR}/${POP_FILE}" "${POP_SRC_DIR}/${POP_FILE}" COPYONLY)
+endforeach()
+
 function(pop_attach_to_llama)
     if (NOT TARGET llama)
         message(FATAL_ERROR "pop-local: no `llama` target after llama-cpp-python's CMakeLists (LLAMA_BUILD=OFF?)")
     endif()
-    target_sources(llama PRIVATE "${POP_NATIVE_DIR}/pop.cpp")
-    target_include_directories(llama PRIVATE "${POP_NATIVE_DIR}")
+    target_sources(llama PRIVATE "${POP_SRC_DIR}/pop.cpp")
     message(STATUS "pop-local: prefill-only pruning compiled into libllama")
 endfunction()
 

@@ -297,3 +297,31 @@ def test_c_api_rejects_out_of_range_without_change(pop_llm):
 def test_bad_overrides_are_rejected_before_loading(smollm2, overrides, message):
     with pytest.raises(PopMetadataError, match=message):
         make(smollm2, kv_overrides=overrides)
+
+
+def test_chat_completion_streaming_and_second_turn(pop_llm, long_text):
+    """The llama_cpp.Llama surface works unchanged; each turn's new prompt tokens run pruned."""
+    pop_llm.reset()
+    pop_llm.reset_pop_stats()
+    messages = [{"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": long_text[:1500] + "\n\nWho kept two logbooks?"}]
+    first = pop_llm.create_chat_completion(messages=messages, max_tokens=12, temperature=0.0)
+    reply = first["choices"][0]["message"]["content"]
+    assert reply.strip()
+    after_first = pop_llm.pop_stats()
+    assert after_first["pruned_tokens"] >= first["usage"]["prompt_tokens"] - 2
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And where did she live?"}]
+    chunks = list(pop_llm.create_chat_completion(messages=messages, max_tokens=8, temperature=0.0, stream=True))
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text.strip()
+    after_second = pop_llm.pop_stats()
+    # the second turn reuses the cache and prunes only its new prompt tokens
+    new_pruned = after_second["pruned_tokens"] - after_first["pruned_tokens"]
+    assert 0 < new_pruned < first["usage"]["prompt_tokens"]
+
+
+def test_embeddings_run_full(smollm2):
+    llm = make(smollm2, embedding=True, n_ctx=512, kv_overrides={"pop.prefill.skip_layers": SKIP})
+    vec = llm.embed("The lighthouse keeper kept two logbooks.")
+    assert len(vec) == 576 or len(vec[0]) == 576
+    assert llm.pop_stats()["pruned_tokens"] == 0

@@ -1,0 +1,98 @@
+"""Copy a GGUF file with pop.* keys added: every original key and tensor kept bit-identical.
+
+The output is written to a temporary file next to it and renamed into place, so an interrupted
+write never leaves a partial model; the input is only read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Iterable, Optional
+
+from pop_local import keys
+from pop_local.errors import PopError, PopMetadataError
+from pop_local.layers import format_layers, parse_layers
+
+__all__ = ["write_pop_gguf"]
+
+
+def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
+                extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    if isinstance(skip_layers, str):
+        layers = parse_layers(skip_layers, n_layer)
+    else:
+        layers = parse_layers(format_layers(skip_layers), n_layer)
+    if not layers:
+        # the gguf package silently drops empty strings: refuse instead of writing a file without the key
+        raise PopMetadataError(f"{keys.SKIP_LAYERS}: refusing to write an empty skip set")
+    fields: Dict[str, Any] = {
+        keys.VERSION: keys.SCHEMA_VERSION,
+        keys.SKIP_LAYERS: format_layers(layers),
+        keys.ENABLED: bool(enabled),
+    }
+    for name, value in (extra or {}).items():
+        if not name.startswith(keys.PREFIX) or name in fields:
+            raise PopMetadataError(f"{name}: extra keys must be new pop.* keys")
+        if value is None or (hasattr(value, "__len__") and len(value) == 0):
+            raise PopMetadataError(f"{name}: refusing to write an empty value")
+        fields[name] = value
+    return fields
+
+
+def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", skip_layers: "Iterable[int] | str",
+                   *, enabled: bool = True, extra: Optional[Dict[str, Any]] = None, force: bool = False) -> str:
+    """Write `dst`: `src` with pop.version, pop.prefill.skip_layers, pop.prefill.enabled (+ `extra`).
+
+    Existing pop.* keys of `src` are replaced. Raises PopError if `dst` exists and not `force`.
+    """
+    import gguf
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    from pop_local.metadata import read_pop_metadata
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    meta = read_pop_metadata(src)  # validates the input first: a clear error before any write
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise PopError(f"{dst}: the output must be a new file, not the input")
+    if os.path.exists(dst) and not force:
+        raise PopError(f"{dst} exists (use force=True / --force to replace it)")
+    fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra)
+
+    reader = GGUFReader(src, "r")
+    out_dir = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".pop-", suffix=".gguf.part")
+    os.close(fd)
+    try:
+        writer = GGUFWriter(tmp, meta.architecture)
+        for field in reader.fields.values():
+            name = field.name
+            if name.startswith("GGUF.") or name == gguf.Keys.General.ARCHITECTURE or name.startswith(keys.PREFIX):
+                continue
+            if name == gguf.Keys.General.ALIGNMENT:
+                writer.data_alignment = int(field.contents())
+            vtype = field.types[0]
+            sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
+        for name, value in fields.items():
+            if isinstance(value, bool):
+                writer.add_bool(name, value)
+            elif isinstance(value, int) and name == keys.VERSION:
+                writer.add_uint32(name, value)
+            else:
+                writer.add_key_value(name, value, GGUFValueType.get_type(value),
+                                     sub_type=GGUFValueType.get_type(value[0]) if isinstance(value, (list, tuple)) else None)
+        for t in reader.tensors:
+            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in reader.tensors:
+            writer.write_tensor_data(t.data)
+        writer.close()
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dst

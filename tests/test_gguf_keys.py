@@ -1,0 +1,84 @@
+"""pop.* keys written into a real GGUF reach the runtime; the copy keeps everything else bit-identical."""
+
+import hashlib
+import os
+
+import pytest
+
+from pop_local import PopLlama, PopMetadataError, keys, read_pop_metadata
+from pop_local.converter.writer import write_pop_gguf
+from pop_local.errors import PopError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pop_file(smollm2, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("pop") / "smollm2.pop.gguf"
+    write_pop_gguf(smollm2, dst, "20-29", extra={"pop.calibration.note": "written by the test suite"})
+    return str(dst)
+
+
+def _digest(reader, name):
+    for t in reader.tensors:
+        if t.name == name:
+            return hashlib.sha256(t.data.tobytes()).hexdigest()
+    raise KeyError(name)
+
+
+def test_copy_keeps_keys_and_tensors_identical(smollm2, pop_file):
+    from gguf import GGUFReader
+
+    a, b = GGUFReader(smollm2, "r"), GGUFReader(pop_file, "r")
+    a_fields = {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")}
+    b_fields = {k: f.contents() for k, f in b.fields.items() if not k.startswith("GGUF.")}
+    added = {k: v for k, v in b_fields.items() if k not in a_fields}
+    assert {k: v for k, v in b_fields.items() if k in a_fields} == a_fields
+    assert added == {keys.VERSION: 1, keys.SKIP_LAYERS: "20-29", keys.ENABLED: True,
+                     "pop.calibration.note": "written by the test suite"}
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for t in a.tensors:
+        other = next(x for x in b.tensors if x.name == t.name)
+        assert t.tensor_type == other.tensor_type and list(t.shape) == list(other.shape)
+        assert _digest(a, t.name) == _digest(b, t.name)
+
+
+def test_runtime_reads_keys_from_the_file(pop_file):
+    meta = read_pop_metadata(pop_file)
+    assert meta.skip_layers == tuple(range(20, 30)) and meta.enabled and meta.version == 1
+    assert meta.extra == {"pop.calibration.note": "written by the test suite"}
+    llm = PopLlama(pop_file, n_ctx=1024, verbose=False)
+    assert llm.skip_layers == tuple(range(20, 30)) and llm.pop_enabled and llm.pop_active
+    toks = llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four, every night.")
+    llm.eval(toks)
+    assert llm.pop_stats()["pruned_tokens"] == len(toks) - 1
+    assert llm.metadata[keys.SKIP_LAYERS] == "20-29"
+
+
+def test_kv_overrides_beat_the_file(pop_file):
+    llm = PopLlama(pop_file, n_ctx=512, verbose=False,
+                   kv_overrides={keys.ENABLED: False, keys.SKIP_LAYERS: "25-29"})
+    assert not llm.pop_enabled and llm.skip_layers == (25, 26, 27, 28, 29)
+    llm2 = PopLlama(pop_file, n_ctx=512, verbose=False, pop=False)
+    assert not llm2.pop_enabled and llm2.skip_layers == tuple(range(20, 30))
+
+
+def test_writer_refuses_bad_requests(smollm2, pop_file, tmp_path):
+    with pytest.raises(PopError, match="exists"):
+        write_pop_gguf(smollm2, pop_file, "20-29")
+    with pytest.raises(PopMetadataError, match="out of range"):
+        write_pop_gguf(smollm2, tmp_path / "x.gguf", "20-30")
+    with pytest.raises(PopMetadataError, match="empty skip set"):
+        write_pop_gguf(smollm2, tmp_path / "x.gguf", [])
+    with pytest.raises(PopError, match="not the input"):
+        write_pop_gguf(smollm2, smollm2, "20-29", force=True)
+    assert os.listdir(tmp_path) == []  # nothing partial left behind
+
+
+def test_not_a_gguf_is_rejected(tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("just text, not a model")
+    with pytest.raises(PopMetadataError, match="not a readable GGUF"):
+        read_pop_metadata(bad)
+    with pytest.raises(PopMetadataError, match="not a readable GGUF"):
+        PopLlama(str(bad))
