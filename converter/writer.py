@@ -77,7 +77,7 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         for name, value in fields.items():
             if isinstance(value, bool):
                 writer.add_bool(name, value)
-            elif isinstance(value, int) and name == keys.VERSION:
+            elif isinstance(value, int):
                 writer.add_uint32(name, value)
             else:
                 writer.add_key_value(name, value, GGUFValueType.get_type(value),

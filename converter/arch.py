@@ -1,0 +1,46 @@
+"""Per-architecture knowledge for calibration, as data.
+
+For each transformers `model_type`: where the decoder layers live, and which submodule's output is
+what gets added to the residual stream for the attention and for the FFN branch. The virtual gate
+multiplies exactly that output. For Gemma 3 that is the output of the post-norms: a gate placed
+before a norm would be normalised away and always read as zero importance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+from pop_local.errors import PopError
+
+__all__ = ["ArchSpec", "ARCHITECTURES", "UnsupportedArchitecture", "arch_spec"]
+
+
+class UnsupportedArchitecture(PopError):
+    """The model's architecture has no calibration mapping."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: str        # attribute path from the CausalLM to the list of decoder layers
+    attn_branch: str   # submodule (relative to a layer) whose output is the attention branch
+    ffn_branch: str    # submodule whose output is the FFN branch
+    gguf_arch: str     # general.architecture in GGUF
+
+
+ARCHITECTURES: Dict[str, ArchSpec] = {
+    "llama": ArchSpec("model.layers", "self_attn", "mlp", "llama"),
+    "qwen2": ArchSpec("model.layers", "self_attn", "mlp", "qwen2"),
+    "qwen3": ArchSpec("model.layers", "self_attn", "mlp", "qwen3"),
+    "gemma3_text": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
+    "gemma3": ArchSpec("model.language_model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
+}
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise UnsupportedArchitecture(
+            f"architecture '{model_type}' is not supported for calibration "
+            f"(supported: {', '.join(sorted(ARCHITECTURES))})") from None

@@ -1,0 +1,109 @@
+"""convert(): make a GGUF POP-ready: calibrate (optional), choose the skip set, write a new GGUF."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from pop_local import keys
+from pop_local.errors import PopError
+from pop_local.layers import format_layers, parse_layers
+from pop_local.metadata import read_pop_metadata
+
+from .writer import write_pop_gguf
+
+__all__ = ["convert", "ConvertResult", "choose_skip_layers", "STRATEGIES"]
+
+STRATEGIES = ("tail", "score")
+
+
+@dataclass
+class ConvertResult:
+    output: str
+    skip_layers: tuple
+    importance_prefill: Optional[List[float]] = None
+    importance_decode: Optional[List[float]] = None
+    seconds: float = 0.0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def choose_skip_layers(n_layer: int, *, ratio: Optional[float] = None, strategy: str = "tail",
+                       prefill_importance: Optional[Sequence[float]] = None) -> tuple:
+    """The paper's default is the last round(L/3) layers as one block ("tail"); "score" takes the
+    layers with the lowest prefill importance."""
+    if strategy not in STRATEGIES:
+        raise PopError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
+    if ratio is not None and not 0 < ratio < 1:
+        raise PopError(f"--ratio must be between 0 and 1, got {ratio}")
+    k = int(round(n_layer * (ratio if ratio is not None else 1 / 3)))
+    k = max(1, min(k, n_layer - 1))
+    if strategy == "tail":
+        return tuple(range(n_layer - k, n_layer))
+    if prefill_importance is None:
+        raise PopError("--strategy score needs calibration (drop --no-calibrate)")
+    order = sorted(range(n_layer), key=lambda i: (prefill_importance[i], -i))
+    return tuple(sorted(order[:k]))
+
+
+def _check_output(output: str, force: bool) -> None:
+    if os.path.exists(output) and not force:
+        raise PopError(f"{output} exists (use --force to replace it)")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise PopError(f"{out_dir}: output folder does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise PopError(f"{out_dir}: cannot write there ({e.strerror})") from None
+
+
+def _kv_metadata(arch: str, skip: Sequence[int]) -> Dict[str, Any]:
+    """Which tensors produce each skipped layer's K and V, and from which hidden state."""
+    return {
+        keys.KV_INPUT: "layer_input",  # the residual entering the layer, after the layer's attn_norm
+        keys.KV_K_TENSORS: [f"blk.{i}.attn_k.weight" for i in skip],
+        keys.KV_V_TENSORS: [f"blk.{i}.attn_v.weight" for i in skip],
+    }
+
+
+def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" = None, ratio: Optional[float] = None,
+            strategy: str = "tail", calibrate: bool = True, hf_model: Optional[str] = None,
+            data: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
+            device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+    """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles)."""
+    from pop_local import __version__
+
+    started = time.time()
+    src = os.fspath(model)
+    meta = read_pop_metadata(src)
+    _check_output(output, force)
+    explicit = None
+    if layers is not None:
+        explicit = parse_layers(layers if isinstance(layers, str) else format_layers(layers), meta.n_layer,
+                                key="--layers")
+        if not explicit:
+            raise PopError("--layers: give at least one layer")
+
+    imp = None
+    extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
+    if calibrate:
+        from .calibrate import calibrate as run_calibration
+
+        imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, samples=samples, seq_len=seq_len,
+                                          response_tokens=response_tokens, device=device, dtype=dtype, seed=seed,
+                                          progress=progress)
+        extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
+        extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
+        extra.update(provenance)
+    skip = explicit if explicit is not None else choose_skip_layers(
+        meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
+    extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
+    extra.update(_kv_metadata(meta.architecture, skip))
+    write_pop_gguf(src, output, skip, extra=extra, force=force)
+    return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
+                         time.time() - started, extra)

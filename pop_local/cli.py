@@ -1,0 +1,152 @@
+"""The `pop-local` command line: thin click commands over the library functions."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from .errors import PopError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pop-local")
+def cli() -> None:
+    """pop-local: prefill-only pruning for llama.cpp models."""
+
+
+def _progress_printer():
+    bars = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm ships with the converter extras
+            if done == total:
+                click.echo(f"{stage}: {done}/{total}", err=True)
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="sample", file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="POP GGUF to write")
+@click.option("--layers", help='skip exactly these layers, e.g. "20-29" or "20,21,28"')
+@click.option("--ratio", type=float, help="fraction of layers to skip (default 1/3)")
+@click.option("--strategy", type=click.Choice(["tail", "score"]), default="tail", show_default=True,
+              help="tail: the last layers as one block (the paper); score: lowest prefill importance")
+@click.option("--no-calibrate", is_flag=True, help="write the keys without measuring importance (needs --layers)")
+@click.option("--hf-model", help="calibrate on this transformers checkpoint (folder or hub id) instead of the GGUF")
+@click.option("--data", type=click.Path(dir_okay=False), help="calibration prompts: .jsonl or text (blank-line separated)")
+@click.option("--samples", type=int, default=64, show_default=True)
+@click.option("--seq-len", type=int, default=256, show_default=True, help="longest prompt, in tokens")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing output file")
+def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, samples, seq_len, device, dtype,
+            seed, force) -> None:
+    """Make MODEL.gguf POP-ready: measure layer importance, choose the skip set, write a new GGUF.
+
+    \b
+    Examples:
+      pop-local convert model.gguf -o model.pop.gguf
+      pop-local convert model.gguf -o model.pop.gguf --strategy score --samples 128
+      pop-local convert model.gguf -o model.pop.gguf --layers 20-29 --no-calibrate
+    """
+    from .converter import convert as run_convert
+
+    if no_calibrate and not layers:
+        raise click.UsageError("--no-calibrate needs --layers")
+    try:
+        result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
+                             hf_model=hf_model, data=data, samples=samples, seq_len=seq_len, device=device,
+                             dtype=dtype, seed=seed, force=force, progress=_progress_printer())
+    except PopError as e:
+        raise click.ClickException(str(e)) from None
+    from .layers import format_layers
+
+    click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)} ({result.seconds:.0f} s)")
+
+
+def _bars(values, width: int = 40) -> list:
+    top = max(values) or 1.0
+    return ["#" * max(0, int(round(width * v / top))) for v in values]
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--plot", type=click.Path(dir_okay=False), help="save the importance profiles as a PNG figure")
+def inspect(model, plot: Optional[str]) -> None:
+    """Show a GGUF's POP keys and its prefill/decode importance profiles.
+
+    \b
+    Example:
+      pop-local inspect model.pop.gguf --plot importance.png
+    """
+    from . import keys
+    from .metadata import read_pop_metadata
+
+    try:
+        meta = read_pop_metadata(model)
+    except PopError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
+    if not meta.has_pop_keys:
+        click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
+        return
+    click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
+    pre, dec = meta.extra.get(keys.IMPORTANCE_PREFILL), meta.extra.get(keys.IMPORTANCE_DECODE)
+    for name, value in sorted(meta.extra.items()):
+        if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
+            click.echo(f"{name} = {value}")
+    if pre and dec:
+        click.echo("\nlayer  prefill importance (P) and decode importance (D), each scaled to its maximum")
+        for i, (p, d) in enumerate(zip(_bars(pre), _bars(dec))):
+            mark = "skip" if i in meta.skip_layers else "    "
+            click.echo(f"{i:5d} {mark} P {p:<40} {pre[i]:.2e}")
+            click.echo(f"           D {d:<40} {dec[i]:.2e}")
+        if plot:
+            try:
+                import matplotlib
+
+                matplotlib.use("Agg")
+                import matplotlib.pyplot as plt
+            except ImportError:
+                raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.plot(range(len(pre)), pre, marker="o", label="prefill")
+            ax.plot(range(len(dec)), dec, marker="o", label="decode")
+            for i in meta.skip_layers:
+                ax.axvspan(i - 0.5, i + 0.5, color="grey", alpha=0.15)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("importance E[(dL/dg)^2]")
+            ax.set_title(f"{meta.architecture}, {meta.n_layer} layers (shaded: skipped in prefill)")
+            ax.legend()
+            fig.tight_layout()
+            tmp = plot + ".part.png"
+            fig.savefig(tmp, dpi=120)
+            import os
+
+            os.replace(tmp, plot)
+            click.echo(f"saved {plot}")
+    elif plot:
+        raise click.ClickException("no importance profiles in this file (converted with --no-calibrate)")
+
+
+def main() -> None:
+    cli(prog_name="pop-local")
+
+
+if __name__ == "__main__":
+    main()

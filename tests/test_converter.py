@@ -1,0 +1,152 @@
+"""Converter: virtual gates, importance, skip-set choice, `pop-local convert` / `inspect`."""
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from pop_local import keys, read_pop_metadata
+from pop_local.cli import cli
+from pop_local.converter import choose_skip_layers
+from pop_local.converter.arch import UnsupportedArchitecture, arch_spec
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama(n_layer=4, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layer,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def tiny_gemma3(n_layer=4, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layer,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        max_position_embeddings=64, sliding_window=8)
+    return transformers.Gemma3ForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def sample(n=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 64, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
+def test_gates_at_one_reproduce_logits_exactly(make):
+    from pop_local.converter.importance import VirtualGates
+
+    model = make()
+    ids = torch.tensor([sample()])
+    ref = model(input_ids=ids).logits
+    gates = VirtualGates(model, arch_spec(model.config.model_type), 4)
+    gates.boundary = 7
+    with gates.attached():
+        gated = model(input_ids=ids).logits
+        with torch.no_grad():
+            gates.decode[2] = 0.0
+        changed = model(input_ids=ids).logits
+    assert torch.equal(ref, gated)
+    # a decode gate changes only positions from the boundary on
+    assert torch.equal(changed[0, :7], ref[0, :7]) and not torch.equal(changed[0, 7:], ref[0, 7:])
+    assert torch.equal(model(input_ids=ids).logits, ref)  # hooks removed on exit
+
+
+@pytest.mark.parametrize("make, branches", [
+    (tiny_llama, ("self_attn.o_proj", "mlp.down_proj")),
+    (tiny_gemma3, ("self_attn.o_proj", "mlp.down_proj")),  # the post-norms then output zeros too
+])
+def test_layer_with_zeroed_outputs_has_zero_importance(make, branches):
+    from pop_local.converter.importance import layer_importance
+
+    model = make()
+    layer = model.model.layers[1]
+    for path in branches:
+        mod = layer
+        for part in path.split("."):
+            mod = getattr(mod, part)
+        mod.weight.zero_()
+    seqs = [sample(16, s) for s in range(4)]
+    imp = layer_importance(model, arch_spec(model.config.model_type), 4, seqs, [10] * 4)
+    assert imp.prefill[1] < 1e-12 and imp.decode[1] < 1e-12
+    assert min(imp.decode[i] for i in (0, 2, 3)) > 1e-8
+    assert imp.prefill[3] == 0.0  # the last layer's prefill positions reach no later layer
+
+
+def test_unsupported_architecture_lists_the_supported_ones():
+    with pytest.raises(UnsupportedArchitecture, match="supported: gemma3, gemma3_text, llama, qwen2, qwen3"):
+        arch_spec("gpt2")
+
+
+def test_choose_skip_layers():
+    assert choose_skip_layers(30) == tuple(range(20, 30))
+    assert choose_skip_layers(18) == tuple(range(12, 18))
+    assert choose_skip_layers(30, ratio=0.2) == tuple(range(24, 30))
+    imp = [5.0] * 30
+    imp[3] = imp[7] = imp[29] = 0.0
+    assert choose_skip_layers(30, ratio=0.1, strategy="score", prefill_importance=imp) == (3, 7, 29)
+
+
+def test_cli_no_calibrate_writes_and_inspect_shows(smollm2, tmp_path):
+    out = tmp_path / "m.pop.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--layers", "20-29", "--no-calibrate"])
+    assert r.exit_code == 0, r.output
+    meta = read_pop_metadata(out)
+    assert meta.skip_layers == tuple(range(20, 30))
+    assert meta.extra[keys.KV_K_TENSORS][0] == "blk.20.attn_k.weight" and meta.extra[keys.STRATEGY] == "explicit"
+    r = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert r.exit_code == 0 and "pop.prefill.skip_layers = 20-29" in r.output
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--layers", "20-40", "--no-calibrate"], 1, "out of range"),
+    (["--no-calibrate"], 2, "--no-calibrate needs --layers"),
+    (["--layers", "20-29", "--no-calibrate", "--ratio", "2"], 0, None),
+])
+def test_cli_convert_bad_requests(smollm2, tmp_path, args, code, message):
+    out = tmp_path / "m.pop.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out)] + args)
+    assert r.exit_code == code, r.output
+    if message:
+        assert message in r.output
+        assert not out.exists()
+
+
+def test_cli_convert_bad_files(smollm2, tmp_path):
+    runner = CliRunner()
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model")
+    trunc = tmp_path / "trunc.gguf"
+    with open(smollm2, "rb") as f:
+        trunc.write_bytes(f.read(4096))
+    for bad in (text, trunc, tmp_path / "missing.gguf"):
+        r = runner.invoke(cli, ["convert", str(bad), "-o", str(tmp_path / "o.gguf"), "--layers", "1", "--no-calibrate"])
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1, r.output
+    existing = tmp_path / "exists.gguf"
+    existing.write_bytes(b"keep me")
+    r = runner.invoke(cli, ["convert", smollm2, "-o", str(existing), "--layers", "1", "--no-calibrate"])
+    assert r.exit_code == 1 and "--force" in r.output and existing.read_bytes() == b"keep me"
+    r = runner.invoke(cli, ["convert", smollm2, "-o", "/proc/nope/o.gguf", "--layers", "1", "--no-calibrate"])
+    assert r.exit_code == 1
+    assert sorted(os.listdir(tmp_path)) == ["exists.gguf", "notes.gguf", "trunc.gguf"]
+
+
+@pytest.mark.slow
+def test_real_calibration_of_smollm2(smollm2, tmp_path):
+    """A small real calibration on CPU: profiles in the file, tail skip set, runtime picks it up."""
+    out = tmp_path / "smol.pop.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "3", "--seq-len", "64"])
+    assert r.exit_code == 0, r.output
+    meta = read_pop_metadata(out)
+    pre, dec = meta.extra[keys.IMPORTANCE_PREFILL], meta.extra[keys.IMPORTANCE_DECODE]
+    assert len(pre) == len(dec) == 30 and meta.skip_layers == tuple(range(20, 30))
+    assert pre[29] == 0.0 and dec[29] > 0
+    assert meta.extra[keys.CALIB_SAMPLES] == 3 and meta.extra[keys.CALIB_DATA] == "builtin"
+    r = CliRunner().invoke(cli, ["inspect", str(out), "--plot", str(tmp_path / "imp.png")])
+    assert r.exit_code == 0 and (tmp_path / "imp.png").stat().st_size > 1000
+    from pop_local import PopLlama
+
+    llm = PopLlama(str(out), n_ctx=256, verbose=False)
+    assert llm.skip_layers == tuple(range(20, 30)) and llm.pop_active
