@@ -46,6 +46,29 @@ def load_prompts(data: Optional[str]) -> List[str]:
     return prompts
 
 
+def load_dataset_prompts(name: str, limit: int) -> List[str]:
+    """Prompts from a datasets-library dataset (needs the network unless cached): the first string
+    field named prompt, instruction, question or text of each row."""
+    try:
+        import datasets
+    except ImportError:
+        raise PopError("--dataset needs the datasets library: pip install datasets") from None
+    try:
+        rows = datasets.load_dataset(name, split="train", streaming=True)
+    except Exception as e:
+        raise PopError(f"--dataset {name}: cannot load it ({type(e).__name__}: {e})") from None
+    prompts: List[str] = []
+    for row in rows:
+        text = next((row[k] for k in ("prompt", "instruction", "question", "text") if isinstance(row.get(k), str)), None)
+        if text and text.strip():
+            prompts.append(text)
+        if len(prompts) >= limit:
+            break
+    if not prompts:
+        raise PopError(f"--dataset {name}: no prompt/instruction/question/text field found")
+    return prompts
+
+
 def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
     """A transformers CausalLM and tokenizer: the GGUF's own (dequantized) weights, or --hf-model."""
     import torch
@@ -65,6 +88,22 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
     return model.to(device).eval(), tok
 
 
+def estimate(src: str, samples: int, seq_len: int, response_tokens: int) -> Tuple[float, int]:
+    """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
+
+    Fitted on SmolLM2-135M on a 2-core x86_64 machine: ~45 s to load and dequantize, then per
+    sample ~response_tokens decode steps plus one forward-backward over seq_len + response tokens.
+    """
+    from gguf import GGUFReader
+
+    n_params = sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
+    tokens = seq_len + response_tokens
+    flops_per_sample = 2 * n_params * (seq_len + 2 * response_tokens) + 6 * n_params * tokens
+    seconds = 30 + n_params / 4e6 + samples * flops_per_sample / 25e9
+    peak = int(n_params * 4 * 4 + 2 * 2**30 * n_params / 1e9 + 400 * 2**20)  # weights, copies, activations, runtime
+    return seconds, peak
+
+
 def _prompt_ids(tok, prompt: str, seq_len: int) -> List[int]:
     if getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
@@ -76,7 +115,27 @@ def _prompt_ids(tok, prompt: str, seq_len: int) -> List[int]:
     return ids[-seq_len:] if len(ids) > seq_len else ids
 
 
+def sample_responses(model, prompt_ids: List[List[int]], response_tokens: int, seed: int, eos: Optional[int] = None,
+                     progress: Optional[Callable[[int], None]] = None) -> List[List[int]]:
+    """prompt + a response sampled from the model (temperature 1, no truncation); same seed, same result."""
+    import torch
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seqs = []
+    for i, ids in enumerate(prompt_ids):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids], device=device), do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=response_tokens, pad_token_id=eos)
+        seqs.append(out[0].tolist())
+        if progress:
+            progress(i + 1)
+    return seqs
+
+
 def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], samples: int, seq_len: int,
+              dataset: Optional[str] = None,
               response_tokens: int, device: str, dtype: str, seed: int,
               progress: Optional[Callable[[str, int, int], None]] = None) -> Tuple[Importance, Dict]:
     """Importance of every layer in both stages; returns it and the provenance keys."""
@@ -84,23 +143,18 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
 
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
-    prompts = load_prompts(data)
+    if data and dataset:
+        raise PopError("give --data or --dataset, not both")
+    prompts = load_dataset_prompts(dataset, samples) if dataset else load_prompts(data)
     model, tok = load_model(src, hf_model, device, dtype)
     spec = arch_spec(model.config.model_type)
     if spec.gguf_arch != meta.architecture:
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
-    torch.manual_seed(seed)
-    seqs, lens = [], []
-    for i in range(samples):
-        ids = _prompt_ids(tok, prompts[i % len(prompts)], seq_len)
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids], device=device), do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=response_tokens, pad_token_id=tok.eos_token_id)
-        seqs.append(out[0].tolist())
-        lens.append(len(ids))
-        if progress:
-            progress("sampling responses", i + 1, samples)
+    prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
+    seqs = sample_responses(model, prompt_ids, response_tokens, seed, eos=tok.eos_token_id,
+                            progress=(lambda i: progress("sampling responses", i, samples)) if progress else None)
+    lens = [len(ids) for ids in prompt_ids]
     done = [0]
 
     def tick(n):
@@ -111,7 +165,7 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick)
     provenance = {
         keys.CALIB_SOURCE: hf_model or os.path.basename(src),
-        keys.CALIB_DATA: "builtin" if data is None else os.path.basename(data),
+        keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
         keys.CALIB_SAMPLES: imp.samples,
         keys.CALIB_SEQ_LEN: seq_len,
         keys.CALIB_RESPONSE_TOKENS: response_tokens,

@@ -72,14 +72,16 @@ def _kv_metadata(arch: str, skip: Sequence[int]) -> Dict[str, Any]:
 
 def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" = None, ratio: Optional[float] = None,
             strategy: str = "tail", calibrate: bool = True, hf_model: Optional[str] = None,
-            data: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
+            data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
             device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False,
             progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
     """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles)."""
     from pop_local import __version__
 
+    from pop_local.hub import resolve_model
+
     started = time.time()
-    src = os.fspath(model)
+    src = resolve_model(model)
     meta = read_pop_metadata(src)
     _check_output(output, force)
     explicit = None
@@ -92,9 +94,15 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     imp = None
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
-        from .calibrate import calibrate as run_calibration
+        from .calibrate import calibrate as run_calibration, estimate
 
-        imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, samples=samples, seq_len=seq_len,
+        if progress:
+            seconds, peak = estimate(src, samples, seq_len, response_tokens)
+            progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples: "
+                     f"about {seconds / 60:.0f}-{seconds / 30:.0f} min and {peak / 2**30:.1f} GB peak (estimate)", 0, 0)
+
+        imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
+                                          seq_len=seq_len,
                                           response_tokens=response_tokens, device=device, dtype=dtype, seed=seed,
                                           progress=progress)
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]

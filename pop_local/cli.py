@@ -22,6 +22,9 @@ def _progress_printer():
     bars = {}
 
     def progress(stage: str, done: int, total: int) -> None:
+        if total == 0:  # a message, not a bar
+            click.echo(stage, err=True)
+            return
         try:
             from tqdm import tqdm
         except ImportError:  # pragma: no cover - tqdm ships with the converter extras
@@ -39,7 +42,7 @@ def _progress_printer():
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="POP GGUF to write")
 @click.option("--layers", help='skip exactly these layers, e.g. "20-29" or "20,21,28"')
 @click.option("--ratio", type=float, help="fraction of layers to skip (default 1/3)")
@@ -48,15 +51,19 @@ def _progress_printer():
 @click.option("--no-calibrate", is_flag=True, help="write the keys without measuring importance (needs --layers)")
 @click.option("--hf-model", help="calibrate on this transformers checkpoint (folder or hub id) instead of the GGUF")
 @click.option("--data", type=click.Path(dir_okay=False), help="calibration prompts: .jsonl or text (blank-line separated)")
+@click.option("--dataset", help="calibration prompts from a datasets-library dataset (needs the network)")
 @click.option("--samples", type=int, default=64, show_default=True)
 @click.option("--seq-len", type=int, default=256, show_default=True, help="longest prompt, in tokens")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="replace an existing output file")
-def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, samples, seq_len, device, dtype,
+def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
             seed, force) -> None:
     """Make MODEL.gguf POP-ready: measure layer importance, choose the skip set, write a new GGUF.
+
+    MODEL is a local GGUF file or a hub reference org/repo/file.gguf (downloaded with
+    huggingface_hub into its cache; HF_HUB_OFFLINE=1 uses the cache only).
 
     \b
     Examples:
@@ -70,7 +77,7 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         raise click.UsageError("--no-calibrate needs --layers")
     try:
         result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
-                             hf_model=hf_model, data=data, samples=samples, seq_len=seq_len, device=device,
+                             hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
                              dtype=dtype, seed=seed, force=force, progress=_progress_printer())
     except PopError as e:
         raise click.ClickException(str(e)) from None

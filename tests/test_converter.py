@@ -150,3 +150,87 @@ def test_real_calibration_of_smollm2(smollm2, tmp_path):
 
     llm = PopLlama(str(out), n_ctx=256, verbose=False)
     assert llm.skip_layers == tuple(range(20, 30)) and llm.pop_active
+
+
+def _run(code, env):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_hub_reference_resolves_from_the_cache_offline(smollm2, tmp_path):
+    """org/repo/file.gguf goes through huggingface_hub, which honours its cache and HF_HUB_OFFLINE."""
+    snap = tmp_path / "models--someone--smol" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (snap / "smol.gguf").symlink_to(smollm2)
+    (tmp_path / "models--someone--smol" / "refs").mkdir()
+    (tmp_path / "models--someone--smol" / "refs" / "main").write_text("0123abcd")
+    env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    code = "from pop_local.hub import resolve_model; print(resolve_model('someone/smol/smol.gguf'))"
+    r = _run(code, env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("snapshots/0123abcd/smol.gguf")
+    code = ("from pop_local.hub import resolve_model\n"
+            "try:\n    resolve_model('someone/other/x.gguf')\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    r = _run(code, env)
+    assert "PopModelNotFound" in r.stdout and "HF_HUB_OFFLINE is set" in r.stdout
+
+
+def test_hub_reference_parsing():
+    from pop_local.hub import parse_hub_ref
+
+    assert parse_hub_ref("org/repo/file.gguf") == ("org/repo", "file.gguf")
+    assert parse_hub_ref("org/repo:sub/file.gguf") == ("org/repo", "sub/file.gguf")
+    for bad in ("file.gguf", "org/file.gguf", "org/repo/file.bin"):
+        with pytest.raises(ValueError):
+            parse_hub_ref(bad)
+
+
+def test_same_seed_same_importance():
+    from pop_local.converter.calibrate import sample_responses
+    from pop_local.converter.importance import layer_importance
+
+    model = tiny_llama()
+    prompts = [sample(10, s) for s in range(3)]
+
+    def run(seed):
+        seqs = sample_responses(model, prompts, 6, seed)
+        return seqs, layer_importance(model, arch_spec("llama"), 4, seqs, [10] * 3)
+
+    (s1, i1), (s2, i2), (s3, _) = run(7), run(7), run(8)
+    assert s1 == s2 and i1.prefill == i2.prefill and i1.decode == i2.decode
+    assert s1 != s3
+    assert all(len(s) > 10 for s in s1)
+
+
+def test_calibration_prompt_files(tmp_path):
+    from pop_local.converter.calibrate import load_dataset_prompts, load_prompts
+    from pop_local.converter.calibration_data import BUILTIN_PROMPTS
+    from pop_local.errors import PopError
+
+    assert load_prompts(None) == BUILTIN_PROMPTS and len(BUILTIN_PROMPTS) >= 20
+    j = tmp_path / "p.jsonl"
+    j.write_text('{"prompt": "a"}\n\n{"instruction": "b"}\n{"text": "c"}\n')
+    assert load_prompts(str(j)) == ["a", "b", "c"]
+    t = tmp_path / "p.txt"
+    t.write_text("first prompt\nstill first\n\nsecond\n")
+    assert load_prompts(str(t)) == ["first prompt\nstill first", "second"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\nnot json\n')
+    with pytest.raises(PopError, match="bad.jsonl:2: not JSON"):
+        load_prompts(str(bad))
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"answer": "a"}\n')
+    with pytest.raises(PopError, match='nofield.jsonl:1: expected an object'):
+        load_prompts(str(nofield))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(PopError, match="no prompts"):
+        load_prompts(str(empty))
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(PopError, match="needs the datasets library"):
+            load_dataset_prompts("some/dataset", 4)
