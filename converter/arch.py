@@ -13,7 +13,7 @@ from typing import Dict
 
 from pop_local.errors import PopError
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "UnsupportedArchitecture", "arch_spec"]
+__all__ = ["ArchSpec", "ARCHITECTURES", "UnsupportedArchitecture", "arch_spec", "check_gguf_architecture"]
 
 
 class UnsupportedArchitecture(PopError):
@@ -44,3 +44,12 @@ def arch_spec(model_type: str) -> ArchSpec:
         raise UnsupportedArchitecture(
             f"architecture '{model_type}' is not supported for calibration "
             f"(supported: {', '.join(sorted(ARCHITECTURES))})") from None
+
+
+def check_gguf_architecture(gguf_arch: str) -> None:
+    """Fail before any model is loaded when a GGUF's architecture cannot be calibrated."""
+    supported = sorted({spec.gguf_arch for spec in ARCHITECTURES.values()})
+    if gguf_arch not in supported:
+        raise UnsupportedArchitecture(
+            f"GGUF architecture '{gguf_arch}' is not supported for calibration (supported: {', '.join(supported)}); "
+            f"--layers ... --no-calibrate still works")

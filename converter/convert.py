@@ -94,7 +94,10 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     imp = None
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
+        from .arch import check_gguf_architecture
         from .calibrate import calibrate as run_calibration, estimate
+
+        check_gguf_architecture(meta.architecture)
 
         if progress:
             seconds, peak = estimate(src, samples, seq_len, response_tokens)
