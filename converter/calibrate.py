@@ -91,16 +91,16 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int) -> Tuple[float, int]:
     """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
 
-    Fitted on SmolLM2-135M on a 2-core x86_64 machine: ~45 s to load and dequantize, then per
-    sample ~response_tokens decode steps plus one forward-backward over seq_len + response tokens.
+    Fitted on SmolLM2-135M on a 2-core x86_64 machine: about a minute to load and dequantize, then per
+    sample the llama.cpp-sampled response plus one forward-backward over seq_len + response tokens.
     """
     from gguf import GGUFReader
 
     n_params = sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
-    tokens = seq_len + response_tokens
-    flops_per_sample = 2 * n_params * (seq_len + 2 * response_tokens) + 6 * n_params * tokens
-    seconds = 30 + n_params / 4e6 + samples * flops_per_sample / 25e9
-    peak = int(n_params * 4 * 4 + 2 * 2**30 * n_params / 1e9 + 400 * 2**20)  # weights, copies, activations, runtime
+    tokens = seq_len + response_tokens  # an upper bound: most prompts are shorter than seq_len
+    per_sample = 6 * n_params * tokens / 80e9 + response_tokens * n_params * 1.5e-10  # fwd-bwd + sampling
+    seconds = 20 + n_params / 4e6 + samples * per_sample
+    peak = int(600 * 2**20 + 8 * n_params + os.path.getsize(src))  # runtime, fp32 weights + work, llama.cpp copy
     return seconds, peak
 
 
@@ -134,6 +134,35 @@ def sample_responses(model, prompt_ids: List[List[int]], response_tokens: int, s
     return seqs
 
 
+def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens: int, seed: int,
+                          progress: Optional[Callable[[int], None]] = None) -> List[List[int]]:
+    """Like sample_responses, but sampled by llama.cpp from the GGUF itself (the model users will
+    run, and several times faster than transformers' generate on a CPU). Full model: POP is off."""
+    import llama_cpp
+
+    from pop_local import keys as pop_keys
+
+    n_ctx = max(len(ids) for ids in prompt_ids) + response_tokens + 8
+    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed,
+                          kv_overrides={pop_keys.ENABLED: False})
+    try:
+        eos = llm.token_eos()
+        seqs = []
+        for i, ids in enumerate(prompt_ids):
+            llm.set_seed(seed * 100003 + i)
+            out = list(ids)
+            for tok in llm.generate(ids, temp=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+                out.append(int(tok))
+                if tok == eos or len(out) - len(ids) >= response_tokens:
+                    break
+            seqs.append(out)
+            if progress:
+                progress(i + 1)
+        return seqs
+    finally:
+        llm.close()
+
+
 def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], samples: int, seq_len: int,
               dataset: Optional[str] = None,
               response_tokens: int, device: str, dtype: str, seed: int,
@@ -152,8 +181,11 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
     prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
-    seqs = sample_responses(model, prompt_ids, response_tokens, seed, eos=tok.eos_token_id,
-                            progress=(lambda i: progress("sampling responses", i, samples)) if progress else None)
+    tick_sample = (lambda i: progress("sampling responses", i, samples)) if progress else None
+    if hf_model:
+        seqs = sample_responses(model, prompt_ids, response_tokens, seed, eos=tok.eos_token_id, progress=tick_sample)
+    else:
+        seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
     done = [0]
 

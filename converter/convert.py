@@ -102,7 +102,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         if progress:
             seconds, peak = estimate(src, samples, seq_len, response_tokens)
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples: "
-                     f"about {seconds / 60:.0f}-{seconds / 30:.0f} min and {peak / 2**30:.1f} GB peak (estimate)", 0, 0)
+                     f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
 
         imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
                                           seq_len=seq_len,
