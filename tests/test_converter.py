@@ -239,3 +239,24 @@ def test_calibration_prompt_files(tmp_path):
     except ImportError:
         with pytest.raises(PopError, match="needs the datasets library"):
             load_dataset_prompts("some/dataset", 4)
+
+
+@pytest.mark.slow
+def test_hf_model_calibrates_on_another_checkpoint(smollm2, tmp_path):
+    """--hf-model: importance comes from the named transformers checkpoint (here a tiny random llama
+    with SmolLM2's tokenizer and layer count), the GGUF only supplies the file to copy."""
+    folder, name = os.path.split(smollm2)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    ckpt = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=30,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    out = tmp_path / "m.pop.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--hf-model", str(ckpt), "--samples", "2",
+                                 "--seq-len", "32", "--strategy", "score"])
+    assert r.exit_code == 0, r.output
+    meta = read_pop_metadata(out)
+    assert meta.extra[keys.CALIB_SOURCE] == str(ckpt) and meta.extra[keys.STRATEGY] == "score"
+    assert len(meta.skip_layers) == 10 and len(meta.extra[keys.IMPORTANCE_DECODE]) == 30

@@ -32,6 +32,16 @@ def final_logits(llm, tokens):
     return last_logits(llm)
 
 
+def full_logits(llm, tokens):
+    """final_logits with POP switched off for this one prompt (the previous switch is restored)."""
+    was = llm.pop_enabled
+    llm.pop_enabled = False
+    try:
+        return final_logits(llm, tokens)
+    finally:
+        llm.pop_enabled = was
+
+
 def last_logits(llm):
     ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
@@ -70,11 +80,8 @@ def test_counters_show_pruned_prompt(pop_llm, prompt512):
 
 
 def test_pop_changes_logits_but_not_the_shape_of_the_answer(pop_llm, prompt512):
-    pop_llm.pop_enabled = True
     pruned = final_logits(pop_llm, prompt512)
-    pop_llm.pop_enabled = False
-    full = final_logits(pop_llm, prompt512)
-    pop_llm.pop_enabled = True
+    full = full_logits(pop_llm, prompt512)
     assert not np.array_equal(pruned, full), "POP on and off gave identical logits: nothing was skipped"
     # same argmax at the boundary: the last token ran at full depth over a slightly different cache
     assert int(np.argmax(pruned)) == int(np.argmax(full))
@@ -83,9 +90,7 @@ def test_pop_changes_logits_but_not_the_shape_of_the_answer(pop_llm, prompt512):
 def test_empty_skip_set_is_identical_to_pop_off(smollm2, prompt512):
     llm = make(smollm2)  # the plain file: no skip set
     assert llm.skip_layers == () and not llm.pop_active
-    llm.pop_enabled = False
-    off = final_logits(llm, prompt512)
-    llm.pop_enabled = True
+    off = full_logits(llm, prompt512)
     on = final_logits(llm, prompt512)
     assert np.array_equal(on, off)
     assert llm.pop_stats()["pruned_tokens"] == 0
@@ -95,10 +100,7 @@ def test_disabled_through_kv_overrides_is_identical_to_pop_off(smollm2, pop_llm,
     llm = make(smollm2, kv_overrides={"pop.prefill.skip_layers": SKIP, "pop.prefill.enabled": False})
     assert llm.skip_layers == SKIP_TUPLE and not llm.pop_enabled
     disabled = final_logits(llm, prompt512)
-    pop_llm.pop_enabled = False
-    full = final_logits(pop_llm, prompt512)
-    pop_llm.pop_enabled = True
-    assert np.array_equal(disabled, full)
+    assert np.array_equal(disabled, full_logits(pop_llm, prompt512))
     assert llm.pop_stats()["pruned_tokens"] == 0
 
 
@@ -106,9 +108,7 @@ def test_one_token_prompt_runs_full(pop_llm):
     tok = [pop_llm.token_bos()]
     pop_llm.reset_pop_stats()
     on = final_logits(pop_llm, tok)
-    pop_llm.pop_enabled = False
-    off = final_logits(pop_llm, tok)
-    pop_llm.pop_enabled = True
+    off = full_logits(pop_llm, tok)
     assert np.array_equal(on, off)
     assert pop_llm.pop_stats()["pruned_tokens"] == 0
 
