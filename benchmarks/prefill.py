@@ -33,8 +33,6 @@ PASSAGE = os.path.join(os.path.dirname(HERE), "tests", "data", "passage.txt")
 # --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
 
 def worker(args) -> None:
-    import numpy as np
-
     if args.plain:
         import llama_cpp
 
@@ -77,7 +75,6 @@ def worker(args) -> None:
         if not args.plain:
             result["stats"] = {k: v for k, v in llm.pop_stats().items() if k.endswith("tokens")}
             llm.reset_pop_stats()
-        _ = np  # numpy is loaded by llama_cpp anyway
         print(json.dumps(result), flush=True)
 
 

@@ -61,7 +61,7 @@ def _check_output(output: str, force: bool) -> None:
         raise PopError(f"{out_dir}: cannot write there ({e.strerror})") from None
 
 
-def _kv_metadata(arch: str, skip: Sequence[int]) -> Dict[str, Any]:
+def _kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
     """Which tensors produce each skipped layer's K and V, and from which hidden state."""
     return {
         keys.KV_INPUT: "layer_input",  # the residual entering the layer, after the layer's attn_norm
@@ -114,7 +114,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     skip = explicit if explicit is not None else choose_skip_layers(
         meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
     extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
-    extra.update(_kv_metadata(meta.architecture, skip))
+    extra.update(_kv_metadata(skip))
     write_pop_gguf(src, output, skip, extra=extra, force=force)
     return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
                          time.time() - started, extra)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -194,7 +195,6 @@ def build_vanilla(python: str, root: Path, out: Path) -> None:
         run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,
              f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
         (wheel,) = Path(wheel_dir).glob("*.whl")
-        import zipfile
         tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
