@@ -140,11 +140,9 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
     run, and several times faster than transformers' generate on a CPU). Full model: POP is off."""
     import llama_cpp
 
-    from pop_local import keys as pop_keys
-
     n_ctx = max(len(ids) for ids in prompt_ids) + response_tokens + 8
     llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed,
-                          kv_overrides={pop_keys.ENABLED: False})
+                          kv_overrides={keys.ENABLED: False})
     try:
         eos = llm.token_eos()
         seqs = []
@@ -163,13 +161,10 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
         llm.close()
 
 
-def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], samples: int, seq_len: int,
-              dataset: Optional[str] = None,
-              response_tokens: int, device: str, dtype: str, seed: int,
+def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], dataset: Optional[str],
+              samples: int, seq_len: int, response_tokens: int, device: str, dtype: str, seed: int,
               progress: Optional[Callable[[str, int, int], None]] = None) -> Tuple[Importance, Dict]:
     """Importance of every layer in both stages; returns it and the provenance keys."""
-    import torch
-
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
     if data and dataset:
@@ -187,14 +182,8 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     else:
         seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
-    done = [0]
-
-    def tick(n):
-        done[0] += n
-        if progress:
-            progress("measuring importance", done[0], samples)
-
-    imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick)
+    tick_importance = (lambda n: progress("measuring importance", n, samples)) if progress else None
+    imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick_importance)
     provenance = {
         keys.CALIB_SOURCE: hf_model or os.path.basename(src),
         keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local import keys
 from pop_local.errors import PopError
-from pop_local.layers import format_layers, parse_layers
+from pop_local.layers import as_layers
 from pop_local.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
@@ -86,8 +86,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     _check_output(output, force)
     explicit = None
     if layers is not None:
-        explicit = parse_layers(layers if isinstance(layers, str) else format_layers(layers), meta.n_layer,
-                                key="--layers")
+        explicit = as_layers(layers, meta.n_layer, key="--layers")
         if not explicit:
             raise PopError("--layers: give at least one layer")
 
@@ -105,9 +104,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
                      f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
 
         imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
-                                          seq_len=seq_len,
-                                          response_tokens=response_tokens, device=device, dtype=dtype, seed=seed,
-                                          progress=progress)
+                                          seq_len=seq_len, response_tokens=response_tokens, device=device,
+                                          dtype=dtype, seed=seed, progress=progress)
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
         extra.update(provenance)

@@ -101,7 +101,7 @@ def layer_importance(model, spec, n_layer: int, samples: Sequence[Sequence[int]]
                 acc_d += gd.double() ** 2
                 used += 1
                 if progress:
-                    progress(1)
+                    progress(used)
     finally:
         model.train(was_training)
     if used == 0:

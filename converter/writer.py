@@ -12,17 +12,14 @@ from typing import Any, Dict, Iterable, Optional
 
 from pop_local import keys
 from pop_local.errors import PopError, PopMetadataError
-from pop_local.layers import format_layers, parse_layers
+from pop_local.layers import as_layers, format_layers
 
 __all__ = ["write_pop_gguf"]
 
 
 def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
                 extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    if isinstance(skip_layers, str):
-        layers = parse_layers(skip_layers, n_layer)
-    else:
-        layers = parse_layers(format_layers(skip_layers), n_layer)
+    layers = as_layers(skip_layers, n_layer)
     if not layers:
         # the gguf package silently drops empty strings: refuse instead of writing a file without the key
         raise PopMetadataError(f"{keys.SKIP_LAYERS}: refusing to write an empty skip set")

@@ -26,16 +26,17 @@ def model_shape(path: str) -> ModelShape:
     """Shape of a GGUF model from its metadata."""
     from gguf import GGUFReader
 
+    from .metadata import gguf_field
+
     r = GGUFReader(path, "r")
 
     def get(key, default=None):
-        f = r.get_field(key)
-        if f is None:
+        v = gguf_field(r, key)
+        if v is None:
             if default is None:
                 raise KeyError(key)
             return default
-        v = f.contents()
-        return v[0] if isinstance(v, list) else v
+        return v[0] if isinstance(v, list) else v  # per-layer arrays: the first layer's value
 
     arch = get("general.architecture")
     n_embd = get(f"{arch}.embedding_length")

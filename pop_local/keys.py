@@ -1,6 +1,6 @@
 """GGUF metadata keys of pop-local (schema version 1). The one place these names are spelled.
 
-native/pop.cpp mirrors the runtime keys; tests/test_keys.py checks that the two agree.
+native/pop.cpp mirrors the runtime keys; tests/test_layers_keys.py checks that the two agree.
 """
 
 __all__ = [

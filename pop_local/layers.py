@@ -8,7 +8,7 @@ from typing import Iterable, Optional, Tuple
 from . import keys
 from .errors import PopMetadataError
 
-__all__ = ["parse_layers", "format_layers"]
+__all__ = ["parse_layers", "format_layers", "as_layers"]
 
 _ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 _EXPECTED = '(expected ascending layer indices such as "20-29" or "20,21,28")'
@@ -51,3 +51,7 @@ def format_layers(layers: Iterable[int]) -> str:
         i = j + 1
     return ",".join(out)
 
+
+def as_layers(value: "str | Iterable[int]", n_layer: int, key: str = keys.SKIP_LAYERS) -> Tuple[int, ...]:
+    """A skip set given as a string ("20-29") or as layer numbers, checked against n_layer."""
+    return parse_layers(value if isinstance(value, str) else format_layers(value), n_layer, key=key)

@@ -10,7 +10,7 @@ from . import keys
 from .errors import PopMetadataError, PopModelNotFound
 from .layers import format_layers, parse_layers
 
-__all__ = ["PopMetadata", "read_pop_metadata", "resolve_runtime_metadata"]
+__all__ = ["PopMetadata", "read_pop_metadata", "resolve_runtime_metadata", "gguf_field"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class PopMetadata:
         return format_layers(self.skip_layers)
 
 
-def _field_value(reader, name: str) -> Any:
+def gguf_field(reader, name: str) -> Any:
+    """The value of a GGUF key, or None when the file lacks it."""
     f = reader.get_field(name)
     if f is None:
         return None
@@ -50,29 +51,29 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     except Exception as e:  # the gguf package raises ValueError/struct.error/... on foreign files
         raise PopMetadataError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
-    arch = _field_value(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if not isinstance(arch, str):
         raise PopMetadataError(f"{path}: general.architecture missing; not a model GGUF")
-    n_layer = _field_value(reader, f"{arch}.block_count")
+    n_layer = gguf_field(reader, f"{arch}.block_count")
     if not isinstance(n_layer, int):
         raise PopMetadataError(f"{path}: {arch}.block_count missing")
 
-    version = _field_value(reader, keys.VERSION)
+    version = gguf_field(reader, keys.VERSION)
     if version is not None and (not isinstance(version, int) or not 1 <= version <= keys.SCHEMA_VERSION):
         raise PopMetadataError(
             f"{keys.VERSION}: schema version {version!r} is not supported (this pop-local reads "
             f"{keys.SCHEMA_VERSION}); update pop-local")
 
-    skip_raw = _field_value(reader, keys.SKIP_LAYERS)
+    skip_raw = gguf_field(reader, keys.SKIP_LAYERS)
     skip = parse_layers(skip_raw, n_layer) if skip_raw is not None else ()
-    enabled_raw = _field_value(reader, keys.ENABLED)
+    enabled_raw = gguf_field(reader, keys.ENABLED)
     if enabled_raw is not None and not isinstance(enabled_raw, bool):
         raise PopMetadataError(f"{keys.ENABLED}: expected a bool, got {enabled_raw!r}")
 
     extra = {}
     for name in reader.fields:
         if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS:
-            extra[name] = _field_value(reader, name)
+            extra[name] = gguf_field(reader, name)
 
     return PopMetadata(
         path=path,
