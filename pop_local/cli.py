@@ -86,11 +86,6 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)} ({result.seconds:.0f} s)")
 
 
-def _bars(values, width: int = 40) -> list:
-    top = max(values) or 1.0
-    return ["#" * max(0, int(round(width * v / top))) for v in values]
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--plot", type=click.Path(dir_okay=False), help="save the importance profiles as a PNG figure")
@@ -102,53 +97,27 @@ def inspect(model, plot: Optional[str]) -> None:
       pop-local inspect model.pop.gguf --plot importance.png
     """
     from . import keys
+    from .importance_report import importance_chart, save_importance_plot
     from .metadata import read_pop_metadata
 
     try:
         meta = read_pop_metadata(model)
+        click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
+        if not meta.has_pop_keys:
+            click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
+            return
+        click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
+        for name, value in sorted(meta.extra.items()):
+            if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
+                click.echo(f"{name} = {value}")
+        chart = importance_chart(meta)
+        if chart:
+            click.echo("\n" + "\n".join(chart))
+        if plot:
+            save_importance_plot(meta, plot)
+            click.echo(f"saved {plot}")
     except PopError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
-    if not meta.has_pop_keys:
-        click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
-        return
-    click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
-    pre, dec = meta.extra.get(keys.IMPORTANCE_PREFILL), meta.extra.get(keys.IMPORTANCE_DECODE)
-    for name, value in sorted(meta.extra.items()):
-        if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
-            click.echo(f"{name} = {value}")
-    if pre and dec:
-        click.echo("\nlayer  prefill importance (P) and decode importance (D), each scaled to its maximum")
-        for i, (p, d) in enumerate(zip(_bars(pre), _bars(dec))):
-            mark = "skip" if i in meta.skip_layers else "    "
-            click.echo(f"{i:5d} {mark} P {p:<40} {pre[i]:.2e}")
-            click.echo(f"           D {d:<40} {dec[i]:.2e}")
-        if plot:
-            try:
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
-            except ImportError:
-                raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
-            fig, ax = plt.subplots(figsize=(8, 4))
-            ax.plot(range(len(pre)), pre, marker="o", label="prefill")
-            ax.plot(range(len(dec)), dec, marker="o", label="decode")
-            for i in meta.skip_layers:
-                ax.axvspan(i - 0.5, i + 0.5, color="grey", alpha=0.15)
-            ax.set_xlabel("layer")
-            ax.set_ylabel("importance E[(dL/dg)^2]")
-            ax.set_title(f"{meta.architecture}, {meta.n_layer} layers (shaded: skipped in prefill)")
-            ax.legend()
-            fig.tight_layout()
-            tmp = plot + ".part.png"
-            fig.savefig(tmp, dpi=120)
-            import os
-
-            os.replace(tmp, plot)
-            click.echo(f"saved {plot}")
-    elif plot:
-        raise click.ClickException("no importance profiles in this file (converted with --no-calibrate)")
 
 
 def main() -> None:
