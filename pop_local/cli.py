@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -18,7 +19,7 @@ def cli() -> None:
     """pop-local: prefill-only pruning for llama.cpp models."""
 
 
-def _progress_printer():
+def _progress_printer(unit: str = "sample"):
     bars = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -33,7 +34,7 @@ def _progress_printer():
             return
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="sample", file=sys.stderr, leave=True)
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -118,6 +119,265 @@ def inspect(model, plot: Optional[str]) -> None:
             click.echo(f"saved {plot}")
     except PopError as e:
         raise click.ClickException(str(e)) from None
+
+
+# --- shared by the model-running commands -----------------------------------------------------------
+
+def _model_options(pop_switch: bool = True):
+    """Options every model-running command takes (--no-pop only where one mode runs)."""
+    opts = [
+        click.option("--skip-layers", help='prefill skip set instead of the file\'s, e.g. "20-29"'),
+        click.option("--threads", type=int, help="CPU threads (default: llama.cpp's choice)"),
+        click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
+                     help="layers offloaded to the GPU in GPU builds (-1: all; ignored on CPU builds)"),
+        click.option("-v", "--verbose", is_flag=True, help="show llama.cpp's log"),
+    ]
+    if pop_switch:
+        opts.insert(1, click.option("--no-pop", is_flag=True, help="run the full model (POP off)"))
+
+    def decorate(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def _open(model, *, n_ctx, skip_layers, threads, n_gpu_layers, verbose, no_pop=False, **kw):
+    from .loading import open_model
+
+    loaded = open_model(model, pop=False if no_pop else None, skip_layers=skip_layers, progress=_progress_printer(),
+                        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_gpu_layers=n_gpu_layers,
+                        verbose=verbose, **kw)
+    for note in loaded.notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
+    return loaded
+
+
+def _fail_cleanly(fn):
+    """PopError -> one-line message, exit 1 (click's usage errors keep exit 2)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PopError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+# --- chat ----------------------------------------------------------------------------------------
+
+CHAT_HELP = """commands: /pop on|off  /stats  /reset  /system TEXT  /exit  (Ctrl-C stops a reply, Ctrl-D quits)"""
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--system", "system_prompt", help="system prompt")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="longest reply, in tokens")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--seed", type=int, default=-1, help="sampling seed (default: random)")
+@click.option("--n-ctx", type=int, default=4096, show_default=True, help="context size, in tokens")
+@_model_options()
+@_fail_cleanly
+def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, **model_opts) -> None:
+    """Chat with MODEL (default: SmolLM2-135M-Instruct, made POP-ready on first use).
+
+    Prompts run pruned, replies stream from the full model. After each reply: time to first
+    token, tokens/s and how many prompt tokens ran pruned. With input piped in, each line is one
+    message (or command) and replies go to stdout, statistics to stderr.
+
+    \b
+    Examples:
+      pop-local chat
+      pop-local chat model.pop.gguf --system "You are terse."
+      printf 'Hi\\nWhat is 2+2?\\n' | pop-local chat model.pop.gguf
+    """
+    from .chat import ChatSession
+    from .layers import format_layers
+
+    loaded = _open(model, n_ctx=n_ctx, seed=seed if seed >= 0 else 0xFFFFFFFF, **model_opts)
+    llm = loaded.llm
+    session = ChatSession(llm, system=system_prompt, max_tokens=max_tokens, temperature=temperature)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  line editing and history for input()
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        state = f"POP on, skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else "full model"
+        click.secho(f"{loaded.name}: {state}. {CHAT_HELP}", dim=True, err=True)
+
+    def lines():
+        while True:
+            try:
+                if interactive:
+                    line = input(click.style("> ", fg="green", bold=True))
+                else:
+                    line = sys.stdin.readline()
+                    if not line:
+                        return
+            except EOFError:
+                click.echo(err=True)
+                return
+            except KeyboardInterrupt:
+                click.echo("\n(/exit or Ctrl-D to quit)", err=True)
+                continue
+            yield line.strip()
+
+    for line in lines():
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not _chat_command(session, loaded, line):
+                return
+            continue
+        _stream_reply(session, line)
+
+
+def _chat_command(session, loaded, line: str) -> bool:
+    """Run a /command; False ends the chat."""
+    from .layers import format_layers
+
+    llm = loaded.llm
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/exit", "/quit"):
+        return False
+    if cmd == "/pop":
+        if arg in ("on", "off"):
+            llm.pop_enabled = arg == "on"
+        elif arg:
+            click.echo("usage: /pop on|off", err=True)
+            return True
+        state = "on" if llm.pop_enabled else "off"
+        detail = f", skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else (
+            "" if llm.pop_enabled is False else " (inactive: the full model runs)")
+        click.echo(f"POP {state}{detail}", err=True)
+    elif cmd == "/stats":
+        t = session.totals()
+        click.echo(f"model {loaded.name}; POP {'on' if llm.pop_enabled else 'off'}, skip set "
+                   f"{format_layers(llm.skip_layers) or 'empty'}; {t['turns']} replies; prompt tokens "
+                   f"{t['prompt_tokens_evaluated']} evaluated ({t['pruned_tokens']} pruned), "
+                   f"{t['prompt_tokens_cached']} cached; {t['completion_tokens']} generated; "
+                   f"mean time to first token {t['mean_ttft_ms']:.0f} ms", err=True)
+    elif cmd == "/reset":
+        session.reset()
+        click.echo("conversation cleared", err=True)
+    elif cmd == "/system":
+        session.system = arg or None
+        click.echo("system prompt " + ("set" if arg else "cleared"), err=True)
+    else:
+        click.echo(f"unknown command {cmd}; {CHAT_HELP}", err=True)
+    return True
+
+
+def _stream_reply(session, text: str) -> None:
+    """Print the reply as it streams; Ctrl-C (SIGINT) ends this reply, not the program."""
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+    use_handler = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if use_handler else None
+    stream = session.reply(text)
+    try:
+        for piece in stream:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+            if interrupted.is_set():
+                break
+    finally:
+        stream.close()
+        if use_handler:
+            signal.signal(signal.SIGINT, previous)
+    click.echo()
+    stats = session.last
+    if stats.finish_reason == "interrupted":
+        click.secho("[stopped]", fg="yellow", err=True)
+    click.secho(stats.summary(), dim=True, err=True)
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+def _parse_ctx(value: str, option: str = "--ctx"):
+    try:
+        ctx = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated token counts, got {value!r}", param_hint=option) from None
+    if not ctx or min(ctx) < 2:
+        raise click.BadParameter("give one or more token counts of at least 2", param_hint=option)
+    return ctx
+
+
+def _check_fits(model_path: str, longest: int, option: str = "--ctx") -> int:
+    """The model's trained context (0 if the file does not say); PopError if `longest` exceeds it."""
+    from .loading import context_length
+
+    trained = context_length(model_path) or 0
+    if trained and longest > trained:
+        raise PopError(f"{option} {longest} is more than {os.path.basename(model_path)}'s context ({trained} tokens)")
+    return trained
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--ctx", default="512,2048", show_default=True, help="prompt lengths in tokens, comma separated")
+@click.option("--repeats", type=int, default=5, show_default=True, help="timed runs per mode (median reported)")
+@click.option("--decode-tokens", type=int, default=64, show_default=True, help="tokens for the decode measurement")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
+@click.option("--plot", type=click.Path(dir_okay=False), help="save speedup against prompt length as a PNG")
+@_model_options(pop_switch=False)
+@_fail_cleanly
+def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> None:
+    """Prefill time full vs POP, decode speed both ways, measured and FLOP-ideal speedup.
+
+    Full and POP alternate in one process on one loaded model, after a warm-up; the table shows
+    medians and the spread (min-max). MODEL defaults to the embedded SmolLM2-135M-Instruct.
+
+    \b
+    Examples:
+      pop-local bench model.pop.gguf
+      pop-local bench model.pop.gguf --ctx 256,1024,4096 --json bench.json --plot speedup.png
+      pop-local bench model.gguf --skip-layers 20-29
+    """
+    from .bench import format_table, run_bench, save_speedup_plot
+    from .loading import resolve_model_ref
+
+    ctx_list = _parse_ctx(ctx)
+    path = resolve_model_ref(model, _progress_printer())
+    trained = _check_fits(path, max(ctx_list))
+    decode_ctx = min(ctx_list)
+    if trained:
+        decode_ctx = max(1, min(decode_ctx, trained - decode_tokens))
+    needed = max(max(ctx_list), decode_ctx + decode_tokens)
+    loaded = _open(path, n_ctx=needed, n_batch=needed, **model_opts)
+    result = run_bench(loaded.llm, ctx_list, repeats=repeats, decode_tokens=decode_tokens, decode_ctx=decode_ctx,
+                       progress=_progress_printer("step"))
+    click.echo(format_table(result))
+    if json_path:
+        _write_json(json_path, result)
+        click.echo(f"saved {json_path}", err=True)
+    if plot:
+        save_speedup_plot(result, plot)
+        click.echo(f"saved {plot}", err=True)
+
+
+def _write_json(path: str, data) -> None:
+    import json
+
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PopError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main() -> None:

@@ -1,0 +1,182 @@
+"""Prefill and decode speed, full model vs POP, in one process on one loaded model.
+
+Each measurement is a fresh prefill of the same prompt (the bundled passage, repeated to length).
+Full and POP alternate, the order flipping every round, after one warm-up run of each; the median
+and the spread (min-max) are reported. `run_bench` returns a JSON-ready dict:
+
+    model, skip_layers, n_layer, threads, runs, machine
+    prefill: one row per context length:
+        n_tokens, full_ms / pop_ms: {median, min, max, n}, speedup (full/pop medians),
+        ideal_speedup (FLOP model, pop_local.flops), pruned_tokens (per POP prefill)
+    decode: context, tokens, full_tps / pop_tps: {median, min, max, n}, pop_vs_full (ratio of medians)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from .errors import PopError
+
+__all__ = ["run_bench", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
+           "save_speedup_plot"]
+
+
+def summarize(values: Sequence[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def bench_prompt(llm, n: int) -> List[int]:
+    """n tokens of the bundled passage (BOS first), repeated as needed."""
+    from .texts import passage, repeat_to
+
+    return repeat_to(llm.tokenize(passage().encode(), add_bos=True), n)
+
+
+def time_prefill(llm, tokens: Sequence[int]) -> float:
+    """Milliseconds for a fresh prefill of `tokens` (last token the only output)."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(tokens)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def time_decode(llm, prompt: Sequence[int], steps: Sequence[int]) -> float:
+    """Tokens per second feeding `steps` one at a time after a prefill of `prompt` (teacher-forced)."""
+    llm.reset()
+    llm.eval(prompt)
+    start = time.perf_counter()
+    for tok in steps:
+        llm.eval([tok])
+    return len(steps) / (time.perf_counter() - start)
+
+
+def _alternate(repeats: int, run: Callable[[str], float]) -> Dict[str, List[float]]:
+    run("full"), run("pop")  # warm-up
+    samples: Dict[str, List[float]] = {"full": [], "pop": []}
+    for r in range(repeats):
+        for mode in (("full", "pop") if r % 2 == 0 else ("pop", "full")):
+            samples[mode].append(run(mode))
+    return samples
+
+
+def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int = 64, decode_ctx: Optional[int] = None,
+              progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
+    """Measure `llm` (a PopLlama with a skip set) at each prompt length in `ctx`."""
+    from .flops import ideal_speedup, model_shape
+    from .layers import format_layers
+
+    ctx = [int(n) for n in ctx]
+    if not llm.skip_layers:
+        raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
+    if not llm.pop_supported:
+        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
+    if repeats < 1:
+        raise PopError("--repeats must be at least 1")
+    if any(n < 2 for n in ctx):
+        raise PopError("--ctx values must be at least 2 tokens")
+    decode_ctx = decode_ctx or min(ctx)
+    need = max(max(ctx), decode_ctx + decode_tokens)
+    if need > llm.n_ctx():
+        raise PopError(f"--ctx needs {need} tokens of context, the model was opened with {llm.n_ctx()}")
+
+    shape = model_shape(llm.model_path)
+    skip = llm.skip_layers
+    was_enabled = llm.pop_enabled
+    total = len(ctx) + 1
+    rows = []
+    try:
+        for i, n in enumerate(ctx):
+            if progress:
+                progress("benchmark", i, total)
+            prompt = bench_prompt(llm, n)
+            pruned = []
+
+            def prefill(mode: str) -> float:
+                llm.pop_enabled = mode == "pop"
+                before = llm.pop_stats()["pruned_tokens"]
+                ms = time_prefill(llm, prompt)
+                if mode == "pop":
+                    pruned.append(llm.pop_stats()["pruned_tokens"] - before)
+                return ms
+
+            s = _alternate(repeats, prefill)
+            full, pop = summarize(s["full"]), summarize(s["pop"])
+            rows.append({"n_tokens": n, "full_ms": full, "pop_ms": pop, "speedup": full["median"] / pop["median"],
+                         "ideal_speedup": ideal_speedup(shape, n, skip), "pruned_tokens": pruned[-1]})
+        if progress:
+            progress("benchmark", len(ctx), total)
+        tokens = bench_prompt(llm, decode_ctx + decode_tokens)
+
+        def decode(mode: str) -> float:
+            llm.pop_enabled = mode == "pop"
+            return time_decode(llm, tokens[:decode_ctx], tokens[decode_ctx:])
+
+        d = _alternate(repeats, decode)
+        if progress:
+            progress("benchmark", total, total)
+    finally:
+        llm.pop_enabled = was_enabled
+        llm.reset()
+    full_tps, pop_tps = summarize(d["full"]), summarize(d["pop"])
+    return {
+        "model": os.path.basename(llm.model_path),
+        "skip_layers": format_layers(skip),
+        "n_layer": shape.n_layer,
+        "threads": llm.context_params.n_threads_batch,
+        "runs": repeats,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "prefill": rows,
+        "decode": {"context": decode_ctx, "tokens": decode_tokens, "full_tps": full_tps, "pop_tps": pop_tps,
+                   "pop_vs_full": pop_tps["median"] / full_tps["median"]},
+    }
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """A Markdown table of `run_bench`'s result (what `pop-local bench` prints)."""
+    lines = ["| prompt tokens | full ms | POP ms | speedup | FLOP ideal |", "|---|---|---|---|---|"]
+    for r in result["prefill"]:
+        f, p = r["full_ms"], r["pop_ms"]
+        lines.append(f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
+                     f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | "
+                     f"{r['ideal_speedup']:.2f}x |")
+    d = result["decode"]
+    lines += ["", f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full_tps']['median']:.1f} "
+                  f"tok/s, POP {d['pop_tps']['median']:.1f} tok/s (POP/full {d['pop_vs_full']:.3f})."]
+    return "\n".join(lines)
+
+
+def save_speedup_plot(result: Dict[str, Any], path: str) -> None:
+    """PNG of measured and FLOP-ideal prefill speedup against prompt length (matplotlib; temp file + rename)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PopError("--plot needs matplotlib: pip install matplotlib") from None
+    rows = result["prefill"]
+    n = [r["n_tokens"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(n, [r["speedup"] for r in rows], "o-", label="measured (median)")
+    ax.fill_between(n, [r["full_ms"]["min"] / r["pop_ms"]["max"] for r in rows],
+                    [r["full_ms"]["max"] / r["pop_ms"]["min"] for r in rows], alpha=0.2, label="spread")
+    ax.plot(n, [r["ideal_speedup"] for r in rows], "s--", label="FLOP ideal")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("prefill speedup (full / POP)")
+    ax.set_title(f"{result['model']}, skip {result['skip_layers']}")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

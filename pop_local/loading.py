@@ -1,0 +1,75 @@
+"""Open a model for the commands: resolve the reference, load PopLlama, say what will run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+from .errors import PopError
+from .metadata import PopMetadata, gguf_field, read_pop_metadata
+
+__all__ = ["LoadedModel", "open_model", "resolve_model_ref", "context_length"]
+
+
+@dataclass
+class LoadedModel:
+    llm: Any                   # PopLlama
+    path: str
+    meta: PopMetadata
+    notes: List[str] = field(default_factory=list)  # what the user should know: full model runs, ...
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def resolve_model_ref(ref: Optional[str], progress: Optional[Callable[[str, int, int], None]] = None) -> str:
+    """A local GGUF path: `ref` itself, a hub file, or (None) the embedded default model."""
+    if ref is None:
+        from .models import default_model_path
+
+        return default_model_path(progress)
+    from .hub import resolve_model
+
+    path = resolve_model(ref)
+    if os.path.isdir(path):
+        raise PopError(f"{ref}: is a folder, not a GGUF file")
+    return path
+
+
+def context_length(path: str) -> Optional[int]:
+    """The context length the model was trained for (GGUF {arch}.context_length), if the file says."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path, "r")
+    arch = gguf_field(reader, "general.architecture")
+    value = gguf_field(reader, f"{arch}.context_length")
+    return int(value) if isinstance(value, int) else None
+
+
+def open_model(ref: Optional[str], *, pop: Optional[bool] = None, skip_layers: Optional[str] = None,
+               progress: Optional[Callable[[str, int, int], None]] = None, **llama_kwargs: Any) -> LoadedModel:
+    """Load `ref` (None: the default model) as a PopLlama; notes say when the full model runs instead."""
+    from .llama import PopLlama
+
+    path = resolve_model_ref(ref, progress)
+    meta = read_pop_metadata(path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
+    n_ctx = llama_kwargs.get("n_ctx")
+    trained = context_length(path)
+    if n_ctx and trained and n_ctx > trained:
+        raise PopError(f"context {n_ctx} is larger than {os.path.basename(path)}'s trained context ({trained} tokens)")
+    llm = PopLlama(path, pop=pop, skip_layers=skip_layers, **llama_kwargs)
+    notes = []
+    name = os.path.basename(path)
+    if not llm.skip_layers:
+        if not meta.has_pop_keys:
+            notes.append(f"{name} has no pop.* keys: the full model runs "
+                         f"(make it POP-ready with `pop-local convert`, or pass --skip-layers)")
+        else:
+            notes.append(f"{name} has an empty skip set: the full model runs")
+    elif not llm.pop_supported:
+        notes.append(f"POP does not support the {meta.architecture} architecture in this build: the full model runs")
+    elif not llm.pop_enabled:
+        notes.append("POP is off (pop.prefill.enabled = false or --no-pop): the full model runs")
+    return LoadedModel(llm, path, meta, notes)
