@@ -365,6 +365,57 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> 
         click.echo(f"saved {plot}", err=True)
 
 
+# --- eval ----------------------------------------------------------------------------------------
+
+@cli.command(name="eval")
+@click.argument("model", required=False)
+@click.option("--ctx", default="512,1024", show_default=True, help="context lengths for perplexity, top-1 and KL")
+@click.option("--continuation", type=int, default=64, show_default=True, help="tokens scored after each context")
+@click.option("--windows", type=int, default=2, show_default=True, help="text windows per context length")
+@click.option("--passkey", "passkey_lengths", default="512,1024", show_default=True,
+              help="passkey prompt lengths, comma separated (\"\" to skip)")
+@click.option("--trials", type=int, default=4, show_default=True, help="passkey trials per length (key depths spread)")
+@click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 text file to evaluate on (default: the bundled passage)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed for the pass keys")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
+@_model_options(pop_switch=False)
+@_fail_cleanly
+def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, data, seed, json_path, **model_opts) -> None:
+    """Quality of POP on long contexts: full model, POP, POP without boundary handling, static removal.
+
+    Perplexity of a continuation given the context, top-1 agreement and KL divergence against the
+    full model, and passkey-retrieval accuracy, all in one run on one loaded model.
+
+    \b
+    Examples:
+      pop-local eval model.pop.gguf
+      pop-local eval model.pop.gguf --ctx 1024,4096 --passkey 1024,4096 --data essay.txt --json eval.json
+    """
+    from .evaluate import format_eval_table, run_eval
+    from .loading import resolve_model_ref
+
+    ctx_list = _parse_ctx(ctx)
+    passkeys = _parse_ctx(passkey_lengths, "--passkey") if passkey_lengths.strip() else []
+    text = None
+    if data:
+        try:
+            with open(data, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PopError(f"{data}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
+    path = resolve_model_ref(model, _progress_printer())
+    longest = max([c + continuation for c in ctx_list] + passkeys)
+    _check_fits(path, longest, "--ctx/--passkey (plus --continuation)")
+    loaded = _open(path, n_ctx=longest + 16, n_batch=512, **model_opts)
+    result = run_eval(loaded.llm, ctx=ctx_list, continuation=continuation, windows=windows, passkey_lengths=passkeys,
+                      passkey_trials=trials, text=text, text_name=os.path.basename(data) if data else "bundled passage",
+                      seed=seed, progress=_progress_printer("step"))
+    click.echo(format_eval_table(result))
+    if json_path:
+        _write_json(json_path, result)
+        click.echo(f"saved {json_path}", err=True)
+
+
 def _write_json(path: str, data) -> None:
     import json
 

@@ -1,0 +1,214 @@
+"""Quality of POP against the full model and the baselines the paper compares with, in one run.
+
+Modes (one loaded model, switched per measurement):
+    full             every layer in every step
+    pop              skip set pruned in prefill (K/V still written), boundary token and decode full
+    pop_no_boundary  as pop, but the last prompt token is pruned too (the paper's ablation)
+    static_removal   skip set removed in prefill and decode, no K/V written (ShortGPT-style)
+
+Metrics:
+    perplexity of a continuation given a context (the context is prefilled in the mode; the
+    continuation is scored teacher-forced as decode steps, i.e. full depth except static_removal),
+    top-1 agreement and KL(full || mode) over the same positions, and passkey-retrieval accuracy:
+    a five-digit key hidden in filler text at several depths, answered greedily.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import PopError
+
+__all__ = ["MODES", "run_eval", "format_eval_table", "passkey_prompt"]
+
+MODES = ("full", "pop", "pop_no_boundary", "static_removal")
+
+# filler for passkey prompts, written for the project
+_FILLER = ("The river runs past the old mill. The baker opens his shop at six. A cart rolls slowly down the hill. "
+           "The bell in the square rings at noon. Rain falls on the slate roofs. The market closes before dark. ")
+_INTRO = ("There is a pass key hidden inside a lot of unrelated text. Find it and remember it; "
+          "you will be asked for it at the end.\n\n")
+_QUESTION = "\n\nWhat is the pass key? The pass key is"
+
+
+def _configure(llm, mode: str) -> None:
+    from ._native import STAGE_ALL, STAGE_PREFILL, STAGE_PREFILL_NO_BOUNDARY
+
+    stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY,
+             "static_removal": STAGE_ALL}[mode]
+    llm._set_stage_mode(stage)
+    llm.pop_enabled = mode != "full"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def continuation_logprobs(llm, mode: str, context: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+    """Log-probabilities [len(continuation), n_vocab] predicting each continuation token in `mode`."""
+    import llama_cpp
+
+    n_vocab = llm.n_vocab()
+    _configure(llm, mode)
+    llm.reset()
+    llm.eval(list(context))  # the prefill, in the mode; only its last token is an output
+    rows = [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()]
+    if mode != "static_removal":
+        llm.pop_enabled = False  # decode steps run the full model in every POP variant
+    # teacher-forced decode steps as batches of all-output tokens (each runs at decode depth)
+    feed = list(continuation[:-1])
+    for i in range(0, len(feed), llm.n_batch):
+        chunk = feed[i:i + llm.n_batch]
+        n_past = llm.n_tokens
+        llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past:n_past + len(chunk)] = chunk
+        llm.n_tokens += len(chunk)
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(len(chunk), n_vocab))
+        rows.extend(out.copy())
+    return _log_softmax(np.stack(rows))
+
+
+def passkey_prompt(llm, n_tokens: int, key: str, depth: float) -> List[int]:
+    """About n_tokens tokens: intro, filler with the key at `depth` (0..1), then the question."""
+    tok = lambda s: llm.tokenize(s.encode(), add_bos=False)  # noqa: E731
+    needle = tok(f" The pass key is {key}. Remember it: {key} is the pass key. ")
+    head, question, filler = tok(_INTRO), tok(_QUESTION), tok(_FILLER)
+    room = n_tokens - 1 - len(head) - len(needle) - len(question)
+    if room < len(filler):
+        raise PopError(f"passkey length {n_tokens} is too short (at least {n_tokens - room + len(filler)} tokens)")
+    hay = (filler * (room // len(filler) + 1))[:room]
+    cut = int(round(depth * room))
+    # cut at a sentence end so the key sits between sentences
+    ends = [i + 1 for i, t in enumerate(hay) if llm.detokenize([t]).strip().endswith(b".")]
+    if ends:
+        cut = min(ends, key=lambda i: abs(i - cut))
+    return [llm.token_bos()] + head + hay[:cut] + needle + hay[cut:] + question
+
+
+def _passkey_trial(llm, mode: str, prompt: List[int], key: str) -> bool:
+    _configure(llm, mode)
+    llm.reset()
+    out = llm.create_completion(prompt, max_tokens=8, temperature=0.0, top_k=1)
+    found = re.search(r"\d+", out["choices"][0]["text"])
+    return bool(found) and found.group(0) == key
+
+
+def _windows(tokens: Sequence[int], n_ctx: int, n_cont: int, count: int, bos: int):
+    """Up to `count` (context, continuation) pairs spread evenly over `tokens` (BOS first in each context)."""
+    body = list(tokens[1:]) if tokens and tokens[0] == bos else list(tokens)
+    span = (n_ctx - 1) + n_cont
+    if len(body) < span:
+        raise PopError(f"the evaluation text has {len(body) + 1} tokens; context {n_ctx} with a {n_cont}-token "
+                       f"continuation needs {span + 1} (use a longer --data text or a smaller --ctx)")
+    last = len(body) - span
+    starts = sorted({round(last * i / max(1, count - 1)) for i in range(count)}) if count > 1 else [0]
+    return [([bos] + body[s:s + n_ctx - 1], body[s + n_ctx - 1:s + span]) for s in starts]
+
+
+def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, windows: int = 2,
+             passkey_lengths: Sequence[int] = (512, 1024), passkey_trials: int = 4, text: Optional[str] = None,
+             text_name: str = "bundled passage", modes: Sequence[str] = MODES, seed: int = 0,
+             progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
+    """Compare `modes` on `llm` (a PopLlama with a skip set). Returns a JSON-ready dict (see README)."""
+    from .layers import format_layers
+    from .texts import passage
+
+    if not llm.skip_layers:
+        raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
+    if not llm.pop_supported:
+        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
+    if continuation < 2:
+        raise PopError("--continuation must be at least 2 tokens")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or "full" not in modes:
+        raise PopError(f"modes must include full and come from {', '.join(MODES)}")
+    need = max(list(ctx) + [c + continuation for c in ctx] + list(passkey_lengths) + [0]) + 8
+    if need > llm.n_ctx():
+        raise PopError(f"evaluation needs {need} tokens of context, the model was opened with {llm.n_ctx()}")
+
+    text_tokens = llm.tokenize((text if text is not None else passage()).encode(), add_bos=True)
+    plan = [(n, w) for n in ctx for w in _windows(text_tokens, n, continuation, windows, llm.token_bos())]
+    rng = random.Random(seed)
+    trials = [(n, f"{rng.randrange(10000, 100000)}", (t + 0.5) / passkey_trials)
+              for n in passkey_lengths for t in range(passkey_trials)]
+    total = len(plan) * len(modes) + len(trials) * len(modes)
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress:
+            progress("evaluating", done, total)
+
+    was_enabled = llm.pop_enabled
+    per_ctx: Dict[int, Dict[str, Dict[str, List[float]]]] = {n: {m: {"nll": [], "top1": [], "kl": []} for m in modes}
+                                                             for n in ctx}
+    passkey: Dict[str, Dict[int, List[bool]]] = {m: {n: [] for n in passkey_lengths} for m in modes}
+    try:
+        if progress:
+            progress("evaluating", 0, total)
+        for n, (context, cont) in plan:
+            ref = continuation_logprobs(llm, "full", context, cont)
+            tick()
+            ref_top = ref.argmax(axis=-1)
+            p_ref = np.exp(ref)
+            for mode in modes:
+                lp = ref if mode == "full" else continuation_logprobs(llm, mode, context, cont)
+                if mode != "full":
+                    tick()
+                acc = per_ctx[n][mode]
+                acc["nll"].extend(-lp[np.arange(len(cont)), cont])
+                acc["top1"].extend(lp.argmax(axis=-1) == ref_top)
+                acc["kl"].extend((p_ref * (ref - lp)).sum(axis=-1))
+        for n, key, depth in trials:
+            prompt = passkey_prompt(llm, n, key, depth)
+            for mode in modes:
+                passkey[mode][n].append(_passkey_trial(llm, mode, prompt, key))
+                tick()
+    finally:
+        _configure(llm, "pop")
+        llm.pop_enabled = was_enabled
+        llm.reset()
+
+    def summary(acc):
+        return {"perplexity": float(np.exp(np.mean(acc["nll"]))), "top1_agreement": float(np.mean(acc["top1"])),
+                "kl_to_full": float(np.mean(acc["kl"]))}
+
+    results = {}
+    for mode in modes:
+        merged = {k: [v for n in ctx for v in per_ctx[n][mode][k]] for k in ("nll", "top1", "kl")}
+        results[mode] = {
+            **summary(merged),
+            "by_context": {str(n): summary(per_ctx[n][mode]) for n in ctx},
+            "passkey_accuracy": {str(n): float(np.mean(v)) for n, v in passkey[mode].items()},
+        }
+    return {
+        "model": os.path.basename(llm.model_path),
+        "skip_layers": format_layers(llm.skip_layers),
+        "text": text_name,
+        "contexts": list(ctx),
+        "continuation_tokens": continuation,
+        "windows_per_context": len(plan) // max(1, len(ctx)),
+        "passkey_trials": passkey_trials,
+        "modes": results,
+    }
+
+
+def format_eval_table(result: Dict[str, Any]) -> str:
+    """A Markdown table of `run_eval`'s result (what `pop-local eval` prints)."""
+    first = next(iter(result["modes"].values()))
+    lengths = list(first["passkey_accuracy"])
+    head = "| mode | perplexity | top-1 vs full | KL vs full |" + "".join(f" passkey@{n} |" for n in lengths)
+    lines = [head, "|---" * (4 + len(lengths)) + "|"]
+    for mode, r in result["modes"].items():
+        lines.append(f"| {mode} | {r['perplexity']:.4g} | {r['top1_agreement']:.3f} | {r['kl_to_full']:.4f} |"
+                     + "".join(f" {r['passkey_accuracy'][n]:.2f} |" for n in lengths))
+    return "\n".join(lines)
