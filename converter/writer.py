@@ -60,6 +60,9 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
     out_dir = os.path.dirname(os.path.abspath(dst))
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".pop-", suffix=".gguf.part")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the model the permissions a plain write would
     try:
         writer = GGUFWriter(tmp, meta.architecture)
         for field in reader.fields.values():

@@ -24,14 +24,12 @@ class ModelShape:
 
 def model_shape(path: str) -> ModelShape:
     """Shape of a GGUF model from its metadata."""
-    from gguf import GGUFReader
+    from .metadata import read_header
 
-    from .metadata import gguf_field
-
-    r = GGUFReader(path, "r")
+    header = read_header(path)
 
     def get(key, default=None):
-        v = gguf_field(r, key)
+        v = header.get(key)
         if v is None:
             if default is None:
                 raise KeyError(key)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
 from .errors import PopError
-from .metadata import PopMetadata, gguf_field, read_pop_metadata
+from .metadata import PopMetadata, read_header, read_pop_metadata
 
-__all__ = ["LoadedModel", "open_model", "resolve_model_ref", "context_length"]
+__all__ = ["LoadedModel", "open_model", "pop_notes", "resolve_model_ref", "context_length"]
 
 
 @dataclass
@@ -40,11 +40,8 @@ def resolve_model_ref(ref: Optional[str], progress: Optional[Callable[[str, int,
 
 def context_length(path: str) -> Optional[int]:
     """The context length the model was trained for (GGUF {arch}.context_length), if the file says."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path, "r")
-    arch = gguf_field(reader, "general.architecture")
-    value = gguf_field(reader, f"{arch}.context_length")
+    header = read_header(path)
+    value = header.get(f"{header.get('general.architecture')}.context_length")
     return int(value) if isinstance(value, int) else None
 
 
@@ -60,16 +57,19 @@ def open_model(ref: Optional[str], *, pop: Optional[bool] = None, skip_layers: O
     if n_ctx and trained and n_ctx > trained:
         raise PopError(f"context {n_ctx} is larger than {os.path.basename(path)}'s trained context ({trained} tokens)")
     llm = PopLlama(path, pop=pop, skip_layers=skip_layers, **llama_kwargs)
-    notes = []
-    name = os.path.basename(path)
+    return LoadedModel(llm, path, meta, pop_notes(llm, meta))
+
+
+def pop_notes(llm, meta: PopMetadata) -> List[str]:
+    """What the user should know about how `llm` will run: when the full model runs, and why."""
+    name = os.path.basename(meta.path)
     if not llm.skip_layers:
         if not meta.has_pop_keys:
-            notes.append(f"{name} has no pop.* keys: the full model runs "
-                         f"(make it POP-ready with `pop-local convert`, or pass --skip-layers)")
-        else:
-            notes.append(f"{name} has an empty skip set: the full model runs")
-    elif not llm.pop_supported:
-        notes.append(f"POP does not support the {meta.architecture} architecture in this build: the full model runs")
-    elif not llm.pop_enabled:
-        notes.append("POP is off (pop.prefill.enabled = false or --no-pop): the full model runs")
-    return LoadedModel(llm, path, meta, notes)
+            return [f"{name} has no pop.* keys: the full model runs "
+                    f"(make it POP-ready with `pop-local convert`, or pass --skip-layers)"]
+        return [f"{name} has an empty skip set: the full model runs"]
+    if not llm.pop_supported:
+        return [f"POP does not support the {meta.architecture} architecture in this build: the full model runs"]
+    if not llm.pop_enabled:
+        return ["POP is off (pop.prefill.enabled = false or --no-pop): the full model runs"]
+    return []

@@ -10,7 +10,7 @@ from . import keys
 from .errors import PopMetadataError, PopModelNotFound
 from .layers import format_layers, parse_layers
 
-__all__ = ["PopMetadata", "read_pop_metadata", "resolve_runtime_metadata", "gguf_field"]
+__all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata"]
 
 
 @dataclass(frozen=True)
@@ -31,49 +31,46 @@ class PopMetadata:
         return format_layers(self.skip_layers)
 
 
-def gguf_field(reader, name: str) -> Any:
-    """The value of a GGUF key, or None when the file lacks it."""
-    f = reader.get_field(name)
-    if f is None:
-        return None
-    return f.contents()
+def read_header(path: "str | os.PathLike[str]") -> Dict[str, Any]:
+    """The GGUF key-value header of `path` (tokenizer string arrays left out); clear errors for bad files."""
+    from .gguf_kv import read_gguf_kv
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PopModelNotFound(f"{path}: no such file")
+    try:
+        return read_gguf_kv(path)
+    except Exception as e:  # truncated or foreign files fail in many ways: one message for all
+        raise PopMetadataError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     """Architecture, layer count and the pop.* keys of a GGUF file, validated like the runtime does."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise PopModelNotFound(f"{path}: no such file")
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # the gguf package raises ValueError/struct.error/... on foreign files
-        raise PopMetadataError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
-
-    arch = gguf_field(reader, "general.architecture")
+    header = read_header(path)
+    arch = header.get("general.architecture")
     if not isinstance(arch, str):
         raise PopMetadataError(f"{path}: general.architecture missing; not a model GGUF")
-    n_layer = gguf_field(reader, f"{arch}.block_count")
+    n_layer = header.get(f"{arch}.block_count")
     if not isinstance(n_layer, int):
         raise PopMetadataError(f"{path}: {arch}.block_count missing")
 
-    version = gguf_field(reader, keys.VERSION)
+    version = header.get(keys.VERSION)
     if version is not None and (not isinstance(version, int) or not 1 <= version <= keys.SCHEMA_VERSION):
         raise PopMetadataError(
             f"{keys.VERSION}: schema version {version!r} is not supported (this pop-local reads "
             f"{keys.SCHEMA_VERSION}); update pop-local")
 
-    skip_raw = gguf_field(reader, keys.SKIP_LAYERS)
+    skip_raw = header.get(keys.SKIP_LAYERS)
     skip = parse_layers(skip_raw, n_layer) if skip_raw is not None else ()
-    enabled_raw = gguf_field(reader, keys.ENABLED)
+    enabled_raw = header.get(keys.ENABLED)
     if enabled_raw is not None and not isinstance(enabled_raw, bool):
         raise PopMetadataError(f"{keys.ENABLED}: expected a bool, got {enabled_raw!r}")
 
     extra = {}
-    for name in reader.fields:
+    for name, value in header.items():
         if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS:
-            extra[name] = gguf_field(reader, name)
+            extra[name] = value
 
     return PopMetadata(
         path=path,
@@ -82,7 +79,7 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         version=version,
         skip_layers=skip,
         enabled=True if enabled_raw is None else enabled_raw,
-        has_pop_keys=any(name.startswith(keys.PREFIX) for name in reader.fields),
+        has_pop_keys=any(name.startswith(keys.PREFIX) for name in header),
         extra=extra,
     )
 
