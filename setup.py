@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.9",
     packages=["pop_local", "pop_local.converter"],
     package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
+    package_data={"pop_local": ["data/*.txt"]},
     install_requires=[
         "llama-cpp-python==0.3.36",
         "gguf>=0.10",
@@ -24,7 +25,10 @@ setup(
     extras_require={
         "convert": ["torch>=2.1", "transformers>=4.50", "accelerate>=0.30", "tqdm>=4.60"],
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7.4"],
+        # llama-cpp-python's own server extras (its [server] extra would reinstall an unpatched build)
+        "serve": ["fastapi>=0.100", "uvicorn>=0.22", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
+                  "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1"],
+        "test": ["pytest>=7.4", "openai>=1.0"],
     },
     entry_points={"console_scripts": ["pop-local=pop_local.cli:main"]},
 )

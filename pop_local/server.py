@@ -7,7 +7,7 @@ behave as upstream documents. One route is added: GET /pop/stats (the model's PO
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from .errors import PopError
 

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 
@@ -17,6 +15,6 @@ def smollm2():
 @pytest.fixture(scope="session")
 def long_text():
     """An original passage (not calibration text), long enough for 2048-token prompts."""
-    path = os.path.join(os.path.dirname(__file__), "data", "passage.txt")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    from pop_local.texts import passage
+
+    return passage()
