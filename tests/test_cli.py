@@ -97,6 +97,13 @@ def test_chat_piped_conversation_with_commands(pop_model):
     assert n3 == e3 - 1                                      # POP back on after /pop on
     assert "1 replies" in r.stderr and "POP off" in r.stderr and "conversation cleared" in r.stderr
     assert "system prompt set" in r.stderr
+    assert "\x1b[" not in r.stdout + r.stderr  # no colour codes when not on a terminal
+    assert "llama_model_loader" not in r.stderr  # quiet without --verbose
+
+
+def test_chat_verbose_shows_the_llama_cpp_log(pop_model):
+    r = pop_local("chat", pop_model, "--verbose", stdin="/exit\n")
+    assert r.returncode == 0 and "llama_model_loader" in r.stderr
 
 
 def test_chat_ctrl_c_stops_the_reply_not_the_program(pop_model):
@@ -192,6 +199,11 @@ def test_eval_orders_the_baselines_as_the_paper_does(pop_model, tmp_path):
     assert m["pop"]["kl_to_full"] < m["pop_no_boundary"]["kl_to_full"]
     assert m["full"]["passkey_accuracy"]["256"] == 1.0
     assert m["static_removal"]["passkey_accuracy"]["256"] < 1.0
+
+
+def test_eval_refuses_contexts_beyond_the_model(pop_model):
+    r = CliRunner().invoke(cli, ["eval", pop_model, "--ctx", "8190", "--passkey", ""])
+    assert r.exit_code == 1 and "more than" in r.output and "8192 tokens" in r.output
 
 
 def test_eval_data_file_too_short(pop_model, tmp_path):
