@@ -26,10 +26,13 @@ class ArchSpec:
     attn_branch: str   # submodule (relative to a layer) whose output is the attention branch
     ffn_branch: str    # submodule whose output is the FFN branch
     gguf_arch: str     # general.architecture in GGUF
+    k_proj: str = "self_attn.k_proj"  # K and V projections (relative to a layer), for fitted K/V
+    v_proj: str = "self_attn.v_proj"
+    permute_k: bool = False  # the GGUF stores K rows permuted (llama.cpp's convert script does this for llama)
 
 
 ARCHITECTURES: Dict[str, ArchSpec] = {
-    "llama": ArchSpec("model.layers", "self_attn", "mlp", "llama"),
+    "llama": ArchSpec("model.layers", "self_attn", "mlp", "llama", permute_k=True),
     "qwen2": ArchSpec("model.layers", "self_attn", "mlp", "qwen2"),
     "qwen3": ArchSpec("model.layers", "self_attn", "mlp", "qwen3"),
     "gemma3_text": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pop_local import keys
 from pop_local.errors import PopError
@@ -163,8 +163,13 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
 
 def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], dataset: Optional[str],
               samples: int, seq_len: int, response_tokens: int, device: str, dtype: str, seed: int,
-              progress: Optional[Callable[[str, int, int], None]] = None) -> Tuple[Importance, Dict]:
-    """Importance of every layer in both stages; returns it and the provenance keys."""
+              progress: Optional[Callable[[str, int, int], None]] = None,
+              fit_kv_for: Optional[Callable[[Importance], Sequence[int]]] = None):
+    """Importance of every layer in both stages; returns it and the provenance keys.
+
+    With `fit_kv_for` (importance -> skip set), K/V projections for that skip set are also fitted on
+    the same samples (pop_local.converter.kv_fit) and a third value is returned: (skip, FittedKV).
+    """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
     if data and dataset:
@@ -184,6 +189,14 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     lens = [len(ids) for ids in prompt_ids]
     tick_importance = (lambda n: progress("measuring importance", n, samples)) if progress else None
     imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick_importance)
+    fitted = None
+    if fit_kv_for is not None:
+        from .kv_fit import collect_kv_stats, fit_kv
+
+        skip = tuple(fit_kv_for(imp))
+        tick_kv = (lambda n: progress("fitting K/V projections", n, len(seqs))) if progress else None
+        stats = collect_kv_stats(model, spec, meta.n_layer, skip, seqs, progress=tick_kv)
+        fitted = (skip, fit_kv(stats))
     provenance = {
         keys.CALIB_SOURCE: hf_model or os.path.basename(src),
         keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
@@ -192,4 +205,6 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         keys.CALIB_RESPONSE_TOKENS: response_tokens,
         keys.CALIB_SEED: seed,
     }
+    if fit_kv_for is not None:
+        return imp, provenance, fitted
     return imp, provenance

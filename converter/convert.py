@@ -15,9 +15,24 @@ from pop_local.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
 
-__all__ = ["convert", "ConvertResult", "choose_skip_layers", "STRATEGIES"]
+__all__ = ["convert", "ConvertResult", "choose_skip_layers", "STRATEGIES", "KV_METHODS", "KV_TYPES",
+           "resolve_kv_type"]
 
 STRATEGIES = ("tail", "score")
+KV_METHODS = ("own", "fitted")
+# tensor types the gguf package can write for fitted K/V projections
+KV_TYPES = ("auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+
+
+def resolve_kv_type(name: str):
+    """"auto" -> None (decided per file), else the GGMLQuantizationType; PopError for other names."""
+    if name not in KV_TYPES:
+        raise PopError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {name!r}")
+    if name == "auto":
+        return None
+    from gguf import GGMLQuantizationType
+
+    return GGMLQuantizationType[name.upper()]
 
 
 @dataclass
@@ -73,9 +88,13 @@ def _kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
 def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" = None, ratio: Optional[float] = None,
             strategy: str = "tail", calibrate: bool = True, hf_model: Optional[str] = None,
             data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
-            device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False,
-            progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
-    """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles)."""
+            device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "own",
+            kv_type: str = "auto", progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+    """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles).
+
+    kv="fitted" also fits K/V projections for the skipped layers during calibration and stores them
+    as extra tensors (type `kv_type`: "auto" = the file's own type for those projections when the
+    gguf package can produce it, else q8_0)."""
     from pop_local import __version__
 
     from pop_local.hub import resolve_model
@@ -90,7 +109,16 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         if not explicit:
             raise PopError("--layers: give at least one layer")
 
+    if kv not in KV_METHODS:
+        raise PopError(f"--kv must be one of {', '.join(KV_METHODS)}, got {kv!r}")
+    if kv == "fitted" and not calibrate:
+        raise PopError("--kv fitted needs calibration (drop --no-calibrate)")
+    if kv == "fitted" and hf_model:
+        raise PopError("--kv fitted fits on the GGUF's own weights; it cannot be combined with --hf-model")
+    kv_qtype = resolve_kv_type(kv_type) if kv == "fitted" else None
+
     imp = None
+    fitted = None
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
         from .arch import check_gguf_architecture
@@ -103,9 +131,17 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples: "
                      f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
 
-        imp, provenance = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
-                                          seq_len=seq_len, response_tokens=response_tokens, device=device,
-                                          dtype=dtype, seed=seed, progress=progress)
+        chooser = None
+        if kv == "fitted":
+            def chooser(importance):
+                return explicit if explicit is not None else choose_skip_layers(
+                    meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=importance.prefill)
+        out = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
+                              seq_len=seq_len, response_tokens=response_tokens, device=device,
+                              dtype=dtype, seed=seed, progress=progress, fit_kv_for=chooser)
+        imp, provenance = out[0], out[1]
+        if kv == "fitted":
+            fitted = out[2]
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
         extra.update(provenance)
@@ -113,6 +149,16 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
     extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
     extra.update(_kv_metadata(skip))
-    write_pop_gguf(src, output, skip, extra=extra, force=force)
+    tensors = None
+    if fitted is not None:
+        from .kv_tensors import fitted_kv_tensors
+
+        fit_skip, fit = fitted
+        assert tuple(fit_skip) == tuple(skip)
+        tensors, kv_extra = fitted_kv_tensors(src, meta, skip, fit, kv_qtype)
+        extra.update(kv_extra)
+    else:
+        extra[keys.KV_METHOD] = "own"
+    write_pop_gguf(src, output, skip, extra=extra, force=force, extra_tensors=tensors)
     return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
                          time.time() - started, extra)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from pop_local import keys
 from pop_local.errors import PopError, PopMetadataError
@@ -38,10 +38,13 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
 
 
 def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", skip_layers: "Iterable[int] | str",
-                   *, enabled: bool = True, extra: Optional[Dict[str, Any]] = None, force: bool = False) -> str:
+                   *, enabled: bool = True, extra: Optional[Dict[str, Any]] = None, force: bool = False,
+                   extra_tensors: Optional[Dict[str, Tuple[Any, Any]]] = None) -> str:
     """Write `dst`: `src` with pop.version, pop.prefill.skip_layers, pop.prefill.enabled (+ `extra`).
 
-    Existing pop.* keys of `src` are replaced. Raises PopError if `dst` exists and not `force`.
+    Existing pop.* keys and pop tensors (blk.N.attn_k.pop, ...) of `src` are replaced;
+    `extra_tensors` ({name: (data, GGMLQuantizationType)}, names ending in ".pop") are appended.
+    Raises PopError if `dst` exists and not `force`.
     """
     import gguf
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
@@ -82,13 +85,21 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
             else:
                 writer.add_key_value(name, value, GGUFValueType.get_type(value),
                                      sub_type=GGUFValueType.get_type(value[0]) if isinstance(value, (list, tuple)) else None)
-        for t in reader.tensors:
+        kept = [t for t in reader.tensors if not t.name.endswith(keys.POP_TENSOR_SUFFIX)]
+        for t in kept:
             writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        added = sorted((extra_tensors or {}).items())
+        for name, (data, qtype) in added:
+            if not name.endswith(keys.POP_TENSOR_SUFFIX):
+                raise PopMetadataError(f"{name}: added tensors must be pop tensors (*{keys.POP_TENSOR_SUFFIX})")
+            writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t in reader.tensors:
+        for t in kept:
             writer.write_tensor_data(t.data)
+        for _, (data, _) in added:
+            writer.write_tensor_data(data)
         writer.close()
         os.replace(tmp, dst)
     except BaseException:

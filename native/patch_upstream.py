@@ -64,6 +64,24 @@ EDITS = [
      "                can_expand = false;\n                break;\n            }\n@@",
      "            if (pop_split_by_output && output[seq_set_map[cur_seq_set[s]][cur_idx[s]]] != pop_mode) "
      "{ can_expand = false; break; } // pop-local"),
+    # graphs know their plan, so the shared Q/K/V builder can swap in fitted K/V projections
+    ("llama-graph.h",
+     "    llm_graph_result * res;\n@@\n    ggml_context * ctx0 = nullptr;",
+     "    const pop_graph_plan pop_plan; // pop-local: this graph's POP plan"),
+    ("llama-graph.cpp",
+     "    res              (params.res),\n@@    ctx0             (res->get_ctx()),",
+     "    pop_plan         (params.pop), // pop-local"),
+    ("llama-graph.cpp",
+     "        Kcur = build_lora_mm(layer.wk, cur, layer.wk_s);\n@@",
+     "        Kcur = pop_fitted_proj(*this, cur, Kcur, false, il); // pop-local"),
+    ("llama-graph.cpp",
+     "        Vcur = build_lora_mm(layer.wv, cur, layer.wv_s);\n@@",
+     "        Vcur = pop_fitted_proj(*this, cur, Vcur, true, il); // pop-local"),
+    # model load creates the optional fitted K/V tensors (blk.N.attn_k.pop / attn_v.pop)
+    ("llama-model.cpp",
+     "@@    ml.done_getting_tensors();\n\n    if (per_layer_tok_embd",
+     "    pop_create_fitted_tensors(*this, [&](int il, bool is_v, int64_t n_in, int64_t n_out) { return create_tensor("
+     "LLM_TN(arch)(is_v ? LLM_TENSOR_ATTN_V : LLM_TENSOR_ATTN_K, \"pop\", il), {n_in, n_out}, TENSOR_NOT_REQUIRED); }); // pop-local"),
     # model load reads and validates the pop.* keys
     ("llama.cpp",
      "        model->load_stats(ml);\n@@",

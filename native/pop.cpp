@@ -203,6 +203,27 @@ void pop_model_load(llama_model & model, const llama_model_loader & ml) {
     }
 }
 
+// --- fitted K/V tensors ------------------------------------------------------------------------
+
+// must match LLM_TN(arch)(LLM_TENSOR_ATTN_K / _V, "pop", il) as used at load, and the converter's names
+static std::string pop_fitted_name(int il, bool is_v) {
+    return "blk." + std::to_string(il) + (is_v ? ".attn_v.pop" : ".attn_k.pop");
+}
+
+void pop_create_fitted_tensors(const llama_model & model,
+                               const std::function<ggml_tensor *(int, bool, int64_t, int64_t)> & create) {
+    const auto & hp = model.hparams;
+    int n = 0;
+    for (int il = 0; il < (int) hp.n_layer() && il < LLAMA_MAX_LAYERS; ++il) {
+        const bool k = create(il, false, hp.n_embd, hp.n_embd_k_gqa(il)) != nullptr;
+        const bool v = create(il, true, hp.n_embd, hp.n_embd_v_gqa(il)) != nullptr;
+        n += (k || v) ? 1 : 0;
+    }
+    if (n > 0) {
+        LLAMA_LOG_INFO("%s: fitted K/V projections for %d pruned layers\n", __func__, n);
+    }
+}
+
 // --- context ----------------------------------------------------------------------------------
 
 void pop_context_prepare(pop_context_state & state, const llama_model & model) {
@@ -216,6 +237,13 @@ void pop_context_prepare(pop_context_state & state, const llama_model & model) {
     if (it != model.gguf_kv.end()) {
         state.skip = pop_parse_layers(it->second, state.n_layer); // validated at load
     }
+    state.file_skip = state.skip;
+    for (int il = 0; il < state.n_layer && il < LLAMA_MAX_LAYERS; ++il) {
+        // get_tensor hands out const pointers; these are weights the graph only reads
+        state.fitted_k[il] = const_cast<ggml_tensor *>(model.get_tensor(pop_fitted_name(il, false).c_str()));
+        state.fitted_v[il] = const_cast<ggml_tensor *>(model.get_tensor(pop_fitted_name(il, true).c_str()));
+        state.n_fitted += (state.fitted_k[il] || state.fitted_v[il]) ? 1 : 0;
+    }
     auto en = model.gguf_kv.find(POP_KEY_ENABLED);
     state.enabled = en == model.gguf_kv.end() || en->second == "true";
     state.ready = true;
@@ -227,6 +255,10 @@ bool pop_split_by_output(const pop_context_state & state) {
 
 static bool pop_graph_type_eligible(int gtype) {
     return gtype == LLM_GRAPH_TYPE_DEFAULT || gtype == LLM_GRAPH_TYPE_DECODER;
+}
+
+static bool pop_fitted_applies(const pop_context_state & state) {
+    return state.kv_mode == POP_LLAMA_KV_FITTED && state.n_fitted > 0 && state.skip == state.file_skip;
 }
 
 pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t n_tokens, uint32_t n_outputs) {
@@ -251,6 +283,10 @@ pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t
     }
     if (plan.mode != pop_graph_plan::FULL) {
         plan.skip = state.skip;
+    }
+    if (plan.mode == pop_graph_plan::KV_ONLY && pop_fitted_applies(state)) {
+        plan.fitted_k = &state.fitted_k;
+        plan.fitted_v = &state.fitted_v;
     }
     return plan;
 }
@@ -329,6 +365,19 @@ bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_gra
 bool pop_kv_only(llm_graph_context &, const llm_graph_params &, llm_graph_input_attn_no_cache *,
                  ggml_tensor *, ggml_tensor *, int) {
     return false; // no cache to keep complete: embedding-only graphs always run in full
+}
+
+ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il) {
+    const auto & plan = g.pop_plan;
+    if (plan.mode != pop_graph_plan::KV_ONLY || il < 0 || il >= LLAMA_MAX_LAYERS || !plan.skip[il]) {
+        return proj;
+    }
+    const pop_layer_tensors * table = is_v ? plan.fitted_v : plan.fitted_k;
+    if (table == nullptr || (*table)[il] == nullptr) {
+        return proj;
+    }
+    // `proj` (the own projection) is left unreferenced, so the graph never computes it
+    return ggml_mul_mat(g.ctx0, (*table)[il], cur);
 }
 
 ggml_tensor * pop_skip_layer(llm_graph_context & g, ggml_tensor * inp, int il, ggml_tensor * inp_out_ids) {
@@ -419,6 +468,28 @@ int32_t pop_llama_set_stage_mode(llama_context * ctx, int32_t mode) {
 
 int32_t pop_llama_get_stage_mode(llama_context * ctx) {
     return pop_state(ctx).stage_mode;
+}
+
+int32_t pop_llama_set_kv_mode(llama_context * ctx, int32_t mode) {
+    if (mode != POP_LLAMA_KV_OWN && mode != POP_LLAMA_KV_FITTED) {
+        LLAMA_LOG_ERROR("%s: unknown K/V mode %d\n", __func__, mode);
+        return -1;
+    }
+    pop_state(ctx).kv_mode = mode;
+    return 0;
+}
+
+int32_t pop_llama_get_kv_mode(llama_context * ctx) {
+    return pop_state(ctx).kv_mode;
+}
+
+int32_t pop_llama_n_fitted_layers(llama_context * ctx) {
+    return pop_state(ctx).n_fitted;
+}
+
+bool pop_llama_fitted_active(llama_context * ctx) {
+    const auto & st = pop_state(ctx);
+    return st.active() && pop_fitted_applies(st);
 }
 
 void pop_llama_get_stats(llama_context * ctx, pop_llama_stats * out) {

@@ -6,8 +6,10 @@
 
 #include "llama-hparams.h" // LLAMA_MAX_LAYERS
 
+#include <array>
 #include <bitset>
 #include <cstdint>
+#include <functional>
 
 struct ggml_tensor;
 struct llama_model;
@@ -19,6 +21,7 @@ class llm_graph_input_attn_kv_iswa;
 class llm_graph_input_attn_no_cache;
 
 using pop_layer_set = std::bitset<LLAMA_MAX_LAYERS>;
+using pop_layer_tensors = std::array<ggml_tensor *, LLAMA_MAX_LAYERS>;
 
 // What one ubatch's graph does with the skip set. Part of llm_graph_params, so a graph built
 // for one plan is never reused for another (see llm_graph_params::allow_reuse).
@@ -27,9 +30,13 @@ struct pop_graph_plan {
 
     uint8_t       mode = FULL;
     pop_layer_set skip;
+    // KV_ONLY with fitted projections: per-layer replacement K/V weights (null table or entry: own)
+    const pop_layer_tensors * fitted_k = nullptr;
+    const pop_layer_tensors * fitted_v = nullptr;
 
     bool operator==(const pop_graph_plan & other) const {
-        return mode == other.mode && (mode == FULL || skip == other.skip);
+        return mode == other.mode && (mode == FULL ||
+               (skip == other.skip && fitted_k == other.fitted_k && fitted_v == other.fitted_v));
     }
     bool operator!=(const pop_graph_plan & other) const { return !(*this == other); }
 };
@@ -43,6 +50,14 @@ struct pop_context_state {
     int32_t       n_layer    = 0;
     pop_layer_set skip;
 
+    // fitted K/V projections (tensors blk.N.attn_k.pop / attn_v.pop), used only while the skip set
+    // is the one they were fitted for: the file's
+    int32_t           kv_mode  = 1; // enum pop_llama_kv_mode
+    int32_t           n_fitted = 0; // layers with a fitted K or V tensor
+    pop_layer_set     file_skip;
+    pop_layer_tensors fitted_k{};
+    pop_layer_tensors fitted_v{};
+
     uint64_t pruned_tokens   = 0;
     uint64_t full_tokens     = 0;
     uint64_t pruned_ubatches = 0;
@@ -55,6 +70,11 @@ struct pop_context_state {
 // Model load: resolve pop.* keys (file + kv_overrides), validate them and store the canonical
 // values in model.gguf_kv. Throws std::runtime_error naming the key on bad values.
 void pop_model_load(llama_model & model, const llama_model_loader & ml);
+
+// Model load (llama_model::load_tensors): create the optional fitted K/V tensors of every layer through
+// `create` (which returns null for tensors the file lacks), so the loader counts and loads them.
+void pop_create_fitted_tensors(const llama_model & model,
+                               const std::function<ggml_tensor *(int il, bool is_v, int64_t n_in, int64_t n_out)> & create);
 
 // Context: read the model's POP keys on first use (idempotent).
 void pop_context_prepare(pop_context_state & state, const llama_model & model);
@@ -77,6 +97,10 @@ bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_gra
                  ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
 bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_no_cache * inp,
                  ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
+
+// build_qkv: the K (is_v false) or V projection of layer `il` for this graph: `proj` (computed with
+// the layer's own weights), or the fitted projection of `cur` when the plan prunes the layer and has one.
+ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il);
 
 // The residual stream of a skipped layer: unchanged, except that the last layer keeps only output rows.
 ggml_tensor * pop_skip_layer(llm_graph_context & g, ggml_tensor * inp, int il, ggml_tensor * inp_out_ids);

@@ -13,7 +13,7 @@
 extern "C" {
 #endif
 
-#define POP_LLAMA_ABI_VERSION 1
+#define POP_LLAMA_ABI_VERSION 2
 
 // How skipped layers are treated. Only PREFILL is the product; the other two exist so that
 // `pop-local eval` can measure the baselines of the paper in the same process.
@@ -21,6 +21,14 @@ enum pop_llama_stage_mode {
     POP_LLAMA_STAGE_PREFILL             = 0, // non-output tokens skip S (K/V still written); output tokens run full
     POP_LLAMA_STAGE_PREFILL_NO_BOUNDARY = 1, // every multi-token ubatch skips S, outputs included
     POP_LLAMA_STAGE_ALL                 = 2, // S removed in every step, no K/V written (ShortGPT-style)
+};
+
+// Which projections give a pruned layer's K and V. FITTED uses the file's fitted tensors
+// (blk.N.attn_k.pop / attn_v.pop, written by `pop-local convert --kv fitted`) for the layers that
+// have them, while the skip set is the file's; otherwise, and in OWN mode, the layer's own.
+enum pop_llama_kv_mode {
+    POP_LLAMA_KV_OWN    = 0,
+    POP_LLAMA_KV_FITTED = 1, // default
 };
 
 struct pop_llama_stats {
@@ -51,6 +59,16 @@ LLAMA_API bool pop_llama_is_active(struct llama_context * ctx);
 // Returns 0 on success, -1 for an unknown mode.
 LLAMA_API int32_t pop_llama_set_stage_mode(struct llama_context * ctx, int32_t mode);
 LLAMA_API int32_t pop_llama_get_stage_mode(struct llama_context * ctx);
+
+// Returns 0 on success, -1 for an unknown mode.
+LLAMA_API int32_t pop_llama_set_kv_mode(struct llama_context * ctx, int32_t mode);
+LLAMA_API int32_t pop_llama_get_kv_mode(struct llama_context * ctx);
+
+// Layers of the model with a fitted K or V tensor (0: the file has none).
+LLAMA_API int32_t pop_llama_n_fitted_layers(struct llama_context * ctx);
+
+// true when the next pruned prefill will use fitted projections (FITTED mode, the file's skip set, tensors present)
+LLAMA_API bool pop_llama_fitted_active(struct llama_context * ctx);
 
 LLAMA_API void pop_llama_get_stats(struct llama_context * ctx, struct pop_llama_stats * out);
 LLAMA_API void pop_llama_reset_stats(struct llama_context * ctx);

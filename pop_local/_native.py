@@ -11,14 +11,19 @@ import functools
 
 from .errors import PopNativeError
 
-__all__ = ["ABI_VERSION", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "PopStats", "lib"]
+__all__ = ["ABI_VERSION", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN", "KV_FITTED",
+           "PopStats", "lib"]
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # enum pop_llama_stage_mode
 STAGE_PREFILL = 0
 STAGE_PREFILL_NO_BOUNDARY = 1
 STAGE_ALL = 2
+
+# enum pop_llama_kv_mode
+KV_OWN = 0
+KV_FITTED = 1
 
 REBUILD_HINT = ("rebuild llama-cpp-python with pop-local's patch: `python native/build.py` from the pop-local "
                 "source tree (add your CMAKE_ARGS, e.g. CMAKE_ARGS=\"-DGGML_CUDA=on\")")
@@ -57,6 +62,14 @@ _PROTOTYPES = {
     "pop_llama_set_stage_mode": (ctypes.c_int32, [_c_ctx, ctypes.c_int32]),
     # int32_t pop_llama_get_stage_mode(struct llama_context * ctx);
     "pop_llama_get_stage_mode": (ctypes.c_int32, [_c_ctx]),
+    # int32_t pop_llama_set_kv_mode(struct llama_context * ctx, int32_t mode);
+    "pop_llama_set_kv_mode": (ctypes.c_int32, [_c_ctx, ctypes.c_int32]),
+    # int32_t pop_llama_get_kv_mode(struct llama_context * ctx);
+    "pop_llama_get_kv_mode": (ctypes.c_int32, [_c_ctx]),
+    # int32_t pop_llama_n_fitted_layers(struct llama_context * ctx);
+    "pop_llama_n_fitted_layers": (ctypes.c_int32, [_c_ctx]),
+    # bool pop_llama_fitted_active(struct llama_context * ctx);
+    "pop_llama_fitted_active": (ctypes.c_bool, [_c_ctx]),
     # void pop_llama_get_stats(struct llama_context * ctx, struct pop_llama_stats * out);
     "pop_llama_get_stats": (None, [_c_ctx, ctypes.POINTER(PopStats)]),
     # void pop_llama_reset_stats(struct llama_context * ctx);

@@ -58,9 +58,13 @@ def _progress_printer(unit: str = "sample"):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--kv", type=click.Choice(["own", "fitted"]), default="own", show_default=True,
+              help="K/V of pruned layers: own projections (the paper) or fitted ones stored in the file")
+@click.option("--kv-type", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]),
+              default="auto", show_default=True, help="tensor type of fitted projections (auto: the file's own)")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
-            seed, force) -> None:
+            seed, kv, kv_type, force) -> None:
     """Make MODEL.gguf POP-ready: measure layer importance, choose the skip set, write a new GGUF.
 
     MODEL is a local GGUF file or a hub reference org/repo/file.gguf (downloaded with
@@ -71,6 +75,7 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
       pop-local convert model.gguf -o model.pop.gguf
       pop-local convert model.gguf -o model.pop.gguf --strategy score --samples 128
       pop-local convert model.gguf -o model.pop.gguf --layers 20-29 --no-calibrate
+      pop-local convert model.gguf -o model.pop.gguf --kv fitted
     """
     from .converter import convert as run_convert
 
@@ -79,7 +84,8 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
     try:
         result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
                              hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
-                             dtype=dtype, seed=seed, force=force, progress=_progress_printer())
+                             dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type,
+                             progress=_progress_printer())
     except PopError as e:
         raise click.ClickException(str(e)) from None
     from .layers import format_layers

@@ -3,6 +3,8 @@
 Modes (one loaded model, switched per measurement):
     full             every layer in every step
     pop              skip set pruned in prefill (K/V still written), boundary token and decode full
+    pop_fitted       as pop, with the file's fitted K/V projections for the pruned layers (files
+                     converted with --kv fitted; `pop` then means the paper's own projections)
     pop_no_boundary  as pop, but the last prompt token is pruned too (the paper's ablation)
     static_removal   skip set removed in prefill and decode, no K/V written (ShortGPT-style)
 
@@ -26,7 +28,7 @@ from .errors import PopError
 
 __all__ = ["MODES", "run_eval", "format_eval_table", "passkey_prompt"]
 
-MODES = ("full", "pop", "pop_no_boundary", "static_removal")
+MODES = ("full", "pop", "pop_fitted", "pop_no_boundary", "static_removal")
 
 # filler for passkey prompts, written for the project
 _FILLER = ("The river runs past the old mill. The baker opens his shop at six. A cart rolls slowly down the hill. "
@@ -39,9 +41,10 @@ _QUESTION = "\n\nWhat is the pass key? The pass key is"
 def _configure(llm, mode: str) -> None:
     from ._native import STAGE_ALL, STAGE_PREFILL, STAGE_PREFILL_NO_BOUNDARY
 
-    stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY,
-             "static_removal": STAGE_ALL}[mode]
+    stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_fitted": STAGE_PREFILL,
+             "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY, "static_removal": STAGE_ALL}[mode]
     llm._set_stage_mode(stage)
+    llm.kv_mode = "fitted" if mode == "pop_fitted" else "own"
     llm.pop_enabled = mode != "full"
 
 
@@ -115,7 +118,7 @@ def _windows(tokens: Sequence[int], n_ctx: int, n_cont: int, count: int, bos: in
 
 def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, windows: int = 2,
              passkey_lengths: Sequence[int] = (512, 1024), passkey_trials: int = 4, text: Optional[str] = None,
-             text_name: str = "bundled passage", modes: Sequence[str] = MODES, seed: int = 0,
+             text_name: str = "bundled passage", modes: Optional[Sequence[str]] = None, seed: int = 0,
              progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
     """Compare `modes` on `llm` (a PopLlama with a skip set). Returns a JSON-ready dict (see README)."""
     from .layers import format_layers
@@ -127,6 +130,12 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         raise PopError("POP does not support this model's architecture in this build: nothing to compare")
     if continuation < 2:
         raise PopError("--continuation must be at least 2 tokens")
+    # fitted projections apply only to the skip set they were fitted for: the file's
+    fitted_ok = llm.n_fitted_layers > 0 and tuple(llm.skip_layers) == tuple(llm.pop_metadata.skip_layers)
+    if modes is None:
+        modes = [m for m in MODES if m != "pop_fitted" or fitted_ok]
+    if "pop_fitted" in modes and not fitted_ok:
+        raise PopError("pop_fitted needs fitted K/V projections (convert with --kv fitted) and the file's own skip set")
     unknown = [m for m in modes if m not in MODES]
     if unknown or "full" not in modes:
         raise PopError(f"modes must include full and come from {', '.join(MODES)}")
@@ -148,7 +157,7 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         if progress:
             progress("evaluating", done, total)
 
-    was_enabled = llm.pop_enabled
+    was_enabled, was_kv = llm.pop_enabled, llm.kv_mode
     per_ctx: Dict[int, Dict[str, Dict[str, List[float]]]] = {n: {m: {"nll": [], "top1": [], "kl": []} for m in modes}
                                                              for n in ctx}
     passkey: Dict[str, Dict[int, List[bool]]] = {m: {n: [] for n in passkey_lengths} for m in modes}
@@ -175,6 +184,7 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
                 tick()
     finally:
         _configure(llm, "pop")
+        llm.kv_mode = was_kv
         llm.pop_enabled = was_enabled
         llm.reset()
 

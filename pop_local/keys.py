@@ -7,7 +7,9 @@ __all__ = [
     "SCHEMA_VERSION", "VERSION", "SKIP_LAYERS", "ENABLED", "RUNTIME_KEYS", "PREFIX",
     "IMPORTANCE_PREFILL", "IMPORTANCE_DECODE", "STRATEGY", "TOOL_VERSION",
     "CALIB_SOURCE", "CALIB_DATA", "CALIB_SAMPLES", "CALIB_SEQ_LEN", "CALIB_RESPONSE_TOKENS", "CALIB_SEED",
-    "KV_INPUT", "KV_K_TENSORS", "KV_V_TENSORS",
+    "KV_INPUT", "KV_K_TENSORS", "KV_V_TENSORS", "KV_METHOD", "KV_FIT_ALPHA_K", "KV_FIT_ALPHA_V",
+    "KV_FIT_ERR_OWN_K", "KV_FIT_ERR_OWN_V", "KV_FIT_ERR_K", "KV_FIT_ERR_V", "KV_FIT_ROWS", "POP_TENSOR_SUFFIX",
+    "fitted_tensor_name",
 ]
 
 PREFIX = "pop."
@@ -37,3 +39,21 @@ CALIB_SEED = "pop.calibration.seed"            # u32
 KV_INPUT = "pop.prefill.kv_input"              # string: "layer_input" = the layer's own input, after attn_norm
 KV_K_TENSORS = "pop.prefill.kv_k_tensors"      # string array: K projection tensor of each skipped layer
 KV_V_TENSORS = "pop.prefill.kv_v_tensors"      # string array: V projection tensor of each skipped layer
+KV_METHOD = "pop.prefill.kv_method"          # string: "own" (the paper's) or "fitted"
+
+# --kv fitted: per skipped layer (aligned with the skip set), what the ridge fit chose and achieved
+KV_FIT_ALPHA_K = "pop.kv_fit.alpha_k"          # f32 array: ridge strength / mean(diag X^T X); inf = own kept
+KV_FIT_ALPHA_V = "pop.kv_fit.alpha_v"
+KV_FIT_ERR_OWN_K = "pop.kv_fit.rel_error_own_k"  # f32 array: held-out ||X W0 - Y||^2 / ||Y||^2
+KV_FIT_ERR_OWN_V = "pop.kv_fit.rel_error_own_v"
+KV_FIT_ERR_K = "pop.kv_fit.rel_error_k"          # f32 array: the same for the fitted W (fit samples only)
+KV_FIT_ERR_V = "pop.kv_fit.rel_error_v"
+KV_FIT_ROWS = "pop.kv_fit.rows"                  # u32 array [2]: token rows fitted on, held out
+
+
+POP_TENSOR_SUFFIX = ".pop"  # tensors pop-local adds to a GGUF end with this
+
+
+def fitted_tensor_name(layer: int, kv: str) -> str:
+    """Tensor holding layer's fitted K ("k") or V ("v") projection; native/pop.cpp builds the same name."""
+    return f"blk.{layer}.attn_{kv}.pop"

@@ -110,6 +110,27 @@ class PopLlama(llama_cpp.Llama):
         if self._pop.pop_llama_set_skip_layers(self._ctx_ptr, arr, len(checked)) != 0:
             raise PopMetadataError(f"skip_layers: the runtime rejected {list(checked)}")
 
+    @property
+    def kv_mode(self) -> str:
+        """"fitted" (default: the file's fitted K/V projections, where it has them) or "own" (the paper's)."""
+        return "fitted" if self._pop.pop_llama_get_kv_mode(self._ctx_ptr) == _native.KV_FITTED else "own"
+
+    @kv_mode.setter
+    def kv_mode(self, mode: str) -> None:
+        if mode not in ("fitted", "own"):
+            raise ValueError(f'kv_mode must be "fitted" or "own", got {mode!r}')
+        self._pop.pop_llama_set_kv_mode(self._ctx_ptr, _native.KV_FITTED if mode == "fitted" else _native.KV_OWN)
+
+    @property
+    def n_fitted_layers(self) -> int:
+        """Layers the file has fitted K/V projections for (0: none, POP uses each layer's own)."""
+        return int(self._pop.pop_llama_n_fitted_layers(self._ctx_ptr))
+
+    @property
+    def fitted_active(self) -> bool:
+        """True when pruned prompts use fitted K/V: kv_mode "fitted", the file's skip set, tensors present."""
+        return bool(self._pop.pop_llama_fitted_active(self._ctx_ptr))
+
     def _set_stage_mode(self, mode: int) -> None:
         """Evaluation baselines only (see native/pop_api.h); not a product feature."""
         if self._pop.pop_llama_set_stage_mode(self._ctx_ptr, int(mode)) != 0:
@@ -129,6 +150,7 @@ class PopLlama(llama_cpp.Llama):
             "enabled": self.pop_enabled,
             "active": self.pop_active,
             "skip_layers": self.skip_layers,
+            "kv": "fitted" if self.fitted_active else "own",
         }
 
     def reset_pop_stats(self) -> None:
