@@ -23,6 +23,9 @@ __all__ = ["KVStats", "collect_kv_stats", "fit_kv", "FittedKV", "LAMBDA_GRID", "
 
 # lam = alpha * mean(diag(X^T X)): scale-free ridge strengths tried on the held-out samples
 LAMBDA_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 100.0)
+# a fitted projection is stored only if it cuts the held-out error by at least 1% (the first layer
+# of a contiguous skipped block sees its true input, so its own projection is already exact)
+MIN_GAIN = 0.99
 
 
 @dataclass
@@ -160,7 +163,7 @@ def fit_kv(stats: KVStats, grid: Sequence[float] = LAMBDA_GRID) -> FittedKV:
             errors = {a: h.error(_solve(f, w0, kv, a), kv) for a in grid}
             best = min(errors, key=errors.get)
             own_err = h.error(w0, kv)
-            if errors[best] >= own_err:  # no strength helps on held-out text: keep the layer's own projection
+            if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own projection
                 weights[il][kv], alphas[il][kv] = w0.T.astype(np.float32), float("inf")
                 fitted[il][kv] = own_err / h.yy[kv]
             else:
