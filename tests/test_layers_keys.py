@@ -64,6 +64,18 @@ def test_native_abi_version_matches_bindings():
         assert f"#define POP_LLAMA_ABI_VERSION {_native.ABI_VERSION}" in f.read()
 
 
+def test_fitted_tensor_names_match_native():
+    """The converter writes fitted K/V under the names the native loader creates and looks up."""
+    with open(os.path.join(ROOT, "native", "pop.cpp"), encoding="utf-8") as f:
+        src = f.read()
+    assert '(is_v ? ".attn_v.pop" : ".attn_k.pop")' in src and '"blk." + std::to_string(il)' in src
+    assert keys.fitted_tensor_name(20, "k") == "blk.20.attn_k.pop"
+    assert keys.fitted_tensor_name(3, "v") == "blk.3.attn_v.pop"
+    assert keys.fitted_tensor_name(3, "v").endswith(keys.POP_TENSOR_SUFFIX)
+    with open(os.path.join(ROOT, "native", "patch_upstream.py"), encoding="utf-8") as f:
+        assert 'LLM_TENSOR_ATTN_K, \\"pop\\", il)' in f.read()  # LLM_TN(...)(ATTN_K, "pop", il) at load
+
+
 def _fake_tree(tmp_path, drop=None):
     """Files holding exactly the anchors of every edit (one anchor optionally left out)."""
     src = tmp_path / "vendor" / "llama.cpp" / "src"
