@@ -131,14 +131,13 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples: "
                      f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
 
-        chooser = None
-        if kv == "fitted":
-            def chooser(importance):
-                return explicit if explicit is not None else choose_skip_layers(
-                    meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=importance.prefill)
+        def chooser(importance):  # the skip set the K/V projections are fitted for
+            return explicit if explicit is not None else choose_skip_layers(
+                meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=importance.prefill)
+
         out = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
-                              seq_len=seq_len, response_tokens=response_tokens, device=device,
-                              dtype=dtype, seed=seed, progress=progress, fit_kv_for=chooser)
+                              seq_len=seq_len, response_tokens=response_tokens, device=device, dtype=dtype,
+                              seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" else None)
         imp, provenance = out[0], out[1]
         if kv == "fitted":
             fitted = out[2]

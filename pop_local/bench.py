@@ -21,8 +21,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .errors import PopError
 
-__all__ = ["run_bench", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
+__all__ = ["run_bench", "require_pop", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
            "save_speedup_plot"]
+
+
+def require_pop(llm) -> None:
+    """PopError unless `llm` can run pruned (a skip set, a supported architecture): else nothing to compare."""
+    if not llm.skip_layers:
+        raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
+    if not llm.pop_supported:
+        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
 
 
 def summarize(values: Sequence[float]) -> Dict[str, float]:
@@ -70,10 +78,7 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
     from .layers import format_layers
 
     ctx = [int(n) for n in ctx]
-    if not llm.skip_layers:
-        raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
-    if not llm.pop_supported:
-        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
+    require_pop(llm)
     if repeats < 1:
         raise PopError("--repeats must be at least 1")
     if any(n < 2 for n in ctx):
@@ -151,13 +156,9 @@ def format_table(result: Dict[str, Any]) -> str:
 
 def save_speedup_plot(result: Dict[str, Any], path: str) -> None:
     """PNG of measured and FLOP-ideal prefill speedup against prompt length (matplotlib; temp file + rename)."""
-    try:
-        import matplotlib
+    from .plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PopError("--plot needs matplotlib: pip install matplotlib") from None
+    plt = pyplot()
     rows = result["prefill"]
     n = [r["n_tokens"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -171,12 +172,4 @@ def save_speedup_plot(result: Dict[str, Any], path: str) -> None:
     ax.set_ylabel("prefill speedup (full / POP)")
     ax.set_title(f"{result['model']}, skip {result['skip_layers']}")
     ax.legend()
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path)

@@ -124,10 +124,9 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
     from .layers import format_layers
     from .texts import passage
 
-    if not llm.skip_layers:
-        raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
-    if not llm.pop_supported:
-        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
+    from .bench import require_pop
+
+    require_pop(llm)
     if continuation < 2:
         raise PopError("--continuation must be at least 2 tokens")
     # fitted projections apply only to the skip set they were fitted for: the file's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence, Tuple
 
 from . import keys
@@ -44,13 +43,9 @@ def save_importance_plot(meta: PopMetadata, path: str) -> None:
     profiles = importance_profiles(meta)
     if profiles is None:
         raise PopError("no importance profiles in this file (converted with --no-calibrate)")
-    try:
-        import matplotlib
+    from .plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PopError("--plot needs matplotlib: pip install matplotlib") from None
+    plt = pyplot()
     pre, dec = profiles
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(range(len(pre)), pre, marker="o", label="prefill")
@@ -61,12 +56,4 @@ def save_importance_plot(meta: PopMetadata, path: str) -> None:
     ax.set_ylabel("importance E[(dL/dg)^2]")
     ax.set_title(f"{meta.architecture}, {meta.n_layer} layers (shaded: skipped in prefill)")
     ax.legend()
-    fig.tight_layout()
-    tmp = path + ".part.png"
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)
