@@ -163,7 +163,8 @@ def fit_kv(stats: KVStats, grid: Sequence[float] = LAMBDA_GRID) -> FittedKV:
             errors = {a: h.error(_solve(f, w0, kv, a), kv) for a in grid}
             best = min(errors, key=errors.get)
             own_err = h.error(w0, kv)
-            if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own projection
+            exact = own_err <= 1e-9 * h.yy[kv]  # (the moment formula leaves ~1e-12 of rounding)
+            if exact or errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
                 weights[il][kv], alphas[il][kv] = w0.T.astype(np.float32), float("inf")
                 fitted[il][kv] = own_err / h.yy[kv]
             else:

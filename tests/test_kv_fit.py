@@ -32,6 +32,7 @@ def test_first_skipped_layer_of_a_tail_needs_no_fit(make):
     fit = fit_kv(stats)
     assert fit.rel_error_own[2]["k"] == pytest.approx(0, abs=1e-12)
     assert fit.rel_error_own[2]["v"] == pytest.approx(0, abs=1e-12)
+    assert fit.lam_alpha[2] == {"k": float("inf"), "v": float("inf")}  # so it keeps its own weights
     # deeper: the own projection is off, and the fit is closer on held-out sequences
     for kv in ("k", "v"):
         assert fit.rel_error_own[3][kv] > 1e-3
@@ -107,7 +108,9 @@ def test_fitted_file_has_tensors_and_keys(fitted_file):
     names = meta.extra[keys.KV_K_TENSORS] + meta.extra[keys.KV_V_TENSORS]
     tensors = {t.name: t for t in GGUFReader(fitted_file, "r").tensors}
     fitted = [n for n in names if n.endswith(".pop")]
-    assert len(fitted) >= 18  # layer 20's input is unchanged by the skip: its own K/V may stay
+    assert len(fitted) >= 17
+    # layer 20's input is unchanged by the skip, so its own K/V are exact and stay
+    assert "blk.20.attn_k.weight" in names and "blk.20.attn_v.weight" in names
     for n in fitted:
         assert tensors[n].tensor_type == GGMLQuantizationType.Q4_1  # the file's own type for K/V
         assert list(tensors[n].shape) == list(tensors[n.replace(".pop", ".weight")].shape)
