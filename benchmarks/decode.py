@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from pop_local import PopLlama
-    from pop_local.bench import bench_prompt
+    from pop_local.bench import alternate, bench_prompt
     from pop_local.models import smollm2_path
 
     n = args.context + args.tokens
@@ -46,12 +46,7 @@ def main(argv=None) -> int:
         return args.tokens / (time.perf_counter() - start)
 
     combos = [(False, False), (True, True), (True, False), (False, True)]
-    runs = {c: [] for c in combos}
-    for c in combos:
-        run(*c)
-    for r in range(args.rounds):
-        for c in (combos if r % 2 == 0 else combos[::-1]):
-            runs[c].append(run(*c))
+    runs = alternate(combos, args.rounds, lambda combo: run(*combo))
     print("| prefill POP | decode POP | median tok/s | runs |\n|---|---|---|---|")
     for (pre, dec), values in runs.items():
         print(f"| {'on' if pre else 'off'} | {'on' if dec else 'off'} | {statistics.median(values):.1f} | "

@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from pop_local import PopLlama
-    from pop_local.bench import _alternate, bench_prompt, summarize, time_prefill
+    from pop_local.bench import alternate, bench_prompt, summarize, time_prefill
 
     ctx = [int(x) for x in args.ctx.split(",")]
     llm = PopLlama(args.model, n_ctx=max(ctx) + 16, n_batch=max(ctx), verbose=False)
@@ -33,11 +33,11 @@ def main(argv=None) -> int:
         prompt = bench_prompt(llm, n)
 
         def run(mode: str) -> float:
-            llm.kv_mode = "own" if mode == "full" else "fitted"  # _alternate's two slots: own, fitted
+            llm.kv_mode = mode
             return time_prefill(llm, prompt)
 
-        s = _alternate(args.repeats, run)
-        own, fit = summarize(s["full"]), summarize(s["pop"])
+        s = alternate(("own", "fitted"), args.repeats, run)
+        own, fit = summarize(s["own"]), summarize(s["fitted"])
         print(f"| {n} | {own['median']:.1f} ({own['min']:.1f}-{own['max']:.1f}) | "
               f"{fit['median']:.1f} ({fit['min']:.1f}-{fit['max']:.1f}) | {fit['median'] / own['median']:.3f} |")
     return 0

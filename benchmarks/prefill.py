@@ -40,7 +40,11 @@ def worker(args) -> None:
         llm = PopLlama(args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ubatch,
                        n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
                        skip_layers=args.skip)
+    import functools
+
     from pop_local.bench import bench_prompt, time_decode, time_prefill
+
+    prompt = functools.lru_cache(maxsize=None)(lambda n: bench_prompt(llm, n))  # tokenize each length once
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -49,10 +53,10 @@ def worker(args) -> None:
         if not args.plain:
             llm.pop_enabled = mode == "pop"
         if cmd == "decode":
-            toks = bench_prompt(llm, n + args.decode_tokens)
+            toks = prompt(n + args.decode_tokens)
             result = {"decode_tps": time_decode(llm, toks[:n], toks[n:])}
         else:
-            result = {"prefill_ms": time_prefill(llm, bench_prompt(llm, n))}
+            result = {"prefill_ms": time_prefill(llm, prompt(n))}
         if not args.plain:
             result["stats"] = {k: v for k, v in llm.pop_stats().items() if k.endswith("tokens")}
             llm.reset_pop_stats()

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .errors import PopError
 
-__all__ = ["run_bench", "require_pop", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
+__all__ = ["run_bench", "require_pop", "alternate", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
            "save_speedup_plot"]
 
 
@@ -62,11 +62,14 @@ def time_decode(llm, prompt: Sequence[int], steps: Sequence[int]) -> float:
     return len(steps) / (time.perf_counter() - start)
 
 
-def _alternate(repeats: int, run: Callable[[str], float]) -> Dict[str, List[float]]:
-    run("full"), run("pop")  # warm-up
-    samples: Dict[str, List[float]] = {"full": [], "pop": []}
+def alternate(modes: Sequence[Any], repeats: int, run: Callable[[Any], float]) -> Dict[Any, List[float]]:
+    """One warm-up run per mode, then `repeats` rounds over all modes, the order flipping every round
+    (so no mode always runs right after another); returns each mode's timed results."""
+    for mode in modes:
+        run(mode)
+    samples: Dict[Any, List[float]] = {mode: [] for mode in modes}
     for r in range(repeats):
-        for mode in (("full", "pop") if r % 2 == 0 else ("pop", "full")):
+        for mode in (modes if r % 2 == 0 else list(reversed(modes))):
             samples[mode].append(run(mode))
     return samples
 
@@ -108,7 +111,7 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
                     pruned.append(llm.pop_stats()["pruned_tokens"] - before)
                 return ms
 
-            s = _alternate(repeats, prefill)
+            s = alternate(("full", "pop"), repeats, prefill)
             full, pop = summarize(s["full"]), summarize(s["pop"])
             rows.append({"n_tokens": n, "full_ms": full, "pop_ms": pop, "speedup": full["median"] / pop["median"],
                          "ideal_speedup": ideal_speedup(shape, n, skip), "pruned_tokens": pruned[-1]})
@@ -120,7 +123,7 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             llm.pop_enabled = mode == "pop"
             return time_decode(llm, tokens[:decode_ctx], tokens[decode_ctx:])
 
-        d = _alternate(repeats, decode)
+        d = alternate(("full", "pop"), repeats, decode)
         if progress:
             progress("benchmark", total, total)
     finally:

@@ -42,6 +42,20 @@ def _progress_printer(unit: str = "sample"):
     return progress
 
 
+def _fail_cleanly(fn):
+    """PopError -> one-line message, exit 1 (click's usage errors keep exit 2)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PopError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="POP GGUF to write")
@@ -63,6 +77,7 @@ def _progress_printer(unit: str = "sample"):
 @click.option("--kv-type", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]),
               default="auto", show_default=True, help="tensor type of fitted projections (auto: the file's own)")
 @click.option("--force", is_flag=True, help="replace an existing output file")
+@_fail_cleanly
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
             seed, kv, kv_type, force) -> None:
     """Make MODEL.gguf POP-ready: measure layer importance, choose the skip set, write a new GGUF.
@@ -81,13 +96,9 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
 
     if no_calibrate and not layers:
         raise click.UsageError("--no-calibrate needs --layers")
-    try:
-        result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
-                             hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
-                             dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type,
-                             progress=_progress_printer())
-    except PopError as e:
-        raise click.ClickException(str(e)) from None
+    result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
+                         hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
+                         dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, progress=_progress_printer())
     from .layers import format_layers
 
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)} ({result.seconds:.0f} s)")
@@ -96,6 +107,7 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--plot", type=click.Path(dir_okay=False), help="save the importance profiles as a PNG figure")
+@_fail_cleanly
 def inspect(model, plot: Optional[str]) -> None:
     """Show a GGUF's POP keys and its prefill/decode importance profiles.
 
@@ -107,24 +119,21 @@ def inspect(model, plot: Optional[str]) -> None:
     from .importance_report import importance_chart, save_importance_plot
     from .metadata import read_pop_metadata
 
-    try:
-        meta = read_pop_metadata(model)
-        click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
-        if not meta.has_pop_keys:
-            click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
-            return
-        click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
-        for name, value in sorted(meta.extra.items()):
-            if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
-                click.echo(f"{name} = {value}")
-        chart = importance_chart(meta)
-        if chart:
-            click.echo("\n" + "\n".join(chart))
-        if plot:
-            save_importance_plot(meta, plot)
-            click.echo(f"saved {plot}")
-    except PopError as e:
-        raise click.ClickException(str(e)) from None
+    meta = read_pop_metadata(model)
+    click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
+    if not meta.has_pop_keys:
+        click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
+        return
+    click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
+    for name, value in sorted(meta.extra.items()):
+        if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
+            click.echo(f"{name} = {value}")
+    chart = importance_chart(meta)
+    if chart:
+        click.echo("\n" + "\n".join(chart))
+    if plot:
+        save_importance_plot(meta, plot)
+        click.echo(f"saved {plot}")
 
 
 # --- shared by the model-running commands -----------------------------------------------------------
@@ -155,23 +164,13 @@ def _open(model, *, n_ctx, skip_layers, threads, n_gpu_layers, verbose, no_pop=F
     loaded = open_model(model, pop=False if no_pop else None, skip_layers=skip_layers, progress=_progress_printer(),
                         n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_gpu_layers=n_gpu_layers,
                         verbose=verbose, **kw)
-    for note in loaded.notes:
-        click.secho(f"note: {note}", fg="yellow", err=True)
+    _print_notes(loaded.notes)
     return loaded
 
 
-def _fail_cleanly(fn):
-    """PopError -> one-line message, exit 1 (click's usage errors keep exit 2)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PopError as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
+def _print_notes(notes) -> None:
+    for note in notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
 
 
 # --- chat ----------------------------------------------------------------------------------------
@@ -219,16 +218,6 @@ def _parse_ctx(value: str, option: str = "--ctx"):
     return ctx
 
 
-def _check_fits(model_path: str, longest: int, option: str = "--ctx") -> int:
-    """The model's trained context (0 if the file does not say); PopError if `longest` exceeds it."""
-    from .loading import context_length
-
-    trained = context_length(model_path) or 0
-    if trained and longest > trained:
-        raise PopError(f"{option} {longest} is more than {os.path.basename(model_path)}'s context ({trained} tokens)")
-    return trained
-
-
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--ctx", default="512,2048", show_default=True, help="prompt lengths in tokens, comma separated")
@@ -251,11 +240,11 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> 
       pop-local bench model.gguf --skip-layers 20-29
     """
     from .bench import format_table, run_bench, save_speedup_plot
-    from .loading import resolve_model_ref
+    from .loading import check_context, resolve_model_ref
 
     ctx_list = _parse_ctx(ctx)
     path = resolve_model_ref(model, _progress_printer())
-    trained = _check_fits(path, max(ctx_list))
+    trained = check_context(path, max(ctx_list), "--ctx")
     decode_ctx = min(ctx_list)
     if trained:
         decode_ctx = max(1, min(decode_ctx, trained - decode_tokens))
@@ -299,7 +288,7 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
       pop-local eval model.pop.gguf --ctx 1024,4096 --passkey 1024,4096 --data essay.txt --json eval.json
     """
     from .evaluate import format_eval_table, run_eval
-    from .loading import resolve_model_ref
+    from .loading import check_context, resolve_model_ref
 
     ctx_list = _parse_ctx(ctx)
     passkeys = _parse_ctx(passkey_lengths, "--passkey") if passkey_lengths.strip() else []
@@ -312,7 +301,7 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
             raise PopError(f"{data}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
     path = resolve_model_ref(model, _progress_printer())
     longest = max([c + continuation for c in ctx_list] + passkeys)
-    _check_fits(path, longest, "--ctx/--passkey (plus --continuation)")
+    check_context(path, longest, "--ctx/--passkey (plus --continuation)")
     loaded = _open(path, n_ctx=longest + 16, n_batch=512, **model_opts)
     result = run_eval(loaded.llm, ctx=ctx_list, continuation=continuation, windows=windows, passkey_lengths=passkeys,
                       passkey_trials=trials, text=text, text_name=os.path.basename(data) if data else "bundled passage",
@@ -350,13 +339,13 @@ def serve(model, host, port, n_ctx, alias, api_key, chat_format, skip_layers, no
     """
     import socket
 
-    from .loading import pop_notes, resolve_model_ref
+    from .loading import check_context, pop_notes, pop_state_text, resolve_model_ref
     from .metadata import read_pop_metadata
     from .server import create_pop_app, serve as run_server
 
     path = resolve_model_ref(model, _progress_printer())
     meta = read_pop_metadata(path)
-    _check_fits(path, n_ctx, "--n-ctx")
+    check_context(path, n_ctx, "--n-ctx")
     try:  # a clear message now instead of a traceback after the model has loaded
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -368,12 +357,8 @@ def serve(model, host, port, n_ctx, alias, api_key, chat_format, skip_layers, no
                          api_key=api_key, host=host, port=port, n_ctx=n_ctx, n_threads=threads,
                          n_threads_batch=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format, verbose=verbose)
     llm = app.state.pop_llm
-    for note in pop_notes(llm, meta):
-        click.secho(f"note: {note}", fg="yellow", err=True)
-    from .layers import format_layers
-
-    state = f"POP on, skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else "full model"
-    click.echo(f"serving {name} ({state}) at http://{host}:{port}/v1 - Ctrl-C stops", err=True)
+    _print_notes(pop_notes(llm, meta))
+    click.echo(f"serving {name} ({pop_state_text(llm)}) at http://{host}:{port}/v1 - Ctrl-C stops", err=True)
     run_server(app, host=host, port=port, log_level="info" if verbose else "warning")
 
 

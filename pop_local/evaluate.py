@@ -56,27 +56,15 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def continuation_logprobs(llm, mode: str, context: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
     """Log-probabilities [len(continuation), n_vocab] predicting each continuation token in `mode`."""
-    import llama_cpp
-
-    n_vocab = llm.n_vocab()
     _configure(llm, mode)
     llm.reset()
     llm.eval(list(context))  # the prefill, in the mode; only its last token is an output
-    rows = [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()]
+    first = llm.last_logits()
     if mode != "static_removal":
         llm.pop_enabled = False  # decode steps run the full model in every POP variant
     # teacher-forced decode steps as batches of all-output tokens (each runs at decode depth)
-    feed = list(continuation[:-1])
-    for i in range(0, len(feed), llm.n_batch):
-        chunk = feed[i:i + llm.n_batch]
-        n_past = llm.n_tokens
-        llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=True)
-        llm._ctx.decode(llm._batch)
-        llm.input_ids[n_past:n_past + len(chunk)] = chunk
-        llm.n_tokens += len(chunk)
-        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(len(chunk), n_vocab))
-        rows.extend(out.copy())
-    return _log_softmax(np.stack(rows))
+    rest = llm.eval_logits(list(continuation[:-1]))
+    return _log_softmax(np.concatenate([first[None, :], rest]))
 
 
 def passkey_prompt(llm, n_tokens: int, key: str, depth: float) -> List[int]:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import time
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import llama_cpp
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from . import _native
 from .errors import PopMetadataError
@@ -174,13 +177,37 @@ class PopLlama(llama_cpp.Llama):
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i: min(len(tokens), i + self.n_batch)]
-            n_past = self.n_tokens
-            self._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
-            if i + len(chunk) < len(tokens):
-                self._batch.batch.logits[len(chunk) - 1] = False
-            self._ctx.decode(self._batch)
-            self.input_ids[n_past: n_past + len(chunk)] = chunk
-            self.n_tokens += len(chunk)
-            self._requires_eval = False
+            self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens))
         self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
         self._last_prefill_tokens = len(tokens)
+
+    def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False) -> None:
+        """llama_decode one chunk (at most n_batch tokens) after the cache; outputs: all, the last, or none."""
+        n_past = self.n_tokens
+        self._batch.set_batch(batch=chunk, n_past=n_past, logits_all=all_outputs)
+        if not (all_outputs or last_is_output):
+            self._batch.batch.logits[len(chunk) - 1] = False
+        self._ctx.decode(self._batch)
+        self.input_ids[n_past: n_past + len(chunk)] = chunk
+        self.n_tokens += len(chunk)
+        self._requires_eval = False
+
+    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate tokens after the cache with every token an output (so each runs at full depth, like
+        a decode step); returns their logits [len(tokens), n_vocab] (used by `pop-local eval`)."""
+        import numpy as np
+
+        rows = []
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[i: i + self.n_batch])
+            self._decode_chunk(chunk, last_is_output=True, all_outputs=True)
+            out = llama_cpp.llama_get_logits(self._ctx.ctx)
+            rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.n_vocab())).copy())
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab()), dtype=np.float32)
+
+    def last_logits(self) -> np.ndarray:
+        """Logits of the last output of the latest decode (a copy)."""
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab(),)).copy()

@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional
 from .errors import PopError
 from .metadata import PopMetadata, read_header, read_pop_metadata
 
-__all__ = ["LoadedModel", "open_model", "pop_notes", "resolve_model_ref", "context_length"]
+__all__ = ["LoadedModel", "open_model", "pop_notes", "pop_state_text", "resolve_model_ref", "check_context"]
 
 
 @dataclass
@@ -38,11 +38,22 @@ def resolve_model_ref(ref: Optional[str], progress: Optional[Callable[[str, int,
     return path
 
 
-def context_length(path: str) -> Optional[int]:
-    """The context length the model was trained for (GGUF {arch}.context_length), if the file says."""
+def check_context(path: str, n_tokens: int, label: str = "context") -> int:
+    """The model's trained context (GGUF {arch}.context_length; 0 if the file does not say);
+    PopError naming `label` when n_tokens exceeds it."""
     header = read_header(path)
     value = header.get(f"{header.get('general.architecture')}.context_length")
-    return int(value) if isinstance(value, int) else None
+    trained = int(value) if isinstance(value, int) else 0
+    if trained and n_tokens > trained:
+        raise PopError(f"{label} {n_tokens} is more than {os.path.basename(path)}'s context ({trained} tokens)")
+    return trained
+
+
+def pop_state_text(llm) -> str:
+    """How prompts will run, in a few words (start-up lines of chat and serve)."""
+    from .layers import format_layers
+
+    return f"POP on, skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else "full model"
 
 
 def open_model(ref: Optional[str], *, pop: Optional[bool] = None, skip_layers: Optional[str] = None,
@@ -52,10 +63,8 @@ def open_model(ref: Optional[str], *, pop: Optional[bool] = None, skip_layers: O
 
     path = resolve_model_ref(ref, progress)
     meta = read_pop_metadata(path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
-    n_ctx = llama_kwargs.get("n_ctx")
-    trained = context_length(path)
-    if n_ctx and trained and n_ctx > trained:
-        raise PopError(f"context {n_ctx} is larger than {os.path.basename(path)}'s trained context ({trained} tokens)")
+    if llama_kwargs.get("n_ctx"):
+        check_context(path, llama_kwargs["n_ctx"])
     llm = PopLlama(path, pop=pop, skip_layers=skip_layers, **llama_kwargs)
     return LoadedModel(llm, path, meta, pop_notes(llm, meta))
 

@@ -9,6 +9,7 @@ import threading
 import click
 
 from .layers import format_layers
+from .loading import pop_state_text
 
 __all__ = ["run_repl", "CHAT_HELP"]
 
@@ -22,8 +23,7 @@ def run_repl(session, loaded, interactive: bool) -> None:
             import readline  # noqa: F401  line editing and history for input()
         except ImportError:  # pragma: no cover - Windows
             pass
-        state = f"POP on, skipping layers {format_layers(loaded.llm.skip_layers)}" if loaded.llm.pop_active else "full model"
-        click.secho(f"{loaded.name}: {state}. {CHAT_HELP}", dim=True, err=True)
+        click.secho(f"{loaded.name}: {pop_state_text(loaded.llm)}. {CHAT_HELP}", dim=True, err=True)
 
     def lines():
         while True:
