@@ -19,6 +19,11 @@ import tempfile
 EXPECTED_UPSTREAM = "llama-cpp-python 0.3.36"
 MARK = "// pop-local"
 
+# graph builders: just before build_attn(), with K and V final (after any K norm and RoPE), a skipped
+# layer stores its K/V and leaves the residual stream unchanged
+SKIP_LINE = ("            if (pop_kv_only(*this, params, inp_attn, Kcur, Vcur, il)) "
+             "{ inpL = pop_skip_layer(*this, inpL, il, inp_out_ids); continue; } // pop-local")
+
 # (file under vendor/llama.cpp/src, anchor with "@@" where the line goes, line to insert)
 EDITS = [
     # graph parameters carry the ubatch's POP plan, and a graph is reused only for the same plan
@@ -91,7 +96,23 @@ EDITS = [
      "@@            cur = build_attn(inp_attn,\n"
      "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
      "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, kq_scale, il);",
-     "            if (pop_kv_only(*this, params, inp_attn, Kcur, Vcur, il)) { inpL = pop_skip_layer(*this, inpL, il, inp_out_ids); continue; } // pop-local"),
+     SKIP_LINE),
+    ("models/qwen2.cpp",
+     "@@            cur = build_attn(inp_attn,\n"
+     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
+     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f/sqrtf(float(n_embd_head)), il);",
+     SKIP_LINE),
+    ("models/qwen3.cpp",
+     "@@            cur = build_attn(inp_attn,\n"
+     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
+     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f/sqrtf(float(n_embd_head)), il);",
+     SKIP_LINE),
+    # gemma3: the residual is inpL itself (post-norms act on the branches only); iswa or not
+    ("models/gemma3.cpp",
+     "@@            cur = build_attn(inp_attn,\n"
+     "                    model.layers[il].wo, NULL, model.layers[il].wo_s,\n"
+     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f, il);",
+     SKIP_LINE),
 ]
 
 

@@ -30,6 +30,9 @@ static const uint32_t     POP_SCHEMA_VERSION  = 1;
 static bool pop_arch_supported(llm_arch arch) {
     switch (arch) {
         case LLM_ARCH_LLAMA:
+        case LLM_ARCH_QWEN2:
+        case LLM_ARCH_QWEN3:
+        case LLM_ARCH_GEMMA3:
             return true;
         default:
             return false;

@@ -11,10 +11,13 @@ import functools
 
 from .errors import PopNativeError
 
-__all__ = ["ABI_VERSION", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN", "KV_FITTED",
+__all__ = ["ABI_VERSION", "ARCHITECTURES", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN", "KV_FITTED",
            "PopStats", "lib"]
 
 ABI_VERSION = 2
+
+# GGUF architectures whose graph builders the patch edits (pop_arch_supported in native/pop.cpp)
+ARCHITECTURES = ("gemma3", "llama", "qwen2", "qwen3")
 
 # enum pop_llama_stage_mode
 STAGE_PREFILL = 0

@@ -19,6 +19,7 @@ import statistics
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+from . import _native
 from .errors import PopError
 
 __all__ = ["run_bench", "require_pop", "alternate", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
@@ -30,7 +31,8 @@ def require_pop(llm) -> None:
     if not llm.skip_layers:
         raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
     if not llm.pop_supported:
-        raise PopError("POP does not support this model's architecture in this build: nothing to compare")
+        raise PopError(f"POP does not support the {llm.pop_metadata.architecture} architecture in this build "
+                       f"(supported: {', '.join(_native.ARCHITECTURES)}): nothing to compare")
 
 
 def summarize(values: Sequence[float]) -> Dict[str, float]:

