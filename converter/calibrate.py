@@ -83,9 +83,24 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
     else:
         folder, name = os.path.split(os.path.abspath(src))
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype,
+                                                     **_gguf_config_fixes(src))
     model.requires_grad_(False)
     return model.to(device).eval(), tok
+
+
+def _gguf_config_fixes(src: str) -> dict:
+    """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
+    assumes head_dim 128 (right for the released Qwen3 models, wrong for others)."""
+    from pop_local.metadata import read_header
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    header = read_header(src)
+    arch = header.get("general.architecture")
+    head_dim = header.get(f"{arch}.attention.key_length")
+    if head_dim is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(arch, {}):
+        return {"head_dim": int(head_dim)}
+    return {}
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int) -> Tuple[float, int]:

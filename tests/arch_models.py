@@ -71,6 +71,9 @@ def rewrite_as(src: str, dst: str, arch: str, *, seed: int = 0) -> str:
             vtype = field.types[0]
             writer.add_key_value(name, field.contents(), vtype,
                                  sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        if arch == "qwen3":  # Qwen3 GGUFs state the head size (transformers' default would be 128)
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
         tensors = []
         for t in reader.tensors:
             data = t.data

