@@ -98,9 +98,20 @@ def test_patch_applies_once_and_is_idempotent(tmp_path):
     snapshot = {p: p.read_text() for p in src.rglob("*") if p.is_file()}
     assert patch_upstream.patch_tree(str(tmp_path)) == 0
     assert snapshot == {p: p.read_text() for p in src.rglob("*") if p.is_file()}
-    text = "".join(snapshot.values())
-    for _rel, _anchor, line in patch_upstream.EDITS:
-        assert text.count(line) == 1
+    for rel, _anchor, line in patch_upstream.EDITS:
+        assert (src / rel).read_text().count(line) == 1, rel
+
+
+def test_native_and_python_agree_on_the_supported_architectures():
+    from pop_local import _native
+
+    with open(os.path.join(ROOT, "native", "pop.cpp")) as f:
+        body = f.read().split("static bool pop_arch_supported", 1)[1].split("default:", 1)[0]
+    native = {name.lower() for name in re.findall(r"case LLM_ARCH_(\w+):", body)}
+    assert native == set(_native.ARCHITECTURES)
+    # each one's graph builder carries the skip line
+    builders = {rel for rel, _a, line in patch_upstream.EDITS if line == patch_upstream.SKIP_LINE}
+    assert builders == {f"models/{a}.cpp" for a in _native.ARCHITECTURES}
 
 
 def test_missing_anchor_stops_and_names_the_expected_version(tmp_path):
