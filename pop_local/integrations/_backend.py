@@ -7,7 +7,9 @@
   Lock: async streams advance on worker threads, so it may be released by another thread.)
 - Tool calls: llama-cpp-python's chat handlers only produce tool calls for a forced tool. A forced
   choice ("any"/"required" or a tool's name) is generated under a JSON-schema grammar: the arguments
-  of one tool, or {"name": ..., "arguments": ...} over several. "auto" lets the model answer in text.
+  of one tool, or {"name": ..., "arguments": ...} over several. Under "auto" (or no choice) the model
+  answers in text: a grammar admitting text or a marked call was tried, and SmolLM2-135M never chose
+  the call, so that path could not be tested and is not shipped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ __all__ = ["ModelSettings", "PopSettings", "shared_model", "chat", "stream_chat"
            "forced_tool", "model_label", "DEFAULT_MODEL_LABEL"]
 
 DEFAULT_MODEL_LABEL = "smollm2-135m-instruct"  # the embedded default (model=None)
-FORCED_CALL_MIN_TOKENS = 1024  # a tool call's JSON is never cut shorter than this
+FORCED_CALL_MIN_TOKENS = 256   # a tool call's JSON is never cut shorter than this (+ its strings)
+MAX_STRING_ARGUMENT = 200      # characters, for tool-call string arguments whose schema sets no maxLength
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,29 @@ def forced_tool(tools: Optional[Sequence[dict]], tool_choice: Any) -> Optional[L
     return chosen
 
 
+def _cap_strings(schema: Any) -> Any:
+    """The schema with maxLength on every string that has none: small models can loop inside a string
+    under a grammar (greedy "it was a cat, and it was a cat, ..."), and an unbounded string never closes."""
+    if isinstance(schema, list):
+        return [_cap_strings(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _cap_strings(v) for k, v in schema.items()}
+    if out.get("type") == "string" and "maxLength" not in out and "enum" not in out and "const" not in out:
+        out["maxLength"] = MAX_STRING_ARGUMENT
+    return out
+
+
+def _call_token_budget(tools: Sequence[dict]) -> int:
+    """Tokens that always fit a call: each capped string can take 4 tokens per character (byte-level BPE
+    on CJK text), plus the JSON around it."""
+    n_strings = json.dumps(_tool_schema(tools)).count('"maxLength"')
+    return FORCED_CALL_MIN_TOKENS + 4 * MAX_STRING_ARGUMENT * n_strings
+
+
 def _tool_schema(tools: Sequence[dict]) -> dict:
     def params(t):
-        p = dict(t["function"].get("parameters") or {"type": "object", "properties": {}})
+        p = _cap_strings(dict(t["function"].get("parameters") or {"type": "object", "properties": {}}))
         p.setdefault("type", "object")
         return p
 
@@ -113,11 +136,13 @@ def _tool_schema(tools: Sequence[dict]) -> dict:
 
 def _tool_call(tools: Sequence[dict], text: str) -> dict:
     """An OpenAI-style tool call from the grammar-constrained output."""
-    data = json.loads(text)
+    data = json.loads(text, strict=False)  # the length-capped string rule admits raw newlines
     if len(tools) == 1:
-        name, args = tools[0]["function"]["name"], data
-    else:
-        name, args = data["name"], data["arguments"]
+        return _call(tools[0]["function"]["name"], data)
+    return _call(data["name"], data["arguments"])
+
+
+def _call(name: str, args: Any) -> dict:
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
             "function": {"name": name, "arguments": json.dumps(args)}}
 
@@ -128,11 +153,18 @@ def _sampling(params: Dict[str, Any]) -> Dict[str, Any]:
     return {k: params[k] for k in keys if params.get(k) is not None}
 
 
+def _tool_line(t: dict) -> str:
+    f = t["function"]
+    args = ", ".join(f"{k} ({v.get('type', 'any')}{': ' + v['description'] if v.get('description') else ''})"
+                     for k, v in ((f.get("parameters") or {}).get("properties") or {}).items())
+    return f"- {f['name']}: {f.get('description', '')} Arguments: {args or 'none'}."
+
+
 def _with_tool_instructions(messages: List[dict], tools: Sequence[dict]) -> List[dict]:
     """Tell the model which tool it is calling: the grammar fixes the form, the prompt the content."""
-    desc = "\n".join(f"- {t['function']['name']}: {t['function'].get('description', '')}".rstrip(": ")
-                     for t in tools)
-    note = ("Respond with the arguments of a call to one of these tools, as JSON:\n" + desc)
+    desc = "\n".join(_tool_line(t) for t in tools)
+    note = ("Respond with the arguments of a call to one of these tools, as JSON, copying names and values "
+            "from the conversation exactly:\n" + desc)
     if messages and messages[0].get("role") == "system":
         return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}] + messages[1:]
     return [{"role": "system", "content": note}] + messages
@@ -152,7 +184,7 @@ def chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, too
 
             kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(_tool_schema(forced)), verbose=False)
             kwargs.pop("stop", None)  # a stop string inside the JSON would cut it
-            kwargs["max_tokens"] = max(kwargs.get("max_tokens") or 0, FORCED_CALL_MIN_TOKENS)  # nor may a short limit
+            kwargs["max_tokens"] = max(kwargs.get("max_tokens") or 0, _call_token_budget(forced))  # nor may a short limit
             out = llm.create_chat_completion(messages=_with_tool_instructions(messages, forced), **kwargs)
         else:
             out = llm.create_chat_completion(messages=messages, response_format=response_format, **kwargs)
@@ -172,7 +204,7 @@ def stream_chat(settings: ModelSettings, pop: PopSettings, messages: List[dict],
                 tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Iterator[Dict[str, Any]]:
     """Chunks {"content": text} while generating, then one {"finish_reason", "usage", "pop", "model"}.
     Forced tool calls come whole in the last chunk ({"tool_calls": [...]})."""
-    if forced_tool(tools, tool_choice):
+    if forced_tool(tools, tool_choice):  # a forced call comes whole
         yield chat(settings, pop, messages, tools=tools, tool_choice=tool_choice, **params)
         return
     llm, lock = shared_model(settings)
