@@ -17,6 +17,7 @@ import pytest
 
 import llama_cpp
 
+from llama_contexts import contexts, decode, full_cut_like_pop, set_skip, stats
 from pop_local import PopLlama
 from pop_local import _native
 
@@ -66,40 +67,9 @@ def tokens(llm, text, n):
     return toks[:n]
 
 
-def context(llm, **params):
-    cp = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-    for k, v in params.items():
-        setattr(cp, k, v)
-    ctx = llama_cpp.llama_init_from_model(llm._model.model, cp)
-    assert ctx
-    return ctx
-
-
-def set_skip(ctx, layers):
-    arr = (ctypes.c_int32 * max(1, len(layers)))(*layers)
-    assert _native.lib().pop_llama_set_skip_layers(ctx, arr, len(layers)) == 0
-
-
-def decode(ctx, entries, n_seq_max=1):
-    """One llama_decode of (token, pos, seq, output) entries; {batch index: logits} of the outputs."""
-    batch = llama_cpp.llama_batch_init(len(entries), 0, n_seq_max)
-    try:
-        for i, (tok, pos, seq, out) in enumerate(entries):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, out
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(entries)
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
-        return {i: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
-                for i, e in enumerate(entries) if e[3]}
-    finally:
-        llama_cpp.llama_batch_free(batch)
-
-
-def stats(ctx):
-    s = _native.PopStats()
-    _native.lib().pop_llama_get_stats(ctx, ctypes.byref(s))
-    return s
+def prompt_entries(toks, seq=0):
+    """(token, pos, seq, output) entries of one prompt with an output at its last token."""
+    return [(t, p, seq, p == len(toks) - 1) for p, t in enumerate(toks)]
 
 
 # --- reading the KV cache back ------------------------------------------------------------------
@@ -177,14 +147,10 @@ def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, 
     llm = model(arch_model, arch, config)
     n_layer = llm.pop_metadata.n_layer
     toks = tokens(llm, long_text, N_PROMPT)
-    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
+    entries = prompt_entries(toks)
     for skipped in (n_layer // 2, n_layer - 3):
-        full, pop = context(llm), context(llm)
-        try:
-            _native.lib().pop_llama_set_enabled(full, False)
-            # the full reference is cut the way POP cuts the batch: the prompt, then its last token alone
-            decode(full, entries[:-1])
-            full_logits = decode(full, entries[-1:])[0]
+        with contexts(llm, 2) as (full, pop):
+            full_logits = full_cut_like_pop(full, entries)
             set_skip(pop, [skipped])
             pop_logits = decode(pop, entries)[len(toks) - 1]
             assert stats(pop).pruned_tokens == len(toks) - 1 and stats(pop).full_tokens == 1
@@ -198,9 +164,6 @@ def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, 
                 assert got[il][0] != want[il][0], f"layer {il}: K unchanged, so layer {skipped} was not skipped"
             # the last prompt token ran at full depth, over a cache that differs after the skipped layer
             assert not np.array_equal(pop_logits, full_logits)
-        finally:
-            llama_cpp.llama_free(full)
-            llama_cpp.llama_free(pop)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -209,36 +172,26 @@ def test_skipping_only_the_last_layer_changes_nothing(arch_model, long_text, arc
     llm = model(arch_model, arch)
     n_layer = llm.pop_metadata.n_layer
     toks = tokens(llm, long_text, N_PROMPT)
-    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
-    full, pop = context(llm), context(llm)
-    try:
-        _native.lib().pop_llama_set_enabled(full, False)
-        decode(full, entries[:-1])
-        want = decode(full, entries[-1:])[0]
+    entries = prompt_entries(toks)
+    with contexts(llm, 2) as (full, pop):
+        want = full_cut_like_pop(full, entries)
         set_skip(pop, [n_layer - 1])
         got = decode(pop, entries)[len(toks) - 1]
         assert stats(pop).pruned_tokens == len(toks) - 1
         assert np.array_equal(got, want)
         assert cache_layers(pop, n_layer) == cache_layers(full, n_layer)
-    finally:
-        llama_cpp.llama_free(full)
-        llama_cpp.llama_free(pop)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_empty_skip_set_is_identical_to_pop_off(arch_model, long_text, arch):
     llm = model(arch_model, arch)
     toks = tokens(llm, long_text, N_PROMPT)
-    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
-    on, off = context(llm), context(llm)
-    try:
+    entries = prompt_entries(toks)
+    with contexts(llm, 2) as (on, off):
         set_skip(on, [])
         _native.lib().pop_llama_set_enabled(off, False)
         assert np.array_equal(decode(on, entries)[len(toks) - 1], decode(off, entries)[len(toks) - 1])
         assert stats(on).pruned_tokens == 0
-    finally:
-        llama_cpp.llama_free(on)
-        llama_cpp.llama_free(off)
 
 
 def default_skip(n_layer):
@@ -251,9 +204,8 @@ def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
     llm = model(arch_model, arch)
     skip = default_skip(llm.pop_metadata.n_layer)
     toks = tokens(llm, long_text, N_PROMPT)
-    entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
-    one, two = context(llm), context(llm)
-    try:
+    entries = prompt_entries(toks)
+    with contexts(llm, 2) as (one, two):
         set_skip(one, skip)
         got = decode(one, entries)[len(toks) - 1]
         set_skip(two, skip)
@@ -262,9 +214,6 @@ def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
         want = decode(two, entries[-1:])[0]  # the full graph
         assert stats(one).pruned_tokens == stats(two).pruned_tokens == len(toks) - 1
         assert np.array_equal(got, want)
-    finally:
-        llama_cpp.llama_free(one)
-        llama_cpp.llama_free(two)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -275,25 +224,19 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
     n = 700 if arch == "gemma3" else N_PROMPT
     toks = tokens(llm, long_text, n)
-    entries = [(t, p, 0, p == n - 1) for p, t in enumerate(toks)]
-    single = context(llm, n_batch=1024, n_ubatch=1024, swa_full=False)
-    chunked = context(llm, n_batch=1024, n_ubatch=64, swa_full=False)
-    try:
+    entries = prompt_entries(toks)
+    with contexts(llm, 1, n_batch=1024, n_ubatch=1024, swa_full=False) as (single,), \
+            contexts(llm, 1, n_batch=1024, n_ubatch=64, swa_full=False) as (chunked,):
         for ctx in (single, chunked):
             set_skip(ctx, skip)
         want = decode(single, entries)[n - 1]
         got = decode(chunked, entries)[n - 1]
         assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
         np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
-    finally:
-        llama_cpp.llama_free(single)
-        llama_cpp.llama_free(chunked)
 
     a, b = toks[:150], toks[:1] + toks[150:290]
-    ea = [(t, p, 0, p == len(a) - 1) for p, t in enumerate(a)]
-    eb = [(t, p, 1, p == len(b) - 1) for p, t in enumerate(b)]
-    ref, both = context(llm, n_seq_max=2, kv_unified=False), context(llm, n_seq_max=2, kv_unified=False)
-    try:
+    ea, eb = prompt_entries(a), prompt_entries(b, seq=1)
+    with contexts(llm, 2, n_seq_max=2, kv_unified=False) as (ref, both):
         for ctx in (ref, both):
             set_skip(ctx, skip)
         ref_a, ref_b = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
@@ -301,9 +244,6 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
         assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
         assert np.array_equal(out[len(a) - 1], ref_a)
         assert np.array_equal(out[len(a) + len(b) - 1], ref_b)
-    finally:
-        llama_cpp.llama_free(ref)
-        llama_cpp.llama_free(both)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -333,20 +273,14 @@ def test_partial_gpu_offload(arch_model, long_text, arch):
     llm = load(path, n_gpu_layers=n_layer // 2)
     try:
         toks = tokens(llm, long_text, N_PROMPT)
-        entries = [(t, p, 0, p == len(toks) - 1) for p, t in enumerate(toks)]
-        full, pop = context(llm), context(llm)
-        try:
-            _native.lib().pop_llama_set_enabled(full, False)
-            decode(full, entries[:-1])
-            decode(full, entries[-1:])
+        entries = prompt_entries(toks)
+        with contexts(llm, 2) as (full, pop):
+            full_cut_like_pop(full, entries)
             set_skip(pop, [n_layer // 2])
             decode(pop, entries)
             assert stats(pop).pruned_tokens == len(toks) - 1
             want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
             for il in range(n_layer // 2 + 1):
                 assert got[il] == want[il], f"layer {il}"
-        finally:
-            llama_cpp.llama_free(full)
-            llama_cpp.llama_free(pop)
     finally:
         llm.close()

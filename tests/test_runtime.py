@@ -7,6 +7,7 @@ import pytest
 
 import llama_cpp
 
+from llama_contexts import context, decode, stats as pop_stats_of
 from pop_local import PopLlama, PopMetadataError
 from pop_local import _native
 
@@ -151,40 +152,8 @@ def test_chunked_prompt_matches_single_pass(smollm2, pop_llm, prompt512):
         np.testing.assert_allclose(chunked, single, atol=2e-3, rtol=0, err_msg=f"n_batch={n_batch} n_ubatch={n_ubatch}")
 
 
-def _decode(ctx, entries, n_seq_max=1):
-    """One llama_decode of (token, pos, seq_id, output) entries; returns {batch index: logits}."""
-    batch = llama_cpp.llama_batch_init(len(entries), 0, n_seq_max)
-    try:
-        for i, (tok, pos, seq, out) in enumerate(entries):
-            batch.token[i] = tok
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = out
-        batch.n_tokens = len(entries)
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
-        return {i: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
-                for i, e in enumerate(entries) if e[3]}
-    finally:
-        llama_cpp.llama_batch_free(batch)
-
-
 def _context(llm, **params):
-    # the same settings as the PopLlama context (flash attention, threads, ...), then the overrides
-    cp = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-    cp.n_batch = 2048
-    for k, v in params.items():
-        setattr(cp, k, v)
-    ctx = llama_cpp.llama_init_from_model(llm._model.model, cp)
-    assert ctx
-    return ctx
-
-
-def _stats(ctx):
-    stats = _native.PopStats()
-    _native.lib().pop_llama_get_stats(ctx, ctypes.byref(stats))
-    return stats
+    return context(llm, **{"n_batch": 2048, **params})
 
 
 @pytest.mark.parametrize("kv_unified", [True, False])
@@ -200,11 +169,11 @@ def test_two_sequences_in_one_batch(pop_llm, prompt512, kv_unified):
     entries_b = [(t, p, 1, p == len(b) - 1) for p, t in enumerate(b)]
     ref, ctx = _context(pop_llm, n_seq_max=2, kv_unified=kv_unified), None
     try:
-        ref_a = _decode(ref, entries_a, n_seq_max=2)[len(a) - 1]
-        ref_b = _decode(ref, entries_b, n_seq_max=2)[len(b) - 1]
+        ref_a = decode(ref, entries_a, n_seq_max=2)[len(a) - 1]
+        ref_b = decode(ref, entries_b, n_seq_max=2)[len(b) - 1]
         ctx = _context(pop_llm, n_seq_max=2, kv_unified=kv_unified)
-        out = _decode(ctx, entries_a + entries_b, n_seq_max=2)
-        stats = _stats(ctx)
+        out = decode(ctx, entries_a + entries_b, n_seq_max=2)
+        stats = pop_stats_of(ctx)
         assert stats.pruned_tokens == len(a) + len(b) - 2 and stats.full_tokens == 2
         assert np.array_equal(out[len(a) - 1], ref_a)
         assert np.array_equal(out[len(a) + len(b) - 1], ref_b)
@@ -228,8 +197,8 @@ def test_second_turn_matches_single_pass_with_mid_batch_output(pop_llm, prompt51
     ctx = _context(pop_llm)
     try:
         entries = [(t, p, 0, p in (len(turn1) - 1, len(prompt512) - 1)) for p, t in enumerate(prompt512)]
-        out = _decode(ctx, entries)
-        stats = _stats(ctx)
+        out = decode(ctx, entries)
+        stats = pop_stats_of(ctx)
         assert stats.full_tokens == 2 and stats.pruned_tokens == len(prompt512) - 2
         np.testing.assert_allclose(out[len(turn1) - 1], first, atol=2e-3, rtol=0)
         np.testing.assert_allclose(out[len(prompt512) - 1], second, atol=2e-3, rtol=0)

@@ -91,17 +91,16 @@ class ChatPopLocal(BaseChatModel):
                                       flash_attn=self.flash_attn, chat_format=self.chat_format)
 
     def _request(self, messages: List[BaseMessage], stop: Optional[List[str]], kwargs: Dict[str, Any]):
+        """Model settings, POP settings, messages, sampling parameters and tool/format arguments of one
+        call: per-call kwargs (from invoke or bind) over the instance's fields."""
         model = kwargs.pop("model", None) or self.model
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
-                  "top_k": self.top_k, "repeat_penalty": self.repeat_penalty, "seed": self.seed,
-                  "stop": stop if stop is not None else self.stop}
-        params.update({k: v for k, v in kwargs.items() if k not in ("tools", "tool_choice", "response_format",
-                                                                    "ls_structured_output_format")})
         pop = _backend.PopSettings(kwargs.pop("pop", self.pop), kwargs.pop("skip_layers", self.skip_layers),
                                    kwargs.pop("kv_mode", self.kv_mode))
-        for k in ("pop", "skip_layers", "kv_mode"):
-            params.pop(k, None)
-        extra = {k: kwargs[k] for k in ("tools", "tool_choice", "response_format") if kwargs.get(k) is not None}
+        extra = {k: v for k in ("tools", "tool_choice", "response_format") if (v := kwargs.pop(k, None)) is not None}
+        kwargs.pop("ls_structured_output_format", None)  # tracing metadata from with_structured_output
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
+                  "top_k": self.top_k, "repeat_penalty": self.repeat_penalty, "seed": self.seed,
+                  "stop": stop if stop is not None else self.stop, **kwargs}
         return self._settings(model), pop, _to_openai(messages), params, extra
 
     def _generate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
