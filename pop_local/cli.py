@@ -182,9 +182,12 @@ def _print_notes(notes) -> None:
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--seed", type=int, default=-1, help="sampling seed (default: random)")
 @click.option("--n-ctx", type=int, default=4096, show_default=True, help="context size, in tokens")
+@click.option("--reuse-cache", is_flag=True,
+              help="after /pop on|off, keep the earlier turns' cache as it was computed (faster; by default "
+                   "the conversation is re-evaluated so replies equal a fresh run with the new setting)")
 @_model_options()
 @_fail_cleanly
-def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, **model_opts) -> None:
+def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, reuse_cache, **model_opts) -> None:
     """Chat with MODEL (default: SmolLM2-135M-Instruct, made POP-ready on first use).
 
     Prompts run pruned, replies stream from the full model. After each reply: time to first
@@ -200,7 +203,8 @@ def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, **model_opt
     from .chat import ChatSession
     from .repl import run_repl
 
-    loaded = _open(model, n_ctx=n_ctx, seed=seed if seed >= 0 else 0xFFFFFFFF, **model_opts)
+    loaded = _open(model, n_ctx=n_ctx, seed=seed if seed >= 0 else 0xFFFFFFFF, reuse_cache_across_settings=reuse_cache,
+                   **model_opts)
     llm = loaded.llm
     session = ChatSession(llm, system=system_prompt, max_tokens=max_tokens, temperature=temperature)
     run_repl(session, loaded, interactive=sys.stdin.isatty())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import llama_cpp
 
@@ -22,6 +22,8 @@ from .metadata import PopMetadata, read_pop_metadata, resolve_runtime_metadata
 
 __all__ = ["PopLlama"]
 
+_UNKNOWN = object()  # the label of a cached position whose settings are not known: reusable by none
+
 
 class PopLlama(llama_cpp.Llama):
     """A llama_cpp.Llama whose prompt processing skips the layers in `skip_layers`.
@@ -30,6 +32,10 @@ class PopLlama(llama_cpp.Llama):
         model_path: a GGUF file; its pop.* keys give the default skip set and switch.
         pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
         skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
+        reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
+            that runs under the POP settings that computed it, so every output equals a fresh run with
+            its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
+            turns keeps the earlier turns' cache, computed under the earlier setting).
         **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
 
     Raises:
@@ -38,7 +44,8 @@ class PopLlama(llama_cpp.Llama):
     """
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
-                 skip_layers: "Optional[Iterable[int] | str]" = None, **llama_kwargs: Any):
+                 skip_layers: "Optional[Iterable[int] | str]" = None, reuse_cache_across_settings: bool = False,
+                 **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         # same checks as the native loader, but as a Python error naming the key
         self.pop_metadata: PopMetadata = resolve_runtime_metadata(
@@ -48,6 +55,10 @@ class PopLlama(llama_cpp.Llama):
             requested_skip = self._check_layers(skip_layers, self.pop_metadata.n_layer)
         self._last_prefill_ms: Optional[float] = None
         self._last_prefill_tokens = 0
+        self.reuse_cache_across_settings = bool(reuse_cache_across_settings)
+        # the POP settings each cached position was computed under (_cache_label); see generate()
+        self._position_labels: List[Hashable] = []
+        self._stats_snapshot: Dict[str, Any] = {}
 
         super().__init__(model_path=model_path, **llama_kwargs)
 
@@ -55,6 +66,7 @@ class PopLlama(llama_cpp.Llama):
             self.skip_layers = requested_skip
         if pop is not None:
             self.pop_enabled = pop
+        self.pop_stats()  # the first snapshot
 
     def close(self) -> None:
         # __init__ may stop before llama_cpp.Llama.__init__ ran (bad metadata); nothing to close then
@@ -92,6 +104,7 @@ class PopLlama(llama_cpp.Llama):
     @pop_enabled.setter
     def pop_enabled(self, value: bool) -> None:
         self._pop.pop_llama_set_enabled(self._ctx_ptr, bool(value))
+        self.pop_stats()
 
     @property
     def pop_active(self) -> bool:
@@ -112,6 +125,7 @@ class PopLlama(llama_cpp.Llama):
         arr = (ctypes.c_int32 * max(len(checked), 1))(*checked)
         if self._pop.pop_llama_set_skip_layers(self._ctx_ptr, arr, len(checked)) != 0:
             raise PopMetadataError(f"skip_layers: the runtime rejected {list(checked)}")
+        self.pop_stats()
 
     @property
     def kv_mode(self) -> str:
@@ -123,6 +137,7 @@ class PopLlama(llama_cpp.Llama):
         if mode not in ("fitted", "own"):
             raise ValueError(f'kv_mode must be "fitted" or "own", got {mode!r}')
         self._pop.pop_llama_set_kv_mode(self._ctx_ptr, _native.KV_FITTED if mode == "fitted" else _native.KV_OWN)
+        self.pop_stats()
 
     @property
     def n_fitted_layers(self) -> int:
@@ -138,12 +153,16 @@ class PopLlama(llama_cpp.Llama):
         """Evaluation baselines only (see native/pop_api.h); not a product feature."""
         if self._pop.pop_llama_set_stage_mode(self._ctx_ptr, int(mode)) != 0:
             raise ValueError(f"unknown stage mode {mode}")
+        self.pop_stats()
 
     def pop_stats(self) -> Dict[str, Any]:
-        """Token counters since load (or reset_pop_stats) and the last prompt's prefill time."""
+        """Token counters since load (or reset_pop_stats) and the last prompt's prefill time.
+
+        Reads the context: call it from the thread that runs requests (or under its lock). Other
+        threads read pop_stats_snapshot()."""
         s = _native.PopStats()
         self._pop.pop_llama_get_stats(self._ctx_ptr, ctypes.byref(s))
-        return {
+        self._stats_snapshot = snapshot = {
             "pruned_tokens": int(s.pruned_tokens),
             "full_tokens": int(s.full_tokens),
             "pruned_ubatches": int(s.pruned_ubatches),
@@ -155,11 +174,65 @@ class PopLlama(llama_cpp.Llama):
             "skip_layers": self.skip_layers,
             "kv": "fitted" if self.fitted_active else "own",
         }
+        return dict(snapshot)
+
+    def pop_stats_snapshot(self) -> Dict[str, Any]:
+        """pop_stats() as of the last evaluation or settings change, without touching the context:
+        safe from any thread while a request runs (it never waits for, nor disturbs, the request)."""
+        return dict(self._stats_snapshot)
 
     def reset_pop_stats(self) -> None:
         self._pop.pop_llama_reset_stats(self._ctx_ptr)
         self._last_prefill_ms = None
         self._last_prefill_tokens = 0
+        self.pop_stats()
+
+    # --- which cached prefix a request may reuse ----------------------------------------------------
+
+    def _cache_label(self) -> Hashable:
+        """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration."""
+        if not self.pop_active:
+            return "full"
+        return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)))
+
+    def _label_positions(self, start: int, end: int) -> None:
+        labels = self._position_labels
+        del labels[start:]
+        labels.extend([_UNKNOWN] * (start - len(labels)))  # positions filled by a path that did not label
+        labels.extend([self._cache_label()] * (end - start))
+
+    def reusable_prefix(self) -> int:
+        """How many cached tokens a request under the current settings may reuse: the leading
+        positions computed under these same settings (all of them with reuse_cache_across_settings)."""
+        if self.reuse_cache_across_settings:
+            return self.n_tokens
+        label = self._cache_label()
+        n = 0
+        for have in self._position_labels[: self.n_tokens]:
+            if have != label:
+                break
+            n += 1
+        return n
+
+    def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        """llama_cpp.Llama.generate, reusing only the cached prefix computed under the current POP
+        settings (upstream reuses any matching prefix, whatever computed it)."""
+        if kwargs.get("reset", True) and self.n_tokens > 0:
+            valid = self.reusable_prefix()
+            if valid < self.n_tokens:
+                self.n_tokens = valid
+                self._requires_eval = True  # the logits in hand belong to the dropped tokens
+        yield from super().generate(tokens, *args, **kwargs)
+
+    def save_state(self) -> llama_cpp.LlamaState:
+        state = super().save_state()
+        state.pop_labels = list(self._position_labels[: self.n_tokens])
+        return state
+
+    def load_state(self, state: llama_cpp.LlamaState) -> None:
+        super().load_state(state)
+        # a state saved without labels (not by a PopLlama) is reusable by no setting
+        self._position_labels = list(getattr(state, "pop_labels", [_UNKNOWN] * state.n_tokens))
 
     # --- prompt evaluation ------------------------------------------------------------------------
 
@@ -171,7 +244,10 @@ class PopLlama(llama_cpp.Llama):
         last token is an output. The KV cache then matches one POP pass over the whole prompt.
         """
         if self._logits_all or len(tokens) <= 1:
+            start = self.n_tokens
             super().eval(tokens)
+            self._label_positions(start, self.n_tokens)
+            self.pop_stats()
             return
         start = time.perf_counter()
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
@@ -180,6 +256,7 @@ class PopLlama(llama_cpp.Llama):
             self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens))
         self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
         self._last_prefill_tokens = len(tokens)
+        self.pop_stats()
 
     def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False) -> None:
         """llama_decode one chunk (at most n_batch tokens) after the cache; outputs: all, the last, or none."""
@@ -190,6 +267,7 @@ class PopLlama(llama_cpp.Llama):
         self._ctx.decode(self._batch)
         self.input_ids[n_past: n_past + len(chunk)] = chunk
         self.n_tokens += len(chunk)
+        self._label_positions(n_past, self.n_tokens)
         self._requires_eval = False
 
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -203,6 +281,7 @@ class PopLlama(llama_cpp.Llama):
             self._decode_chunk(chunk, last_is_output=True, all_outputs=True)
             out = llama_cpp.llama_get_logits(self._ctx.ctx)
             rows.append(np.ctypeslib.as_array(out, shape=(len(chunk), self.n_vocab())).copy())
+        self.pop_stats()
         return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab()), dtype=np.float32)
 
     def last_logits(self) -> np.ndarray:

@@ -68,6 +68,8 @@ def _chat_command(session, loaded, line: str) -> bool:
         state = "on" if llm.pop_enabled else "off"
         detail = f", skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else (
             "" if llm.pop_enabled is False else " (inactive: the full model runs)")
+        if arg and session.messages and not llm.reuse_cache_across_settings:
+            detail += " (the conversation so far is re-evaluated with this setting on the next turn)"
         click.echo(f"POP {state}{detail}", err=True)
     elif cmd == "/stats":
         t = session.totals()

@@ -7,6 +7,7 @@ behave as upstream documents. One route is added: GET /pop/stats (the model's PO
 
 from __future__ import annotations
 
+import types
 from typing import Any, Dict, Optional
 
 from .errors import PopError
@@ -25,23 +26,47 @@ def _server_modules():
     return server_app, LlamaProxy, ModelSettings, ServerSettings
 
 
+# ModelSettings fields pop-local cannot honour, and why (an error at start-up, never silence)
+UNSUPPORTED_SETTINGS = {
+    "logits_all": "logits for every prompt token make every token an output, which runs at full depth",
+}
+
+
+def check_model_settings(settings) -> None:
+    """PopError for a setting the POP server cannot honour (see UNSUPPORTED_SETTINGS)."""
+    for name, why in UNSUPPORTED_SETTINGS.items():
+        if getattr(settings, name, None):
+            raise PopError(f"serve: {name} is not supported with POP ({why})")
+
+
 def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
+    import llama_cpp
+    import llama_cpp.server.model as server_model
+
+    from .llama import PopLlama
+
+    class ServedPopLlama(PopLlama):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, pop=pop_options.get("pop"), skip_layers=pop_options.get("skip_layers"), **kwargs)
+            pop_options["loaded"] = self
+
     class PopLlamaProxy(LlamaProxy):
-        """LlamaProxy whose models are PopLlama instances."""
+        """LlamaProxy whose models are PopLlama instances, loaded by upstream's own loader, so every
+        setting upstream honours (kv_overrides, rope scaling, LoRA, draft model, chat handler, cache,
+        ...) is honoured here too."""
 
         def load_llama_from_model_settings(self, s):  # noqa: N805 - overrides upstream's staticmethod
-            from .llama import PopLlama
-
-            llm = PopLlama(
-                s.model, pop=pop_options.get("pop"), skip_layers=pop_options.get("skip_layers"),
-                n_gpu_layers=s.n_gpu_layers, split_mode=s.split_mode, main_gpu=s.main_gpu, tensor_split=s.tensor_split,
-                use_mmap=s.use_mmap, use_mlock=s.use_mlock, seed=s.seed, n_ctx=s.n_ctx, n_batch=s.n_batch,
-                n_ubatch=s.n_ubatch, n_threads=s.n_threads, n_threads_batch=s.n_threads_batch,
-                # logits for every prompt token would make every token an output, which runs at full depth
-                logits_all=False, embedding=s.embedding, offload_kqv=s.offload_kqv, flash_attn=s.flash_attn,
-                chat_format=s.chat_format, type_k=s.type_k, type_v=s.type_v, verbose=s.verbose)
-            pop_options["loaded"] = llm
-            return llm
+            check_model_settings(s)
+            # upstream's loader calls `llama_cpp.Llama(...)` (or its from_pretrained) through the name
+            # llama_cpp in its module: for this one call, that name is llama_cpp with Llama = ours
+            with_pop = types.SimpleNamespace(**vars(llama_cpp))
+            with_pop.Llama = ServedPopLlama
+            original = server_model.llama_cpp
+            server_model.llama_cpp = with_pop
+            try:
+                return LlamaProxy.load_llama_from_model_settings(s)
+            finally:
+                server_model.llama_cpp = original
 
     return PopLlamaProxy
 
@@ -53,9 +78,13 @@ def create_pop_app(model_path: str, *, model_alias: Optional[str] = None, pop: O
     server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
     from fastapi import Depends
 
-    settings = ModelSettings(model=model_path, model_alias=model_alias or model_path, logits_all=False,
-                             **{k: v for k, v in model_settings.items() if v is not None})
-    server = ServerSettings(host=host, port=port, api_key=api_key)
+    # upstream's default logits_all=True would run every prompt token at full depth
+    given = {"logits_all": False, **{k: v for k, v in model_settings.items() if v is not None}}
+    settings = ModelSettings(model=model_path, model_alias=model_alias or model_path, **given)
+    check_model_settings(settings)
+    # interrupt_requests off: upstream ends a running stream whenever another request waits for the
+    # model; here requests queue and every stream runs to its end
+    server = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
     # create_app builds its model proxy from the module-level LlamaProxy name; point it at ours for
     # that one call, so the model is loaded once, as a PopLlama
     options = {"pop": pop, "skip_layers": skip_layers}
@@ -65,12 +94,14 @@ def create_pop_app(model_path: str, *, model_alias: Optional[str] = None, pop: O
         app = server_app.create_app(server_settings=server, model_settings=[settings])
     finally:
         server_app.LlamaProxy = original
-    app.state.pop_llm = options["loaded"]  # the model loaded at start (for the caller's messages)
+    llm = app.state.pop_llm = options["loaded"]  # the model loaded at start (for the caller's messages)
 
+    # not through upstream's model lock (get_llama_proxy): waiting there would interrupt or delay the
+    # running request; the snapshot is what the request thread last recorded
     @app.get("/pop/stats", dependencies=[Depends(server_app.authenticate)], tags=["pop-local"])
-    async def pop_stats(llama_proxy=Depends(server_app.get_llama_proxy)) -> Dict[str, Any]:
+    async def pop_stats() -> Dict[str, Any]:
         """POP counters of the loaded model: pruned and full-depth tokens since start."""
-        stats = llama_proxy().pop_stats()
+        stats = llm.pop_stats_snapshot()
         stats["skip_layers"] = list(stats["skip_layers"])
         return stats
 

@@ -1,0 +1,250 @@
+"""Serving you can trust: outputs equal a fresh run after every settings change, /pop/stats never
+touches a running request, and the server honours (or refuses) every load setting."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from pop_local import PopLlama, PopError
+
+pytestmark = pytest.mark.slow
+
+DOC_TOKENS = 600
+MORE_TOKENS = 100
+
+
+@pytest.fixture(scope="module")
+def pop_model(smollm2, tmp_path_factory):
+    from pop_local.converter.writer import write_pop_gguf
+
+    path = tmp_path_factory.mktemp("serving") / "smollm2.pop.gguf"
+    write_pop_gguf(smollm2, path, "20-29")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llm(pop_model):
+    model = PopLlama(pop_model, n_ctx=2048, n_batch=512, verbose=False, seed=0)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def document(llm, long_text):
+    tokens = llm.tokenize(long_text.encode(), add_bos=True)
+    assert len(tokens) > DOC_TOKENS + MORE_TOKENS
+    return tokens[:DOC_TOKENS], tokens[:DOC_TOKENS + MORE_TOKENS]
+
+
+def greedy(llm, prompt, n=24):
+    return llm.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=1)["choices"][0]["text"]
+
+
+def evaluated(llm, before):
+    now = llm.pop_stats()
+    return (now["pruned_tokens"] + now["full_tokens"]) - (before["pruned_tokens"] + before["full_tokens"])
+
+
+# --- 1. a cached prefix is reused only under the settings that computed it ------------------------
+
+def test_pop_off_after_a_pop_prefill_equals_a_fresh_full_run(llm, document):
+    doc, longer = document
+    llm.pop_enabled = False
+    llm.reset()
+    fresh_full = greedy(llm, longer)
+
+    llm.pop_enabled = True
+    llm.reset()
+    greedy(llm, doc, n=1)  # the document prefilled with POP
+    llm.pop_enabled = False
+    before = llm.pop_stats()
+    after_switch = greedy(llm, longer)
+    llm.pop_enabled = True
+    assert evaluated(llm, before) >= len(longer)  # nothing computed under POP was reused
+    assert after_switch == fresh_full
+
+
+def test_same_settings_still_reuse_the_prefix(llm, document):
+    doc, longer = document
+    llm.reset()
+    greedy(llm, doc, n=1)
+    before = llm.pop_stats()
+    greedy(llm, longer, n=4)
+    # the 100 new tokens (the last cached one is replayed) and the generated ones, not the document
+    assert evaluated(llm, before) <= MORE_TOKENS + 8
+
+
+def test_a_skip_set_or_kv_mode_change_invalidates_the_prefix(llm, document):
+    doc, longer = document
+    llm.reset()
+    greedy(llm, doc, n=1)
+    llm.skip_layers = "22-29"
+    try:
+        before = llm.pop_stats()
+        greedy(llm, longer, n=2)
+        assert evaluated(llm, before) >= len(longer)
+    finally:
+        llm.skip_layers = "20-29"
+
+
+def test_reuse_across_settings_is_an_explicit_option(pop_model, document):
+    doc, longer = document
+    model = PopLlama(pop_model, n_ctx=2048, verbose=False, reuse_cache_across_settings=True)
+    try:
+        greedy(model, doc, n=1)
+        model.pop_enabled = False
+        before = model.pop_stats()
+        greedy(model, longer, n=2)
+        assert evaluated(model, before) <= MORE_TOKENS + 4
+    finally:
+        model.close()
+
+
+def test_saved_states_keep_their_settings(llm, document):
+    doc, longer = document
+    llm.reset()
+    greedy(llm, doc, n=1)
+    state = llm.save_state()
+    llm.pop_enabled = False
+    try:
+        llm.load_state(state)
+        assert llm.reusable_prefix() == 0
+        llm.pop_enabled = True
+        assert llm.reusable_prefix() == llm.n_tokens >= DOC_TOKENS
+    finally:
+        llm.pop_enabled = True
+
+
+def test_integrations_sharing_a_model_each_get_a_fresh_run(pop_model, document, llm):
+    from pop_local.integrations import _backend
+
+    text = llm.detokenize(document[1][1:]).decode("utf-8", "ignore")
+    settings = _backend.ModelSettings(path=pop_model, n_ctx=2048)
+    shared, _ = _backend.shared_model(settings)
+    on, off = _backend.PopSettings(pop=True), _backend.PopSettings(pop=False)
+
+    shared.reset()
+    fresh_off = _backend.complete(settings, off, text, max_tokens=16, temperature=0.0)
+    shared.reset()
+    fresh_on = _backend.complete(settings, on, text, max_tokens=16, temperature=0.0)
+    # alternate: each request finds the other setting's cache and must not use it
+    after_on = _backend.complete(settings, off, text, max_tokens=16, temperature=0.0)
+    after_off = _backend.complete(settings, on, text, max_tokens=16, temperature=0.0)
+    assert after_on["content"] == fresh_off["content"] and after_on["pop"]["pruned_tokens"] == 0
+    assert after_off["content"] == fresh_on["content"] and after_off["pop"]["pruned_tokens"] > DOC_TOKENS
+
+
+# --- 2 and 3: the server ------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(pop_model):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "serve", pop_model, "--port", str(port),
+                             "--n-ctx", "2048"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server did not start")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def get_json(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def stream_completion(base, prompt, max_tokens, eos):
+    """(text chunks, finish_reason) of a streamed /v1/completions request that cannot stop early."""
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                       "logit_bias": {str(eos): -100}}).encode()
+    req = urllib.request.Request(f"{base}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    chunks, finish = [], None
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            chunks.append(choice["text"])
+            finish = choice.get("finish_reason") or finish
+    return chunks, finish
+
+
+def test_stats_during_a_stream_neither_cut_nor_delay_it(server, llm):
+    eos = llm.token_eos()
+    polls = []
+    result = {}
+
+    def run():
+        result["out"] = stream_completion(server, "Once upon a time, in a small village by the sea,", 200, eos)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while worker.is_alive():
+        start = time.perf_counter()
+        stats = get_json(f"{server}/pop/stats")
+        polls.append((time.perf_counter() - start, stats["full_tokens"]))
+        time.sleep(0.2)
+    worker.join()
+    chunks, finish = result["out"]
+    assert finish == "length" and len(chunks) >= 200  # (+1: the closing chunk)
+    assert len(polls) >= 3
+    assert max(t for t, _ in polls) < 2.0  # answered at once, not after the stream
+    assert polls[-1][1] > polls[0][1]  # the snapshot moves while the stream runs
+
+
+def test_a_second_request_queues_instead_of_cutting_the_stream(server, llm):
+    eos = llm.token_eos()
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "out", stream_completion(server, "The three rules of the lighthouse were", 120, eos)))
+    worker.start()
+    time.sleep(1.0)
+    other = json.dumps({"prompt": "Hello", "max_tokens": 4, "temperature": 0}).encode()
+    req = urllib.request.Request(f"{server}/v1/completions", data=other, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        assert json.loads(r.read())["choices"][0]["text"]
+    worker.join()
+    chunks, finish = result["out"]
+    assert finish == "length" and len(chunks) >= 120
+
+
+def test_server_honours_load_settings_it_did_not_copy_before(pop_model):
+    from pop_local.server import create_pop_app
+
+    app = create_pop_app(pop_model, kv_overrides=["pop.prefill.skip_layers=str:5-9"], n_ctx=512, verbose=False)
+    llm = app.state.pop_llm
+    try:
+        assert llm.skip_layers == tuple(range(5, 10))
+    finally:
+        llm.close()
+
+
+def test_server_refuses_a_setting_it_cannot_honour(pop_model):
+    from pop_local.server import create_pop_app
+
+    with pytest.raises(PopError, match="logits_all"):
+        create_pop_app(pop_model, logits_all=True, n_ctx=512, verbose=False)
