@@ -28,6 +28,7 @@ class ArchSpec:
     gguf_arch: str     # general.architecture in GGUF
     k_proj: str = "self_attn.k_proj"  # K and V projections (relative to a layer), for fitted K/V
     v_proj: str = "self_attn.v_proj"
+    input_norm: str = "input_layernorm"  # the norm whose output feeds Q/K/V (an RMS norm with a weight)
     permute_k: bool = False  # the GGUF stores K rows permuted (llama.cpp's convert script does this for llama)
 
 

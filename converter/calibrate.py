@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pop_local import keys
 from pop_local.errors import PopError
@@ -14,7 +16,7 @@ from .arch import arch_spec
 from .calibration_data import BUILTIN_PROMPTS
 from .importance import Importance, layer_importance
 
-__all__ = ["calibrate", "load_prompts", "load_model"]
+__all__ = ["calibrate", "Calibration", "FrontierPlan", "split_samples", "load_prompts", "load_model"]
 
 
 def load_prompts(data: Optional[str]) -> List[str]:
@@ -103,7 +105,8 @@ def _gguf_config_fixes(src: str) -> dict:
     return {}
 
 
-def estimate(src: str, samples: int, seq_len: int, response_tokens: int) -> Tuple[float, int]:
+def estimate(src: str, samples: int, seq_len: int, response_tokens: int,
+             frontier_ratio: Optional[float] = None) -> Tuple[float, int]:
     """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
 
     Fitted on SmolLM2-135M on a 2-core x86_64 machine: about a minute to load and dequantize, then per
@@ -116,7 +119,19 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int) -> Tupl
     per_sample = 6 * n_params * tokens / 80e9 + response_tokens * n_params * 1.5e-10  # fwd-bwd + sampling
     seconds = 20 + n_params / 4e6 + samples * per_sample
     peak = int(600 * 2**20 + 8 * n_params + os.path.getsize(src))  # runtime, fp32 weights + work, llama.cpp copy
+    if frontier_ratio:
+        # per held-out sample and candidate of k layers: two POP passes from the block's start (k/L of a
+        # forward each, a third of a forward-backward); summed over k = 1..K that is about K^2/L forwards
+        k_max = frontier_ratio * _n_layer(src)
+        seconds += (samples // 4) * (k_max ** 2 / _n_layer(src)) * per_sample / 3 * 1.5
+        peak += int(2 * k_max * (k_max + 1) / 2 * n_params / _n_layer(src) * 8 / 4)  # fit moments, float64
     return seconds, peak
+
+
+def _n_layer(src: str) -> int:
+    from pop_local.metadata import read_pop_metadata
+
+    return read_pop_metadata(src).n_layer
 
 
 def _prompt_ids(tok, prompt: str, seq_len: int) -> List[int]:
@@ -176,17 +191,50 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
         llm.close()
 
 
+@dataclass
+class FrontierPlan:
+    """Measure the quality/speed frontier: candidates of 1 .. max_ratio * n_layer layers (strategy
+    "tail": tail blocks; "score": the least important layers first)."""
+    max_ratio: float = 0.5
+    strategy: str = "tail"
+
+
+@dataclass
+class Calibration:
+    importance: Importance
+    provenance: Dict[str, Any]
+    fitted: Optional[Tuple[Tuple[int, ...], Any]] = None  # (skip set, FittedKV) with fit_kv_for
+    frontier: Optional[List[Any]] = None                    # frontier.Candidate list with a FrontierPlan
+    held_out: Dict[str, int] = field(default_factory=dict)  # samples and response tokens measured on
+
+
+def split_samples(n: int) -> Tuple[List[int], List[int]]:
+    """(held-out evaluation samples, ridge-selection samples) for a frontier over n samples: every
+    4th sample is held out for evaluation; of the others, every 4th chooses the ridge strength."""
+    eval_idx = [i for i in range(n) if i % 4 == 3]
+    rest = [i for i in range(n) if i % 4 != 3]
+    return eval_idx, [i for j, i in enumerate(rest) if j % 4 == 3]
+
+
+MIN_FRONTIER_SAMPLES = 8  # 2 held out, 6 to fit (1 of them choosing the ridge strength)
+
+
 def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Optional[str], dataset: Optional[str],
               samples: int, seq_len: int, response_tokens: int, device: str, dtype: str, seed: int,
               progress: Optional[Callable[[str, int, int], None]] = None,
-              fit_kv_for: Optional[Callable[[Importance], Sequence[int]]] = None):
-    """Importance of every layer in both stages; returns it and the provenance keys.
+              fit_kv_for: Optional[Callable[[Importance], Sequence[int]]] = None,
+              frontier: Optional[FrontierPlan] = None) -> Calibration:
+    """Importance of every layer in both stages, and the provenance keys.
 
     With `fit_kv_for` (importance -> skip set), K/V projections for that skip set are also fitted on
-    the same samples (pop_local.converter.kv_fit) and a third value is returned: (skip, FittedKV).
+    the same samples (pop_local.converter.kv_fit). With `frontier`, every candidate skip set is
+    measured on held-out samples (pop_local.converter.frontier), with own and fitted K/V.
     """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
+    if frontier is not None and samples < MIN_FRONTIER_SAMPLES:
+        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} --samples (a quarter are held out "
+                       f"to measure each skip set), got {samples}")
     if data and dataset:
         raise PopError("give --data or --dataset, not both")
     prompts = load_dataset_prompts(dataset, samples) if dataset else load_prompts(data)
@@ -203,23 +251,43 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
     tick_importance = (lambda n: progress("measuring importance", n, samples)) if progress else None
-    imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick_importance)
-    fitted = None
-    if fit_kv_for is not None:
-        from .kv_fit import collect_kv_stats, fit_kv
+    capture = None
+    if frontier is not None:
+        from .frontier import FrontierCapture
 
-        skip = tuple(fit_kv_for(imp))
-        tick_kv = (lambda n: progress("fitting K/V projections", n, len(seqs))) if progress else None
-        stats = collect_kv_stats(model, spec, meta.n_layer, skip, seqs, progress=tick_kv)
-        fitted = (skip, fit_kv(stats))
-    provenance = {
+        eval_idx, lam_idx = split_samples(samples)
+        k_max = int(frontier.max_ratio * meta.n_layer + 1e-9)
+        capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
+                                  k_max if frontier.strategy == "tail" else None)
+    with capture.attached() if capture else contextlib.nullcontext():
+        imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick_importance,
+                               observe=capture.observe if capture else None)
+    result = Calibration(imp, {
         keys.CALIB_SOURCE: hf_model or os.path.basename(src),
         keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
         keys.CALIB_SAMPLES: imp.samples,
         keys.CALIB_SEQ_LEN: seq_len,
         keys.CALIB_RESPONSE_TOKENS: response_tokens,
         keys.CALIB_SEED: seed,
-    }
+    })
     if fit_kv_for is not None:
-        return imp, provenance, fitted
-    return imp, provenance
+        from .kv_fit import collect_kv_stats, fit_kv
+
+        skip = tuple(fit_kv_for(imp))
+        tick_kv = (lambda n: progress("fitting K/V projections", n, len(seqs))) if progress else None
+        stats = collect_kv_stats(model, spec, meta.n_layer, skip, seqs, progress=tick_kv)
+        result.fitted = (skip, fit_kv(stats))
+    if capture is not None:
+        from pop_local.flops import model_shape
+
+        from .frontier import candidate_sets
+
+        from pop_local.frontier import paper_skip_set
+
+        sets = candidate_sets(meta.n_layer, frontier.max_ratio, frontier.strategy, imp.prefill)
+        if paper_skip_set(meta.n_layer) not in sets and frontier.strategy != "tail":
+            sets.append(paper_skip_set(meta.n_layer))  # the reference of --max-kl paper
+        tick = (lambda n, total: progress("measuring skip sets", n, total)) if progress else None
+        result.frontier = capture.measure(sets, model_shape(src), progress=tick)
+        result.held_out = {"samples": len(capture.eval_samples), "tokens": capture.eval_tokens}
+    return result

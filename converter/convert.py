@@ -85,17 +85,58 @@ def _kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
     }
 
 
+def _budget_request(explicit, ratio, kv: str, calibrate: bool, max_kl, target_speedup, max_ratio: float, n_layer: int,
+                    strategy: str, samples: int):
+    """The Budget when this conversion picks its skip set from a measured frontier, else None.
+
+    A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
+    paper's recipe without one; any budget option asks for one."""
+    from pop_local.frontier import parse_budget, paper_skip_set
+
+    asked = max_kl is not None or target_speedup is not None
+    if not 0 < max_ratio < 1:
+        raise PopError(f"--max-ratio must be between 0 and 1, got {max_ratio}")
+    if asked and (explicit is not None or ratio is not None):
+        raise PopError("--max-kl and --target-speedup choose the skip set themselves: drop --layers / --ratio")
+    if asked and not calibrate:
+        raise PopError("--max-kl and --target-speedup measure the model: drop --no-calibrate")
+    budget = parse_budget(max_kl, target_speedup) if asked else None  # bad values fail even when unused
+    if explicit is not None or ratio is not None or not calibrate or (kv != "auto" and not asked):
+        return None
+    budget = budget or parse_budget(None, None)
+    from .calibrate import MIN_FRONTIER_SAMPLES
+
+    if samples < MIN_FRONTIER_SAMPLES:
+        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} --samples (a quarter are held out to "
+                       f"measure each skip set), got {samples}; --kv own gives the paper's set without one")
+    if int(max_ratio * n_layer + 1e-9) < 1:
+        raise PopError(f"--max-ratio {max_ratio} leaves no layer to skip in a {n_layer}-layer model")
+    if budget.max_kl == "paper" and strategy == "tail" and len(paper_skip_set(n_layer)) > int(max_ratio * n_layer + 1e-9):
+        raise PopError(f"--max-kl paper measures the paper's set (the last third): --max-ratio must be at least 1/3")
+    return budget
+
+
 def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" = None, ratio: Optional[float] = None,
             strategy: str = "tail", calibrate: bool = True, hf_model: Optional[str] = None,
             data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
-            device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "own",
-            kv_type: str = "auto", progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+            device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "auto",
+            kv_type: str = "auto", max_kl: "Optional[float | str]" = None, target_speedup: Optional[float] = None,
+            max_ratio: float = 0.5, progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
     """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles).
 
-    kv="fitted" also fits K/V projections for the skipped layers during calibration and stores them
-    as extra tensors (type `kv_type`: "auto" = the file's own type for those projections when the
-    gguf package can produce it, else q8_0)."""
+    By default the skip set comes from a quality budget: the converter measures every candidate
+    (tail blocks of 1 .. max_ratio * n_layer layers; with strategy "score" the least important
+    layers first) on held-out calibration samples, with the layers' own and with fitted K/V, and
+    picks the fastest within `max_kl` (default "paper": the held-out KL of the paper's last third
+    with own K/V on this model), or the most faithful reaching `target_speedup` (FLOP-ideal at 2048
+    tokens). The frontier, budget and choice go into the file. `kv` "own"/"fitted" restricts the
+    budget to that K/V; without a budget option they (like `layers`, `ratio`) give the paper's
+    recipe: the last third (or the given set), own or fitted K/V.
+
+    Fitted projections are stored as extra tensors (type `kv_type`: "auto" = the file's own type for
+    those projections when the gguf package can produce it, else q8_0)."""
     from pop_local import __version__
+    from pop_local.frontier import KV_CHOICES
 
     from pop_local.hub import resolve_model
 
@@ -109,26 +150,38 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         if not explicit:
             raise PopError("--layers: give at least one layer")
 
-    if kv not in KV_METHODS:
-        raise PopError(f"--kv must be one of {', '.join(KV_METHODS)}, got {kv!r}")
+    if kv not in KV_CHOICES:
+        raise PopError(f"--kv must be one of {', '.join(KV_CHOICES)}, got {kv!r}")
+    if hf_model and kv == "auto":
+        # fitted K/V fit the GGUF's own weights: with another checkpoint, a budget weighs own K/V only,
+        # and without a budget option the paper's recipe applies
+        kv = "own" if (max_kl is not None or target_speedup is not None) else "auto"
+        if kv == "auto":
+            ratio = ratio if ratio is not None or explicit is not None else 1 / 3
+    budget = _budget_request(explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
+                             samples)
+    if budget is None and kv == "auto":
+        kv = "own"
     if kv == "fitted" and not calibrate:
         raise PopError("--kv fitted needs calibration (drop --no-calibrate)")
-    if kv == "fitted" and hf_model:
-        raise PopError("--kv fitted fits on the GGUF's own weights; it cannot be combined with --hf-model")
-    kv_qtype = resolve_kv_type(kv_type) if kv == "fitted" else None
+    if kv != "own" and hf_model:
+        raise PopError("fitted K/V (and a budget, which measures them) fit the GGUF's own weights; they cannot be "
+                       "combined with --hf-model (use --kv own)")
+    kv_qtype = resolve_kv_type(kv_type) if kv != "own" else None
 
     imp = None
     fitted = None
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
         from .arch import check_gguf_architecture
-        from .calibrate import calibrate as run_calibration, estimate
+        from .calibrate import FrontierPlan, calibrate as run_calibration, estimate
 
         check_gguf_architecture(meta.architecture)
 
         if progress:
-            seconds, peak = estimate(src, samples, seq_len, response_tokens)
-            progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples: "
+            seconds, peak = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None)
+            progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
+                     f"{' and measuring skip sets' if budget else ''}: "
                      f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
 
         def chooser(importance):  # the skip set the K/V projections are fitted for
@@ -137,19 +190,24 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
 
         out = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
                               seq_len=seq_len, response_tokens=response_tokens, device=device, dtype=dtype,
-                              seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" else None)
-        imp, provenance = out[0], out[1]
-        if kv == "fitted":
-            fitted = out[2]
+                              seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" and not budget else None,
+                              frontier=FrontierPlan(max_ratio, strategy) if budget else None)
+        imp = out.importance
+        fitted = out.fitted
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
-        extra.update(provenance)
-    skip = explicit if explicit is not None else choose_skip_layers(
-        meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
-    extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
+        extra.update(out.provenance)
+    if budget is not None:
+        skip, kv, fitted, frontier_extra = _choose_from_frontier(out, budget, kv, meta.n_layer)
+        extra.update(frontier_extra)
+        extra[keys.STRATEGY] = strategy
+    else:
+        skip = explicit if explicit is not None else choose_skip_layers(
+            meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
+        extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
     extra.update(_kv_metadata(skip))
     tensors = None
-    if fitted is not None:
+    if kv == "fitted" and fitted is not None:
         from .kv_tensors import fitted_kv_tensors
 
         fit_skip, fit = fitted
@@ -161,3 +219,18 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     write_pop_gguf(src, output, skip, extra=extra, force=force, extra_tensors=tensors)
     return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
                          time.time() - started, extra)
+
+
+def _choose_from_frontier(out, budget, kv: str, n_layer: int):
+    """(skip set, K/V method, (skip, FittedKV) or None, frontier keys) picked by `budget`."""
+    from pop_local.frontier import FrontierRow, choose, frontier_fields, paper_skip_set
+
+    rows = [FrontierRow(c.skip, c.kl_own, c.kl_fitted, c.top1_own, c.top1_fitted, c.speedup[512], c.speedup[2048])
+            for c in out.frontier]
+    paper = paper_skip_set(n_layer)
+    paper_kl = next((r.kl_own for r in rows if r.skip == paper), None)
+    chosen = choose(rows, budget, kv, paper_kl)
+    row, cand = rows[chosen], out.frontier[chosen]
+    method = row.kv_for(kv)
+    fields = frontier_fields(rows, chosen, budget, paper_kl, (out.held_out["samples"], out.held_out["tokens"]))
+    return row.skip, method, ((row.skip, cand.fitted) if method == "fitted" else None), fields

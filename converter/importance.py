@@ -72,11 +72,14 @@ class Importance:
 
 
 def layer_importance(model, spec, n_layer: int, samples: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
-                     progress: Optional[Callable[[int], None]] = None) -> Importance:
+                     progress: Optional[Callable[[int], None]] = None,
+                     observe: Optional[Callable[[int, "object"], None]] = None) -> Importance:
     """E[(dL/dg)^2] per layer and stage over (prompt + response) token sequences.
 
     samples[i] is the full sequence; its first prompt_lengths[i] tokens are the prompt and the rest
-    the response the model sampled. Loss: cross-entropy on the response tokens.
+    the response the model sampled. Loss: cross-entropy on the response tokens. With every gate at
+    one the forward pass is the full model's: `observe(i, logits)` sees its (detached) logits for
+    sample i, and forward hooks the caller attached see its activations (converter/frontier.py).
     """
     import torch
     import torch.nn.functional as F
@@ -89,12 +92,14 @@ def layer_importance(model, spec, n_layer: int, samples: Sequence[Sequence[int]]
     model.eval()
     try:
         with gates.attached():
-            for seq, n_prompt in zip(samples, prompt_lengths):
+            for i, (seq, n_prompt) in enumerate(zip(samples, prompt_lengths)):
                 if len(seq) <= n_prompt or n_prompt < 2:
                     continue
                 ids = torch.tensor([list(seq)], dtype=torch.long)
                 gates.boundary = n_prompt - 1
                 logits = model(input_ids=ids, use_cache=False).logits
+                if observe is not None:
+                    observe(i, logits.detach())
                 loss = F.cross_entropy(logits[0, n_prompt - 1:-1].float(), ids[0, n_prompt:])
                 gp, gd = torch.autograd.grad(loss, [gates.prefill, gates.decode])
                 acc_p += gp.double() ** 2

@@ -15,11 +15,11 @@ choose lam. The result has the shape of the original projection: inference costs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "FittedKV", "LAMBDA_GRID", "llama_permute_k"]
+__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "fit_projection", "FittedKV", "LAMBDA_GRID", "llama_permute_k"]
 
 # lam = alpha * mean(diag(X^T X)): scale-free ridge strengths tried on the held-out samples
 LAMBDA_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 100.0)
@@ -48,7 +48,7 @@ class _Moments:
 
     def error(self, w: np.ndarray, kv: str) -> float:
         """sum ||X W - Y||^2 from the moments alone."""
-        return float(np.einsum("ij,ik,kj->", w, self.xtx, w) - 2 * np.einsum("ij,ij->", w, self.xty[kv]) + self.yy[kv])
+        return float((w * (self.xtx @ w)).sum() - 2 * (w * self.xty[kv]).sum() + self.yy[kv])
 
 
 @dataclass
@@ -148,30 +148,34 @@ def _solve(m: _Moments, w0: np.ndarray, kv: str, alpha: float) -> np.ndarray:
     return np.linalg.solve(a, m.xty[kv] + lam * w0)
 
 
+def fit_projection(fit: _Moments, held_out: _Moments, w0: np.ndarray, kv: str, grid: Sequence[float] = LAMBDA_GRID,
+                   exact: bool = False) -> Tuple[np.ndarray, float, float, float]:
+    """One projection: (weight out x in float32, alpha (inf = own kept), held-out relative error of
+    the own weights, of the result). lam is chosen on `held_out`, then refit on both sets."""
+    if held_out.rows == 0 or fit.rows == 0:
+        raise ValueError("K/V fitting needs both fit and held-out samples (use more calibration samples)")
+    own_err = held_out.error(w0, kv)
+    own_rel = own_err / held_out.yy[kv]
+    # the moment formula leaves ~1e-12 of rounding on an exact projection
+    if exact or own_err <= 1e-9 * held_out.yy[kv]:
+        return w0.T.astype(np.float32), float("inf"), own_rel, own_rel
+    errors = {a: held_out.error(_solve(fit, w0, kv, a), kv) for a in grid}
+    best = min(errors, key=errors.get)
+    if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
+        return w0.T.astype(np.float32), float("inf"), own_rel, own_rel
+    both = _Moments(fit.xtx + held_out.xtx, {k: fit.xty[k] + held_out.xty[k] for k in ("k", "v")},
+                    {k: fit.yy[k] + held_out.yy[k] for k in ("k", "v")}, fit.rows + held_out.rows)
+    return _solve(both, w0, kv, best).T.astype(np.float32), best, own_rel, errors[best] / held_out.yy[kv]
+
+
 def fit_kv(stats: KVStats, grid: Sequence[float] = LAMBDA_GRID) -> FittedKV:
     """Choose lam per layer and projection on the held-out samples, then refit on all samples."""
     weights, alphas, own, fitted = {}, {}, {}, {}
     for il in stats.layers:
-        f, h = stats.fit[il], stats.held_out[il]
-        if h.rows == 0 or f.rows == 0:
-            raise ValueError("K/V fitting needs both fit and held-out samples (use more calibration samples)")
-        both = _Moments(f.xtx + h.xtx, {kv: f.xty[kv] + h.xty[kv] for kv in ("k", "v")},
-                        {kv: f.yy[kv] + h.yy[kv] for kv in ("k", "v")}, f.rows + h.rows)
         weights[il], alphas[il], own[il], fitted[il] = {}, {}, {}, {}
         for kv in ("k", "v"):
-            w0 = stats.w0[il][kv]
-            errors = {a: h.error(_solve(f, w0, kv, a), kv) for a in grid}
-            best = min(errors, key=errors.get)
-            own_err = h.error(w0, kv)
-            exact = own_err <= 1e-9 * h.yy[kv]  # (the moment formula leaves ~1e-12 of rounding)
-            if exact or errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
-                weights[il][kv], alphas[il][kv] = w0.T.astype(np.float32), float("inf")
-                fitted[il][kv] = own_err / h.yy[kv]
-            else:
-                weights[il][kv] = _solve(both, w0, kv, best).T.astype(np.float32)
-                alphas[il][kv] = best
-                fitted[il][kv] = errors[best] / h.yy[kv]
-            own[il][kv] = own_err / h.yy[kv]
+            weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = fit_projection(
+                stats.fit[il], stats.held_out[il], stats.w0[il][kv], kv, grid)
     rows = {"fit": stats.fit[stats.layers[0]].rows, "held_out": stats.held_out[stats.layers[0]].rows}
     return FittedKV(weights, alphas, own, fitted, rows)
 

@@ -7,7 +7,10 @@ and the spread (min-max) are reported. `run_bench` returns a JSON-ready dict:
     model, skip_layers, n_layer, threads, runs, machine
     prefill: one row per context length:
         n_tokens, full_ms / pop_ms: {median, min, max, n}, speedup (full/pop medians),
-        ideal_speedup (FLOP model, pop_local.flops), pruned_tokens (per POP prefill)
+        ideal_speedup (FLOP model, pop_local.flops), pruned_tokens (per POP prefill);
+        when the skip set is not the paper's (e.g. a budgeted file's choice), also paper_ms,
+        paper_speedup, paper_ideal_speedup: the paper's last third with own K/V, in the same rounds
+    paper_skip_layers: that set, or null
     decode: context, tokens, full_tps / pop_tps: {median, min, max, n}, pop_vs_full (ratio of medians)
 """
 
@@ -93,9 +96,20 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
     if need > llm.n_ctx():
         raise PopError(f"--ctx needs {need} tokens of context, the model was opened with {llm.n_ctx()}")
 
+    from .frontier import paper_skip_set
+
     shape = model_shape(llm.model_path)
     skip = llm.skip_layers
-    was_enabled = llm.pop_enabled
+    was_enabled, was_kv = llm.pop_enabled, llm.kv_mode
+    paper = paper_skip_set(shape.n_layer)
+    modes = ("full", "pop") if tuple(skip) == paper else ("full", "pop", "paper")
+
+    def configure(mode: str) -> None:
+        llm.pop_enabled = mode != "full"
+        if mode != "full":
+            llm.skip_layers = paper if mode == "paper" else skip
+            llm.kv_mode = "own" if mode == "paper" else was_kv
+
     total = len(ctx) + 1
     rows = []
     try:
@@ -106,35 +120,41 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             pruned = []
 
             def prefill(mode: str) -> float:
-                llm.pop_enabled = mode == "pop"
+                configure(mode)
                 before = llm.pop_stats()["pruned_tokens"]
                 ms = time_prefill(llm, prompt)
                 if mode == "pop":
                     pruned.append(llm.pop_stats()["pruned_tokens"] - before)
                 return ms
 
-            s = alternate(("full", "pop"), repeats, prefill)
+            s = alternate(modes, repeats, prefill)
             full, pop = summarize(s["full"]), summarize(s["pop"])
             rows.append({"n_tokens": n, "full_ms": full, "pop_ms": pop, "speedup": full["median"] / pop["median"],
                          "ideal_speedup": ideal_speedup(shape, n, skip), "pruned_tokens": pruned[-1]})
+            if "paper" in modes:
+                p = summarize(s["paper"])
+                rows[-1].update({"paper_ms": p, "paper_speedup": full["median"] / p["median"],
+                                 "paper_ideal_speedup": ideal_speedup(shape, n, paper)})
         if progress:
             progress("benchmark", len(ctx), total)
         tokens = bench_prompt(llm, decode_ctx + decode_tokens)
 
         def decode(mode: str) -> float:
-            llm.pop_enabled = mode == "pop"
+            configure(mode)
             return time_decode(llm, tokens[:decode_ctx], tokens[decode_ctx:])
 
         d = alternate(("full", "pop"), repeats, decode)
         if progress:
             progress("benchmark", total, total)
     finally:
+        configure("pop")
         llm.pop_enabled = was_enabled
         llm.reset()
     full_tps, pop_tps = summarize(d["full"]), summarize(d["pop"])
     return {
         "model": os.path.basename(llm.model_path),
         "skip_layers": format_layers(skip),
+        "paper_skip_layers": format_layers(paper) if "paper" in modes else None,
         "n_layer": shape.n_layer,
         "threads": llm.context_params.n_threads_batch,
         "runs": repeats,
@@ -147,12 +167,20 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
 
 def format_table(result: Dict[str, Any]) -> str:
     """A Markdown table of `run_bench`'s result (what `pop-local bench` prints)."""
-    lines = ["| prompt tokens | full ms | POP ms | speedup | FLOP ideal |", "|---|---|---|---|---|"]
+    paper = result.get("paper_skip_layers")
+    lines = ["| prompt tokens | full ms | POP ms | speedup | FLOP ideal |"
+             + (f" paper's set ({paper}, own K/V) ms | paper speedup | paper FLOP ideal |" if paper else ""),
+             "|---|---|---|---|---|" + ("---|---|---|" if paper else "")]
     for r in result["prefill"]:
         f, p = r["full_ms"], r["pop_ms"]
-        lines.append(f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
-                     f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | "
-                     f"{r['ideal_speedup']:.2f}x |")
+        line = (f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
+                f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | "
+                f"{r['ideal_speedup']:.2f}x |")
+        if paper:
+            q = r["paper_ms"]
+            line += (f" {q['median']:.1f} ({q['min']:.1f}-{q['max']:.1f}) | {r['paper_speedup']:.2f}x | "
+                     f"{r['paper_ideal_speedup']:.2f}x |")
+        lines.append(line)
     d = result["decode"]
     lines += ["", f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full_tps']['median']:.1f} "
                   f"tok/s, POP {d['pop_tps']['median']:.1f} tok/s (POP/full {d['pop_vs_full']:.3f})."]

@@ -56,6 +56,30 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+def _check_max_kl(ctx, param, value):
+    if value is None or value == "paper":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (number > 0 and number != float("inf")):
+        raise click.BadParameter(f'a positive number or "paper", got {value!r}')
+    return number
+
+
+def _check_target_speedup(ctx, param, value):
+    if value is not None and not (1 < value < float("inf")):
+        raise click.BadParameter(f"an ideal speedup above 1, got {value}")
+    return value
+
+
+def _check_max_ratio(ctx, param, value):
+    if not 0 < value < 1:
+        raise click.BadParameter(f"a fraction between 0 and 1, got {value}")
+    return value
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="POP GGUF to write")
@@ -72,15 +96,28 @@ def _fail_cleanly(fn):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--kv", type=click.Choice(["own", "fitted"]), default="own", show_default=True,
-              help="K/V of pruned layers: own projections (the paper) or fitted ones stored in the file")
+@click.option("--max-kl", callback=_check_max_kl,
+              help='quality budget: the fastest skip set whose held-out KL vs the full model is at most this '
+                   '(default "paper": the KL of the paper\'s last third with own K/V on this model)')
+@click.option("--target-speedup", type=float, callback=_check_target_speedup,
+              help="instead: the most faithful skip set whose ideal prefill speedup at 2048 tokens reaches this")
+@click.option("--max-ratio", type=float, default=0.5, show_default=True, callback=_check_max_ratio,
+              help="largest fraction of layers a budget may skip")
+@click.option("--kv", type=click.Choice(["auto", "own", "fitted"]), default="auto", show_default=True,
+              help="K/V of pruned layers: auto (the budget takes the better of the two per skip set), own "
+                   "projections or fitted ones stored in the file; own/fitted without a budget option give the "
+                   "paper's last third")
 @click.option("--kv-type", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]),
               default="auto", show_default=True, help="tensor type of fitted projections (auto: the file's own)")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 @_fail_cleanly
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
-            seed, kv, kv_type, force) -> None:
-    """Make MODEL.gguf POP-ready: measure layer importance, choose the skip set, write a new GGUF.
+            seed, max_kl, target_speedup, max_ratio, kv, kv_type, force) -> None:
+    """Make MODEL.gguf POP-ready: measure what each skip set costs, pick one, write a new GGUF.
+
+    By default every candidate (the last 1 .. half of the layers) is measured on held-out
+    calibration samples, with the layers' own and with fitted K/V, and the fastest one at least as
+    faithful as the paper's setting (last third, own K/V) is written, with the whole frontier.
 
     MODEL is a local GGUF file or a hub reference org/repo/file.gguf (downloaded with
     huggingface_hub into its cache; HF_HUB_OFFLINE=1 uses the cache only).
@@ -88,7 +125,9 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
     \b
     Examples:
       pop-local convert model.gguf -o model.pop.gguf
-      pop-local convert model.gguf -o model.pop.gguf --strategy score --samples 128
+      pop-local convert model.gguf -o model.pop.gguf --max-kl 0.1
+      pop-local convert model.gguf -o model.pop.gguf --target-speedup 1.6
+      pop-local convert model.gguf -o model.pop.gguf --kv own           # the paper: last third, own K/V
       pop-local convert model.gguf -o model.pop.gguf --layers 20-29 --no-calibrate
       pop-local convert model.gguf -o model.pop.gguf --kv fitted
     """
@@ -98,18 +137,29 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         raise click.UsageError("--no-calibrate needs --layers")
     result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
                          hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
-                         dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, progress=_progress_printer())
+                         dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, max_kl=max_kl,
+                         target_speedup=target_speedup, max_ratio=max_ratio, progress=_progress_printer())
+    from . import keys
     from .layers import format_layers
 
-    click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)} ({result.seconds:.0f} s)")
+    how = ""
+    if keys.FRONTIER_CHOSEN in result.extra:
+        row = result.extra
+        i = row[keys.FRONTIER_CHOSEN]
+        kv_used = row[keys.KV_METHOD]
+        kl = row[keys.FRONTIER_KL_FITTED if kv_used == "fitted" else keys.FRONTIER_KL_OWN][i]
+        how = (f", {kv_used} K/V; held-out KL {kl:.4f}, ideal speedup {row[keys.FRONTIER_SPEEDUP_2048][i]:.2f}x at "
+               f"2048 tokens ({row[keys.BUDGET]})")
+    click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="save the importance profiles as a PNG figure")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="save the importance profiles (and the frontier: quality against speed) as a PNG figure")
 @_fail_cleanly
 def inspect(model, plot: Optional[str]) -> None:
-    """Show a GGUF's POP keys and its prefill/decode importance profiles.
+    """Show a GGUF's POP keys, its quality/speed frontier and its importance profiles.
 
     \b
     Example:
@@ -125,9 +175,17 @@ def inspect(model, plot: Optional[str]) -> None:
         click.echo("no pop.* keys: the full model runs (convert it with `pop-local convert`)")
         return
     click.echo(f"{keys.SKIP_LAYERS} = {meta.skip_layers_text}  ({keys.ENABLED} = {str(meta.enabled).lower()})")
+    shown_as_table = keys.FRONTIER_ARRAYS if meta.frontier else ()
     for name, value in sorted(meta.extra.items()):
-        if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE):
+        if name not in (keys.IMPORTANCE_PREFILL, keys.IMPORTANCE_DECODE) + shown_as_table:
             click.echo(f"{name} = {value}")
+    if meta.frontier:
+        from .frontier import frontier_table
+
+        f = meta.frontier
+        click.echo(f"\nquality/speed frontier ({f.budget}; KL and top-1 vs the full model on {f.held_out[0]} held-out "
+                   f"samples, {f.held_out[1]} response tokens; ideal = FLOP-ideal prefill speedup)")
+        click.echo(frontier_table(f, meta.n_layer))
     chart = importance_chart(meta)
     if chart:
         click.echo("\n" + "\n".join(chart))

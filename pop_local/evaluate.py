@@ -7,6 +7,8 @@ Modes (one loaded model, switched per measurement):
                      converted with --kv fitted; `pop` then means the paper's own projections)
     pop_no_boundary  as pop, but the last prompt token is pruned too (the paper's ablation)
     static_removal   skip set removed in prefill and decode, no K/V written (ShortGPT-style)
+    paper            the paper's setting on the same model: the last third of the layers, own K/V
+                     (shown when the run's skip set is another one, e.g. a budgeted file's choice)
 
 Metrics:
     perplexity of a continuation given a context (the context is prefilled in the mode; the
@@ -28,7 +30,7 @@ from .errors import PopError
 
 __all__ = ["MODES", "run_eval", "format_eval_table", "passkey_prompt"]
 
-MODES = ("full", "pop", "pop_fitted", "pop_no_boundary", "static_removal")
+MODES = ("full", "pop", "pop_fitted", "paper", "pop_no_boundary", "static_removal")
 
 # filler for passkey prompts, written for the project
 _FILLER = ("The river runs past the old mill. The baker opens his shop at six. A cart rolls slowly down the hill. "
@@ -38,11 +40,16 @@ _INTRO = ("There is a pass key hidden inside a lot of unrelated text. Find it an
 _QUESTION = "\n\nWhat is the pass key? The pass key is"
 
 
-def _configure(llm, mode: str) -> None:
+def _configure(llm, mode: str, skip: Optional[Sequence[int]] = None) -> None:
+    """Switch `llm` to `mode`; `skip` is the run's skip set (default: the one it has), "paper" the paper's."""
     from ._native import STAGE_ALL, STAGE_PREFILL, STAGE_PREFILL_NO_BOUNDARY
+    from .frontier import paper_skip_set
 
-    stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_fitted": STAGE_PREFILL,
+    stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_fitted": STAGE_PREFILL, "paper": STAGE_PREFILL,
              "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY, "static_removal": STAGE_ALL}[mode]
+    want = paper_skip_set(llm.pop_metadata.n_layer) if mode == "paper" else (skip if skip is not None else None)
+    if want is not None and tuple(want) != llm.skip_layers:
+        llm.skip_layers = want
     llm._set_stage_mode(stage)
     llm.kv_mode = "fitted" if mode == "pop_fitted" else "own"
     llm.pop_enabled = mode != "full"
@@ -54,9 +61,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def continuation_logprobs(llm, mode: str, context: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+def continuation_logprobs(llm, mode: str, context: Sequence[int], continuation: Sequence[int],
+                          skip: Optional[Sequence[int]] = None) -> np.ndarray:
     """Log-probabilities [len(continuation), n_vocab] predicting each continuation token in `mode`."""
-    _configure(llm, mode)
+    _configure(llm, mode, skip)
     llm.reset()
     llm.eval(list(context))  # the prefill, in the mode; only its last token is an output
     first = llm.last_logits()
@@ -84,8 +92,8 @@ def passkey_prompt(llm, n_tokens: int, key: str, depth: float) -> List[int]:
     return [llm.token_bos()] + head + hay[:cut] + needle + hay[cut:] + question
 
 
-def _passkey_trial(llm, mode: str, prompt: List[int], key: str) -> bool:
-    _configure(llm, mode)
+def _passkey_trial(llm, mode: str, prompt: List[int], key: str, skip: Optional[Sequence[int]] = None) -> bool:
+    _configure(llm, mode, skip)
     llm.reset()
     out = llm.create_completion(prompt, max_tokens=8, temperature=0.0, top_k=1)
     found = re.search(r"\d+", out["choices"][0]["text"])
@@ -119,8 +127,12 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         raise PopError("--continuation must be at least 2 tokens")
     # fitted projections apply only to the skip set they were fitted for: the file's
     fitted_ok = llm.n_fitted_layers > 0 and tuple(llm.skip_layers) == tuple(llm.pop_metadata.skip_layers)
+    from .frontier import paper_skip_set
+
+    skip = llm.skip_layers
+    paper_differs = tuple(skip) != paper_skip_set(llm.pop_metadata.n_layer)
     if modes is None:
-        modes = [m for m in MODES if m != "pop_fitted" or fitted_ok]
+        modes = [m for m in MODES if (m != "pop_fitted" or fitted_ok) and (m != "paper" or paper_differs)]
     if "pop_fitted" in modes and not fitted_ok:
         raise PopError("pop_fitted needs fitted K/V projections (convert with --kv fitted) and the file's own skip set")
     unknown = [m for m in modes if m not in MODES]
@@ -152,12 +164,12 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         if progress:
             progress("evaluating", 0, total)
         for n, (context, cont) in plan:
-            ref = continuation_logprobs(llm, "full", context, cont)
+            ref = continuation_logprobs(llm, "full", context, cont, skip)
             tick()
             ref_top = ref.argmax(axis=-1)
             p_ref = np.exp(ref)
             for mode in modes:
-                lp = ref if mode == "full" else continuation_logprobs(llm, mode, context, cont)
+                lp = ref if mode == "full" else continuation_logprobs(llm, mode, context, cont, skip)
                 if mode != "full":
                     tick()
                 acc = per_ctx[n][mode]
@@ -167,10 +179,10 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         for n, key, depth in trials:
             prompt = passkey_prompt(llm, n, key, depth)
             for mode in modes:
-                passkey[mode][n].append(_passkey_trial(llm, mode, prompt, key))
+                passkey[mode][n].append(_passkey_trial(llm, mode, prompt, key, skip))
                 tick()
     finally:
-        _configure(llm, "pop")
+        _configure(llm, "pop", skip)
         llm.kv_mode = was_kv
         llm.pop_enabled = was_enabled
         llm.reset()
@@ -189,7 +201,9 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
         }
     return {
         "model": os.path.basename(llm.model_path),
-        "skip_layers": format_layers(llm.skip_layers),
+        "skip_layers": format_layers(skip),
+        # the mode that runs the file as converted (its skip set, with fitted K/V where it has them)
+        "file_choice": "pop_fitted" if "pop_fitted" in modes else "pop",
         "text": text_name,
         "contexts": list(ctx),
         "continuation_tokens": continuation,

@@ -9,7 +9,9 @@ __all__ = [
     "CALIB_SOURCE", "CALIB_DATA", "CALIB_SAMPLES", "CALIB_SEQ_LEN", "CALIB_RESPONSE_TOKENS", "CALIB_SEED",
     "KV_INPUT", "KV_K_TENSORS", "KV_V_TENSORS", "KV_METHOD", "KV_FIT_ALPHA_K", "KV_FIT_ALPHA_V",
     "KV_FIT_ERR_OWN_K", "KV_FIT_ERR_OWN_V", "KV_FIT_ERR_K", "KV_FIT_ERR_V", "KV_FIT_ROWS", "POP_TENSOR_SUFFIX",
-    "fitted_tensor_name",
+    "fitted_tensor_name", "BUDGET", "FRONTIER_SKIP_LAYERS", "FRONTIER_KL_OWN", "FRONTIER_KL_FITTED",
+    "FRONTIER_TOP1_OWN", "FRONTIER_TOP1_FITTED", "FRONTIER_SPEEDUP_512", "FRONTIER_SPEEDUP_2048", "FRONTIER_CHOSEN",
+    "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS",
 ]
 
 PREFIX = "pop."
@@ -49,6 +51,22 @@ KV_FIT_ERR_OWN_V = "pop.kv_fit.rel_error_own_v"
 KV_FIT_ERR_K = "pop.kv_fit.rel_error_k"          # f32 array: the same for the fitted W (fit samples only)
 KV_FIT_ERR_V = "pop.kv_fit.rel_error_v"
 KV_FIT_ROWS = "pop.kv_fit.rows"                  # u32 array [2]: token rows fitted on, held out
+
+# quality-budgeted conversion: the measured frontier (arrays aligned, one entry per candidate skip set,
+# measured on held-out calibration samples no fit used), the budget and the choice
+BUDGET = "pop.budget"                                # string: "max_kl=paper", "max_kl=0.1" or "target_speedup=1.6"
+FRONTIER_SKIP_LAYERS = "pop.frontier.skip_layers"    # string array: each candidate's skip set, "25-29"
+FRONTIER_KL_OWN = "pop.frontier.kl_own"              # f32 array: mean KL(full || POP) per response token, own K/V
+FRONTIER_KL_FITTED = "pop.frontier.kl_fitted"        # f32 array: the same with K/V fitted for that set
+FRONTIER_TOP1_OWN = "pop.frontier.top1_own"          # f32 array: top-1 agreement with the full model, own K/V
+FRONTIER_TOP1_FITTED = "pop.frontier.top1_fitted"    # f32 array: the same, fitted K/V
+FRONTIER_SPEEDUP_512 = "pop.frontier.speedup_512"    # f32 array: FLOP-ideal prefill speedup at 512 tokens
+FRONTIER_SPEEDUP_2048 = "pop.frontier.speedup_2048"  # f32 array: the same at 2048 tokens
+FRONTIER_CHOSEN = "pop.frontier.chosen"              # u32: index of the candidate written as the skip set
+FRONTIER_PAPER_KL = "pop.frontier.paper_kl"          # f32: held-out KL of the paper's set (last 1/3, own K/V)
+FRONTIER_HELD_OUT = "pop.frontier.held_out"          # u32 array [2]: held-out samples, response tokens
+FRONTIER_ARRAYS = (FRONTIER_SKIP_LAYERS, FRONTIER_KL_OWN, FRONTIER_KL_FITTED, FRONTIER_TOP1_OWN, FRONTIER_TOP1_FITTED,
+                   FRONTIER_SPEEDUP_512, FRONTIER_SPEEDUP_2048)
 
 
 POP_TENSOR_SUFFIX = ".pop"  # tensors pop-local adds to a GGUF end with this

@@ -8,6 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import keys
 from .errors import PopMetadataError, PopModelNotFound
+from .frontier import Frontier, read_frontier
 from .layers import format_layers, parse_layers
 
 __all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata"]
@@ -25,6 +26,7 @@ class PopMetadata:
     enabled: bool
     has_pop_keys: bool
     extra: Dict[str, Any] = field(default_factory=dict)  # other pop.* keys, as read
+    frontier: Optional["Frontier"] = None  # the quality/speed frontier of a budgeted conversion
 
     @property
     def skip_layers_text(self) -> str:
@@ -81,6 +83,7 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         enabled=True if enabled_raw is None else enabled_raw,
         has_pop_keys=any(name.startswith(keys.PREFIX) for name in header),
         extra=extra,
+        frontier=read_frontier(extra, n_layer, skip),
     )
 
 
@@ -100,4 +103,4 @@ def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[s
             raise PopMetadataError(f"{keys.ENABLED}: the override must be a bool, got {value!r}")
         enabled = value
     return PopMetadata(meta.path, meta.architecture, meta.n_layer, meta.version, skip, enabled,
-                       meta.has_pop_keys, meta.extra)
+                       meta.has_pop_keys, meta.extra, meta.frontier)

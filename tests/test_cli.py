@@ -73,6 +73,14 @@ def test_missing_and_non_gguf_files_are_one_line_errors(command, tmp_path):
 
 # --- chat ----------------------------------------------------------------------------------------
 
+def test_chat_reuse_cache_keeps_the_cache_across_pop_switches(pop_model):
+    script = "What is the capital of France?\n/pop off\nAnd the capital of Italy?\n"
+    r = pop_local("chat", pop_model, "--max-tokens", "16", "--temperature", "0", "--reuse-cache", stdin=script)
+    assert r.returncode == 0, r.stderr
+    (p1, c1, e1, n1), (p2, c2, e2, n2) = [tuple(int(x) for x in m) for m in STATS.findall(r.stderr)]
+    assert c2 > p1 and n2 == 0 and e2 == p2 - c2  # second turn reuses the first turn's cache; POP off
+
+
 def test_chat_piped_conversation_with_commands(pop_model):
     script = "\n".join([
         "What is the capital of France?",
@@ -93,7 +101,8 @@ def test_chat_piped_conversation_with_commands(pop_model):
     assert len(turns) == 3  # /exit stopped before the last line
     (p1, c1, e1, n1), (p2, c2, e2, n2), (p3, c3, e3, n3) = turns
     assert c1 == 0 and e1 == p1 and n1 == e1 - 1           # whole prompt pruned but its last token
-    assert c2 > p1 and n2 == 0 and e2 == p2 - c2            # second turn reuses the KV cache; POP off
+    # POP off: the conversation computed with POP is not reused, the second turn equals a fresh full run
+    assert c2 == 0 and n2 == 0 and e2 == p2 and "re-evaluated" in r.stderr
     assert n3 == e3 - 1                                      # POP back on after /pop on
     assert "1 replies" in r.stderr and "POP off" in r.stderr and "conversation cleared" in r.stderr
     assert "system prompt set" in r.stderr

@@ -1,0 +1,129 @@
+"""Quality-budgeted POP: the frontier the converter measures, the budget's choice, the keys in the file."""
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from pop_local import PopMetadataError, keys, read_pop_metadata
+from pop_local.cli import cli
+from pop_local.errors import PopError
+from pop_local.frontier import Budget, FrontierRow, choose, frontier_fields, parse_budget
+
+ROWS = [  # skip set, KL own, KL fitted, top-1 own, top-1 fitted, ideal @512, @2048
+    FrontierRow((29,), 0.01, 0.01, 0.98, 0.98, 1.03, 1.03),
+    FrontierRow((28, 29), 0.03, 0.02, 0.95, 0.97, 1.07, 1.07),
+    FrontierRow((27, 28, 29), 0.09, 0.04, 0.90, 0.94, 1.11, 1.11),
+    FrontierRow((26, 27, 28, 29), 0.20, 0.07, 0.84, 0.91, 1.15, 1.16),
+]
+
+
+# --- choice and budget values (no model) ---------------------------------------------------------------
+
+def test_max_kl_picks_the_fastest_set_within_the_budget():
+    assert choose(ROWS, Budget(max_kl=0.05)) == 2            # fitted K/V: 0.04 <= 0.05
+    assert choose(ROWS, Budget(max_kl=0.05), kv="own") == 1  # own K/V only: 0.03
+    assert choose(ROWS, Budget(max_kl=1.0)) == 3
+    assert choose(ROWS, Budget(max_kl="paper"), paper_kl=0.09) == 3  # fitted 0.07 beats the paper's 0.09
+    assert ROWS[3].kv_for("auto") == "fitted" and ROWS[0].kv_for("auto") == "own"  # a tie keeps own
+
+
+def test_target_speedup_picks_the_most_faithful_set_reaching_it():
+    assert choose(ROWS, Budget(target_speedup=1.1)) == 2
+    assert choose(ROWS, Budget(target_speedup=1.01)) == 0
+
+
+def test_unreachable_budgets_name_the_best_reached():
+    with pytest.raises(PopError, match=r"best reached is 0\.01 \(29, own K/V\)"):
+        choose(ROWS, Budget(max_kl=0.001))
+    with pytest.raises(PopError, match=r"fastest measured is 1\.16x"):
+        choose(ROWS, Budget(target_speedup=2.0))
+
+
+@pytest.mark.parametrize("max_kl, speedup, message", [
+    ("abc", None, "--max-kl"), ("-1", None, "--max-kl"), ("nan", None, "--max-kl"), ("0", None, "--max-kl"),
+    (None, 1.0, "--target-speedup"), (None, float("inf"), "--target-speedup"), ("0.1", 1.5, "not both"),
+])
+def test_bad_budget_values(max_kl, speedup, message):
+    with pytest.raises(PopError, match=message):
+        parse_budget(max_kl, speedup)
+
+
+@pytest.mark.parametrize("args", [["--max-kl", "abc"], ["--max-kl", "-0.5"], ["--max-kl", "inf"],
+                                  ["--target-speedup", "0.9"], ["--target-speedup", "fast"],
+                                  ["--max-ratio", "1.5"], ["--max-ratio", "0"]])
+def test_bad_budget_options_are_usage_errors(tmp_path, args):
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(cli, ["convert", "model.gguf", "-o", str(out)] + args)
+    assert r.exit_code == 2, r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-kl", "0.1", "--layers", "20-29"], "drop --layers"),
+    (["--target-speedup", "1.5", "--ratio", "0.3"], "drop --layers"),
+    (["--max-kl", "0.1", "--layers", "20-29", "--no-calibrate"], "drop --layers"),
+    (["--max-kl", "0.1", "--samples", "4"], "at least 8 --samples"),
+    (["--max-ratio", "0.2"], "at least 1/3"),
+])
+def test_budget_conflicts_are_one_line_errors(smollm2, tmp_path, args, message):
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out)] + args)
+    assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()
+
+
+# --- the keys -----------------------------------------------------------------------------------------------
+
+def _write(smollm2, path, fields, skip="26-29"):
+    from pop_local.converter.writer import write_pop_gguf
+
+    write_pop_gguf(smollm2, path, skip, extra=fields)
+    return read_pop_metadata(path)
+
+
+@pytest.mark.slow
+def test_frontier_keys_round_trip(smollm2, tmp_path):
+    fields = frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192))
+    meta = _write(smollm2, tmp_path / "f.gguf", fields)
+    f = meta.frontier
+    assert f.chosen == 3 and f.choice.skip == (26, 27, 28, 29) and f.budget == "max_kl=paper"
+    assert f.paper_kl == pytest.approx(0.09) and f.held_out == (4, 192)
+    for got, want in zip(f.rows, ROWS):
+        assert got.skip == want.skip
+        for name in ("kl_own", "kl_fitted", "top1_own", "top1_fitted", "speedup_512", "speedup_2048"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-6)
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "f.gguf"), "--plot", str(tmp_path / "f.png")])
+    assert r.exit_code == 0, r.output
+    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | chosen |" in r.output
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, message", [
+    ({keys.FRONTIER_KL_OWN: [0.1, 0.2]}, "entries"),
+    ({keys.FRONTIER_CHOSEN: 9}, "not an index"),
+    ({keys.FRONTIER_CHOSEN: 1}, "not the file's skip set"),
+    ({keys.FRONTIER_TOP1_OWN: [0.9, 0.9, 1.5, 0.9]}, "not a number in"),
+    ({keys.FRONTIER_SKIP_LAYERS: ["29", "28-29", "27-29", "26-40"]}, "out of range"),
+    ({keys.FRONTIER_SPEEDUP_2048: ["fast", "x", "y", "z"]}, "not a number"),
+])
+def test_malformed_frontier_keys_are_rejected(smollm2, tmp_path, change, message):
+    fields = {**frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)), **change}
+    from pop_local.converter.writer import write_pop_gguf
+
+    path = tmp_path / "bad.gguf"
+    write_pop_gguf(smollm2, path, "26-29", extra=fields)
+    with pytest.raises(PopMetadataError, match=message):
+        read_pop_metadata(path)
+    r = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_partial_frontier_is_rejected_and_files_without_one_keep_working(smollm2, tmp_path):
+    fields = frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192))
+    del fields[keys.FRONTIER_KL_FITTED]
+    with pytest.raises(PopMetadataError, match="partial"):
+        _write(smollm2, tmp_path / "p.gguf", fields)
+    assert _write(smollm2, tmp_path / "plain.gguf", {"pop.calibration.note": "x"}).frontier is None
