@@ -134,6 +134,33 @@ def _n_layer(src: str) -> int:
     return read_pop_metadata(src).n_layer
 
 
+# held-out prompts are this long (tokens): long enough that POP's pruned K/V weigh as they do in real
+# use (KL grows with context length), as long as the 512-token contexts `pop-local eval` starts with
+HELD_OUT_TOKENS = 512
+
+
+def _trained_context(src: str) -> int:
+    from pop_local.metadata import read_header
+
+    header = read_header(src)
+    value = header.get(f"{header.get('general.architecture')}.context_length")
+    return int(value) if isinstance(value, int) and value > 0 else 1 << 30
+
+
+def _held_out_prompt_ids(tok, prompts: Sequence[str], i: int, n_tokens: int) -> List[int]:
+    """Sample i's prompt after other prompts as context, about n_tokens in all (never more)."""
+    own = prompts[i % len(prompts)]
+    parts: List[str] = []
+    j = 1
+    while j < 4 * len(prompts) + 4:
+        longer = [prompts[(i + j) % len(prompts)]] + parts
+        if len(_prompt_ids(tok, "\n\n".join(longer + [own]), 1 << 30)) > n_tokens:
+            break
+        parts = longer
+        j += 1
+    return _prompt_ids(tok, "\n\n".join(parts + [own]), n_tokens)
+
+
 def _prompt_ids(tok, prompt: str, seq_len: int) -> List[int]:
     if getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
@@ -243,7 +270,10 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if spec.gguf_arch != meta.architecture:
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
-    prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
+    eval_idx, lam_idx = split_samples(samples) if frontier is not None else ([], [])
+    held_len = min(HELD_OUT_TOKENS, max(64, _trained_context(src) - response_tokens - 16))
+    prompt_ids = [_held_out_prompt_ids(tok, prompts, i, held_len) if i in eval_idx else
+                  _prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
     tick_sample = (lambda i: progress("sampling responses", i, samples)) if progress else None
     if hf_model:
         seqs = sample_responses(model, prompt_ids, response_tokens, seed, eos=tok.eos_token_id, progress=tick_sample)
@@ -255,7 +285,6 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if frontier is not None:
         from .frontier import FrontierCapture
 
-        eval_idx, lam_idx = split_samples(samples)
         k_max = int(frontier.max_ratio * meta.n_layer + 1e-9)
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
                                   k_max if frontier.strategy == "tail" else None)

@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_projection
+from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_layer
 
 __all__ = ["Candidate", "FrontierCapture", "candidate_sets", "SPEEDUP_TOKENS"]
 
@@ -281,18 +281,18 @@ class FrontierCapture:
                 h = self._tail_moments(skip[0], il, "lam") if il > skip[0] else None
             else:
                 f, h = moments["fit"][il], moments["lam"][il]
-            for kv in ("k", "v"):
-                w0 = self.w0[il][kv]
-                if f is None:  # the block's first layer sees its true input
-                    weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = w0.T.astype(np.float32), \
-                        float("inf"), 0.0, 0.0
-                    continue
-                weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = fit_projection(f, h, w0, kv, grid)
+            if f is None:  # the block's first layer sees its true input: its own projection is exact
+                result = {kv: (self.w0[il][kv].T.astype(np.float32), float("inf"), 0.0, 0.0) for kv in ("k", "v")}
+            else:
+                result = fit_layer(f, h, self.w0[il], grid)
+            for kv, (w, alpha, err_own, err_fit) in result.items():
+                weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = w, alpha, err_own, err_fit
         rows = {"fit": self._rows["fit"], "held_out": self._rows["lam"]}
         return FittedKV(weights, alphas, own, fitted, rows)
 
-    def _pop_logprobs(self, sample: _EvalSample, skip: Tuple[int, ...], fitted: Optional[FittedKV]):
-        """Log-probs of the response positions under POP with `skip` (own K/V, or `fitted`)."""
+    def _pop_logprobs(self, sample: _EvalSample, skip: Tuple[int, ...], fitted: Optional[FittedKV]) -> List[object]:
+        """Log-probs of the response positions under POP with `skip`: [own K/V] or, with `fitted`,
+        [own, fitted], the two as one batch of two (batch row 1 gets the fitted projections)."""
         import torch
 
         from .importance import VirtualGates
@@ -301,6 +301,7 @@ class FrontierCapture:
         with torch.no_grad():
             gates.prefill[list(skip)] = 0.0
         gates.boundary = sample.n_prompt - 1
+        batch = 1 if fitted is None else 2
         handles = []
         if fitted is not None:
             for il in skip:
@@ -310,24 +311,27 @@ class FrontierCapture:
                             self._fitted_hook(torch.from_numpy(fitted.weights[il][kv]), self.proj[il][kv].bias,
                                               gates.boundary)))
         start = skip[0]
-        n_keep = sample.ids.shape[1] - (sample.n_prompt - 1)
+        ids = sample.ids.expand(batch, -1)
+        hidden = sample.hidden[start].expand(batch, -1, -1)
+        n_keep = ids.shape[1] - (sample.n_prompt - 1)
         try:
-            with torch.no_grad(), gates.attached(), _Replay.from_layer(self.layers, start, sample.hidden[start]):
-                logits = self.model(input_ids=sample.ids, use_cache=False, logits_to_keep=n_keep).logits
+            with torch.no_grad(), gates.attached(), _Replay.from_layer(self.layers, start, hidden):
+                logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=n_keep).logits
         finally:
             for h in handles:
                 h.remove()
-        return _log_softmax(logits[0, :-1])
+        return [_log_softmax(logits[b, :-1]) for b in range(batch)]
 
     @staticmethod
     def _fitted_hook(weight, bias, boundary: int):
+        """Batch row 1's pruned positions: K or V from the fitted projection instead of the own."""
         def fn(_module, inputs, output):
-            x = inputs[0][:, :boundary]
+            x = inputs[0][1, :boundary]
             fitted = x @ weight.to(x.dtype).T
             if bias is not None:
                 fitted = fitted + bias
             out = output.clone()
-            out[:, :boundary] = fitted
+            out[1, :boundary] = fitted
             return out
         return fn
 
@@ -349,9 +353,9 @@ class FrontierCapture:
             for sample in self.eval_samples:
                 top_ref = sample.ref.argmax(-1)
                 p_ref = sample.ref.exp()
-                lp_own = self._pop_logprobs(sample, skip, None)
                 # nothing fitted (every layer kept its own): the fitted variant is the own one
-                lp_fit = self._pop_logprobs(sample, skip, fitted) if any_fitted else lp_own
+                lps = self._pop_logprobs(sample, skip, fitted if any_fitted else None)
+                lp_own, lp_fit = lps[0], lps[-1]
                 for mode, lp in (("own", lp_own), ("fitted", lp_fit)):
                     stats[mode][0].extend((p_ref * (sample.ref - lp)).sum(-1).tolist())
                     stats[mode][1].extend((lp.argmax(-1) == top_ref).tolist())

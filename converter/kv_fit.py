@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "fit_projection", "FittedKV", "LAMBDA_GRID", "llama_permute_k"]
+__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "fit_layer", "FittedKV", "LAMBDA_GRID", "llama_permute_k"]
 
 # lam = alpha * mean(diag(X^T X)): scale-free ridge strengths tried on the held-out samples
 LAMBDA_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 100.0)
@@ -148,24 +148,40 @@ def _solve(m: _Moments, w0: np.ndarray, kv: str, alpha: float) -> np.ndarray:
     return np.linalg.solve(a, m.xty[kv] + lam * w0)
 
 
-def fit_projection(fit: _Moments, held_out: _Moments, w0: np.ndarray, kv: str, grid: Sequence[float] = LAMBDA_GRID,
-                   exact: bool = False) -> Tuple[np.ndarray, float, float, float]:
-    """One projection: (weight out x in float32, alpha (inf = own kept), held-out relative error of
-    the own weights, of the result). lam is chosen on `held_out`, then refit on both sets."""
+def fit_layer(fit: _Moments, held_out: _Moments, w0: Dict[str, np.ndarray], grid: Sequence[float] = LAMBDA_GRID,
+              exact: bool = False) -> Dict[str, Tuple[np.ndarray, float, float, float]]:
+    """One layer's K and V: {kv: (weight out x in float32, alpha (inf = own kept), held-out relative
+    error of the own weights, of the result)}. lam is chosen per projection on `held_out`, then the
+    projection is refit on both sets. One eigendecomposition of the fit set's X^T X serves both
+    projections and every lam: W(lam) = Q diag(1 / (L + lam)) Q^T (X^T Y + lam W0)."""
     if held_out.rows == 0 or fit.rows == 0:
         raise ValueError("K/V fitting needs both fit and held-out samples (use more calibration samples)")
-    own_err = held_out.error(w0, kv)
-    own_rel = own_err / held_out.yy[kv]
-    # the moment formula leaves ~1e-12 of rounding on an exact projection
-    if exact or own_err <= 1e-9 * held_out.yy[kv]:
-        return w0.T.astype(np.float32), float("inf"), own_rel, own_rel
-    errors = {a: held_out.error(_solve(fit, w0, kv, a), kv) for a in grid}
-    best = min(errors, key=errors.get)
-    if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
-        return w0.T.astype(np.float32), float("inf"), own_rel, own_rel
-    both = _Moments(fit.xtx + held_out.xtx, {k: fit.xty[k] + held_out.xty[k] for k in ("k", "v")},
-                    {k: fit.yy[k] + held_out.yy[k] for k in ("k", "v")}, fit.rows + held_out.rows)
-    return _solve(both, w0, kv, best).T.astype(np.float32), best, own_rel, errors[best] / held_out.yy[kv]
+    out: Dict[str, Tuple[np.ndarray, float, float, float]] = {}
+    eig = None
+    scale = float(np.mean(np.diag(fit.xtx)))
+    for kv in ("k", "v"):
+        own_err = held_out.error(w0[kv], kv)
+        own_rel = own_err / held_out.yy[kv]
+        # the moment formula leaves ~1e-12 of rounding on an exact projection
+        if exact or own_err <= 1e-9 * held_out.yy[kv]:
+            out[kv] = (w0[kv].T.astype(np.float32), float("inf"), own_rel, own_rel)
+            continue
+        if eig is None:
+            eig = np.linalg.eigh(fit.xtx)
+        values, q = eig
+        qb, qw = q.T @ fit.xty[kv], q.T @ w0[kv]
+        errors = {}
+        for a in grid:
+            lam = a * scale
+            errors[a] = held_out.error(q @ ((qb + lam * qw) / (values + lam)[:, None]), kv)
+        best = min(errors, key=errors.get)
+        if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
+            out[kv] = (w0[kv].T.astype(np.float32), float("inf"), own_rel, own_rel)
+            continue
+        both = _Moments(fit.xtx + held_out.xtx, {k: fit.xty[k] + held_out.xty[k] for k in ("k", "v")},
+                        {k: fit.yy[k] + held_out.yy[k] for k in ("k", "v")}, fit.rows + held_out.rows)
+        out[kv] = (_solve(both, w0[kv], kv, best).T.astype(np.float32), best, own_rel, errors[best] / held_out.yy[kv])
+    return out
 
 
 def fit_kv(stats: KVStats, grid: Sequence[float] = LAMBDA_GRID) -> FittedKV:
@@ -173,9 +189,9 @@ def fit_kv(stats: KVStats, grid: Sequence[float] = LAMBDA_GRID) -> FittedKV:
     weights, alphas, own, fitted = {}, {}, {}, {}
     for il in stats.layers:
         weights[il], alphas[il], own[il], fitted[il] = {}, {}, {}, {}
-        for kv in ("k", "v"):
-            weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = fit_projection(
-                stats.fit[il], stats.held_out[il], stats.w0[il][kv], kv, grid)
+        result = fit_layer(stats.fit[il], stats.held_out[il], stats.w0[il], grid)
+        for kv, (w, alpha, err_own, err_fit) in result.items():
+            weights[il][kv], alphas[il][kv], own[il][kv], fitted[il][kv] = w, alpha, err_own, err_fit
     rows = {"fit": stats.fit[stats.layers[0]].rows, "held_out": stats.held_out[stats.layers[0]].rows}
     return FittedKV(weights, alphas, own, fitted, rows)
 
