@@ -280,7 +280,7 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     else:
         seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
-    tick_importance = (lambda n: progress("measuring importance", n, samples)) if progress else None
+    tick_importance = (lambda n: progress("measuring importance", n, samples - len(eval_idx))) if progress else None
     capture = None
     if frontier is not None:
         from .frontier import FrontierCapture
@@ -288,9 +288,14 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         k_max = int(frontier.max_ratio * meta.n_layer + 1e-9)
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
                                   k_max if frontier.strategy == "tail" else None)
+    # held-out samples stay out of everything that learns from the data, importance included
+    train = [i for i in range(samples) if i not in eval_idx]
     with capture.attached() if capture else contextlib.nullcontext():
-        imp = layer_importance(model, spec, meta.n_layer, seqs, lens, progress=tick_importance,
-                               observe=capture.observe if capture else None)
+        imp = layer_importance(model, spec, meta.n_layer, [seqs[i] for i in train], [lens[i] for i in train],
+                               progress=tick_importance,
+                               observe=(lambda j, logits: capture.observe(train[j], logits)) if capture else None)
+        if capture:
+            capture.full_passes(eval_idx)
     result = Calibration(imp, {
         keys.CALIB_SOURCE: hf_model or os.path.basename(src),
         keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),

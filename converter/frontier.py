@@ -179,15 +179,16 @@ class FrontierCapture:
             for h in handles:
                 h.remove()
 
-    def observe(self, i: int, logits) -> None:
-        """The full pass of sample i has run: keep what the frontier needs from it."""
+    def observe(self, i: int, logits, offset: int = 0) -> None:
+        """The full pass of sample i has run: keep what the frontier needs from it (`logits` start at
+        position `offset` of the sequence)."""
         import torch
 
         pending, self._pending = self._pending, {"h": {}, "k": {}, "v": {}}
         n_prompt = self.lens[i]
         if i in self.eval_idx:
             ids = torch.tensor([list(self.seqs[i])], dtype=torch.long)
-            ref = _log_softmax(logits[0, n_prompt - 1:-1])
+            ref = _log_softmax(logits[0, n_prompt - 1 - offset:-1])
             self.eval_samples.append(_EvalSample(ids, n_prompt, pending["h"], ref))
             return
         # fit rows: every position but the last (POP runs that one in full), as in kv_fit
@@ -210,6 +211,19 @@ class FrontierCapture:
         for (il, kv), yv in y.items():
             self._yy[part][(il, kv)] = self._yy[part].get((il, kv), 0.0) + float((yv ** 2).sum())
         self._rows[part] += y[(self.proj_layers[0], "k")].shape[0]
+
+    def full_passes(self, indices: Sequence[int]) -> None:
+        """Full-model forward passes (no gradients) of samples the importance pass did not run."""
+        import torch
+
+        for i in indices:
+            if len(self.seqs[i]) <= self.lens[i] or self.lens[i] < 2:
+                continue  # no response to measure on
+            ids = torch.tensor([list(self.seqs[i])], dtype=torch.long)
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - self.lens[i] + 1).logits
+            # observe() slices from the last prompt token: hand it logits aligned with the whole sequence
+            self.observe(i, logits, offset=self.lens[i] - 1)
 
     def _z(self, start: int, h) -> np.ndarray:
         """h / rms(h) (float64), checked once against each skipped layer's own norm."""

@@ -171,9 +171,12 @@ def fit_layer(fit: _Moments, held_out: _Moments, w0: Dict[str, np.ndarray], grid
         values, q = eig
         qb, qw = q.T @ fit.xty[kv], q.T @ w0[kv]
         errors = {}
-        for a in grid:
+        for a in grid:  # ascending; the held-out error has one minimum over the grid: stop once past it
             lam = a * scale
             errors[a] = held_out.error(q @ ((qb + lam * qw) / (values + lam)[:, None]), kv)
+            done = list(errors.values())
+            if len(done) >= 3 and done[-1] > done[-2] > done[-3]:
+                break
         best = min(errors, key=errors.get)
         if errors[best] >= MIN_GAIN * own_err:  # no real gain on held-out text: keep the own
             out[kv] = (w0[kv].T.astype(np.float32), float("inf"), own_rel, own_rel)
