@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local import keys
 from pop_local.errors import PopError
-from pop_local.layers import as_layers
+from pop_local.layers import as_layers, format_layers
 from pop_local.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
@@ -85,8 +85,8 @@ def _kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
     }
 
 
-def _budget_request(explicit, ratio, kv: str, calibrate: bool, max_kl, target_speedup, max_ratio: float, n_layer: int,
-                    strategy: str, samples: int):
+def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl, target_speedup, max_ratio: float,
+                    n_layer: int, strategy: str, samples: int):
     """The Budget when this conversion picks its skip set from a measured frontier, else None.
 
     A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
@@ -111,6 +111,16 @@ def _budget_request(explicit, ratio, kv: str, calibrate: bool, max_kl, target_sp
                        f"measure each skip set), got {samples}; --kv own gives the paper's set without one")
     if int(max_ratio * n_layer + 1e-9) < 1:
         raise PopError(f"--max-ratio {max_ratio} leaves no layer to skip in a {n_layer}-layer model")
+    if budget.target_speedup is not None:  # FLOPs alone say whether any candidate can get there
+        from pop_local.flops import ideal_speedup, model_shape
+
+        k_max = int(max_ratio * n_layer + 1e-9)
+        deepest = tuple(range(n_layer - k_max, n_layer))
+        best = ideal_speedup(model_shape(src), 2048, deepest)
+        if best < budget.target_speedup:
+            raise PopError(f"no skip set reaches an ideal speedup of {budget.target_speedup:g}x at 2048 tokens; the "
+                           f"fastest within --max-ratio {max_ratio:g} is {best:.2f}x ({format_layers(deepest)}): "
+                           "lower --target-speedup or raise --max-ratio")
     if budget.max_kl == "paper" and strategy == "tail" and len(paper_skip_set(n_layer)) > int(max_ratio * n_layer + 1e-9):
         raise PopError(f"--max-kl paper measures the paper's set (the last third): --max-ratio must be at least 1/3")
     return budget
@@ -158,7 +168,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         kv = "own" if (max_kl is not None or target_speedup is not None) else "auto"
         if kv == "auto":
             ratio = ratio if ratio is not None or explicit is not None else 1 / 3
-    budget = _budget_request(explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
+    budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
                              samples)
     if budget is None and kv == "auto":
         kv = "own"

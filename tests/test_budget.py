@@ -127,3 +127,84 @@ def test_a_partial_frontier_is_rejected_and_files_without_one_keep_working(smoll
     with pytest.raises(PopMetadataError, match="partial"):
         _write(smollm2, tmp_path / "p.gguf", fields)
     assert _write(smollm2, tmp_path / "plain.gguf", {"pop.calibration.note": "x"}).frontier is None
+
+
+# --- a real budgeted conversion (SmolLM2-135M) ------------------------------------------------------------
+
+BUDGET_ARGS = ["--samples", "8", "--seq-len", "64", "--max-ratio", "0.2", "--max-kl", "0.5", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def budgeted(smollm2, tmp_path_factory):
+    """Two conversions of SmolLM2 with the same budget and seed (small: 8 samples, up to 6 layers)."""
+    folder = tmp_path_factory.mktemp("budget")
+    paths = []
+    for name in ("a.pop.gguf", "b.pop.gguf"):
+        r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(folder / name)] + BUDGET_ARGS)
+        assert r.exit_code == 0, r.output
+        assert "held-out KL" in r.output and "(max_kl=0.5)" in r.output
+        paths.append(str(folder / name))
+    return paths
+
+
+@pytest.mark.slow
+def test_budgeted_conversion_is_reproducible(budgeted):
+    from gguf import GGUFReader
+
+    a, b = (read_pop_metadata(p) for p in budgeted)
+    assert a.frontier == b.frontier and a.skip_layers == b.skip_layers
+    assert len(a.frontier.rows) == 6 and a.frontier.held_out[0] == 2
+    tensors = [{t.name: t.data.tobytes() for t in GGUFReader(p, "r").tensors if t.name.endswith(".pop")}
+               for p in budgeted]
+    assert tensors[0] == tensors[1]
+
+
+@pytest.mark.slow
+def test_max_kl_picks_the_fastest_candidate_inside_the_budget(budgeted):
+    meta = read_pop_metadata(budgeted[0])
+    rows = meta.frontier.rows
+    inside = [i for i, r in enumerate(rows) if r.kl() <= 0.5]
+    assert meta.frontier.chosen == max(inside, key=lambda i: rows[i].speedup_2048)
+    assert meta.skip_layers == rows[meta.frontier.chosen].skip
+    assert meta.extra[keys.KV_METHOD] == rows[meta.frontier.chosen].kv_for("auto")
+    assert rows[0].skip == (29,) and rows[0].kl_own == 0.0  # the last layer's prompt positions feed nothing
+    assert all(a.speedup_2048 < b.speedup_2048 for a, b in zip(rows, rows[1:]))
+    assert rows[-1].kl_own > rows[1].kl_own > 0  # deeper costs more
+    for limit in sorted({r.kl() for r in rows}):  # every budget the real frontier allows
+        chosen = choose(rows, Budget(max_kl=limit))
+        assert rows[chosen].kl() <= limit
+        assert all(r.speedup_2048 <= rows[chosen].speedup_2048 for r in rows if r.kl() <= limit)
+    with pytest.raises(PopError, match="best reached is"):
+        choose(rows[1:], Budget(max_kl=rows[1].kl() / 2))
+
+
+def test_a_budget_no_candidate_meets_is_a_one_line_error(smollm2, tmp_path):
+    out = tmp_path / "never.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "8", "--seq-len", "64",
+                                 "--max-ratio", "0.1", "--target-speedup", "3"])
+    assert r.exit_code == 1, r.output
+    error = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "fastest within --max-ratio 0.1 is 1.1" in error[0] and "(27-29)" in error[0]
+    assert os.listdir(tmp_path) == []  # no output, no temp file
+
+
+@pytest.mark.slow
+def test_held_out_kl_predicts_eval_on_the_bundled_passage():
+    """The default model's converter KL (512-token held-out prompts) against `pop-local eval` on text
+    the converter never saw, at 512-token contexts, for the chosen set: within 35%."""
+    from pop_local import PopLlama
+    from pop_local.evaluate import run_eval
+    from pop_local.models import default_model_path
+
+    path = default_model_path()
+    meta = read_pop_metadata(path)
+    choice = meta.frontier.choice
+    predicted = choice.kl(meta.extra[keys.KV_METHOD])
+    llm = PopLlama(path, n_ctx=1024, n_batch=1024, verbose=False)
+    try:
+        mode = "pop_fitted" if meta.extra[keys.KV_METHOD] == "fitted" else "pop"
+        result = run_eval(llm, ctx=(512,), continuation=64, windows=3, passkey_lengths=(), modes=["full", mode])
+    finally:
+        llm.close()
+    measured = result["modes"][mode]["kl_to_full"]
+    assert abs(measured - predicted) <= 0.35 * predicted, (predicted, measured)

@@ -140,9 +140,10 @@ def test_cli_convert_bad_files(smollm2, tmp_path):
 
 @pytest.mark.slow
 def test_real_calibration_of_smollm2(smollm2, tmp_path):
-    """A small real calibration on CPU: profiles in the file, tail skip set, runtime picks it up."""
+    """A small real calibration on CPU, the paper's recipe (--kv own without a budget): profiles in the
+    file, the last third as skip set, runtime picks it up."""
     out = tmp_path / "smol.pop.gguf"
-    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "3", "--seq-len", "64"])
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "3", "--seq-len", "64", "--kv", "own"])
     assert r.exit_code == 0, r.output
     meta = read_pop_metadata(out)
     pre, dec = meta.extra[keys.IMPORTANCE_PREFILL], meta.extra[keys.IMPORTANCE_DECODE]
