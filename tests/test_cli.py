@@ -150,7 +150,10 @@ def test_chat_default_model_is_converted_once_and_cached(tmp_path):
     from pop_local import read_pop_metadata
 
     meta = read_pop_metadata(tmp_path / "models" / cached[0])
-    assert meta.skip_layers == tuple(range(20, 30))
+    # converted with the default quality budget: the fastest set at least as faithful as the paper's
+    f = meta.frontier
+    assert f.budget == "max_kl=paper" and meta.skip_layers == f.choice.skip
+    assert f.choice.kl(meta.extra["pop.prefill.kv_method"]) <= f.paper_kl
     assert len(meta.extra["pop.importance.prefill"]) == 30  # really calibrated
     second = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
     assert second.returncode == 0 and "first start" not in second.stderr
