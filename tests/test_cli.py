@@ -4,15 +4,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from pop_local.cli import cli
+from serve_process import serving
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +31,6 @@ def pop_local(*args, stdin=None, env=None, timeout=600):
     """Run the installed command line in a fresh process (its own signals, stdin and exit code)."""
     return subprocess.run([sys.executable, "-m", "pop_local.cli", *args], input=stdin, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- help and usage ---------------------------------------------------------------------------------
@@ -229,25 +222,8 @@ def test_eval_data_file_too_short(pop_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(pop_model):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "serve", pop_model, "--port", str(port),
-                             "--n-ctx", "2048", "--api-key", "test-key", "--alias", "smollm2-pop"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not start")
-    yield port, proc
-    proc.terminate()
-    proc.wait(timeout=60)
+    with serving(pop_model, "--n-ctx", "2048", "--api-key", "test-key", "--alias", "smollm2-pop") as running:
+        yield running
 
 
 def test_serve_with_the_openai_client(server):

@@ -2,10 +2,6 @@
 touches a running request, and the server honours (or refuses) every load setting."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -13,6 +9,7 @@ import urllib.request
 import pytest
 
 from pop_local import PopLlama, PopError
+from serve_process import serving
 
 pytestmark = pytest.mark.slow
 
@@ -143,32 +140,10 @@ def test_integrations_sharing_a_model_each_get_a_fresh_run(pop_model, document, 
 
 # --- 2 and 3: the server ------------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(pop_model):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "serve", pop_model, "--port", str(port),
-                             "--n-ctx", "2048"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=60)
+    with serving(pop_model, "--n-ctx", "2048") as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 def get_json(url, timeout=10):

@@ -1,0 +1,40 @@
+"""`pop-local serve` in a subprocess on a free local port, for the tests that drive the server."""
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(model, *args, start_timeout=180):
+    """Yield (port, process) once the server accepts connections; terminate it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "serve", model, "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + start_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server did not start")
+    try:
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
