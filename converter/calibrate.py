@@ -16,7 +16,7 @@ from .arch import arch_spec
 from .calibration_data import BUILTIN_PROMPTS
 from .importance import Importance, layer_importance
 
-__all__ = ["calibrate", "Calibration", "FrontierPlan", "split_samples", "load_prompts", "load_model"]
+__all__ = ["calibrate", "Calibration", "FrontierPlan", "split_samples", "split_prompts", "load_prompts", "load_model"]
 
 
 def load_prompts(data: Optional[str]) -> List[str]:
@@ -147,6 +147,30 @@ def _trained_context(src: str) -> int:
     return int(value) if isinstance(value, int) and value > 0 else 1 << 30
 
 
+def split_prompts(prompts: Sequence[str], every: int = 3) -> Tuple[List[str], List[str]]:
+    """(training prompts, held-out prompts) for a frontier: prompts sharing a paragraph (80+
+    characters, e.g. one passage with two questions) form a group, and every `every`-th group is held
+    out, so no held-out text was seen by a fit or the importance pass."""
+    groups: List[List[int]] = []
+    owner: Dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        paragraphs = [p.strip() for p in prompt.split("\n\n") if len(p.strip()) >= 80]
+        g = next((owner[p] for p in paragraphs if p in owner), None)
+        if g is None:
+            g = len(groups)
+            groups.append([])
+        groups[g].append(i)
+        for p in paragraphs:
+            owner.setdefault(p, g)
+    if len(groups) < 2:
+        raise PopError("a quality budget needs at least two unrelated calibration prompts (some are held out to "
+                       "measure each skip set); add prompts to --data or use --kv own")
+    held_groups = [k for k in range(len(groups)) if k % every == every - 1] or [len(groups) - 1]
+    held = [prompts[i] for k in held_groups for i in groups[k]]
+    train = [prompts[i] for k in range(len(groups)) if k not in held_groups for i in groups[k]]
+    return train, held
+
+
 def _held_out_prompt_ids(tok, prompts: Sequence[str], i: int, n_tokens: int) -> List[int]:
     """Sample i's prompt after other prompts as context, about n_tokens in all (never more)."""
     own = prompts[i % len(prompts)]
@@ -270,10 +294,20 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if spec.gguf_arch != meta.architecture:
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
-    eval_idx, lam_idx = split_samples(samples) if frontier is not None else ([], [])
-    held_len = min(HELD_OUT_TOKENS, max(64, _trained_context(src) - response_tokens - 16))
-    prompt_ids = [_held_out_prompt_ids(tok, prompts, i, held_len) if i in eval_idx else
-                  _prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
+    if frontier is None:
+        eval_idx, lam_idx = [], []
+        prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
+    else:
+        # held-out samples come from prompts that no training sample sees, not even in part
+        eval_idx, lam_idx = split_samples(samples)
+        train_prompts, held_prompts = split_prompts(prompts)
+        held_len = min(HELD_OUT_TOKENS, max(64, _trained_context(src) - response_tokens - 16))
+        train_idx = [i for i in range(samples) if i not in eval_idx]
+        prompt_ids = [None] * samples
+        for n, i in enumerate(train_idx):
+            prompt_ids[i] = _prompt_ids(tok, train_prompts[n % len(train_prompts)], seq_len)
+        for n, i in enumerate(eval_idx):
+            prompt_ids[i] = _held_out_prompt_ids(tok, held_prompts, n, held_len)
     tick_sample = (lambda i: progress("sampling responses", i, samples)) if progress else None
     if hf_model:
         seqs = sample_responses(model, prompt_ids, response_tokens, seed, eos=tok.eos_token_id, progress=tick_sample)
@@ -285,7 +319,9 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if frontier is not None:
         from .frontier import FrontierCapture
 
-        k_max = int(frontier.max_ratio * meta.n_layer + 1e-9)
+        from pop_local.frontier import max_skipped
+
+        k_max = max_skipped(meta.n_layer, frontier.max_ratio)
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
                                   k_max if frontier.strategy == "tail" else None)
     # held-out samples stay out of everything that learns from the data, importance included

@@ -91,7 +91,7 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
 
     A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
     paper's recipe without one; any budget option asks for one."""
-    from pop_local.frontier import parse_budget, paper_skip_set
+    from pop_local.frontier import max_skipped, parse_budget, paper_skip_set
 
     asked = max_kl is not None or target_speedup is not None
     if not 0 < max_ratio < 1:
@@ -109,20 +109,20 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
     if samples < MIN_FRONTIER_SAMPLES:
         raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} --samples (a quarter are held out to "
                        f"measure each skip set), got {samples}; --kv own gives the paper's set without one")
-    if int(max_ratio * n_layer + 1e-9) < 1:
+    k_max = max_skipped(n_layer, max_ratio)
+    if k_max < 1:
         raise PopError(f"--max-ratio {max_ratio} leaves no layer to skip in a {n_layer}-layer model")
     if budget.target_speedup is not None:  # FLOPs alone say whether any candidate can get there
         from pop_local.flops import ideal_speedup, model_shape
 
-        k_max = int(max_ratio * n_layer + 1e-9)
         deepest = tuple(range(n_layer - k_max, n_layer))
         best = ideal_speedup(model_shape(src), 2048, deepest)
         if best < budget.target_speedup:
             raise PopError(f"no skip set reaches an ideal speedup of {budget.target_speedup:g}x at 2048 tokens; the "
                            f"fastest within --max-ratio {max_ratio:g} is {best:.2f}x ({format_layers(deepest)}): "
                            "lower --target-speedup or raise --max-ratio")
-    if budget.max_kl == "paper" and strategy == "tail" and len(paper_skip_set(n_layer)) > int(max_ratio * n_layer + 1e-9):
-        raise PopError(f"--max-kl paper measures the paper's set (the last third): --max-ratio must be at least 1/3")
+    if budget.max_kl == "paper" and strategy == "tail" and len(paper_skip_set(n_layer)) > k_max:
+        raise PopError("--max-kl paper measures the paper's set (the last third): --max-ratio must be at least 1/3")
     return budget
 
 

@@ -60,7 +60,9 @@ class Candidate:
 def candidate_sets(n_layer: int, max_ratio: float, strategy: str = "tail",
                    prefill_importance: Optional[Sequence[float]] = None) -> List[Tuple[int, ...]]:
     """k = 1 .. floor(max_ratio * n_layer) layers: tail blocks, or (score) the k least important."""
-    k_max = min(n_layer - 1, int(np.floor(max_ratio * n_layer + 1e-9)))
+    from pop_local.frontier import max_skipped
+
+    k_max = max_skipped(n_layer, max_ratio)
     if strategy == "tail":
         return [tuple(range(n_layer - k, n_layer)) for k in range(1, k_max + 1)]
     order = sorted(range(n_layer), key=lambda i: (prefill_importance[i], -i))

@@ -13,7 +13,7 @@ from . import keys
 from .errors import PopError, PopMetadataError
 from .layers import format_layers, parse_layers
 
-__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "paper_skip_set", "frontier_fields",
+__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "max_skipped", "paper_skip_set", "frontier_fields",
            "read_frontier", "frontier_table", "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
@@ -72,6 +72,11 @@ def parse_budget(max_kl: "Optional[str | float]", target_speedup: Optional[float
     if not (math.isfinite(value) and value > 0):
         raise PopError(f'--max-kl must be a positive number or "paper", got {max_kl!r}')
     return Budget(max_kl=value)
+
+
+def max_skipped(n_layer: int, max_ratio: float) -> int:
+    """The most layers a candidate may skip: floor(max_ratio * n_layer), at most n_layer - 1."""
+    return min(n_layer - 1, int(math.floor(max_ratio * n_layer + 1e-9)))
 
 
 def paper_skip_set(n_layer: int) -> Tuple[int, ...]:

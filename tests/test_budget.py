@@ -208,3 +208,15 @@ def test_held_out_kl_predicts_eval_on_the_bundled_passage():
         llm.close()
     measured = result["modes"][mode]["kl_to_full"]
     assert abs(measured - predicted) <= 0.35 * predicted, (predicted, measured)
+
+
+def test_held_out_prompts_share_no_text_with_training_prompts():
+    from pop_local.converter.calibrate import split_prompts
+    from pop_local.converter.calibration_data import BUILTIN_PROMPTS
+
+    train, held = split_prompts(BUILTIN_PROMPTS)
+    assert sorted(train + held) == sorted(BUILTIN_PROMPTS) and len(held) >= len(BUILTIN_PROMPTS) // 4
+    paragraphs = lambda ps: {p for x in ps for p in x.split("\n\n") if len(p) >= 80}  # noqa: E731
+    assert not paragraphs(train) & paragraphs(held)  # a passage with two questions stays on one side
+    with pytest.raises(PopError, match="two unrelated"):
+        split_prompts(["only one prompt"])
