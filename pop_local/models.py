@@ -19,6 +19,8 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # faithful as the paper's last third with own K/V, measured on held-out calibration samples); 16
 # samples keep the first start at a few minutes on two cores (`pop-local convert` defaults to 64).
 DEFAULT_CALIBRATION_SAMPLES = 16
+# part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
+DEFAULT_RECIPE = "budget2"
 
 
 def smollm2_path() -> str:
@@ -59,7 +61,7 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
         version = importlib.metadata.version(SMOLLM2_DIST)
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - found by find_spec above
         version = "unknown"
-    target = os.path.join(cache_dir(), "models", f"{SMOLLM2_FILE[:-len('.gguf')]}-{version}.pop.gguf")
+    target = os.path.join(cache_dir(), "models", f"{SMOLLM2_FILE[:-len('.gguf')]}-{version}-{DEFAULT_RECIPE}.pop.gguf")
     if os.path.isfile(target):
         try:
             if read_pop_metadata(target).frontier is not None:  # made the current way (with a budget)
