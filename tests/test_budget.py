@@ -220,3 +220,18 @@ def test_held_out_prompts_share_no_text_with_training_prompts():
     assert not paragraphs(train) & paragraphs(held)  # a passage with two questions stays on one side
     with pytest.raises(PopError, match="two unrelated"):
         split_prompts(["only one prompt"])
+
+
+@pytest.mark.slow
+def test_score_strategy_measures_importance_ordered_sets_and_the_papers(smollm2, tmp_path):
+    out = tmp_path / "score.gguf"
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "8", "--seq-len", "64",
+                                 "--strategy", "score", "--max-ratio", "0.1", "--max-kl", "1"])
+    assert r.exit_code == 0, r.output
+    meta = read_pop_metadata(out)
+    prefill = meta.extra[keys.IMPORTANCE_PREFILL]
+    sets = [row.skip for row in meta.frontier.rows]
+    assert [len(s) for s in sets] == [1, 2, 3, 10] and sets[-1] == tuple(range(20, 30))  # + the paper's set
+    order = sorted(range(30), key=lambda i: (prefill[i], -i))
+    assert sets[:3] == [tuple(sorted(order[:k])) for k in (1, 2, 3)]
+    assert meta.skip_layers == sets[-1] and meta.extra[keys.STRATEGY] == "score"  # the fastest within KL 1
