@@ -165,9 +165,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     if hf_model and kv == "auto":
         # fitted K/V fit the GGUF's own weights: with another checkpoint, a budget weighs own K/V only,
         # and without a budget option the paper's recipe applies
-        kv = "own" if (max_kl is not None or target_speedup is not None) else "auto"
-        if kv == "auto":
-            ratio = ratio if ratio is not None or explicit is not None else 1 / 3
+        kv = "own"
     budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
                              samples)
     if budget is None and kv == "auto":
