@@ -34,27 +34,15 @@ SPEEDUP_TOKENS = (512, 2048)  # prompt lengths of the FLOP-ideal speedups in the
 
 @dataclass
 class Candidate:
-    """One skip set and what it costs: held-out KL/top-1 with own and fitted K/V, ideal speedups."""
+    """One skip set and what it costs: held-out KL/top-1 with own and fitted K/V, ideal speedups
+    (the budget reads them as pop_local.frontier.FrontierRow)."""
     skip: Tuple[int, ...]
     kl_own: float
     top1_own: float
     kl_fitted: float
     top1_fitted: float
     speedup: Dict[int, float] = field(default_factory=dict)  # prompt tokens -> FLOP-ideal speedup
-    fitted: Optional[FittedKV] = None  # the fitted projections (not stored for every candidate)
-
-    @property
-    def kv(self) -> str:
-        """The better K/V for this set: "fitted" when its held-out KL is lower."""
-        return "fitted" if self.kl_fitted < self.kl_own else "own"
-
-    @property
-    def kl(self) -> float:
-        return min(self.kl_own, self.kl_fitted)
-
-    @property
-    def top1(self) -> float:
-        return self.top1_fitted if self.kv == "fitted" else self.top1_own
+    fitted: Optional[FittedKV] = None  # its fitted projections (only the chosen set's go into the file)
 
 
 def candidate_sets(n_layer: int, max_ratio: float, strategy: str = "tail",
