@@ -105,7 +105,7 @@ def _gguf_config_fixes(src: str) -> dict:
     return {}
 
 
-def estimate(src: str, samples: int, seq_len: int, response_tokens: int,
+def estimate(src: str, samples: int, seq_len: int, response_tokens: int, n_layer: int,
              frontier_ratio: Optional[float] = None) -> Tuple[float, int]:
     """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
 
@@ -122,29 +122,15 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int,
     if frontier_ratio:
         # per held-out sample and candidate of k layers: two POP passes from the block's start (k/L of a
         # forward each, a third of a forward-backward); summed over k = 1..K that is about K^2/L forwards
-        k_max = frontier_ratio * _n_layer(src)
-        seconds += (samples // 4) * (k_max ** 2 / _n_layer(src)) * per_sample / 3 * 1.5
-        peak += int(2 * k_max * (k_max + 1) / 2 * n_params / _n_layer(src) * 8 / 4)  # fit moments, float64
+        k_max = frontier_ratio * n_layer
+        seconds += (samples // 4) * (k_max ** 2 / n_layer) * per_sample / 3 * 1.5
+        peak += int(2 * k_max * (k_max + 1) / 2 * n_params / n_layer * 8 / 4)  # fit moments, float64
     return seconds, peak
-
-
-def _n_layer(src: str) -> int:
-    from pop_local.metadata import read_pop_metadata
-
-    return read_pop_metadata(src).n_layer
 
 
 # held-out prompts are this long (tokens): long enough that POP's pruned K/V weigh as they do in real
 # use (KL grows with context length), as long as the 512-token contexts `pop-local eval` starts with
 HELD_OUT_TOKENS = 512
-
-
-def _trained_context(src: str) -> int:
-    from pop_local.metadata import read_header
-
-    header = read_header(src)
-    value = header.get(f"{header.get('general.architecture')}.context_length")
-    return int(value) if isinstance(value, int) and value > 0 else 1 << 30
 
 
 def split_prompts(prompts: Sequence[str], every: int = 3) -> Tuple[List[str], List[str]]:
@@ -294,6 +280,8 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if spec.gguf_arch != meta.architecture:
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
+    from pop_local.loading import check_context
+
     if frontier is None:
         eval_idx, lam_idx = [], []
         prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
@@ -301,10 +289,10 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         # held-out samples come from prompts that no training sample sees, not even in part
         eval_idx, lam_idx = split_samples(samples)
         train_prompts, held_prompts = split_prompts(prompts)
-        held_len = min(HELD_OUT_TOKENS, max(64, _trained_context(src) - response_tokens - 16))
-        train_idx = [i for i in range(samples) if i not in eval_idx]
+        trained = check_context(src, 0) or 1 << 30  # the model's context (0: the file does not say)
+        held_len = min(HELD_OUT_TOKENS, max(64, trained - response_tokens - 16))
         prompt_ids = [None] * samples
-        for n, i in enumerate(train_idx):
+        for n, i in enumerate(i for i in range(samples) if i not in eval_idx):
             prompt_ids[i] = _prompt_ids(tok, train_prompts[n % len(train_prompts)], seq_len)
         for n, i in enumerate(eval_idx):
             prompt_ids[i] = _held_out_prompt_ids(tok, held_prompts, n, held_len)
@@ -317,9 +305,9 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     tick_importance = (lambda n: progress("measuring importance", n, samples - len(eval_idx))) if progress else None
     capture = None
     if frontier is not None:
-        from .frontier import FrontierCapture
-
         from pop_local.frontier import max_skipped
+
+        from .frontier import FrontierCapture
 
         k_max = max_skipped(meta.n_layer, frontier.max_ratio)
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
@@ -349,10 +337,9 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         result.fitted = (skip, fit_kv(stats))
     if capture is not None:
         from pop_local.flops import model_shape
+        from pop_local.frontier import paper_skip_set
 
         from .frontier import candidate_sets
-
-        from pop_local.frontier import paper_skip_set
 
         sets = candidate_sets(meta.n_layer, frontier.max_ratio, frontier.strategy, imp.prefill)
         if paper_skip_set(meta.n_layer) not in sets and frontier.strategy != "tail":

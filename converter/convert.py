@@ -187,7 +187,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         check_gguf_architecture(meta.architecture)
 
         if progress:
-            seconds, peak = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None)
+            seconds, peak = estimate(src, samples, seq_len, response_tokens, meta.n_layer,
+                                     frontier_ratio=max_ratio if budget else None)
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
                      f"{' and measuring skip sets' if budget else ''}: "
                      f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
