@@ -47,7 +47,7 @@ def _configure(llm, mode: str, skip: Optional[Sequence[int]] = None) -> None:
 
     stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_fitted": STAGE_PREFILL, "paper": STAGE_PREFILL,
              "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY, "static_removal": STAGE_ALL}[mode]
-    want = paper_skip_set(llm.pop_metadata.n_layer) if mode == "paper" else (skip if skip is not None else None)
+    want = paper_skip_set(llm.pop_metadata.n_layer) if mode == "paper" else skip
     if want is not None and tuple(want) != llm.skip_layers:
         llm.skip_layers = want
     llm._set_stage_mode(stage)

@@ -56,7 +56,6 @@ def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
         ...) is honoured here too."""
 
         def load_llama_from_model_settings(self, s):  # noqa: N805 - overrides upstream's staticmethod
-            check_model_settings(s)
             # upstream's loader calls `llama_cpp.Llama(...)` (or its from_pretrained) through the name
             # llama_cpp in its module: for this one call, that name is llama_cpp with Llama = ours
             with_pop = types.SimpleNamespace(**vars(llama_cpp))
