@@ -16,7 +16,7 @@ if ! command -v ccache >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-g
     apt-get install -y -qq ccache >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq ccache >/dev/null 2>&1; } || true
 fi
 
-"$PY" -m pip install -q "numpy>=1.24" "gguf>=0.10" "click>=8.1" "pytest>=7.4" \
+"$PY" -m pip install -q "numpy>=1.24" "gguf>=0.10" "click>=8.1" "pydantic>=2.0" "pytest>=7.4" \
     "jinja2>=2.11.3" "diskcache>=5.6.1" "typing-extensions>=4.5.0"
 # the converter's calibration: torch pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q "torch==2.13.0" "transformers>=4.50" "accelerate>=0.30" "tqdm>=4.60" "matplotlib>=3.7"

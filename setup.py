@@ -21,6 +21,7 @@ setup(
         "gguf>=0.10",
         "numpy>=1.24",
         "click>=8.1",
+        "pydantic>=2.0",
     ],
     extras_require={
         "convert": ["torch>=2.1", "transformers>=4.50", "accelerate>=0.30", "tqdm>=4.60"],

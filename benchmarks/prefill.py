@@ -24,6 +24,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from pop_local.atomic import write_json  # noqa: E402
 
 
 # --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
@@ -221,10 +222,7 @@ def main(argv=None) -> int:
     result = measure(args)
     print(markdown(result))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, result)
     return 0
 
 

@@ -280,8 +280,6 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if spec.gguf_arch != meta.architecture:
         raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
 
-    from pop_local.loading import check_context
-
     if frontier is None:
         eval_idx, lam_idx = [], []
         prompt_ids = [_prompt_ids(tok, prompts[i % len(prompts)], seq_len) for i in range(samples)]
@@ -289,7 +287,7 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         # held-out samples come from prompts that no training sample sees, not even in part
         eval_idx, lam_idx = split_samples(samples)
         train_prompts, held_prompts = split_prompts(prompts)
-        trained = check_context(src, 0) or 1 << 30  # the model's context (0: the file does not say)
+        trained = meta.context_length or 1 << 30  # the model's context (0: the file does not say)
         held_len = min(HELD_OUT_TOKENS, max(64, trained - response_tokens - 16))
         prompt_ids = [None] * samples
         for n, i in enumerate(i for i in range(samples) if i not in eval_idx):

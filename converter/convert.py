@@ -15,7 +15,7 @@ from pop_local.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
 
-__all__ = ["convert", "ConvertResult", "choose_skip_layers", "STRATEGIES", "KV_METHODS", "KV_TYPES",
+__all__ = ["convert", "check_calibration_installed", "ConvertResult", "choose_skip_layers", "STRATEGIES", "KV_METHODS", "KV_TYPES",
            "resolve_kv_type"]
 
 STRATEGIES = ("tail", "score")
@@ -61,6 +61,17 @@ def choose_skip_layers(n_layer: int, *, ratio: Optional[float] = None, strategy:
         raise PopError("--strategy score needs calibration (drop --no-calibrate)")
     order = sorted(range(n_layer), key=lambda i: (prefill_importance[i], -i))
     return tuple(sorted(order[:k]))
+
+
+def check_calibration_installed() -> None:
+    """PopError naming what to install when the calibration's packages are missing (a plain
+    `pip install pop-local` has the runtime only)."""
+    for module in ("torch", "transformers"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise PopError(f"calibration needs {module}: pip install 'pop-local[convert]' (or write a skip set "
+                           "without calibrating: --layers A-B --no-calibrate)") from None
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -184,6 +195,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         from .arch import check_gguf_architecture
         from .calibrate import FrontierPlan, calibrate as run_calibration, estimate
 
+        check_calibration_installed()
         check_gguf_architecture(meta.architecture)
 
         if progress:

@@ -7,10 +7,10 @@ write never leaves a partial model; the input is only read.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from pop_local import keys
+from pop_local.atomic import atomic_path
 from pop_local.errors import PopError, PopMetadataError
 from pop_local.layers import as_layers, format_layers
 
@@ -60,13 +60,7 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
     fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra)
 
     reader = GGUFReader(src, "r")
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".pop-", suffix=".gguf.part")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the model the permissions a plain write would
-    try:
+    with atomic_path(dst, ".gguf.part") as tmp:
         writer = GGUFWriter(tmp, meta.architecture)
         for field in reader.fields.values():
             name = field.name
@@ -101,9 +95,4 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         for _, (data, _) in added:
             writer.write_tensor_data(data)
         writer.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dst

@@ -134,6 +134,9 @@ static const llama_model_kv_override * pop_find_override(const llama_model_loade
 void pop_model_load(llama_model & model, const llama_model_loader & ml) {
     const gguf_context * meta = ml.metadata;
     const int32_t n_layer = (int32_t) model.hparams.n_layer();
+    if (n_layer == 0) {
+        return; // a vocab_only load: no hyperparameters and no graph; the keys are checked when the model loads
+    }
 
     // pop.version: refuse files written by a newer schema instead of misreading them
     {

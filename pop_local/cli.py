@@ -195,18 +195,66 @@ def inspect(model, plot: Optional[str]) -> None:
 
 
 # --- shared by the model-running commands -----------------------------------------------------------
+# Their load and POP options are built from pop_local.settings (the one definition the server and the
+# integrations use too): same names, defaults, ranges and help everywhere.
 
-def _model_options(pop_switch: bool = True):
-    """Options every model-running command takes (--no-pop only where one mode runs)."""
-    opts = [
-        click.option("--skip-layers", help='prefill skip set instead of the file\'s, e.g. "20-29"'),
-        click.option("--threads", type=int, help="CPU threads (default: llama.cpp's choice)"),
-        click.option("--n-gpu-layers", type=int, default=-1, show_default=True,
-                     help="layers offloaded to the GPU in GPU builds (-1: all; ignored on CPU builds)"),
-        click.option("-v", "--verbose", is_flag=True, help="show llama.cpp's log"),
-    ]
-    if pop_switch:
-        opts.insert(1, click.option("--no-pop", is_flag=True, help="run the full model (POP off)"))
+_OPTION_NAMES = {"pop": "--pop/--no-pop", "n_threads": "--threads", "kv_overrides": "--override-kv",
+                 "reuse_cache_across_settings": "--reuse-cache", "llama_log": "-v/--verbose"}
+# where the command line says it differently from the library's field description
+_CLI_HELP = {"pop": "force POP on or off (default: as the file says)",
+             "kv_overrides": "override a GGUF key at load, e.g. pop.prefill.skip_layers=str:20-29 "
+                             "(TYPE int, float, bool or str; repeatable)"}
+
+
+def _option_name(field: str) -> str:
+    """The option spelling of a settings field, for messages: "--n-ctx", "--threads", "--verbose"."""
+    return [d for d in _OPTION_NAMES.get(field, "--" + field.replace("_", "-")).split("/") if d.startswith("--")][0]
+
+
+def _settings_options(*, exclude=()):
+    """click options for the LoadFields and PopFields settings, except `exclude`; each value is
+    checked by the field's own rules as it is parsed (a usage error naming the option)."""
+    from .settings import LoadFields, PopFields
+
+    def check(field_cls, name):
+        def callback(ctx, param, value):
+            try:
+                if name == "kv_overrides":
+                    value = dict(parse_kv_override(v) for v in value) if value else None
+                field_cls(**{name: value})
+            except PopError as e:
+                raise click.BadParameter(str(e).split(": ", 1)[1]) from None
+            except ValidationError as e:
+                raise click.BadParameter(settings_error(e).args[0].split(": ", 1)[1]) from None
+            return value
+
+        return callback
+
+    from pydantic import ValidationError
+
+    from .settings import parse_kv_override, settings_error
+
+    opts = []
+    for field_cls in (PopFields, LoadFields):
+        for name, f in field_cls.model_fields.items():
+            if name in exclude:
+                continue
+            decl = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+            help_text = _CLI_HELP.get(name, f.description or "")
+            kind = f.annotation
+            common = dict(help=help_text, callback=check(field_cls, name), expose_value=True)
+            if name == "kv_overrides":
+                opts.append(click.option(decl, name, multiple=True, metavar="KEY=TYPE:VALUE", **common))
+            elif name == "pop":
+                opts.append(click.option(decl, name, default=None, **common))
+            elif name == "kv_mode":
+                opts.append(click.option(decl, name, type=click.Choice(["fitted", "own"]), **common))
+            elif kind is bool:
+                opts.append(click.option(*decl.split("/"), name, is_flag=True, default=f.default, **common))
+            else:
+                base = int if kind in (int, Optional[int]) else str
+                opts.append(click.option(decl, name, type=base, default=f.default,
+                                         show_default=f.default is not None, **common))
 
     def decorate(fn):
         for opt in reversed(opts):
@@ -216,12 +264,23 @@ def _model_options(pop_switch: bool = True):
     return decorate
 
 
-def _open(model, *, n_ctx, skip_layers, threads, n_gpu_layers, verbose, no_pop=False, **kw):
+def _split_settings(options, **fixed):
+    """(LoadSettings, PopSettings) from a command's option values (plus `fixed` load values)."""
+    from .settings import LoadFields, LoadSettings, PopFields, PopSettings, build
+
+    names = {n: _option_name(n) for n in list(LoadFields.model_fields) + list(PopFields.model_fields)}
+    load = {k: options.pop(k) for k in list(options) if k in LoadFields.model_fields}
+    pop = {k: options.pop(k) for k in list(options) if k in PopFields.model_fields}
+    return build(LoadSettings, {**load, **fixed}, names), build(PopSettings, pop, names)
+
+
+def _open(model, options, meta=None, **fixed):
+    """Load the model with the command's settings; prints the notes (full model runs, ...)."""
     from .loading import open_model
 
-    loaded = open_model(model, pop=False if no_pop else None, skip_layers=skip_layers, progress=_progress_printer(),
-                        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_gpu_layers=n_gpu_layers,
-                        verbose=verbose, **kw)
+    load, pop = _split_settings(options, **fixed)
+    labels = {"n_ctx": "--n-ctx", "skip_layers": "--skip-layers"}
+    loaded = open_model(model, load, pop, meta=meta, progress=_progress_printer(), labels=labels)
     _print_notes(loaded.notes)
     return loaded
 
@@ -238,19 +297,16 @@ def _print_notes(notes) -> None:
 @click.option("--system", "system_prompt", help="system prompt")
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="longest reply, in tokens")
 @click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--seed", type=int, default=-1, help="sampling seed (default: random)")
-@click.option("--n-ctx", type=int, default=4096, show_default=True, help="context size, in tokens")
-@click.option("--reuse-cache", is_flag=True,
-              help="after /pop on|off, keep the earlier turns' cache as it was computed (faster; by default "
-                   "the conversation is re-evaluated so replies equal a fresh run with the new setting)")
-@_model_options()
+@_settings_options()
 @_fail_cleanly
-def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, reuse_cache, **model_opts) -> None:
+def chat(model, system_prompt, max_tokens, temperature, **options) -> None:
     """Chat with MODEL (default: SmolLM2-135M-Instruct, made POP-ready on first use).
 
     Prompts run pruned, replies stream from the full model. After each reply: time to first
     token, tokens/s and how many prompt tokens ran pruned. With input piped in, each line is one
-    message (or command) and replies go to stdout, statistics to stderr.
+    message (or command) and replies go to stdout, statistics to stderr. After /pop on|off the
+    conversation is re-evaluated, so replies equal a fresh run with the new setting (--reuse-cache
+    keeps the earlier turns' cache instead).
 
     \b
     Examples:
@@ -261,11 +317,17 @@ def chat(model, system_prompt, max_tokens, temperature, seed, n_ctx, reuse_cache
     from .chat import ChatSession
     from .repl import run_repl
 
-    loaded = _open(model, n_ctx=n_ctx, seed=seed if seed >= 0 else 0xFFFFFFFF, reuse_cache_across_settings=reuse_cache,
-                   **model_opts)
-    llm = loaded.llm
-    session = ChatSession(llm, system=system_prompt, max_tokens=max_tokens, temperature=temperature)
+    if max_tokens < 1:
+        raise click.BadParameter(f"at least 1, got {max_tokens}", param_hint="--max-tokens")
+    if not 0 <= temperature < float("inf"):
+        raise click.BadParameter(f"a number of at least 0, got {temperature}", param_hint="--temperature")
+    loaded = _open(model, options)
+    session = ChatSession(loaded.llm, system=system_prompt, max_tokens=max_tokens, temperature=temperature)
     run_repl(session, loaded, interactive=sys.stdin.isatty())
+
+
+# bench and eval run POP on and off, with each K/V mode, themselves
+_MODES_RUN_BY_THE_COMMAND = ("pop", "kv_mode", "reuse_cache_across_settings", "chat_format")
 
 
 # --- bench ---------------------------------------------------------------------------------------
@@ -287,9 +349,9 @@ def _parse_ctx(value: str, option: str = "--ctx"):
 @click.option("--decode-tokens", type=int, default=64, show_default=True, help="tokens for the decode measurement")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
 @click.option("--plot", type=click.Path(dir_okay=False), help="save speedup against prompt length as a PNG")
-@_model_options(pop_switch=False)
+@_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch"))
 @_fail_cleanly
-def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> None:
+def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> None:
     """Prefill time full vs POP, decode speed both ways, measured and FLOP-ideal speedup.
 
     Full and POP alternate in one process on one loaded model, after a warm-up; the table shows
@@ -301,22 +363,24 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> 
       pop-local bench model.pop.gguf --ctx 256,1024,4096 --json bench.json --plot speedup.png
       pop-local bench model.gguf --skip-layers 20-29
     """
+    from .atomic import write_json
     from .bench import format_table, run_bench, save_speedup_plot
     from .loading import check_context, resolve_model_ref
+    from .metadata import read_pop_metadata
 
     ctx_list = _parse_ctx(ctx)
-    path = resolve_model_ref(model, _progress_printer())
-    trained = check_context(path, max(ctx_list), "--ctx")
+    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
+    trained = check_context(meta, max(ctx_list), "--ctx")
     decode_ctx = min(ctx_list)
     if trained:
         decode_ctx = max(1, min(decode_ctx, trained - decode_tokens))
     needed = max(max(ctx_list), decode_ctx + decode_tokens)
-    loaded = _open(path, n_ctx=needed, n_batch=needed, **model_opts)
+    loaded = _open(None, options, meta, n_ctx=needed, n_batch=needed)
     result = run_bench(loaded.llm, ctx_list, repeats=repeats, decode_tokens=decode_tokens, decode_ctx=decode_ctx,
                        progress=_progress_printer("step"))
     click.echo(format_table(result))
     if json_path:
-        _write_json(json_path, result)
+        write_json(json_path, result)
         click.echo(f"saved {json_path}", err=True)
     if plot:
         save_speedup_plot(result, plot)
@@ -336,9 +400,9 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **model_opts) -> 
 @click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 text file to evaluate on (default: the bundled passage)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for the pass keys")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
-@_model_options(pop_switch=False)
+@_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch", "seed"))
 @_fail_cleanly
-def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, data, seed, json_path, **model_opts) -> None:
+def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, data, seed, json_path, **options) -> None:
     """Quality of POP on long contexts: full model, POP, POP without boundary handling, static removal.
 
     Perplexity of a continuation given the context, top-1 agreement and KL divergence against the
@@ -349,8 +413,10 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
       pop-local eval model.pop.gguf
       pop-local eval model.pop.gguf --ctx 1024,4096 --passkey 1024,4096 --data essay.txt --json eval.json
     """
+    from .atomic import write_json
     from .evaluate import format_eval_table, run_eval
     from .loading import check_context, resolve_model_ref
+    from .metadata import read_pop_metadata
 
     ctx_list = _parse_ctx(ctx)
     passkeys = _parse_ctx(passkey_lengths, "--passkey") if passkey_lengths.strip() else []
@@ -361,16 +427,16 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise PopError(f"{data}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
-    path = resolve_model_ref(model, _progress_printer())
+    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
     longest = max([c + continuation for c in ctx_list] + passkeys)
-    check_context(path, longest, "--ctx/--passkey (plus --continuation)")
-    loaded = _open(path, n_ctx=longest + 16, n_batch=512, **model_opts)
+    check_context(meta, longest, "--ctx/--passkey (plus --continuation)")
+    loaded = _open(None, options, meta, n_ctx=longest + 16, n_batch=512)
     result = run_eval(loaded.llm, ctx=ctx_list, continuation=continuation, windows=windows, passkey_lengths=passkeys,
                       passkey_trials=trials, text=text, text_name=os.path.basename(data) if data else "bundled passage",
                       seed=seed, progress=_progress_printer("step"))
     click.echo(format_eval_table(result))
     if json_path:
-        _write_json(json_path, result)
+        write_json(json_path, result)
         click.echo(f"saved {json_path}", err=True)
 
 
@@ -379,15 +445,12 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--n-ctx", type=int, default=4096, show_default=True, help="context size, in tokens")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--alias", help="model name clients use (default: the file name)")
 @click.option("--api-key", envvar="POP_LOCAL_API_KEY", help="require this bearer key (or set POP_LOCAL_API_KEY)")
-@click.option("--chat-format", help="llama-cpp-python chat format (default: the model's own template)")
-@_model_options()
+@_settings_options()
 @_fail_cleanly
-def serve(model, host, port, n_ctx, alias, api_key, chat_format, skip_layers, no_pop, threads, n_gpu_layers,
-          verbose) -> None:
+def serve(model, host, port, alias, api_key, **options) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API with POP on.
 
     /v1/chat/completions, /v1/completions (both with streaming), /v1/embeddings, /v1/models,
@@ -405,38 +468,21 @@ def serve(model, host, port, n_ctx, alias, api_key, chat_format, skip_layers, no
     from .metadata import read_pop_metadata
     from .server import create_pop_app, serve as run_server
 
-    path = resolve_model_ref(model, _progress_printer())
-    meta = read_pop_metadata(path)
-    check_context(path, n_ctx, "--n-ctx")
+    load, pop = _split_settings(options)
+    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
+    check_context(meta, load.n_ctx, "--n-ctx")
     try:  # a clear message now instead of a traceback after the model has loaded
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as e:
         raise PopError(f"cannot listen on {host}:{port} ({e.strerror})") from None
-    name = alias or os.path.basename(path)
-    app = create_pop_app(path, model_alias=name, pop=False if no_pop else None, skip_layers=skip_layers,
-                         api_key=api_key, host=host, port=port, n_ctx=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format, verbose=verbose)
+    name = alias or os.path.basename(meta.path)
+    app = create_pop_app(meta, load, pop, model_alias=name, api_key=api_key, host=host, port=port)
     llm = app.state.pop_llm
     _print_notes(pop_notes(llm, meta))
     click.echo(f"serving {name} ({pop_state_text(llm)}) at http://{host}:{port}/v1 - Ctrl-C stops", err=True)
-    run_server(app, host=host, port=port, log_level="info" if verbose else "warning")
-
-
-def _write_json(path: str, data) -> None:
-    import json
-
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise PopError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    run_server(app, host=host, port=port, log_level="info" if load.llama_log else "warning")
 
 
 def main() -> None:

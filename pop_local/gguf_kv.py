@@ -14,29 +14,35 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-__all__ = ["read_gguf_kv", "GGUFFormatError"]
+__all__ = ["read_gguf_kv", "GGUFFormatError", "U32", "BOOL", "STRING"]
 
 _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
+U32, BOOL, STRING = 4, 7, _STRING  # value types the pop.* checks name
 
 
 class GGUFFormatError(ValueError):
     """The bytes are not a GGUF header this reader understands."""
 
 
-def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable[[str], bool]] = None) -> Dict[str, Any]:
+def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable[[str], bool]] = None,
+                 types: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """All keys of the GGUF at `path` -> Python values (str, int, float, bool, list).
 
     String arrays are included only when want_strings(key) is true (default: pop.* keys and
-    general.* keys); other string arrays (tokenizer vocabularies) are skipped.
+    general.* keys); other string arrays (tokenizer vocabularies) are skipped. `types`, when given,
+    receives each key's GGUF value type (e.g. U32 for a u32), for checks that need the exact type.
     """
     want = want_strings or (lambda k: k.startswith("pop.") or k.startswith("general."))
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         data = f.read(1 << 20)
         if data[:4] != _MAGIC:
             raise GGUFFormatError("not a GGUF file (bad magic)")
+        if len(data) < 24:
+            raise GGUFFormatError("file ends inside its header")
         version, = struct.unpack_from("<I", data, 4)
         if version < 2:
             raise GGUFFormatError(f"GGUF version {version} is too old")
@@ -44,13 +50,19 @@ def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable
         buf = bytearray(data)
 
         def need(end: int) -> None:
+            # every length and count is checked against the file's size before anything is read or
+            # allocated: a corrupt count (2^63 elements) is an error, not a huge allocation or a long loop
+            if end > size:
+                raise GGUFFormatError("file ends inside its header (a length or count runs past the end)")
             while end > len(buf):
                 more = f.read(max(1 << 20, end - len(buf)))
                 if not more:
                     raise GGUFFormatError("file ends inside its header")
                 buf.extend(more)
 
-        n_kv, = struct.unpack_from("<Q", data, 16)
+        n_kv, = struct.unpack_from("<Q", buf, 16)
+        if n_kv * 12 > size:  # a key is at least 12 bytes (length, type)
+            raise GGUFFormatError(f"{n_kv} keys cannot fit in a {size}-byte file")
         pos = 24
         out: Dict[str, Any] = {}
 
@@ -61,10 +73,16 @@ def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable
             return bytes(buf[p + 8:p + 8 + n]).decode("utf-8", errors="replace"), p + 8 + n
 
         for _ in range(n_kv):
+            start = pos
             key, pos = read_str(pos)
+            if not key.isprintable() or "\ufffd" in key:
+                raise GGUFFormatError(f"the key name at byte {start} is not text (a corrupt header)")
+            key = key if len(key) <= 80 else key[:77] + "..."
             need(pos + 4)
             vtype, = struct.unpack_from("<I", buf, pos)
             pos += 4
+            if types is not None:
+                types[key] = vtype
             if vtype == _STRING:
                 out[key], pos = read_str(pos)
             elif vtype in _SCALARS:
@@ -77,6 +95,7 @@ def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable
                 etype, count = struct.unpack_from("<IQ", buf, pos)
                 pos += 12
                 if etype == _STRING:
+                    need(pos + 8 * count)  # each string has at least its 8-byte length
                     keep = want(key)
                     items = []
                     for _ in range(count):

@@ -10,8 +10,16 @@ from .errors import PopMetadataError
 
 __all__ = ["parse_layers", "format_layers", "as_layers"]
 
-_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$", re.ASCII)  # ASCII digits and spaces, as native
 _EXPECTED = '(expected ascending layer indices such as "20-29" or "20,21,28")'
+
+
+def _quoted(text: str) -> str:
+    """`text` for a one-line message: quoted, control characters escaped, at most about 60 characters."""
+    import json
+
+    shown = json.dumps(text if len(text) <= 60 else text[:57] + "...", ensure_ascii=False)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in shown)
 
 
 def parse_layers(text: str, n_layer: Optional[int] = None, key: str = keys.SKIP_LAYERS) -> Tuple[int, ...]:
@@ -24,13 +32,13 @@ def parse_layers(text: str, n_layer: Optional[int] = None, key: str = keys.SKIP_
     for part in text.split(","):
         m = _ITEM.match(part)
         if not m:
-            raise PopMetadataError(f'{key}: cannot read "{part.strip()}" in "{text}" {_EXPECTED}')
+            raise PopMetadataError(f'{key}: cannot read {_quoted(part.strip())} in {_quoted(text)} {_EXPECTED}')
         a = int(m.group(1))
         b = int(m.group(2)) if m.group(2) is not None else a
         if b < a:
-            raise PopMetadataError(f'{key}: range {a}-{b} is descending in "{text}" {_EXPECTED}')
+            raise PopMetadataError(f'{key}: range {a}-{b} is descending in {_quoted(text)} {_EXPECTED}')
         if layers and a <= layers[-1]:
-            raise PopMetadataError(f'{key}: layer {a} is not ascending or repeated in "{text}" {_EXPECTED}')
+            raise PopMetadataError(f'{key}: layer {a} is not ascending or repeated in {_quoted(text)} {_EXPECTED}')
         layers.extend(range(a, b + 1))
     if n_layer is not None and layers[-1] >= n_layer:
         raise PopMetadataError(

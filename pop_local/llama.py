@@ -7,6 +7,7 @@ decides per micro-batch which graph runs (non-output prompt tokens pruned, outpu
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -36,6 +37,7 @@ class PopLlama(llama_cpp.Llama):
             that runs under the POP settings that computed it, so every output equals a fresh run with
             its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
             turns keeps the earlier turns' cache, computed under the earlier setting).
+        metadata: the file's PopMetadata when the caller has read it already (the header is read once).
         **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
 
     Raises:
@@ -45,11 +47,12 @@ class PopLlama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
                  skip_layers: "Optional[Iterable[int] | str]" = None, reuse_cache_across_settings: bool = False,
-                 **llama_kwargs: Any):
+                 metadata: Optional[PopMetadata] = None, **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
+        if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
+            metadata = read_pop_metadata(model_path)
         # same checks as the native loader, but as a Python error naming the key
-        self.pop_metadata: PopMetadata = resolve_runtime_metadata(
-            read_pop_metadata(model_path), llama_kwargs.get("kv_overrides"))
+        self.pop_metadata: PopMetadata = resolve_runtime_metadata(metadata, llama_kwargs.get("kv_overrides"))
         requested_skip = None
         if skip_layers is not None:
             requested_skip = self._check_layers(skip_layers, self.pop_metadata.n_layer)

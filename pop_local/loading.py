@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _native
 from .errors import PopError
-from .metadata import PopMetadata, read_header, read_pop_metadata
+from .layers import parse_layers
+from .metadata import PopMetadata, read_pop_metadata
+from .settings import LoadSettings, PopSettings
 
 __all__ = ["LoadedModel", "open_model", "pop_notes", "pop_state_text", "resolve_model_ref", "check_context"]
 
@@ -39,14 +41,12 @@ def resolve_model_ref(ref: Optional[str], progress: Optional[Callable[[str, int,
     return path
 
 
-def check_context(path: str, n_tokens: int, label: str = "context") -> int:
-    """The model's trained context (GGUF {arch}.context_length; 0 if the file does not say);
-    PopError naming `label` when n_tokens exceeds it."""
-    header = read_header(path)
-    value = header.get(f"{header.get('general.architecture')}.context_length")
-    trained = int(value) if isinstance(value, int) else 0
+def check_context(meta: PopMetadata, n_tokens: int, label: str = "context") -> int:
+    """The model's trained context (0 if the file does not say); PopError naming `label` when
+    n_tokens exceeds it."""
+    trained = meta.context_length
     if trained and n_tokens > trained:
-        raise PopError(f"{label} {n_tokens} is more than {os.path.basename(path)}'s context ({trained} tokens)")
+        raise PopError(f"{label} {n_tokens} is more than {os.path.basename(meta.path)}'s context ({trained} tokens)")
     return trained
 
 
@@ -57,17 +57,29 @@ def pop_state_text(llm) -> str:
     return f"POP on, skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else "full model"
 
 
-def open_model(ref: Optional[str], *, pop: Optional[bool] = None, skip_layers: Optional[str] = None,
-               progress: Optional[Callable[[str, int, int], None]] = None, **llama_kwargs: Any) -> LoadedModel:
-    """Load `ref` (None: the default model) as a PopLlama; notes say when the full model runs instead."""
+def open_model(ref: Optional[str], load: Optional[LoadSettings] = None, pop: Optional[PopSettings] = None, *,
+               meta: Optional[PopMetadata] = None, progress: Optional[Callable[[str, int, int], None]] = None,
+               labels: Optional[Dict[str, str]] = None, **llama_kwargs: Any) -> LoadedModel:
+    """Load `ref` (None: the default model) as a PopLlama with `load` and `pop` settings (extra
+    llama_kwargs, e.g. n_ubatch, go to llama.cpp as they are); notes say when the full model runs
+    instead. `meta`: the file's metadata when the caller has read it (the header is read once).
+    `labels`: how errors name the settings (the CLI's option names)."""
     from .llama import PopLlama
 
-    path = resolve_model_ref(ref, progress)
-    meta = read_pop_metadata(path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
-    if llama_kwargs.get("n_ctx"):
-        check_context(path, llama_kwargs["n_ctx"])
-    llm = PopLlama(path, pop=pop, skip_layers=skip_layers, **llama_kwargs)
-    return LoadedModel(llm, path, meta, pop_notes(llm, meta))
+    load = load or LoadSettings()
+    pop = pop or PopSettings()
+    if meta is None:
+        path = resolve_model_ref(ref, progress)
+        meta = read_pop_metadata(path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
+    labels = labels or {}
+    check_context(meta, load.n_ctx, labels.get("n_ctx", "n_ctx"))
+    if pop.skip_layers:
+        parse_layers(pop.skip_layers, meta.n_layer, key=labels.get("skip_layers", "skip_layers"))
+    kwargs = {**load.llama_kwargs(), **llama_kwargs}
+    llm = PopLlama(meta.path, pop=pop.pop, skip_layers=pop.skip_layers, metadata=meta, **kwargs)
+    if pop.kv_mode:
+        llm.kv_mode = pop.kv_mode
+    return LoadedModel(llm, meta.path, meta, pop_notes(llm, meta))
 
 
 def pop_notes(llm, meta: PopMetadata) -> List[str]:

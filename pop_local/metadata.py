@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -27,29 +28,34 @@ class PopMetadata:
     has_pop_keys: bool
     extra: Dict[str, Any] = field(default_factory=dict)  # other pop.* keys, as read
     frontier: Optional["Frontier"] = None  # the quality/speed frontier of a budgeted conversion
+    context_length: int = 0  # the trained context ({arch}.context_length); 0 when the file does not say
 
     @property
     def skip_layers_text(self) -> str:
         return format_layers(self.skip_layers)
 
 
-def read_header(path: "str | os.PathLike[str]") -> Dict[str, Any]:
-    """The GGUF key-value header of `path` (tokenizer string arrays left out); clear errors for bad files."""
+def read_header(path: "str | os.PathLike[str]", types: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """The GGUF key-value header of `path` (tokenizer string arrays left out); clear errors for bad
+    files. `types` receives each key's GGUF value type."""
     from .gguf_kv import read_gguf_kv
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise PopModelNotFound(f"{path}: no such file")
     try:
-        return read_gguf_kv(path)
+        return read_gguf_kv(path, types=types)
     except Exception as e:  # truncated or foreign files fail in many ways: one message for all
         raise PopMetadataError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     """Architecture, layer count and the pop.* keys of a GGUF file, validated like the runtime does."""
+    from .gguf_kv import U32
+
     path = os.fspath(path)
-    header = read_header(path)
+    types: Dict[str, int] = {}
+    header = read_header(path, types)
     arch = header.get("general.architecture")
     if not isinstance(arch, str):
         raise PopMetadataError(f"{path}: general.architecture missing; not a model GGUF")
@@ -58,7 +64,9 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         raise PopMetadataError(f"{path}: {arch}.block_count missing")
 
     version = header.get(keys.VERSION)
-    if version is not None and (not isinstance(version, int) or not 1 <= version <= keys.SCHEMA_VERSION):
+    if version is not None and types.get(keys.VERSION) != U32:  # as native/pop.cpp requires
+        raise PopMetadataError(f"{keys.VERSION}: expected a u32, got {version!r}"[:200])
+    if version is not None and not 1 <= version <= keys.SCHEMA_VERSION:
         raise PopMetadataError(
             f"{keys.VERSION}: schema version {version!r} is not supported (this pop-local reads "
             f"{keys.SCHEMA_VERSION}); update pop-local")
@@ -67,13 +75,14 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     skip = parse_layers(skip_raw, n_layer) if skip_raw is not None else ()
     enabled_raw = header.get(keys.ENABLED)
     if enabled_raw is not None and not isinstance(enabled_raw, bool):
-        raise PopMetadataError(f"{keys.ENABLED}: expected a bool, got {enabled_raw!r}")
+        raise PopMetadataError(f"{keys.ENABLED}: expected a bool, got {enabled_raw!r}"[:200])
 
     extra = {}
     for name, value in header.items():
         if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS:
             extra[name] = value
 
+    context = header.get(f"{arch}.context_length")
     return PopMetadata(
         path=path,
         architecture=arch,
@@ -84,6 +93,7 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         has_pop_keys=any(name.startswith(keys.PREFIX) for name in header),
         extra=extra,
         frontier=read_frontier(extra, n_layer, skip),
+        context_length=max(0, context) if type(context) is int else 0,
     )
 
 
@@ -100,7 +110,6 @@ def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[s
     if keys.ENABLED in kv_overrides:
         value = kv_overrides[keys.ENABLED]
         if not isinstance(value, bool):
-            raise PopMetadataError(f"{keys.ENABLED}: the override must be a bool, got {value!r}")
+            raise PopMetadataError(f"{keys.ENABLED}: the override must be a bool, got {value!r}"[:200])
         enabled = value
-    return PopMetadata(meta.path, meta.architecture, meta.n_layer, meta.version, skip, enabled,
-                       meta.has_pop_keys, meta.extra, meta.frontier)
+    return dataclasses.replace(meta, skip_layers=skip, enabled=enabled)

@@ -24,6 +24,8 @@ DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3}
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
 DEFAULT_RECIPE = "budget-own-third"
+# without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
+UNCALIBRATED_RECIPE = "paper-uncalibrated"
 
 
 def smollm2_path() -> str:
@@ -56,6 +58,8 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
 
     The first call calibrates and writes <cache>/models/...pop.gguf (temp file + rename, so an
     interrupted first start leaves nothing half-written); later calls return the cached file.
+    Without torch/transformers the paper's last third is written without calibration (a note says
+    so); the calibrated file is made once they are installed.
     """
     from .metadata import read_pop_metadata
 
@@ -64,7 +68,11 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
         version = importlib.metadata.version(SMOLLM2_DIST)
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - found by find_spec above
         version = "unknown"
-    target = os.path.join(cache_dir(), "models", f"{SMOLLM2_FILE[:-len('.gguf')]}-{version}-{DEFAULT_RECIPE}.pop.gguf")
+
+    def cached(recipe: str) -> str:
+        return os.path.join(cache_dir(), "models", f"{SMOLLM2_FILE[:-len('.gguf')]}-{version}-{recipe}.pop.gguf")
+
+    target = cached(DEFAULT_RECIPE)
     if os.path.isfile(target):
         try:
             if read_pop_metadata(target).frontier is not None:  # made the current way (with a budget)
@@ -73,7 +81,23 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
             pass
     os.makedirs(os.path.dirname(target), exist_ok=True)
     from .converter import convert
+    from .converter.convert import check_calibration_installed
+    from .errors import PopError
 
+    try:
+        check_calibration_installed()
+    except PopError:
+        from .frontier import paper_skip_set
+        from .layers import format_layers
+
+        fallback = cached(UNCALIBRATED_RECIPE)
+        skip = format_layers(paper_skip_set(read_pop_metadata(source).n_layer))
+        if progress:
+            progress(f"torch is not installed: the default model skips the paper's last third (layers {skip}) "
+                     "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
+        if not os.path.isfile(fallback):
+            convert(source, fallback, layers=skip, calibrate=False, force=True)
+        return fallback
     if progress:
         progress(f"first start: making the default model POP-ready (cached in {os.path.dirname(target)})", 0, 0)
     convert(source, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from .errors import PopError
 
 __all__ = ["pyplot", "save_figure"]
@@ -22,16 +20,13 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    """Write `fig` as a PNG through a temporary file and a rename; the figure is closed either way."""
+    """Write `fig` as a PNG, atomically (pop_local.atomic); the figure is closed either way."""
+    from .atomic import atomic_path
+
     plt = pyplot()
-    tmp = path + ".part.png"
     try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise PopError(f"{path}: cannot write ({e.strerror})") from None
+        with atomic_path(path, ".png") as tmp:
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -40,6 +40,8 @@ def check_model_settings(settings) -> None:
 
 
 def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
+    """pop_options: the PopLlama arguments upstream's ModelSettings has no field for (pop, skip_layers,
+    reuse_cache_across_settings, metadata); "loaded" receives the model."""
     import llama_cpp
     import llama_cpp.server.model as server_model
 
@@ -47,7 +49,10 @@ def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
 
     class ServedPopLlama(PopLlama):
         def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, pop=pop_options.get("pop"), skip_layers=pop_options.get("skip_layers"), **kwargs)
+            own = {k: v for k, v in pop_options.items() if k not in ("loaded", "kv_mode")}
+            super().__init__(*args, **own, **kwargs)
+            if pop_options.get("kv_mode"):
+                self.kv_mode = pop_options["kv_mode"]
             pop_options["loaded"] = self
 
     class PopLlamaProxy(LlamaProxy):
@@ -70,23 +75,47 @@ def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
     return PopLlamaProxy
 
 
-def create_pop_app(model_path: str, *, model_alias: Optional[str] = None, pop: Optional[bool] = None,
-                   skip_layers: Optional[str] = None, api_key: Optional[str] = None, host: str = "127.0.0.1",
-                   port: int = 8000, **model_settings: Any):
-    """The FastAPI app of llama-cpp-python's server with `model_path` loaded as a PopLlama."""
+def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = None, api_key: Optional[str] = None,
+                   host: str = "127.0.0.1", port: int = 8000, **upstream_settings: Any):
+    """The FastAPI app of llama-cpp-python's server with the model (its PopMetadata, or a path) loaded
+    as a PopLlama.
+
+    `load` / `pop`: pop_local.settings LoadSettings / PopSettings (the same settings every entry point
+    takes). `upstream_settings`: further llama-cpp-python ModelSettings fields (rope scaling, LoRA,
+    draft model, ...), honoured as upstream honours them; one pop-local cannot honour is an error.
+    """
+    from .settings import LoadSettings, PopSettings
+
     server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
     from fastapi import Depends
 
+    if not hasattr(meta, "path"):  # a file path
+        from .metadata import read_pop_metadata
+
+        meta = read_pop_metadata(meta)
+    load = load or LoadSettings()
+    pop = pop or PopSettings()
     # upstream's default logits_all=True would run every prompt token at full depth
-    given = {"logits_all": False, **{k: v for k, v in model_settings.items() if v is not None}}
-    settings = ModelSettings(model=model_path, model_alias=model_alias or model_path, **given)
+    given = {"logits_all": False, **load.upstream_model_settings(),
+             **{k: v for k, v in upstream_settings.items() if v is not None}}
+    try:
+        settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, **given)
+    except Exception as e:  # pydantic's ValidationError: the first problem, in one line
+        from pydantic import ValidationError
+
+        if not isinstance(e, ValidationError):
+            raise
+        from .settings import settings_error
+
+        raise PopError(f"serve: {settings_error(e).args[0]}") from None
     check_model_settings(settings)
     # interrupt_requests off: upstream ends a running stream whenever another request waits for the
     # model; here requests queue and every stream runs to its end
     server = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
     # create_app builds its model proxy from the module-level LlamaProxy name; point it at ours for
     # that one call, so the model is loaded once, as a PopLlama
-    options = {"pop": pop, "skip_layers": skip_layers}
+    options = {"pop": pop.pop, "skip_layers": pop.skip_layers, "kv_mode": pop.kv_mode, "metadata": meta,
+               "reuse_cache_across_settings": load.reuse_cache_across_settings}
     original = server_app.LlamaProxy
     server_app.LlamaProxy = _pop_proxy_class(LlamaProxy, options)
     try:

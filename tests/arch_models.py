@@ -16,10 +16,9 @@ row of a Q4_1/Q8_0 matrix is quantized on its own.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
+
+from pop_local.atomic import atomic_path
 
 ARCHES = ("qwen2", "qwen3", "ernie4_5")
 
@@ -58,9 +57,7 @@ def rewrite_as(src: str, dst: str, arch: str, *, seed: int = 0) -> str:
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(dst, ".gguf.part") as tmp:
         writer = GGUFWriter(tmp, arch)
         for field in reader.fields.values():
             name = field.name
@@ -96,9 +93,4 @@ def rewrite_as(src: str, dst: str, arch: str, *, seed: int = 0) -> str:
         for _, data, _ in tensors:
             writer.write_tensor_data(data)
         writer.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dst

@@ -155,6 +155,67 @@ def test_chat_default_model_is_converted_once_and_cached(tmp_path):
     assert os.listdir(tmp_path / "models") == cached
 
 
+_NO_TORCH = """import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_without_torch_chat_uses_the_papers_set_and_convert_says_what_to_install(tmp_path, smollm2):
+    """A plain `pip install pop-local` has no torch: chat still starts with the default model (the
+    paper's tail set, uncalibrated, with a note) and convert names the missing package in one line.
+    torch and transformers are hidden from the child processes by an import hook (sitecustomize)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_NO_TORCH)
+    env = {"POP_LOCAL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(hook)}
+    out = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "torch is not installed: the default model skips the paper's last third (layers 20-29)" in out.stderr
+    assert "Traceback" not in out.stderr and out.stdout.strip()
+    (_, _, evaluated, pruned), = [tuple(int(x) for x in m) for m in STATS.findall(out.stderr)]
+    assert pruned == evaluated - 1
+    (cached,) = os.listdir(tmp_path / "cache" / "models")
+    assert "paper-uncalibrated" in cached
+    converted = pop_local("convert", smollm2, "-o", str(tmp_path / "x.gguf"), env=env)
+    assert converted.returncode == 1 and "Traceback" not in converted.stderr
+    assert converted.stderr.strip() == ("Error: calibration needs torch: pip install 'pop-local[convert]' (or write "
+                                        "a skip set without calibrating: --layers A-B --no-calibrate)")
+    assert not os.path.exists(tmp_path / "x.gguf")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "4294967296"], "Invalid value for '--seed': Input should be less than or equal to 4294967294"),
+    (["--seed", "-2"], "Invalid value for '--seed'"),
+    (["--n-ctx", "8"], "Invalid value for '--n-ctx'"),
+    (["--threads", "0"], "Invalid value for '--threads'"),
+    (["--skip-layers", "9-3"], "Invalid value for '--skip-layers': range 9-3 is descending"),
+    (["--override-kv", "pop.prefill.enabled"], "Invalid value for '--override-kv': expected KEY=TYPE:VALUE"),
+    (["--override-kv", "pop.prefill.enabled=bool:perhaps"], "'perhaps' is not a bool"),
+    (["--kv-mode", "mine"], "Invalid value for '--kv-mode'"),
+])
+def test_bad_settings_are_usage_errors_before_anything_loads(args, message, tmp_path):
+    """The settings are checked as the options are read (pop_local.settings): exit 2, one Error line."""
+    for command in ("chat", "serve"):
+        r = CliRunner().invoke(cli, [command, str(tmp_path / "never-read.gguf"), *args])
+        assert r.exit_code == 2, r.output
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and message in errors[0], r.output
+
+
+def test_settings_checked_against_the_model_name_the_option(pop_model):
+    r = CliRunner().invoke(cli, ["chat", pop_model, "--skip-layers", "28-31"])
+    assert r.exit_code == 1 and r.output.strip() == ("Error: --skip-layers: layer 31 is out of range "
+                                                     "(the model has 30 layers, 0-29)")
+    r = CliRunner().invoke(cli, ["chat", pop_model, "--override-kv", "pop.prefill.skip_layers=str:40"])
+    assert r.exit_code == 1 and "pop.prefill.skip_layers: layer 40 is out of range" in r.output
+    r = CliRunner().invoke(cli, ["serve", pop_model, "--n-ctx", "100000"])
+    assert r.exit_code == 1 and r.output.strip() == "Error: --n-ctx 100000 is more than smollm2.pop.gguf's context (8192 tokens)"
+
+
 # --- bench ----------------------------------------------------------------------------------------
 
 def test_bench_json_and_plot(pop_model, tmp_path):

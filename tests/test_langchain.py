@@ -93,8 +93,9 @@ def test_instances_share_one_loaded_model_and_keep_their_own_pop_settings():
     assert not b["active"] and b["pruned_tokens"] == 0
     assert c["skip_layers"] == [25, 26, 27, 28, 29] and c["pruned_tokens"] > 0
     assert d["skip_layers"] == default_skip_set()  # back to the file's skip set on the shared model
-    settings = on._settings(None)
-    assert len([k for k in _backend._models if k == settings]) == 1
+    target = on._target(None)
+    assert target == off._target(None) == fewer._target(None)  # POP settings are per request, not per model
+    assert len([k for k in _backend._models if k == target]) == 1
 
 
 @pytest.mark.slow
@@ -158,3 +159,38 @@ def default_skip_set():
     from pop_local.models import default_model_path
 
     return list(read_pop_metadata(default_model_path()).skip_layers)
+
+
+def _finishes(fn, seconds=300):
+    """fn() runs to its end on a thread within `seconds` (a held model lock would block it)."""
+    import threading
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "the next request waited for a lock an abandoned stream kept"
+    return out["value"]
+
+
+@pytest.mark.slow
+def test_an_abandoned_stream_releases_the_model():
+    """A client that stops reading a stream (break, close, or an async stream it drops) must not keep
+    the model: the next request runs."""
+    import asyncio
+
+    chat = ChatPopLocal(temperature=0, max_tokens=64)
+    for chunk in chat.stream("Tell me a long story about a lighthouse."):
+        break  # the generator is dropped here
+    stream = chat.stream("Tell me a long story about a canal.")
+    next(stream)
+    stream.close()
+    assert _finishes(lambda: chat.invoke("What is 2 plus 2?").content)
+
+    async def abandon_async():
+        stream = chat.astream("Tell me a long story about a mill.")
+        await stream.__anext__()
+        await stream.aclose()
+
+    asyncio.run(abandon_async())
+    assert _finishes(lambda: chat.invoke("What is 3 plus 3?").content)

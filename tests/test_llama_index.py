@@ -98,3 +98,34 @@ def default_skip_set():
     from pop_local.models import default_model_path
 
     return list(read_pop_metadata(default_model_path()).skip_layers)
+
+
+def _finishes(fn, seconds=300):
+    """fn() runs to its end on a thread within `seconds` (a held model lock would block it)."""
+    import threading
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "the next request waited for a lock an abandoned stream kept"
+    return out["value"]
+
+
+def test_an_abandoned_stream_releases_the_model(llm):
+    """A client that stops reading a stream (sync or async) must not keep the model."""
+    user = [ChatMessage(role="user", content="Tell me a long story about a lighthouse.")]
+    for chunk in llm.stream_chat(user):
+        break
+    stream = llm.stream_complete("Once upon a time")
+    next(stream)
+    stream.close()
+    assert _finishes(lambda: llm.complete("The capital of France is").text)
+
+    async def abandon_async():
+        stream = await llm.astream_chat(user)
+        await stream.__anext__()
+        await stream.aclose()
+
+    asyncio.run(abandon_async())
+    assert _finishes(lambda: llm.complete("The capital of Italy is").text)

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from pop_local import PopLlama, PopError
+from pop_local.settings import LoadSettings, PopSettings
 from serve_process import serving
 
 pytestmark = pytest.mark.slow
@@ -123,9 +124,9 @@ def test_integrations_sharing_a_model_each_get_a_fresh_run(pop_model, document, 
     from pop_local.integrations import _backend
 
     text = llm.detokenize(document[1][1:]).decode("utf-8", "ignore")
-    settings = _backend.ModelSettings(path=pop_model, n_ctx=2048)
+    settings = _backend.Target(pop_model, LoadSettings(n_ctx=2048))
     shared, _ = _backend.shared_model(settings)
-    on, off = _backend.PopSettings(pop=True), _backend.PopSettings(pop=False)
+    on, off = PopSettings(pop=True), PopSettings(pop=False)
 
     shared.reset()
     fresh_off = _backend.complete(settings, off, text, max_tokens=16, temperature=0.0)
@@ -209,11 +210,16 @@ def test_a_second_request_queues_instead_of_cutting_the_stream(server, llm):
 
 def test_server_honours_load_settings_it_did_not_copy_before(pop_model):
     from pop_local.server import create_pop_app
+    from pop_local.settings import LoadSettings
 
-    app = create_pop_app(pop_model, kv_overrides=["pop.prefill.skip_layers=str:5-9"], n_ctx=512, verbose=False)
+    # kv_overrides through the shared settings (turned into upstream's key=type:value strings), and an
+    # upstream-only ModelSettings field (rope_freq_base) passed through
+    load = LoadSettings(kv_overrides={"pop.prefill.skip_layers": "5-9", "pop.prefill.enabled": True}, n_ctx=512)
+    app = create_pop_app(pop_model, load, rope_freq_base=20000.0)
     llm = app.state.pop_llm
     try:
-        assert llm.skip_layers == tuple(range(5, 10))
+        assert llm.skip_layers == tuple(range(5, 10)) and llm.pop_enabled
+        assert llm.context_params.rope_freq_base == 20000.0 and llm.n_ctx() == 512
     finally:
         llm.close()
 
@@ -222,4 +228,4 @@ def test_server_refuses_a_setting_it_cannot_honour(pop_model):
     from pop_local.server import create_pop_app
 
     with pytest.raises(PopError, match="logits_all"):
-        create_pop_app(pop_model, logits_all=True, n_ctx=512, verbose=False)
+        create_pop_app(pop_model, logits_all=True)

@@ -20,7 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["ModelSettings", "PopSettings", "shared_model", "chat", "stream_chat", "complete", "stream_complete",
+from pop_local.settings import LoadSettings, PopFields
+
+__all__ = ["Target", "shared_model", "chat", "stream_chat", "complete", "stream_complete",
            "forced_tool", "model_label", "DEFAULT_MODEL_LABEL"]
 
 DEFAULT_MODEL_LABEL = "smollm2-135m-instruct"  # the embedded default (model=None)
@@ -29,27 +31,20 @@ MAX_STRING_ARGUMENT = 200      # characters, for tool-call string arguments whos
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    """How a model is loaded: the key under which it is shared."""
+class Target:
+    """A model file and how it is loaded (pop_local.settings.LoadSettings): the key it is shared under."""
     path: str
-    n_ctx: int = 4096
-    n_batch: int = 512
-    n_gpu_layers: int = -1
-    n_threads: Optional[int] = None
-    flash_attn: bool = False
-    chat_format: Optional[str] = None
+    load: LoadSettings
 
+    def __hash__(self) -> int:
+        return hash((self.path, self.load.key()))
 
-@dataclass(frozen=True)
-class PopSettings:
-    """Per-request POP controls; None follows the file."""
-    pop: Optional[bool] = None
-    skip_layers: Optional[str] = None
-    kv_mode: Optional[str] = None
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and (self.path, self.load.key()) == (other.path, other.load.key())
 
 
 _registry_lock = threading.Lock()
-_models: Dict[ModelSettings, Tuple[Any, threading.Lock]] = {}
+_models: Dict[Target, Tuple[Any, threading.Lock]] = {}
 
 
 def resolve_path(model: Optional[str]) -> str:
@@ -67,22 +62,20 @@ def model_label(model: Optional[str]) -> str:
     return os.path.basename(model) if model.endswith(".gguf") else model
 
 
-def shared_model(settings: ModelSettings) -> Tuple[Any, threading.Lock]:
-    """The PopLlama for `settings` (loaded on first call) and the lock that serialises its requests."""
+def shared_model(target: Target) -> Tuple[Any, threading.Lock]:
+    """The PopLlama for `target` (loaded on first call) and the lock that serialises its requests."""
     with _registry_lock:
-        entry = _models.get(settings)
+        entry = _models.get(target)
         if entry is None:
             from pop_local.loading import open_model
 
-            loaded = open_model(settings.path, n_ctx=settings.n_ctx, n_batch=settings.n_batch,
-                                n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
-                                flash_attn=settings.flash_attn, chat_format=settings.chat_format, verbose=False)
+            loaded = open_model(target.path, target.load)
             entry = (loaded.llm, threading.Lock())
-            _models[settings] = entry
+            _models[target] = entry
         return entry
 
 
-def _apply(llm, pop: PopSettings) -> None:
+def _apply(llm, pop: PopFields) -> None:
     meta = llm.pop_metadata
     llm.skip_layers = pop.skip_layers if pop.skip_layers is not None else meta.skip_layers
     llm.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
@@ -150,7 +143,10 @@ def _call(name: str, args: Any) -> dict:
 def _sampling(params: Dict[str, Any]) -> Dict[str, Any]:
     keys = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "stop", "seed",
             "presence_penalty", "frequency_penalty")
-    return {k: params[k] for k in keys if params.get(k) is not None}
+    out = {k: params[k] for k in keys if params.get(k) is not None}
+    if out.get("seed", 0) < 0:  # -1: random, i.e. no seed for this request
+        del out["seed"]
+    return out
 
 
 def _tool_line(t: dict) -> str:
@@ -170,10 +166,10 @@ def _with_tool_instructions(messages: List[dict], tools: Sequence[dict]) -> List
     return [{"role": "system", "content": note}] + messages
 
 
-def chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+def chat(target: Target, pop: PopFields, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
          tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Dict[str, Any]:
     """One chat completion: {"content", "tool_calls", "finish_reason", "usage", "pop", "model"}."""
-    llm, lock = shared_model(settings)
+    llm, lock = shared_model(target)
     forced = forced_tool(tools, tool_choice)
     kwargs = _sampling(params)
     with lock:
@@ -200,14 +196,14 @@ def chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, too
             "usage": out.get("usage") or {}, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
 
 
-def stream_chat(settings: ModelSettings, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+def stream_chat(target: Target, pop: PopFields, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
                 tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Iterator[Dict[str, Any]]:
     """Chunks {"content": text} while generating, then one {"finish_reason", "usage", "pop", "model"}.
     Forced tool calls come whole in the last chunk ({"tool_calls": [...]})."""
     if forced_tool(tools, tool_choice):  # a forced call comes whole
-        yield chat(settings, pop, messages, tools=tools, tool_choice=tool_choice, **params)
+        yield chat(target, pop, messages, tools=tools, tool_choice=tool_choice, **params)
         return
-    llm, lock = shared_model(settings)
+    llm, lock = shared_model(target)
     with lock:
         _apply(llm, pop)
         before = llm.pop_stats()
@@ -235,9 +231,9 @@ def stream_chat(settings: ModelSettings, pop: PopSettings, messages: List[dict],
                      "total_tokens": prompt_len + completion}}
 
 
-def complete(settings: ModelSettings, pop: PopSettings, prompt: str, **params: Any) -> Dict[str, Any]:
+def complete(target: Target, pop: PopFields, prompt: str, **params: Any) -> Dict[str, Any]:
     """Plain text completion of `prompt` (no chat template)."""
-    llm, lock = shared_model(settings)
+    llm, lock = shared_model(target)
     with lock:
         _apply(llm, pop)
         before = llm.pop_stats()
@@ -248,8 +244,8 @@ def complete(settings: ModelSettings, pop: PopSettings, prompt: str, **params: A
             "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
 
 
-def stream_complete(settings: ModelSettings, pop: PopSettings, prompt: str, **params: Any) -> Iterator[Dict[str, Any]]:
-    llm, lock = shared_model(settings)
+def stream_complete(target: Target, pop: PopFields, prompt: str, **params: Any) -> Iterator[Dict[str, Any]]:
+    llm, lock = shared_model(target)
     with lock:
         _apply(llm, pop)
         before = llm.pop_stats()

@@ -26,18 +26,21 @@ except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('ChatPopLocal needs langchain-core: pip install "pop-local[langchain]"') from e
 from pydantic import ConfigDict, Field
 
+from ..settings import LoadFields, PopFields, PopSettings, build
 from . import _backend
 
 __all__ = ["ChatPopLocal"]
 
 
-class ChatPopLocal(BaseChatModel):
+class ChatPopLocal(BaseChatModel, LoadFields, PopFields):
     """A local GGUF model through pop-local's PopLlama (prefill-only pruning).
 
     Standard parameters: `model` (a GGUF path or hub file `org/repo/file.gguf`; None: the embedded
     SmolLM2-135M-Instruct default), `temperature`, `max_tokens`, `stop`. POP controls: `pop` (None
-    follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted" or "own"). Load settings: `n_ctx`,
-    `n_batch`, `n_gpu_layers`, `n_threads`, `flash_attn`, `chat_format`.
+    follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted" or "own"); they may also be given
+    per call. Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`,
+    `chat_format`, `kv_overrides`, `seed`, ...): pop_local.settings.LoadFields, the same as the CLI's
+    and the server's.
 
     Tool calling: `bind_tools(tools, tool_choice="any" | "required" | name)` produces a grammar-
     constrained call of the chosen tool (or of one of several); `tool_choice="auto"` or None lets
@@ -54,19 +57,7 @@ class ChatPopLocal(BaseChatModel):
     top_p: float = 0.95
     top_k: int = 40
     repeat_penalty: float = 1.0
-    seed: Optional[int] = None
     streaming: bool = False
-
-    pop: Optional[bool] = None
-    skip_layers: Optional[str] = None
-    kv_mode: Optional[str] = None
-
-    n_ctx: int = 4096
-    n_batch: int = 512
-    n_gpu_layers: int = -1
-    n_threads: Optional[int] = None
-    flash_attn: bool = False
-    chat_format: Optional[str] = None
 
     @property
     def _llm_type(self) -> str:
@@ -85,23 +76,20 @@ class ChatPopLocal(BaseChatModel):
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def _settings(self, model: Optional[str]) -> _backend.ModelSettings:
-        return _backend.ModelSettings(_backend.resolve_path(model), n_ctx=self.n_ctx, n_batch=self.n_batch,
-                                      n_gpu_layers=self.n_gpu_layers, n_threads=self.n_threads,
-                                      flash_attn=self.flash_attn, chat_format=self.chat_format)
+    def _target(self, model: Optional[str]) -> _backend.Target:
+        return _backend.Target(_backend.resolve_path(model), self.load_settings())
 
     def _request(self, messages: List[BaseMessage], stop: Optional[List[str]], kwargs: Dict[str, Any]):
         """Model settings, POP settings, messages, sampling parameters and tool/format arguments of one
         call: per-call kwargs (from invoke or bind) over the instance's fields."""
         model = kwargs.pop("model", None) or self.model
-        pop = _backend.PopSettings(kwargs.pop("pop", self.pop), kwargs.pop("skip_layers", self.skip_layers),
-                                   kwargs.pop("kv_mode", self.kv_mode))
+        pop = build(PopSettings, {name: kwargs.pop(name, getattr(self, name)) for name in PopFields.model_fields})
         extra = {k: v for k in ("tools", "tool_choice", "response_format") if (v := kwargs.pop(k, None)) is not None}
         kwargs.pop("ls_structured_output_format", None)  # tracing metadata from with_structured_output
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
                   "top_k": self.top_k, "repeat_penalty": self.repeat_penalty, "seed": self.seed,
                   "stop": stop if stop is not None else self.stop, **kwargs}
-        return self._settings(model), pop, _to_openai(messages), params, extra
+        return self._target(model), pop, _to_openai(messages), params, extra
 
     def _generate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:

@@ -31,17 +31,20 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('PopLocalLLM needs llama-index-core: pip install "pop-local[llama-index]"') from e
 
+from ..settings import LoadFields, PopFields, PopSettings
 from . import _backend
 
 __all__ = ["PopLocalLLM"]
 
 
-class PopLocalLLM(LLM):
+class PopLocalLLM(LLM, LoadFields, PopFields):
     """A local GGUF model through pop-local's PopLlama (prefill-only pruning).
 
     `model`: a GGUF path or hub file `org/repo/file.gguf`; None: the embedded SmolLM2-135M-Instruct
     default. `chat` uses the model's chat template; `complete` continues the raw text (no template).
     POP controls: `pop` (None follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted"/"own").
+    Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`, `chat_format`,
+    `kv_overrides`, `seed`, ...): pop_local.settings.LoadFields, the same as the CLI's and the server's.
     """
 
     model: Optional[str] = Field(default=None, description="GGUF path or hub file; None: the default model")
@@ -50,16 +53,7 @@ class PopLocalLLM(LLM):
     top_p: float = Field(default=0.95)
     top_k: int = Field(default=40)
     repeat_penalty: float = Field(default=1.0)
-    seed: Optional[int] = Field(default=None)
     stop: Optional[list] = Field(default=None)
-    pop: Optional[bool] = Field(default=None, description="POP on/off; None follows the file")
-    skip_layers: Optional[str] = Field(default=None, description='skip set, e.g. "20-29"; None follows the file')
-    kv_mode: Optional[str] = Field(default=None, description='"fitted" (default) or "own" K/V for pruned layers')
-    n_ctx: int = Field(default=4096)
-    n_batch: int = Field(default=512)
-    n_gpu_layers: int = Field(default=-1)
-    n_threads: Optional[int] = Field(default=None)
-    flash_attn: bool = Field(default=False)
 
     _path: Optional[str] = PrivateAttr(default=None)
 
@@ -75,14 +69,13 @@ class PopLocalLLM(LLM):
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _settings(self) -> _backend.ModelSettings:
+    def _target(self) -> _backend.Target:
         if self._path is None:
             self._path = _backend.resolve_path(self.model)
-        return _backend.ModelSettings(self._path, n_ctx=self.n_ctx, n_batch=self.n_batch, n_gpu_layers=self.n_gpu_layers,
-                                      n_threads=self.n_threads, flash_attn=self.flash_attn)
+        return _backend.Target(self._path, self.load_settings())
 
-    def _pop(self) -> _backend.PopSettings:
-        return _backend.PopSettings(self.pop, self.skip_layers, self.kv_mode)
+    def _pop(self) -> PopSettings:
+        return self.pop_settings()
 
     def _params(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
@@ -102,12 +95,12 @@ class PopLocalLLM(LLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        out = _backend.chat(self._settings(), self._pop(), self._messages(messages), **self._params(kwargs))
+        out = _backend.chat(self._target(), self._pop(), self._messages(messages), **self._params(kwargs))
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=out["content"]), raw=self._raw(out))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        parts = _backend.stream_chat(self._settings(), self._pop(), self._messages(messages), **self._params(kwargs))
+        parts = _backend.stream_chat(self._target(), self._pop(), self._messages(messages), **self._params(kwargs))
 
         def gen() -> Iterator[ChatResponse]:
             text = ""
@@ -122,12 +115,12 @@ class PopLocalLLM(LLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        out = _backend.complete(self._settings(), self._pop(), prompt, **self._params(kwargs))
+        out = _backend.complete(self._target(), self._pop(), prompt, **self._params(kwargs))
         return CompletionResponse(text=out["content"], raw=self._raw(out))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        parts = _backend.stream_complete(self._settings(), self._pop(), prompt, **self._params(kwargs))
+        parts = _backend.stream_complete(self._target(), self._pop(), prompt, **self._params(kwargs))
 
         def gen() -> Iterator[CompletionResponse]:
             text = ""

@@ -1,0 +1,176 @@
+"""The load and POP settings, defined once (pydantic) for every entry point.
+
+`LoadFields` (how a model is loaded) and `PopFields` (how prompts run) are the one spelling of these
+options: `pop-local chat/serve/bench/eval` build their command-line options from them (`cli_options`),
+the server maps them onto llama-cpp-python's ModelSettings (`upstream_model_settings`), and the
+LangChain / LlamaIndex classes inherit them as their own fields. Names, defaults, ranges and help
+text therefore cannot drift apart, and a bad value gets the same one-line message everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import PopError
+
+__all__ = ["LoadFields", "PopFields", "LoadSettings", "PopSettings", "parse_kv_override", "settings_error",
+           "RANDOM_SEED"]
+
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed
+KvValue = Union[bool, int, float, str]
+
+
+class LoadFields(BaseModel):
+    """How a model is loaded. Two wrappers with equal load settings share one loaded model."""
+
+    n_ctx: int = Field(4096, ge=16, le=1 << 24, description="context size, in tokens")
+    n_batch: int = Field(512, ge=1, le=1 << 24, description="prompt tokens per llama.cpp batch")
+    n_threads: Optional[int] = Field(None, ge=1, le=1024, description="CPU threads (default: llama.cpp's choice)")
+    n_gpu_layers: int = Field(-1, ge=-1, le=100000,
+                              description="layers offloaded to the GPU in GPU builds (-1: all; ignored on CPU builds)")
+    flash_attn: bool = Field(False, description="flash attention (where the backend has it)")
+    chat_format: Optional[str] = Field(None, description="llama-cpp-python chat format (default: the model's own template)")
+    kv_overrides: Optional[Dict[str, KvValue]] = Field(
+        None, description="GGUF keys to override at load, e.g. {\"pop.prefill.skip_layers\": \"20-29\"}")
+    seed: int = Field(-1, ge=-1, le=RANDOM_SEED - 1, description="sampling seed (-1: random)")
+    reuse_cache_across_settings: bool = Field(
+        False, description="reuse a cached prompt prefix computed under other POP settings (faster; by default a "
+                           "request reuses only what its own settings computed, so it equals a fresh run)")
+    # not "verbose": LangChain models have a field of that name (their own callback printing)
+    llama_log: bool = Field(False, description="show llama.cpp's log")
+
+    @field_validator("kv_overrides")
+    @classmethod
+    def _check_overrides(cls, value: Optional[Dict[str, KvValue]]) -> Optional[Dict[str, KvValue]]:
+        for key, v in (value or {}).items():
+            if not key or any(c in key for c in "=: ") or len(key) > 127:
+                raise ValueError(f"{key!r} is not a GGUF key name")
+            if isinstance(v, str) and any(c in v for c in "=:"):
+                # llama.cpp's key=type:value spelling (and upstream's server parser) cannot carry these
+                raise ValueError(f"{key}: a string value cannot contain '=' or ':'")
+            if isinstance(v, str) and len(v) > 127:
+                raise ValueError(f"{key}: string values are limited to 127 bytes by llama.cpp")
+        return value
+
+    def load_settings(self) -> "LoadSettings":
+        """These fields as a LoadSettings (from a wrapper class that inherits them)."""
+        return LoadSettings(**{name: getattr(self, name) for name in LoadFields.model_fields})
+
+
+class PopFields(BaseModel):
+    """How prompts run; may change per request without reloading. None follows the file."""
+
+    pop: Optional[bool] = Field(None, description="POP on/off (None: as the file says)")
+    skip_layers: Optional[str] = Field(None, description='prefill skip set instead of the file\'s, e.g. "20-29"')
+    kv_mode: Optional[str] = Field(None, description='K/V of pruned layers: "fitted" (where the file has them) or "own"')
+
+    @field_validator("skip_layers")
+    @classmethod
+    def _check_skip(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from .errors import PopMetadataError
+            from .layers import parse_layers
+
+            try:  # the syntax here; the range once the model's layers are known
+                parse_layers(value, key="skip_layers")
+            except PopMetadataError as e:
+                raise ValueError(str(e).split(": ", 1)[1]) from None
+        return value
+
+    @field_validator("kv_mode")
+    @classmethod
+    def _check_kv_mode(cls, value: Optional[str]) -> Optional[str]:
+        if value not in (None, "fitted", "own"):
+            raise ValueError(f'expected "fitted" or "own", got {value!r}')
+        return value
+
+    def pop_settings(self) -> "PopSettings":
+        return PopSettings(**{name: getattr(self, name) for name in PopFields.model_fields})
+
+
+class LoadSettings(LoadFields):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def key(self) -> Tuple[Any, ...]:
+        """Hashable identity of the loaded model (kv_overrides is a dict). The seed is left out: the
+        integrations seed each request, so wrappers differing only in seed share one model."""
+        return tuple((name, json.dumps(getattr(self, name), sort_keys=True))
+                     for name in LoadFields.model_fields if name != "seed")
+
+    def llama_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of PopLlama / llama_cpp.Llama."""
+        return {"n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_threads": self.n_threads,
+                "n_threads_batch": self.n_threads, "n_gpu_layers": self.n_gpu_layers, "flash_attn": self.flash_attn,
+                "chat_format": self.chat_format, "kv_overrides": dict(self.kv_overrides) if self.kv_overrides else None,
+                "seed": RANDOM_SEED if self.seed < 0 else self.seed, "verbose": self.llama_log,
+                "reuse_cache_across_settings": self.reuse_cache_across_settings}
+
+    def upstream_model_settings(self) -> Dict[str, Any]:
+        """The same settings as llama-cpp-python server ModelSettings fields (kv_overrides in its
+        key=type:value strings). reuse_cache_across_settings is PopLlama's own and is passed apart."""
+        kw = self.llama_kwargs()
+        kw.pop("reuse_cache_across_settings")
+        overrides = kw.pop("kv_overrides")
+        if overrides:
+            kw["kv_overrides"] = [f"{k}={_kv_type(v)}:{_kv_text(v)}" for k, v in overrides.items()]
+        return {k: v for k, v in kw.items() if v is not None}
+
+
+class PopSettings(PopFields):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _kv_type(v: KvValue) -> str:
+    return "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float" if isinstance(v, float) else "str"
+
+
+def _kv_text(v: KvValue) -> str:
+    return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
+
+
+def parse_kv_override(text: str) -> Tuple[str, KvValue]:
+    """llama.cpp's --override-kv spelling KEY=TYPE:VALUE (TYPE int, float, bool or str) -> (key, value)."""
+    key, eq, rest = text.partition("=")
+    kind, colon, raw = rest.partition(":")
+    if not eq or not colon or not key:
+        raise PopError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE, e.g. pop.prefill.enabled=bool:false")
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return key, raw.lower() in ("true", "1")
+        if kind == "int":
+            return key, int(raw)
+        if kind == "float":
+            return key, float(raw)
+        if kind == "str":
+            return key, raw
+    except ValueError:
+        raise PopError(f"--override-kv {text!r}: {raw!r} is not a {kind}") from None
+    raise PopError(f"--override-kv {text!r}: TYPE must be int, float, bool or str, got {kind!r}")
+
+
+def settings_error(error: ValidationError, names: Optional[Mapping[str, str]] = None) -> PopError:
+    """One line naming the first bad setting (by its option name where `names` maps it)."""
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "settings"
+    label = (names or {}).get(str(first["loc"][0]) if first["loc"] else "", field)
+    message = first["msg"].removeprefix("Value error, ")
+    more = len(error.errors()) - 1
+    return PopError(f"{label}: {message}" + (f" (and {more} more)" if more else ""))
+
+
+def build(cls, values: Mapping[str, Any], names: Optional[Mapping[str, str]] = None):
+    """cls(**values), with a PopError (settings_error) instead of pydantic's multi-line report."""
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise settings_error(e, names) from None
+
+
+def field_names(*classes: type) -> Iterable[str]:
+    for cls in classes:
+        yield from cls.model_fields

@@ -1,0 +1,95 @@
+"""One settings model (pop_local.settings) behind the CLI, the server and both integrations."""
+
+import pytest
+from click.testing import CliRunner
+
+from pop_local.cli import _option_name, cli
+from pop_local.errors import PopError
+from pop_local.settings import LoadFields, LoadSettings, PopFields, PopSettings, build, parse_kv_override
+
+
+def _options(command):
+    ctx = cli.make_context("pop-local", [command, "--help"], resilient_parsing=True)
+    cmd = cli.get_command(ctx, command)
+    return {name for p in cmd.params for name in p.opts + p.secondary_opts}
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_every_setting_is_an_option_of_chat_and_serve(command):
+    options = _options(command)
+    for name in list(LoadFields.model_fields) + list(PopFields.model_fields):
+        assert _option_name(name) in options, name
+
+
+def test_bench_and_eval_take_the_load_settings_they_do_not_set_themselves():
+    for command in ("bench", "eval"):
+        options = _options(command)
+        assert {"--threads", "--n-gpu-layers", "--flash-attn", "--override-kv", "--skip-layers"} <= options
+        assert "--pop" not in options and "--kv-mode" not in options  # they run every mode themselves
+
+
+def test_the_integrations_inherit_the_same_fields():
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from pop_local.integrations.langchain import ChatPopLocal
+    from pop_local.integrations.llama_index import PopLocalLLM
+
+    for cls in (ChatPopLocal, PopLocalLLM):
+        for name, field in {**LoadFields.model_fields, **PopFields.model_fields}.items():
+            assert cls.model_fields[name].default == field.default, (cls, name)
+        with pytest.raises(ValueError, match="less than or equal to 4294967294"):
+            cls(seed=2**32)
+        with pytest.raises(ValueError, match="fitted"):
+            cls(kv_mode="mine")
+    a = ChatPopLocal(n_ctx=2048, kv_overrides={"pop.prefill.enabled": False}, seed=1)
+    b = PopLocalLLM(n_ctx=2048, kv_overrides={"pop.prefill.enabled": False}, seed=2)
+    assert a.load_settings().key() == b.load_settings().key()  # one shared model (the seed is per request)
+    assert a.load_settings().key() != ChatPopLocal(n_ctx=2048).load_settings().key()
+
+
+def test_server_settings_spell_kv_overrides_as_upstream_parses_them():
+    load = LoadSettings(kv_overrides={"pop.prefill.skip_layers": "20-29", "pop.prefill.enabled": False,
+                                      "x.int": 7, "x.float": 0.25}, n_threads=3, seed=5)
+    upstream = load.upstream_model_settings()
+    assert sorted(upstream["kv_overrides"]) == sorted(["pop.prefill.skip_layers=str:20-29", "pop.prefill.enabled=bool:false",
+                                                       "x.int=int:7", "x.float=float:0.25"])
+    assert upstream["n_threads"] == upstream["n_threads_batch"] == 3 and upstream["seed"] == 5
+    assert "reuse_cache_across_settings" not in upstream
+    assert dict(parse_kv_override(s) for s in upstream["kv_overrides"]) == load.kv_overrides  # round trip
+    pytest.importorskip("llama_cpp.server.settings")
+    from llama_cpp.server.settings import ModelSettings
+
+    ModelSettings(model="m.gguf", **upstream)  # every name is an upstream field
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"kv_overrides": {"a=b": 1}}, "is not a GGUF key name"),
+    ({"kv_overrides": {"pop.prefill.skip_layers": "1:2"}}, "cannot contain"),
+    ({"n_batch": 0}, "greater than or equal to 1"),
+    ({"seed": -7}, "greater than or equal to -1"),
+    ({"cache": True}, "Extra inputs are not permitted"),
+])
+def test_bad_load_settings_are_one_line_errors(values, message):
+    with pytest.raises(PopError, match=message) as e:
+        build(LoadSettings, values)
+    assert "\n" not in str(e.value)
+
+
+def test_pop_settings():
+    assert PopSettings().pop is None and PopSettings(skip_layers="20-29").skip_layers == "20-29"
+    with pytest.raises(PopError, match='skip_layers: cannot read "x"'):
+        build(PopSettings, {"skip_layers": "x"})
+    with pytest.raises(PopError, match="--kv-mode"):
+        build(PopSettings, {"kv_mode": "mine"}, {"kv_mode": "--kv-mode"})
+
+
+def test_seed_minus_one_means_random():
+    from pop_local.settings import RANDOM_SEED
+
+    assert LoadSettings().llama_kwargs()["seed"] == RANDOM_SEED
+    assert LoadSettings(seed=0).llama_kwargs()["seed"] == 0
+
+
+def test_cli_usage_error_for_a_seed_out_of_range_never_loads(tmp_path):
+    r = CliRunner().invoke(cli, ["chat", str(tmp_path / "x.gguf"), "--seed", "99999999999"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
