@@ -42,8 +42,28 @@ def _progress_printer(unit: str = "sample"):
     return progress
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (temporary files removed)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+class _Interrupted(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# what an interruption leaves behind, per command (every write goes through pop_local.atomic)
+_INTERRUPTED = {"convert": "; nothing was written (the output and temporary files are removed)",
+                "bench": "; nothing was written", "eval": "; nothing was written"}
+
+
 def _fail_cleanly(fn):
-    """PopError -> one-line message, exit 1 (click's usage errors keep exit 2)."""
+    """PopError -> one-line message, exit 1 (click's usage errors keep exit 2); Ctrl-C or SIGTERM
+    -> one line saying so, exit 130 or 143."""
     import functools
 
     @functools.wraps(fn)
@@ -52,6 +72,10 @@ def _fail_cleanly(fn):
             return fn(*args, **kwargs)
         except PopError as e:
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt as e:
+            how, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+            command = fn.__name__.replace("_command", "")
+            raise _Interrupted(f"interrupted ({how}){_INTERRUPTED.get(command, '')}", code) from None
 
     return wrapper
 
@@ -365,11 +389,10 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> Non
     """
     from .atomic import write_json
     from .bench import format_table, run_bench, save_speedup_plot
-    from .loading import check_context, resolve_model_ref
-    from .metadata import read_pop_metadata
+    from .loading import check_context, resolve_model_meta
 
     ctx_list = _parse_ctx(ctx)
-    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
+    meta = resolve_model_meta(model, _progress_printer())
     trained = check_context(meta, max(ctx_list), "--ctx")
     decode_ctx = min(ctx_list)
     if trained:
@@ -415,8 +438,7 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
     """
     from .atomic import write_json
     from .evaluate import format_eval_table, run_eval
-    from .loading import check_context, resolve_model_ref
-    from .metadata import read_pop_metadata
+    from .loading import check_context, resolve_model_meta
 
     ctx_list = _parse_ctx(ctx)
     passkeys = _parse_ctx(passkey_lengths, "--passkey") if passkey_lengths.strip() else []
@@ -427,7 +449,7 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise PopError(f"{data}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
-    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
+    meta = resolve_model_meta(model, _progress_printer())
     longest = max([c + continuation for c in ctx_list] + passkeys)
     check_context(meta, longest, "--ctx/--passkey (plus --continuation)")
     loaded = _open(None, options, meta, n_ctx=longest + 16, n_batch=512)
@@ -464,12 +486,11 @@ def serve(model, host, port, alias, api_key, **options) -> None:
     """
     import socket
 
-    from .loading import check_context, pop_notes, pop_state_text, resolve_model_ref
-    from .metadata import read_pop_metadata
+    from .loading import check_context, pop_notes, pop_state_text, resolve_model_meta
     from .server import create_pop_app, serve as run_server
 
     load, pop = _split_settings(options)
-    meta = read_pop_metadata(resolve_model_ref(model, _progress_printer()))
+    meta = resolve_model_meta(model, _progress_printer())
     check_context(meta, load.n_ctx, "--n-ctx")
     try:  # a clear message now instead of a traceback after the model has loaded
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -482,10 +503,19 @@ def serve(model, host, port, alias, api_key, **options) -> None:
     llm = app.state.pop_llm
     _print_notes(pop_notes(llm, meta))
     click.echo(f"serving {name} ({pop_state_text(llm)}) at http://{host}:{port}/v1 - Ctrl-C stops", err=True)
-    run_server(app, host=host, port=port, log_level="info" if load.llama_log else "warning")
+    try:
+        run_server(app, host=host, port=port, log_level="info" if load.llama_log else "warning")
+    except KeyboardInterrupt as e:  # uvicorn shuts down gracefully, then raises the signal again
+        click.echo(f"server stopped ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", err=True)
+        return
+    click.echo("server stopped", err=True)
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM runs the same clean-up as Ctrl-C (serve: uvicorn installs its own graceful handlers)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     cli(prog_name="pop-local")
 
 

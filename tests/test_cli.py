@@ -332,3 +332,68 @@ def test_serve_port_in_use_is_a_one_line_error(pop_model, server):
     port, _ = server
     r = CliRunner().invoke(cli, ["serve", pop_model, "--port", str(port)])
     assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output
+
+
+# --- interruption ---------------------------------------------------------------------------------
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, "-m", "pop_local.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, seconds=300, step=0.01):
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_convert_interrupted_while_calibrating_leaves_nothing(smollm2, tmp_path, sig, code, how):
+    import threading
+    import time
+
+    out = tmp_path / "out.pop.gguf"
+    proc = _start("convert", smollm2, "-o", str(out), "--samples", "8", "--seq-len", "64")
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    assert _wait_for(lambda: "calibrating llama" in "".join(seen), step=0.1)
+    time.sleep(5)  # loading the model, sampling responses: inside the calibration
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(seen)
+    assert proc.returncode == code, err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"Error: interrupted ({how}); nothing was written (the output and "
+                                            "temporary files are removed)")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_convert_interrupted_while_writing_leaves_no_partial_file(smollm2, tmp_path, sig, code):
+    """Signalled as soon as the temporary file appears (the write of ~100 MB has begun)."""
+    out = tmp_path / "out.pop.gguf"
+    proc = _start("convert", smollm2, "-o", str(out), "--layers", "20-29", "--no-calibrate")
+    assert _wait_for(lambda: any(n.startswith(".pop-") for n in os.listdir(tmp_path)) or proc.poll() is not None)
+    if proc.poll() is not None:
+        pytest.skip("the write finished before the signal could be sent")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "nothing was written" in err.strip().splitlines()[-1]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig, how", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_serve_stops_cleanly_on_a_signal(pop_model, tmp_path, sig, how):
+    with serving(pop_model, "--n-ctx", "512") as (port, proc):
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"server stopped ({how})" and "Traceback" not in err

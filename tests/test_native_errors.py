@@ -89,3 +89,15 @@ except PopNativeError as e:
     r = run_python(code, env={"LLAMA_CPP_LIB_PATH": VANILLA})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RAISED" in r.stdout and "pop_llama_" in r.stdout and "native/build.py" in r.stdout
+
+
+def test_vocab_only_load_of_a_pop_file(smollm2):
+    """A tokenizer-only load has no layer count: the skip set is not checked then (it was refused as
+    out of range for a model "with 0 layers")."""
+    code = ("import llama_cpp\n"
+            f"llm = llama_cpp.Llama({smollm2!r}, vocab_only=True, verbose=False,\n"
+            "                      kv_overrides={'pop.prefill.skip_layers': '20-29'})\n"
+            "print(len(llm.tokenize(b'The capital of France')))\n")
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.strip()) > 2

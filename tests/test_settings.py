@@ -93,3 +93,27 @@ def test_seed_minus_one_means_random():
 def test_cli_usage_error_for_a_seed_out_of_range_never_loads(tmp_path):
     r = CliRunner().invoke(cli, ["chat", str(tmp_path / "x.gguf"), "--seed", "99999999999"])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_a_command_reads_the_model_header_once(monkeypatch, smollm2, tmp_path):
+    """chat with a file, and the server's app: one header read each (it was two or three)."""
+    from pop_local import gguf_kv
+    from pop_local.converter.writer import write_pop_gguf
+
+    model = str(tmp_path / "m.pop.gguf")
+    write_pop_gguf(smollm2, model, "20-29")
+    reads = []
+    real = gguf_kv.read_gguf_kv
+    monkeypatch.setattr(gguf_kv, "read_gguf_kv", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    r = CliRunner().invoke(cli, ["chat", model, "--n-ctx", "256"], input="")
+    assert r.exit_code == 0, r.output
+    assert reads == [model]
+
+    pytest.importorskip("fastapi")
+    from pop_local.server import create_pop_app
+
+    reads.clear()
+    app = create_pop_app(model, LoadSettings(n_ctx=256))
+    app.state.pop_llm.close()
+    assert reads == [model]

@@ -35,6 +35,7 @@ class Target:
     """A model file and how it is loaded (pop_local.settings.LoadSettings): the key it is shared under."""
     path: str
     load: LoadSettings
+    meta: Any = None  # the file's PopMetadata when already read (not part of the key)
 
     def __hash__(self) -> int:
         return hash((self.path, self.load.key()))
@@ -47,10 +48,22 @@ _registry_lock = threading.Lock()
 _models: Dict[Target, Tuple[Any, threading.Lock]] = {}
 
 
-def resolve_path(model: Optional[str]) -> str:
+_default_meta: List[Any] = []  # the default model's metadata, resolved (and made POP-ready) once
+
+
+def resolve_target(model: Optional[str], load: LoadSettings) -> Target:
+    """The Target for a wrapper's `model` (None: the default model). A local path costs a stat; the
+    header is read once, when the model loads."""
+    if model is None:
+        with _registry_lock:
+            if not _default_meta:
+                from pop_local.models import default_model
+
+                _default_meta.append(default_model())
+        return Target(_default_meta[0].path, load, _default_meta[0])
     from pop_local.loading import resolve_model_ref
 
-    return resolve_model_ref(model)
+    return Target(resolve_model_ref(model), load)
 
 
 def model_label(model: Optional[str]) -> str:
@@ -69,7 +82,7 @@ def shared_model(target: Target) -> Tuple[Any, threading.Lock]:
         if entry is None:
             from pop_local.loading import open_model
 
-            loaded = open_model(target.path, target.load)
+            loaded = open_model(target.path, target.load, meta=target.meta)
             entry = (loaded.llm, threading.Lock())
             _models[target] = entry
         return entry

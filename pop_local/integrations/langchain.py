@@ -77,7 +77,7 @@ class ChatPopLocal(BaseChatModel, LoadFields, PopFields):
     # --- requests ---------------------------------------------------------------------------------
 
     def _target(self, model: Optional[str]) -> _backend.Target:
-        return _backend.Target(_backend.resolve_path(model), self.load_settings())
+        return _backend.resolve_target(model, self.load_settings())
 
     def _request(self, messages: List[BaseMessage], stop: Optional[List[str]], kwargs: Dict[str, Any]):
         """Model settings, POP settings, messages, sampling parameters and tool/format arguments of one

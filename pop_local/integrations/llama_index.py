@@ -55,7 +55,7 @@ class PopLocalLLM(LLM, LoadFields, PopFields):
     repeat_penalty: float = Field(default=1.0)
     stop: Optional[list] = Field(default=None)
 
-    _path: Optional[str] = PrivateAttr(default=None)
+    _resolved: Optional[_backend.Target] = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
@@ -70,9 +70,10 @@ class PopLocalLLM(LLM, LoadFields, PopFields):
     # --- plumbing -----------------------------------------------------------------------------
 
     def _target(self) -> _backend.Target:
-        if self._path is None:
-            self._path = _backend.resolve_path(self.model)
-        return _backend.Target(self._path, self.load_settings())
+        load = self.load_settings()
+        if self._resolved is None:
+            self._resolved = _backend.resolve_target(self.model, load)
+        return _backend.Target(self._resolved.path, load, self._resolved.meta)  # fields may have changed
 
     def _pop(self) -> PopSettings:
         return self.pop_settings()
