@@ -9,6 +9,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa:
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from pop_local.integrations.langchain import ChatPopLocal  # noqa: E402
+from waiting import finishes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -161,18 +162,6 @@ def default_skip_set():
     return list(read_pop_metadata(default_model_path()).skip_layers)
 
 
-def _finishes(fn, seconds=300):
-    """fn() runs to its end on a thread within `seconds` (a held model lock would block it)."""
-    import threading
-
-    out = {}
-    worker = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "the next request waited for a lock an abandoned stream kept"
-    return out["value"]
-
-
 @pytest.mark.slow
 def test_an_abandoned_stream_releases_the_model():
     """A client that stops reading a stream (break, close, or an async stream it drops) must not keep
@@ -185,7 +174,7 @@ def test_an_abandoned_stream_releases_the_model():
     stream = chat.stream("Tell me a long story about a canal.")
     next(stream)
     stream.close()
-    assert _finishes(lambda: chat.invoke("What is 2 plus 2?").content)
+    assert finishes(lambda: chat.invoke("What is 2 plus 2?").content)
 
     async def abandon_async():
         stream = chat.astream("Tell me a long story about a mill.")
@@ -193,4 +182,4 @@ def test_an_abandoned_stream_releases_the_model():
         await stream.aclose()
 
     asyncio.run(abandon_async())
-    assert _finishes(lambda: chat.invoke("What is 3 plus 3?").content)
+    assert finishes(lambda: chat.invoke("What is 3 plus 3?").content)

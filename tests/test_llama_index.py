@@ -9,6 +9,7 @@ pytest.importorskip("llama_index.core")
 from llama_index.core.llms import ChatMessage  # noqa: E402
 
 from pop_local.integrations.llama_index import PopLocalLLM  # noqa: E402
+from waiting import finishes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -100,17 +101,6 @@ def default_skip_set():
     return list(read_pop_metadata(default_model_path()).skip_layers)
 
 
-def _finishes(fn, seconds=300):
-    """fn() runs to its end on a thread within `seconds` (a held model lock would block it)."""
-    import threading
-
-    out = {}
-    worker = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "the next request waited for a lock an abandoned stream kept"
-    return out["value"]
-
 
 def test_an_abandoned_stream_releases_the_model(llm):
     """A client that stops reading a stream (sync or async) must not keep the model."""
@@ -120,7 +110,7 @@ def test_an_abandoned_stream_releases_the_model(llm):
     stream = llm.stream_complete("Once upon a time")
     next(stream)
     stream.close()
-    assert _finishes(lambda: llm.complete("The capital of France is").text)
+    assert finishes(lambda: llm.complete("The capital of France is").text)
 
     async def abandon_async():
         stream = await llm.astream_chat(user)
@@ -128,4 +118,4 @@ def test_an_abandoned_stream_releases_the_model(llm):
         await stream.aclose()
 
     asyncio.run(abandon_async())
-    assert _finishes(lambda: llm.complete("The capital of Italy is").text)
+    assert finishes(lambda: llm.complete("The capital of Italy is").text)
