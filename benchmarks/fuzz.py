@@ -396,15 +396,17 @@ def fuzz_keys(seed_path: str, n: int, rng: random.Random, folder: str, tally: Ta
     base.pop("general.architecture")
     path = os.path.join(folder, "keys.gguf")
     started = time.time()
-    for i in range(n):
+    i = 0
+    while i < n:
         kv, typed = mutate_keys(base, rng)
         if os.path.exists(path):
             os.remove(path)
         try:
             write_gguf(path, "llama", kv, typed, {"token_embd.weight": np.zeros((4, 8), np.float32)})
-        except Exception:  # noqa: BLE001 - gguf refuses some (e.g. empty arrays): nothing to read then
+        except Exception:  # noqa: BLE001 - gguf refuses some (e.g. empty arrays): draw another
             continue
         check_python(path, tally, f"keys #{i}", cli=cli_every > 0 and i % cli_every == 0)
+        i += 1
     tally.seconds += time.time() - started
 
 

@@ -229,3 +229,18 @@ def test_server_refuses_a_setting_it_cannot_honour(pop_model):
 
     with pytest.raises(PopError, match="logits_all"):
         create_pop_app(pop_model, logits_all=True)
+
+
+def test_a_small_soak_loses_nothing_and_matches_solo_answers(pop_model):
+    """benchmarks/soak.py at test size: 4 clients, 48 requests (streams dropped mid-way among them),
+    /pop/stats polled throughout; every completed answer equals the same request run alone."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import soak
+
+    r = soak.soak(pop_model, clients=4, requests=48, abandon=0.2, max_tokens=12, seed=1)
+    assert r["failed"] == 0 and r["truncated"] == 0 and r["differ_from_alone"] == 0, r["examples"]
+    assert r["stats_failures"] == 0 and r["stats_polls"] > 10
+    assert r["abandoned"] > 0 and r["streaming"] > r["abandoned"] and r["completed"] == 48 - r["abandoned"]
