@@ -238,7 +238,9 @@ def _option_name(field: str) -> str:
 def _settings_options(*, exclude=()):
     """click options for the LoadFields and PopFields settings, except `exclude`; each value is
     checked by the field's own rules as it is parsed (a usage error naming the option)."""
-    from .settings import LoadFields, PopFields
+    from pydantic import ValidationError
+
+    from .settings import LoadFields, PopFields, parse_kv_override, settings_error
 
     def check(field_cls, name):
         def callback(ctx, param, value):
@@ -254,10 +256,6 @@ def _settings_options(*, exclude=()):
 
         return callback
 
-    from pydantic import ValidationError
-
-    from .settings import parse_kv_override, settings_error
-
     opts = []
     for field_cls in (PopFields, LoadFields):
         for name, f in field_cls.model_fields.items():
@@ -266,7 +264,7 @@ def _settings_options(*, exclude=()):
             decl = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
             help_text = _CLI_HELP.get(name, f.description or "")
             kind = f.annotation
-            common = dict(help=help_text, callback=check(field_cls, name), expose_value=True)
+            common = dict(help=help_text, callback=check(field_cls, name))
             if name == "kv_overrides":
                 opts.append(click.option(decl, name, multiple=True, metavar="KEY=TYPE:VALUE", **common))
             elif name == "pop":
