@@ -1,7 +1,7 @@
 """The load and POP settings, defined once (pydantic) for every entry point.
 
 `LoadFields` (how a model is loaded) and `PopFields` (how prompts run) are the one spelling of these
-options: `pop-local chat/serve/bench/eval` build their command-line options from them (`cli_options`),
+options: `pop-local chat/serve/bench/eval` build their command-line options from them (cli.py),
 the server maps them onto llama-cpp-python's ModelSettings (`upstream_model_settings`), and the
 LangChain / LlamaIndex classes inherit them as their own fields. Names, defaults, ranges and help
 text therefore cannot drift apart, and a bad value gets the same one-line message everywhere.
@@ -10,13 +10,13 @@ text therefore cannot drift apart, and a bad value gets the same one-line messag
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import PopError
 
-__all__ = ["LoadFields", "PopFields", "LoadSettings", "PopSettings", "parse_kv_override", "settings_error",
+__all__ = ["LoadFields", "PopFields", "LoadSettings", "PopSettings", "build", "parse_kv_override", "settings_error",
            "RANDOM_SEED"]
 
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed
@@ -169,8 +169,3 @@ def build(cls, values: Mapping[str, Any], names: Optional[Mapping[str, str]] = N
         return cls(**values)
     except ValidationError as e:
         raise settings_error(e, names) from None
-
-
-def field_names(*classes: type) -> Iterable[str]:
-    for cls in classes:
-        yield from cls.model_fields
