@@ -371,7 +371,7 @@ def _parse_ctx(value: str, option: str = "--ctx"):
 @click.option("--decode-tokens", type=int, default=64, show_default=True, help="tokens for the decode measurement")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
 @click.option("--plot", type=click.Path(dir_okay=False), help="save speedup against prompt length as a PNG")
-@_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch"))
+@_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch", "seed"))
 @_fail_cleanly
 def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> None:
     """Prefill time full vs POP, decode speed both ways, measured and FLOP-ideal speedup.
