@@ -73,6 +73,7 @@ def _fail_cleanly(fn):
         except PopError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt as e:
+            click.echo("", err=True)  # a progress bar may hold the line: the message gets its own
             how, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
             command = fn.__name__.replace("_command", "")
             raise _Interrupted(f"interrupted ({how}){_INTERRUPTED.get(command, '')}", code) from None

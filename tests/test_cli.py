@@ -336,9 +336,15 @@ def test_serve_port_in_use_is_a_one_line_error(pop_model, server):
 
 # --- interruption ---------------------------------------------------------------------------------
 
+def _default_sigint():
+    # a shell starting a job in the background (CI runners, `cmd &`) makes it ignore SIGINT, and Python
+    # keeps an ignored SIGINT ignored: give the command the SIGINT a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args):
     return subprocess.Popen([sys.executable, "-m", "pop_local.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(predicate, seconds=300, step=0.01):
