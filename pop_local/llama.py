@@ -33,6 +33,7 @@ class PopLlama(llama_cpp.Llama):
         model_path: a GGUF file; its pop.* keys give the default skip set and switch.
         pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
         skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
+        kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
         reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
             that runs under the POP settings that computed it, so every output equals a fresh run with
             its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
@@ -46,8 +47,9 @@ class PopLlama(llama_cpp.Llama):
     """
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
-                 skip_layers: "Optional[Iterable[int] | str]" = None, reuse_cache_across_settings: bool = False,
-                 metadata: Optional[PopMetadata] = None, **llama_kwargs: Any):
+                 skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
+                 reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
+                 **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
             metadata = read_pop_metadata(model_path)
@@ -69,6 +71,8 @@ class PopLlama(llama_cpp.Llama):
             self.skip_layers = requested_skip
         if pop is not None:
             self.pop_enabled = pop
+        if kv_mode is not None:
+            self.kv_mode = kv_mode
         self.pop_stats()  # the first snapshot
 
     def close(self) -> None:

@@ -86,9 +86,7 @@ def open_model(ref: Optional[str], load: Optional[LoadSettings] = None, pop: Opt
     if pop.skip_layers:
         parse_layers(pop.skip_layers, meta.n_layer, key=labels.get("skip_layers", "skip_layers"))
     kwargs = {**load.llama_kwargs(), **llama_kwargs}
-    llm = PopLlama(meta.path, pop=pop.pop, skip_layers=pop.skip_layers, metadata=meta, **kwargs)
-    if pop.kv_mode:
-        llm.kv_mode = pop.kv_mode
+    llm = PopLlama(meta.path, pop=pop.pop, skip_layers=pop.skip_layers, kv_mode=pop.kv_mode, metadata=meta, **kwargs)
     return LoadedModel(llm, meta.path, meta, pop_notes(llm, meta))
 
 

@@ -41,7 +41,7 @@ def check_model_settings(settings) -> None:
 
 def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
     """pop_options: the PopLlama arguments upstream's ModelSettings has no field for (pop, skip_layers,
-    reuse_cache_across_settings, metadata); "loaded" receives the model."""
+    kv_mode, reuse_cache_across_settings, metadata); "loaded" receives the model."""
     import llama_cpp
     import llama_cpp.server.model as server_model
 
@@ -49,10 +49,7 @@ def _pop_proxy_class(LlamaProxy, pop_options: Dict[str, Any]):
 
     class ServedPopLlama(PopLlama):
         def __init__(self, *args: Any, **kwargs: Any):
-            own = {k: v for k, v in pop_options.items() if k not in ("loaded", "kv_mode")}
-            super().__init__(*args, **own, **kwargs)
-            if pop_options.get("kv_mode"):
-                self.kv_mode = pop_options["kv_mode"]
+            super().__init__(*args, **{k: v for k, v in pop_options.items() if k != "loaded"}, **kwargs)
             pop_options["loaded"] = self
 
     class PopLlamaProxy(LlamaProxy):
@@ -84,7 +81,9 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     takes). `upstream_settings`: further llama-cpp-python ModelSettings fields (rope scaling, LoRA,
     draft model, ...), honoured as upstream honours them; one pop-local cannot honour is an error.
     """
-    from .settings import LoadSettings, PopSettings
+    from pydantic import ValidationError
+
+    from .settings import LoadSettings, PopSettings, settings_error
 
     server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
     from fastapi import Depends
@@ -100,13 +99,7 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
              **{k: v for k, v in upstream_settings.items() if v is not None}}
     try:
         settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, **given)
-    except Exception as e:  # pydantic's ValidationError: the first problem, in one line
-        from pydantic import ValidationError
-
-        if not isinstance(e, ValidationError):
-            raise
-        from .settings import settings_error
-
+    except ValidationError as e:  # the first problem, in one line
         raise PopError(f"serve: {settings_error(e).args[0]}") from None
     check_model_settings(settings)
     # interrupt_requests off: upstream ends a running stream whenever another request waits for the
