@@ -3,6 +3,7 @@
     python native/build.py                 # into the running interpreter's environment
     CMAKE_ARGS="-DGGML_CUDA=on" python native/build.py
     python native/build.py --vanilla DIR   # unpatched libraries into DIR (benchmark baseline)
+    python native/build.py --vulkan [DIR]  # patched, with the Vulkan backend, into DIR (LLAMA_CPP_LIB_PATH)
 
 What it does, once per install:
 1. fetches the llama-cpp-python sdist from the package registry (pip download) and checks its sha256;
@@ -48,6 +49,11 @@ def cache_root() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pop-local" / "native"
+
+
+def vulkan_lib_dir() -> Path:
+    """Where --vulkan puts the patched Vulkan libraries by default (the Vulkan tests look there)."""
+    return cache_root() / "vulkan-lib"
 
 
 def vanilla_lib_dir() -> Path:
@@ -185,12 +191,14 @@ def install_patched(python: str, root: Path, force: bool = False) -> None:
         stamp.write_text(fingerprint + "\n")
 
 
-def build_vanilla(python: str, root: Path, out: Path) -> None:
-    """Unpatched libllama built the same way, its libraries copied to out (for LLAMA_CPP_LIB_PATH)."""
+def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, extra_args: str = "") -> None:
+    """libllama built from the sdist like the installed one (patched or not, plus extra_args), its
+    libraries copied to out, for LLAMA_CPP_LIB_PATH; the installed build is not touched."""
     sdist = fetch_sdist(python, root)
-    src = unpack(sdist, root / "vanilla" / "src")
-    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=False)
-    build_dir = build_dir_for(root, "vanilla", args)
+    src = unpack(sdist, root / flavour / "src")
+    user = " ".join(x for x in (extra_args, os.environ.get("CMAKE_ARGS", "").strip()) if x)
+    args = cmake_args(user, patched=patched)
+    build_dir = build_dir_for(root, flavour, args)
     with tempfile.TemporaryDirectory() as wheel_dir:
         run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,
              f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
@@ -204,7 +212,7 @@ def build_vanilla(python: str, root: Path, out: Path) -> None:
             shutil.rmtree(out)
         os.replace(tmp / "llama_cpp" / "lib", out)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"pop-local: unpatched libraries in {out} (use LLAMA_CPP_LIB_PATH={out})")
+    print(f"pop-local: {flavour} libraries in {out} (use LLAMA_CPP_LIB_PATH={out})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vanilla", metavar="DIR", nargs="?", const="", default=None,
                    help="build unpatched llama-cpp-python the same way and put its libraries in DIR "
                         "(default: <cache>/vanilla-lib)")
+    p.add_argument("--vulkan", metavar="DIR", nargs="?", const="", default=None,
+                   help="build patched llama-cpp-python with the Vulkan backend and put its libraries in DIR "
+                        "(default: <cache>/vulkan-lib); the installed build is not touched")
     p.add_argument("--force", action="store_true", help="rebuild even if this exact build is installed")
     a = p.parse_args(argv)
     root = cache_root()
@@ -221,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.vanilla is not None:
             out = Path(a.vanilla).resolve() if a.vanilla else vanilla_lib_dir()
             out.parent.mkdir(parents=True, exist_ok=True)
-            build_vanilla(a.python, root, out)
+            build_libs(a.python, root, out, "vanilla", patched=False)
+        elif a.vulkan is not None:
+            out = Path(a.vulkan).resolve() if a.vulkan else vulkan_lib_dir()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build_libs(a.python, root, out, "vulkan", patched=True, extra_args="-DGGML_VULKAN=on")
         else:
             install_patched(a.python, root, force=a.force)
     except BuildError as e:

@@ -10,6 +10,7 @@ what the full model stores, because L's input is the full model's; the layers af
 """
 
 import ctypes
+import os
 import struct
 
 import numpy as np
@@ -35,7 +36,12 @@ CACHE_CONFIGS = {
 }
 
 
+# the GPU runs (tests/gpu/) offload the models: "-1" every layer, or a count
+GPU_LAYERS = int(os.environ.get("POP_LOCAL_TEST_GPU_LAYERS", "0"))
+
+
 def load(path, fa=False, type_k=None, type_v=None, **kw):
+    kw.setdefault("n_gpu_layers", GPU_LAYERS)
     kw.setdefault("n_ctx", 2048)
     kw.setdefault("n_batch", 512)
     kw.setdefault("n_ubatch", 512)
