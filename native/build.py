@@ -3,7 +3,8 @@
     python native/build.py                 # into the running interpreter's environment
     CMAKE_ARGS="-DGGML_CUDA=on" python native/build.py
     python native/build.py --vanilla DIR   # unpatched libraries into DIR (benchmark baseline)
-    python native/build.py --vulkan [DIR]  # patched, with the Vulkan backend, into DIR (LLAMA_CPP_LIB_PATH)
+    python native/build.py --gpu vulkan    # patched, with a GPU backend (vulkan, cuda or metal), into
+                                           # <cache>/vulkan-lib (or --out DIR), for LLAMA_CPP_LIB_PATH
 
 What it does, once per install:
 1. fetches the llama-cpp-python sdist from the package registry (pip download) and checks its sha256;
@@ -51,9 +52,13 @@ def cache_root() -> Path:
     return Path(base) / "pop-local" / "native"
 
 
-def vulkan_lib_dir() -> Path:
-    """Where --vulkan puts the patched Vulkan libraries by default (the Vulkan tests look there)."""
-    return cache_root() / "vulkan-lib"
+# --gpu BACKEND: the CMake switch of each GPU backend llama.cpp has and pop-local documents
+GPU_BACKENDS = {"vulkan": "-DGGML_VULKAN=on", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
+
+
+def gpu_lib_dir(backend: str) -> Path:
+    """Where --gpu BACKEND puts the patched libraries by default (tests/gpu/run.sh looks there)."""
+    return cache_root() / f"{backend}-lib"
 
 
 def vanilla_lib_dir() -> Path:
@@ -191,13 +196,20 @@ def install_patched(python: str, root: Path, force: bool = False) -> None:
         stamp.write_text(fingerprint + "\n")
 
 
-def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, extra_args: str = "") -> None:
+def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, extra_args: str = "",
+               force: bool = False) -> None:
     """libllama built from the sdist like the installed one (patched or not, plus extra_args), its
-    libraries copied to out, for LLAMA_CPP_LIB_PATH; the installed build is not touched."""
-    sdist = fetch_sdist(python, root)
-    src = unpack(sdist, root / flavour / "src")
+    libraries copied to out, for LLAMA_CPP_LIB_PATH; the installed build is not touched. A second
+    call with the same sources and arguments finds the stamp in out and does nothing."""
     user = " ".join(x for x in (extra_args, os.environ.get("CMAKE_ARGS", "").strip()) if x)
     args = cmake_args(user, patched=patched)
+    fingerprint = build_fingerprint(args)
+    stamp = out / ".pop-build"
+    if not force and stamp.exists() and stamp.read_text().strip() == fingerprint:
+        print(f"pop-local: {flavour} libraries in {out} are up to date (use --force to rebuild)")
+        return
+    sdist = fetch_sdist(python, root)
+    src = unpack(sdist, root / flavour / "src")
     build_dir = build_dir_for(root, flavour, args)
     with tempfile.TemporaryDirectory() as wheel_dir:
         run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,
@@ -208,6 +220,7 @@ def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, 
             for name in z.namelist():
                 if name.startswith("llama_cpp/lib/"):
                     z.extract(name, tmp)
+        (tmp / "llama_cpp" / "lib" / ".pop-build").write_text(fingerprint + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "llama_cpp" / "lib", out)
@@ -221,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vanilla", metavar="DIR", nargs="?", const="", default=None,
                    help="build unpatched llama-cpp-python the same way and put its libraries in DIR "
                         "(default: <cache>/vanilla-lib)")
-    p.add_argument("--vulkan", metavar="DIR", nargs="?", const="", default=None,
-                   help="build patched llama-cpp-python with the Vulkan backend and put its libraries in DIR "
-                        "(default: <cache>/vulkan-lib); the installed build is not touched")
+    p.add_argument("--gpu", choices=sorted(GPU_BACKENDS),
+                   help="build patched llama-cpp-python with this GPU backend and put its libraries in "
+                        "<cache>/BACKEND-lib (or --out); the installed build is not touched")
+    p.add_argument("--out", metavar="DIR", help="where --gpu puts the libraries")
     p.add_argument("--force", action="store_true", help="rebuild even if this exact build is installed")
     a = p.parse_args(argv)
     root = cache_root()
@@ -232,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.vanilla is not None:
             out = Path(a.vanilla).resolve() if a.vanilla else vanilla_lib_dir()
             out.parent.mkdir(parents=True, exist_ok=True)
-            build_libs(a.python, root, out, "vanilla", patched=False)
-        elif a.vulkan is not None:
-            out = Path(a.vulkan).resolve() if a.vulkan else vulkan_lib_dir()
+            build_libs(a.python, root, out, "vanilla", patched=False, force=a.force)
+        elif a.gpu:
+            out = Path(a.out).resolve() if a.out else gpu_lib_dir(a.gpu)
             out.parent.mkdir(parents=True, exist_ok=True)
-            build_libs(a.python, root, out, "vulkan", patched=True, extra_args="-DGGML_VULKAN=on")
+            build_libs(a.python, root, out, a.gpu, patched=True, extra_args=GPU_BACKENDS[a.gpu], force=a.force)
         else:
             install_patched(a.python, root, force=a.force)
     except BuildError as e:

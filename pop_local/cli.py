@@ -219,6 +219,24 @@ def inspect(model, plot: Optional[str]) -> None:
         click.echo(f"saved {plot}")
 
 
+@cli.command()
+def devices() -> None:
+    """List the compute devices this build of llama.cpp sees (what --n-gpu-layers offloads to).
+
+    \b
+    Example:
+      pop-local devices
+    """
+    from .devices import backends, devices as found
+
+    click.echo(f"backends in this build: {', '.join(backends())}")
+    for d in found():
+        memory = f"{d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free" if d.memory_total else ""
+        click.echo(f"  {d.name:<10} {d.kind:<5} {d.description}  {memory}".rstrip())
+    if not any(d.offloads for d in found()):
+        click.echo("no GPU: every layer runs on the CPU (README: Backends says how to build for CUDA, Metal or Vulkan)")
+
+
 # --- shared by the model-running commands -----------------------------------------------------------
 # Their load and POP options are built from pop_local.settings (the one definition the server and the
 # integrations use too): same names, defaults, ranges and help everywhere.
