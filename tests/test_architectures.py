@@ -14,8 +14,8 @@ import pytest
 
 import llama_cpp
 
-from llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop, prompt_entries,
-                            set_skip, stats, tokens)
+from llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop, logged_context,
+                            prompt_entries, set_skip, stats, tokens)
 from pop_local import PopLlama
 from pop_local import _native
 
@@ -135,6 +135,28 @@ def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
         want = decode(two, entries[-1:])[0]  # the full graph
         assert stats(one).pruned_tokens == stats(two).pruned_tokens == len(toks) - 1
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text, arch):
+    """The graph nodes ggml's scheduler runs (seen through its eval callback): in a pruned ubatch a
+    skipped layer computes K and V and nothing after them; the boundary token's graph runs every layer."""
+    llm = model(arch_model, arch)
+    n_layer = llm.pop_metadata.n_layer
+    skip = default_skip(n_layer)
+    entries = prompt_entries(tokens(llm, long_text, 32))
+    with logged_context(llm) as (ctx, log):
+        set_skip(ctx, skip)
+        decode(ctx, entries[:-1])
+        pruned = log.take()
+        decode(ctx, entries[-1:])
+        boundary = log.take()
+    for il in range(n_layer):
+        assert f"Kcur-{il}" in pruned and f"Vcur-{il}" in pruned, il
+        for name in (f"kqv_out-{il}", f"ffn_out-{il}", f"l_out-{il}"):
+            assert (name in pruned) == (il not in skip), name
+            assert name in boundary, name
+    assert set(pruned.values()) == set(boundary.values()) == {"CPU"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
