@@ -3,6 +3,8 @@
     python native/build.py                 # into the running interpreter's environment
     CMAKE_ARGS="-DGGML_CUDA=on" python native/build.py
     python native/build.py --vanilla DIR   # unpatched libraries into DIR (benchmark baseline)
+    python native/build.py --gpu vulkan    # patched, with a GPU backend (vulkan, cuda or metal), into
+                                           # <cache>/vulkan-lib (or --out DIR), for LLAMA_CPP_LIB_PATH
 
 What it does, once per install:
 1. fetches the llama-cpp-python sdist from the package registry (pip download) and checks its sha256;
@@ -48,6 +50,15 @@ def cache_root() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pop-local" / "native"
+
+
+# --gpu BACKEND: the CMake switch of each GPU backend llama.cpp has and pop-local documents
+GPU_BACKENDS = {"vulkan": "-DGGML_VULKAN=on", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
+
+
+def gpu_lib_dir(backend: str) -> Path:
+    """Where --gpu BACKEND puts the patched libraries by default (tests/gpu/run.sh looks there)."""
+    return cache_root() / f"{backend}-lib"
 
 
 def vanilla_lib_dir() -> Path:
@@ -185,12 +196,21 @@ def install_patched(python: str, root: Path, force: bool = False) -> None:
         stamp.write_text(fingerprint + "\n")
 
 
-def build_vanilla(python: str, root: Path, out: Path) -> None:
-    """Unpatched libllama built the same way, its libraries copied to out (for LLAMA_CPP_LIB_PATH)."""
+def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, extra_args: str = "",
+               force: bool = False) -> None:
+    """libllama built from the sdist like the installed one (patched or not, plus extra_args), its
+    libraries copied to out, for LLAMA_CPP_LIB_PATH; the installed build is not touched. A second
+    call with the same sources and arguments finds the stamp in out and does nothing."""
+    user = " ".join(x for x in (extra_args, os.environ.get("CMAKE_ARGS", "").strip()) if x)
+    args = cmake_args(user, patched=patched)
+    fingerprint = build_fingerprint(args)
+    stamp = out / ".pop-build"
+    if not force and stamp.exists() and stamp.read_text().strip() == fingerprint:
+        print(f"pop-local: {flavour} libraries in {out} are up to date (use --force to rebuild)")
+        return
     sdist = fetch_sdist(python, root)
-    src = unpack(sdist, root / "vanilla" / "src")
-    args = cmake_args(os.environ.get("CMAKE_ARGS", "").strip(), patched=False)
-    build_dir = build_dir_for(root, "vanilla", args)
+    src = unpack(sdist, root / flavour / "src")
+    build_dir = build_dir_for(root, flavour, args)
     with tempfile.TemporaryDirectory() as wheel_dir:
         run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,
              f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
@@ -200,11 +220,12 @@ def build_vanilla(python: str, root: Path, out: Path) -> None:
             for name in z.namelist():
                 if name.startswith("llama_cpp/lib/"):
                     z.extract(name, tmp)
+        (tmp / "llama_cpp" / "lib" / ".pop-build").write_text(fingerprint + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "llama_cpp" / "lib", out)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"pop-local: unpatched libraries in {out} (use LLAMA_CPP_LIB_PATH={out})")
+    print(f"pop-local: {flavour} libraries in {out} (use LLAMA_CPP_LIB_PATH={out})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vanilla", metavar="DIR", nargs="?", const="", default=None,
                    help="build unpatched llama-cpp-python the same way and put its libraries in DIR "
                         "(default: <cache>/vanilla-lib)")
+    p.add_argument("--gpu", choices=sorted(GPU_BACKENDS),
+                   help="build patched llama-cpp-python with this GPU backend and put its libraries in "
+                        "<cache>/BACKEND-lib (or --out); the installed build is not touched")
+    p.add_argument("--out", metavar="DIR", help="where --gpu puts the libraries")
     p.add_argument("--force", action="store_true", help="rebuild even if this exact build is installed")
     a = p.parse_args(argv)
     root = cache_root()
@@ -221,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.vanilla is not None:
             out = Path(a.vanilla).resolve() if a.vanilla else vanilla_lib_dir()
             out.parent.mkdir(parents=True, exist_ok=True)
-            build_vanilla(a.python, root, out)
+            build_libs(a.python, root, out, "vanilla", patched=False, force=a.force)
+        elif a.gpu:
+            out = Path(a.out).resolve() if a.out else gpu_lib_dir(a.gpu)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build_libs(a.python, root, out, a.gpu, patched=True, extra_args=GPU_BACKENDS[a.gpu], force=a.force)
         else:
             install_patched(a.python, root, force=a.force)
     except BuildError as e:

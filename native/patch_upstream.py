@@ -113,6 +113,18 @@ EDITS = [
      "                    model.layers[il].wo, NULL, model.layers[il].wo_s,\n"
      "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f, il);",
      SKIP_LINE),
+    # Vulkan builds: VK_EXT_layer_settings (used only to turn on validation-layer settings) is newer than
+    # the Vulkan headers of Debian 12 (1.3.239); without it the instance is created without that chain
+    ("../ggml/src/ggml-vulkan/ggml-vulkan.cpp",
+     "@@    VkBool32 enable_best_practice = layer_settings;\n",
+     "#ifdef VK_EXT_LAYER_SETTINGS_EXTENSION_NAME // pop-local"),
+    ("../ggml/src/ggml-vulkan/ggml-vulkan.cpp",
+     "    vk::InstanceCreateInfo instance_create_info(vk::InstanceCreateFlags{}, &app_info, layers, extensions, "
+     "&layer_setting_info);\n@@",
+     "#else // pop-local\n"
+     "    vk::InstanceCreateInfo instance_create_info(vk::InstanceCreateFlags{}, &app_info, layers, extensions); "
+     "// pop-local\n"
+     "#endif // pop-local"),
 ]
 
 

@@ -54,7 +54,16 @@ def time_prefill(llm, tokens: Sequence[int]) -> float:
     llm.reset()
     start = time.perf_counter()
     llm.eval(tokens)
+    _synchronize(llm)
     return (time.perf_counter() - start) * 1000.0
+
+
+def _synchronize(llm) -> None:
+    # a GPU backend may return from llama_decode before the device is done (eval's logits read waits
+    # today; the timer must not depend on that)
+    import llama_cpp
+
+    llama_cpp.llama_synchronize(llm.ctx)
 
 
 def time_decode(llm, prompt: Sequence[int], steps: Sequence[int]) -> float:
@@ -64,6 +73,7 @@ def time_decode(llm, prompt: Sequence[int], steps: Sequence[int]) -> float:
     start = time.perf_counter()
     for tok in steps:
         llm.eval([tok])
+    _synchronize(llm)
     return len(steps) / (time.perf_counter() - start)
 
 

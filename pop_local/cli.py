@@ -219,6 +219,29 @@ def inspect(model, plot: Optional[str]) -> None:
         click.echo(f"saved {plot}")
 
 
+@cli.command()
+def devices() -> None:
+    """List the compute devices this build of llama.cpp sees (what --n-gpu-layers offloads to).
+
+    \b
+    Example:
+      pop-local devices
+    """
+    from .devices import backends, devices as found
+
+    names, listed = backends(), found()
+    click.echo(f"backends in this build: {', '.join(names)}")
+    for d in listed:
+        memory = f"{d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free" if d.memory_total else ""
+        click.echo(f"  {d.name:<10} {d.kind:<5} {d.description}  {memory}".rstrip())
+    if not any(d.offloads for d in listed):
+        if "Vulkan" in names:
+            click.echo("no GPU: Vulkan found none it uses (a software device such as lavapipe is used only when "
+                       "selected: GGML_VK_VISIBLE_DEVICES=0)")
+        else:
+            click.echo("no GPU: every layer runs on the CPU (README, GPU backends: how to build for CUDA, Metal or Vulkan)")
+
+
 # --- shared by the model-running commands -----------------------------------------------------------
 # Their load and POP options are built from pop_local.settings (the one definition the server and the
 # integrations use too): same names, defaults, ranges and help everywhere.

@@ -3,6 +3,7 @@ flags, several sequences) beside a PopLlama's own context."""
 
 import contextlib
 import ctypes
+import struct
 
 import numpy as np
 
@@ -19,6 +20,40 @@ def context(llm, **params):
     ctx = llama_cpp.llama_init_from_model(llm._model.model, cp)
     assert ctx
     return ctx
+
+
+class NodeLog:
+    """Where the graph nodes of a context ran: ggml's scheduler calls `callback` with every node of
+    every split before computing it (ask=true); answering false asks for nothing, so the schedule and
+    the backends' kernels stay exactly as without the callback. `nodes` collects (name, buffer name)."""
+
+    def __init__(self):
+        from pop_local.devices import tensor_placement
+
+        self.nodes = []
+
+        def seen(tensor, ask, _user_data):
+            if ask:
+                self.nodes.append(tensor_placement(tensor))
+            return False
+
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(seen)  # kept alive with the log
+
+    def take(self):
+        """{node name: buffer name} of what ran since the last take()."""
+        got, self.nodes = dict(self.nodes), []
+        return got
+
+
+@contextlib.contextmanager
+def logged_context(llm, **params):
+    """A context made by context() whose scheduler reports every node to a NodeLog: (ctx, log)."""
+    log = NodeLog()
+    ctx = context(llm, cb_eval=log.callback, cb_eval_user_data=None, **params)
+    try:
+        yield ctx, log
+    finally:
+        llama_cpp.llama_free(ctx)
 
 
 @contextlib.contextmanager
@@ -67,3 +102,80 @@ def full_cut_like_pop(ctx, entries):
     _native.lib().pop_llama_set_enabled(ctx, False)
     decode(ctx, entries[:-1])
     return decode(ctx, entries[-1:])[0]
+
+
+def default_skip(n_layer):
+    return list(range(n_layer - round(n_layer / 3), n_layer))
+
+
+def tokens(llm, text, n):
+    toks = llm.tokenize(text.encode(), add_bos=True)
+    while len(toks) < n:
+        toks += toks[1:]
+    return toks[:n]
+
+
+def prompt_entries(toks, seq=0):
+    """(token, pos, seq, output) entries of one prompt with an output at its last token."""
+    return [(t, p, seq, p == len(toks) - 1) for p, t in enumerate(toks)]
+
+
+# --- reading the KV cache back ------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, data):
+        self.data, self.off = data, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from("<" + fmt, self.data, self.off)
+        self.off += struct.calcsize("<" + fmt)
+        return v[0] if len(v) == 1 else v
+
+    def raw(self, n):
+        b = self.data[self.off:self.off + n]
+        self.off += n
+        return b
+
+
+def cache_layers(ctx, n_layer, seq=0):
+    """{model layer: (K bytes, V bytes)} of one sequence, from llama.cpp's own state serialisation
+    (a magic and the sequence id, then llama_kv_cache::state_write: per stream the cells, then per
+    cache layer K rows, then V). A model
+    with sliding-window layers has two caches, written base (global layers) first, then SWA."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq)
+    r = _Reader(bytes(buf[:written]))
+    assert r.take("I") == 0xAF143CD8 and r.take("i") == seq  # llama_context::state_seq_get_data's header
+    caches = []
+    while r.off < len(r.data):
+        for _stream in range(r.take("I")):
+            cells = r.take("I")
+            if cells == 0:
+                continue
+            for _ in range(cells):
+                _pos, n_seq = r.take("iI")
+                r.raw(4 * n_seq)
+            v_trans, n = r.take("II")
+            ks = []
+            for _ in range(n):
+                _type, row = r.take("iQ")
+                ks.append(r.raw(row * cells))
+            vs = []
+            for _ in range(n):
+                if v_trans:
+                    _type, el, n_embd_v = r.take("iII")
+                    vs.append(r.raw(el * n_embd_v * cells))
+                else:
+                    _type, row = r.take("iQ")
+                    vs.append(r.raw(row * cells))
+            caches.append(list(zip(ks, vs)))
+    if len(caches) == 1:
+        assert len(caches[0]) == n_layer
+        return dict(enumerate(caches[0]))
+    # Gemma 3: every sixth layer is global (llama.cpp's set_swa_pattern(6) for gemma3)
+    base, swa = caches
+    globals_ = [il for il in range(n_layer) if (il + 1) % 6 == 0]
+    assert len(base) == len(globals_) and len(swa) == n_layer - len(globals_)
+    locals_ = [il for il in range(n_layer) if il not in globals_]
+    return {**dict(zip(globals_, base)), **dict(zip(locals_, swa))}

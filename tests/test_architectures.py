@@ -1,23 +1,21 @@
 """POP on every supported architecture: llama (SmolLM2), qwen2 and qwen3 (SmolLM2's weights rewritten
 as those architectures, tests/arch_models.py) and gemma3 (the real Gemma-3-270M, sliding-window layers
 with their own cache and RoPE base, post-norms, scaled embeddings), under flash attention on and off,
-a q8_0 KV cache, chunked and multi-sequence batches, embedding contexts and, where a GPU exists,
-partial offload.
+a q8_0 KV cache, chunked and multi-sequence batches and embedding contexts, on the CPU
+(test_gpu_offload.py runs the same checks on a GPU backend).
 
 The central check reads the KV cache back (llama_state_seq_get_data) and compares it byte for byte
 with the full model's: with one layer L skipped, every layer up to and including L must hold exactly
 what the full model stores, because L's input is the full model's; the layers after L must differ.
 """
 
-import ctypes
-import struct
-
 import numpy as np
 import pytest
 
 import llama_cpp
 
-from llama_contexts import contexts, decode, full_cut_like_pop, set_skip, stats
+from llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop, logged_context,
+                            prompt_entries, set_skip, stats, tokens)
 from pop_local import PopLlama
 from pop_local import _native
 
@@ -58,79 +56,6 @@ def teardown_module():
     for llm in _models.values():
         llm.close()
     _models.clear()
-
-
-def tokens(llm, text, n):
-    toks = llm.tokenize(text.encode(), add_bos=True)
-    while len(toks) < n:
-        toks += toks[1:]
-    return toks[:n]
-
-
-def prompt_entries(toks, seq=0):
-    """(token, pos, seq, output) entries of one prompt with an output at its last token."""
-    return [(t, p, seq, p == len(toks) - 1) for p, t in enumerate(toks)]
-
-
-# --- reading the KV cache back ------------------------------------------------------------------
-
-class _Reader:
-    def __init__(self, data):
-        self.data, self.off = data, 0
-
-    def take(self, fmt):
-        v = struct.unpack_from("<" + fmt, self.data, self.off)
-        self.off += struct.calcsize("<" + fmt)
-        return v[0] if len(v) == 1 else v
-
-    def raw(self, n):
-        b = self.data[self.off:self.off + n]
-        self.off += n
-        return b
-
-
-def cache_layers(ctx, n_layer, seq=0):
-    """{model layer: (K bytes, V bytes)} of one sequence, from llama.cpp's own state serialisation
-    (a magic and the sequence id, then llama_kv_cache::state_write: per stream the cells, then per
-    cache layer K rows, then V). A model
-    with sliding-window layers has two caches, written base (global layers) first, then SWA."""
-    size = llama_cpp.llama_state_seq_get_size(ctx, seq)
-    buf = (ctypes.c_uint8 * size)()
-    written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq)
-    r = _Reader(bytes(buf[:written]))
-    assert r.take("I") == 0xAF143CD8 and r.take("i") == seq  # llama_context::state_seq_get_data's header
-    caches = []
-    while r.off < len(r.data):
-        for _stream in range(r.take("I")):
-            cells = r.take("I")
-            if cells == 0:
-                continue
-            for _ in range(cells):
-                _pos, n_seq = r.take("iI")
-                r.raw(4 * n_seq)
-            v_trans, n = r.take("II")
-            ks = []
-            for _ in range(n):
-                _type, row = r.take("iQ")
-                ks.append(r.raw(row * cells))
-            vs = []
-            for _ in range(n):
-                if v_trans:
-                    _type, el, n_embd_v = r.take("iII")
-                    vs.append(r.raw(el * n_embd_v * cells))
-                else:
-                    _type, row = r.take("iQ")
-                    vs.append(r.raw(row * cells))
-            caches.append(list(zip(ks, vs)))
-    if len(caches) == 1:
-        assert len(caches[0]) == n_layer
-        return dict(enumerate(caches[0]))
-    # Gemma 3: every sixth layer is global (llama.cpp's set_swa_pattern(6) for gemma3)
-    base, swa = caches
-    globals_ = [il for il in range(n_layer) if (il + 1) % 6 == 0]
-    assert len(base) == len(globals_) and len(swa) == n_layer - len(globals_)
-    locals_ = [il for il in range(n_layer) if il not in globals_]
-    return {**dict(zip(globals_, base)), **dict(zip(locals_, swa))}
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -194,10 +119,6 @@ def test_empty_skip_set_is_identical_to_pop_off(arch_model, long_text, arch):
         assert stats(on).pruned_tokens == 0
 
 
-def default_skip(n_layer):
-    return list(range(n_layer - round(n_layer / 3), n_layer))
-
-
 @pytest.mark.parametrize("arch", ARCHES)
 def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
     """POP's logits for the last prompt token == the full graph run for that token over POP's cache."""
@@ -214,6 +135,28 @@ def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
         want = decode(two, entries[-1:])[0]  # the full graph
         assert stats(one).pruned_tokens == stats(two).pruned_tokens == len(toks) - 1
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text, arch):
+    """The graph nodes ggml's scheduler runs (seen through its eval callback): in a pruned ubatch a
+    skipped layer computes K and V and nothing after them; the boundary token's graph runs every layer."""
+    llm = model(arch_model, arch)
+    n_layer = llm.pop_metadata.n_layer
+    skip = default_skip(n_layer)
+    entries = prompt_entries(tokens(llm, long_text, 32))
+    with logged_context(llm) as (ctx, log):
+        set_skip(ctx, skip)
+        decode(ctx, entries[:-1])
+        pruned = log.take()
+        decode(ctx, entries[-1:])
+        boundary = log.take()
+    for il in range(n_layer):
+        assert f"Kcur-{il}" in pruned and f"Vcur-{il}" in pruned, il
+        for name in (f"kqv_out-{il}", f"ffn_out-{il}", f"l_out-{il}"):
+            assert (name in pruned) == (il not in skip), name
+            assert name in boundary, name
+    assert set(pruned.values()) == set(boundary.values()) == {"CPU"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -261,26 +204,3 @@ def test_embedding_contexts_run_full_and_match(arch_model, arch):
         finally:
             llm.close()
     assert vecs[True].size > 0 and np.array_equal(vecs[True], vecs[False])
-
-
-@pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(), reason="this build has no GPU backend")
-@pytest.mark.parametrize("arch", ARCHES)
-def test_partial_gpu_offload(arch_model, long_text, arch):
-    """Half the layers on the GPU: the skipped layers' K/V still match the full model's on the same split."""
-    path = arch_model(arch)
-    probe = model(arch_model, arch)
-    n_layer = probe.pop_metadata.n_layer
-    llm = load(path, n_gpu_layers=n_layer // 2)
-    try:
-        toks = tokens(llm, long_text, N_PROMPT)
-        entries = prompt_entries(toks)
-        with contexts(llm, 2) as (full, pop):
-            full_cut_like_pop(full, entries)
-            set_skip(pop, [n_layer // 2])
-            decode(pop, entries)
-            assert stats(pop).pruned_tokens == len(toks) - 1
-            want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
-            for il in range(n_layer // 2 + 1):
-                assert got[il] == want[il], f"layer {il}"
-    finally:
-        llm.close()

@@ -42,3 +42,29 @@ def test_hook_file_exists_and_names_our_sources():
 def test_sdist_is_pinned():
     assert build.SDIST_NAME == "llama_cpp_python-0.3.36.tar.gz"
     assert len(build.SDIST_SHA256) == 64
+
+
+def test_gpu_variants_get_their_own_folder_and_backend_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("POP_LOCAL_BUILD_ROOT", str(tmp_path))
+    assert build.gpu_lib_dir("vulkan") == tmp_path / "vulkan-lib"
+    assert build.GPU_BACKENDS == {"vulkan": "-DGGML_VULKAN=on", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
+    vulkan = build.cmake_args(build.GPU_BACKENDS["vulkan"], patched=True)
+    assert build.build_dir_for(tmp_path, "vulkan", vulkan) != build.build_dir_for(tmp_path, "vulkan", build.cmake_args("", True))
+
+
+def test_an_up_to_date_library_folder_is_not_rebuilt(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    flag = build.GPU_BACKENDS["vulkan"]
+    out = tmp_path / "vulkan-lib"
+    out.mkdir()
+    (out / ".pop-build").write_text(build.build_fingerprint(build.cmake_args(flag, patched=True)) + "\n")
+    # an interpreter that does not exist: any attempt to fetch or build would fail
+    build.build_libs(str(tmp_path / "no-python"), tmp_path, out, "vulkan", patched=True, extra_args=flag)
+    assert "up to date" in capsys.readouterr().out
+    (out / ".pop-build").write_text("another build\n")
+    try:
+        build.build_libs(str(tmp_path / "no-python"), tmp_path, out, "vulkan", patched=True, extra_args=flag)
+    except (build.BuildError, OSError):
+        pass  # it tried to build: the stamp did not match
+    else:
+        raise AssertionError("a stale stamp was taken as up to date")

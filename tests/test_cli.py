@@ -35,7 +35,7 @@ def pop_local(*args, stdin=None, env=None, timeout=600):
 
 # --- help and usage ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve", "convert", "inspect"])
+@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve", "convert", "inspect", "devices"])
 def test_every_command_has_help_with_examples(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
@@ -46,6 +46,21 @@ def test_every_command_has_help_with_examples(command):
                                   ["eval", "x.gguf", "--ctx", "1"], ["serve", "x.gguf", "--port", "http"]])
 def test_usage_errors_exit_2(args):
     assert CliRunner().invoke(cli, args).exit_code == 2
+
+
+def test_devices_lists_what_the_loaded_build_sees():
+    """A fresh process: the loaded libraries decide (LLAMA_CPP_LIB_PATH picks a GPU build)."""
+    from pop_local.devices import devices
+
+    result = pop_local("devices")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("backends in this build: ") and "CPU" in lines[0]
+    found = devices()
+    assert any(d.kind == "cpu" for d in found)
+    for d in found:
+        assert any(line.split()[:2] == [d.name, d.kind] for line in lines[1:]), d
+    assert ("no GPU" in result.stdout) == (not any(d.offloads for d in found))
 
 
 # --- bad model files, every command -------------------------------------------------------------------
