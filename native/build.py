@@ -126,6 +126,8 @@ def cmake_args(user_args: str, patched: bool) -> str:
     ours = []
     if patched:
         ours.append(f"-DCMAKE_PROJECT_llama_cpp_INCLUDE={HOOK}")
+        # llama.cpp's RPC backend (pop-local rpc-server, --rpc): a small library; -DGGML_RPC=OFF drops it
+        ours.append("-DGGML_RPC=ON")
     else:
         ours.append("-DLLAVA_BUILD=OFF")  # same as the hook's default, so the baseline is built the same way
     if shutil.which("ccache") and "COMPILER_LAUNCHER" not in user_args:

@@ -1,0 +1,159 @@
+"""POP across llama.cpp's RPC backend, on loopback only: `pop-local rpc-server` processes on 127.0.0.1
+(each serving its CPU as a device), the model split over the local CPU and two remote devices.
+
+The remote devices run the same ggml CPU kernels on the same inputs as a local run, so the split
+model is compared exactly (bytes of the KV cache, logits): any difference would be a transport or
+placement error, not arithmetic.
+"""
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from llama_contexts import cache_layers, contexts, decode, default_skip, prompt_entries, set_skip, stats, tokens
+from pop_local import PopLlama
+from serve_process import free_port
+
+pytestmark = pytest.mark.slow
+
+N_LOCAL_LAYERS = 10  # SmolLM2's 30 layers: 0-9 here, 10-19 and 20-29 on the two servers
+
+
+@contextlib.contextmanager
+def rpc_server(*args, start_timeout=60):
+    """`pop-local rpc-server` on a free loopback port: yields ("127.0.0.1:PORT", process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "rpc-server", "--port", str(port),
+                             "--threads", "1", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background job (CI) inherits an ignored SIGINT; Ctrl-C is tested here
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + start_timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"rpc-server exited: {proc.stderr.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("rpc-server did not start")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    with rpc_server() as (a, _), rpc_server() as (b, _):
+        yield [a, b]
+
+
+@pytest.fixture(scope="module")
+def models(smollm2, servers):
+    """(local, split): the same POP model on the CPU alone and over CPU + two remote devices."""
+    common = dict(skip_layers="20-29", n_ctx=1024, n_batch=512, n_ubatch=512, verbose=False, seed=1)
+    local = PopLlama(smollm2, n_gpu_layers=0, **common)
+    split = PopLlama(smollm2, rpc_servers=",".join(servers), n_gpu_layers=30 - N_LOCAL_LAYERS,
+                     tensor_split=[1.0, 1.0], **common)
+    yield local, split
+    split.close()
+    local.close()
+
+
+def test_split_model_stores_the_same_cache_and_boundary_logits(models, long_text):
+    local, split = models
+    n_layer = local.pop_metadata.n_layer
+    entries = prompt_entries(tokens(local, long_text, 200))
+    with contexts(local, 1) as (here,), contexts(split, 1) as (there,):
+        for ctx in (here, there):
+            set_skip(ctx, default_skip(n_layer))
+        want, got = decode(here, entries)[199], decode(there, entries)[199]
+        assert stats(there).pruned_tokens == 199 and stats(there).full_tokens == 1
+        assert cache_layers(there, n_layer) == cache_layers(here, n_layer)
+        assert np.array_equal(got, want)
+
+
+def test_split_model_chats_like_the_local_one_over_two_turns(models):
+    local, split = models
+    answers = {}
+    for name, llm in (("local", local), ("split", split)):
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        first = llm.create_chat_completion(messages, max_tokens=12, temperature=0)["choices"][0]["message"]["content"]
+        before = llm.pop_stats()["pruned_tokens"]
+        messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And of Italy?"}]
+        second = llm.create_chat_completion(messages, max_tokens=12, temperature=0)["choices"][0]["message"]["content"]
+        assert llm.pop_stats()["pruned_tokens"] > before  # the second turn's prompt was pruned too
+        answers[name] = (first, second)
+    assert answers["split"] == answers["local"] and all(answers["split"])
+
+
+CLIENT = textwrap.dedent("""
+    import sys
+    from pop_local import PopLlama
+    from pop_local.texts import passage
+    llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=20, skip_layers="20-29",
+                   n_ctx=4096, n_batch=4096, n_ubatch=512, verbose=False)
+    toks = llm.tokenize(passage().encode())[:3000]
+    print("loaded", flush=True)
+    for _ in range(100):
+        llm.reset()
+        llm.eval(toks)
+    print("finished", flush=True)
+""")
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_server_that_goes_away_mid_prefill_is_a_clear_error(smollm2, how):
+    """Killed: the connection breaks at once. Stopped (SIGSTOP, a hung machine): the connection stays
+    open and only the request timeout (--rpc-timeout, 3 s here) ends the wait. Either way one line, exit 1."""
+    with rpc_server() as (endpoint, server):
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, smollm2, endpoint, "3"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout.readline().strip() == "loaded", client.stderr.read()
+            time.sleep(1.0)  # inside the prefills
+            server.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            start = time.time()
+            _, err = client.communicate(timeout=60)
+            took = time.time() - start
+        finally:
+            if client.poll() is None:
+                client.kill()
+            server.send_signal(signal.SIGCONT)
+        assert client.returncode == 1
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1].startswith(f"Error: the RPC server at {endpoint} stopped answering"), err
+        assert took < (5 if how == "killed" else 20), took
+
+
+def test_an_unreachable_server_is_a_one_line_error_before_loading(smollm2):
+    closed = f"127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "pop_local.cli", "bench", smollm2, "--skip-layers", "20-29",
+                             "--rpc", closed], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: cannot reach the RPC server at {closed}: Connection refused"
+
+
+def test_rpc_server_binds_loopback_warns_elsewhere_and_stops_on_ctrl_c():
+    with rpc_server() as (endpoint, proc):
+        assert endpoint.startswith("127.0.0.1:")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "rpc-server stopped (Ctrl-C)" in err
+        assert "WARNING" not in err
+    with rpc_server("--host", "0.0.0.0") as (_, proc):
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "rpc-server stopped (SIGTERM)" in err
+        assert "WARNING: listening on 0.0.0.0" in err and "no authentication" in err
