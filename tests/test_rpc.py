@@ -17,13 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from llama_contexts import cache_layers, contexts, decode, default_skip, prompt_entries, set_skip, stats, tokens
+from llama_contexts import (cache_layers, contexts, decode, default_skip, logged_context, prompt_entries, set_skip,
+                            stats, tokens)
 from pop_local import PopLlama
 from serve_process import free_port
 
 pytestmark = pytest.mark.slow
 
-N_LOCAL_LAYERS = 10  # SmolLM2's 30 layers: 0-9 here, 10-19 and 20-29 on the two servers
+N_LOCAL_LAYERS = 10  # SmolLM2's 30 layers: 0-9 here, 10-20 and 21-29 on the two servers
 
 
 @contextlib.contextmanager
@@ -64,7 +65,8 @@ def models(smollm2, servers):
     """(local, split): the same POP model on the CPU alone and over CPU + two remote devices."""
     common = dict(skip_layers="20-29", n_ctx=1024, n_batch=512, n_ubatch=512, verbose=False, seed=1)
     local = PopLlama(smollm2, n_gpu_layers=0, **common)
-    split = PopLlama(smollm2, rpc_servers=",".join(servers), n_gpu_layers=30 - N_LOCAL_LAYERS,
+    # llama.cpp counts the output layer in n_gpu_layers: 21 puts layers 10-29 on the devices
+    split = PopLlama(smollm2, rpc_servers=",".join(servers), n_gpu_layers=30 - N_LOCAL_LAYERS + 1,
                      tensor_split=[1.0, 1.0], **common)
     yield local, split
     split.close()
@@ -75,13 +77,22 @@ def test_split_model_stores_the_same_cache_and_boundary_logits(models, long_text
     local, split = models
     n_layer = local.pop_metadata.n_layer
     entries = prompt_entries(tokens(local, long_text, 200))
-    with contexts(local, 1) as (here,), contexts(split, 1) as (there,):
+    with contexts(local, 1) as (here,), logged_context(split) as (there, log):
         for ctx in (here, there):
             set_skip(ctx, default_skip(n_layer))
         want, got = decode(here, entries)[199], decode(there, entries)[199]
         assert stats(there).pruned_tokens == 199 and stats(there).full_tokens == 1
         assert cache_layers(there, n_layer) == cache_layers(here, n_layer)
         assert np.array_equal(got, want)
+        # where the nodes ran: K/V of layers 0-9 here, then one server, then the other (skipped layers)
+        ran = log.take()
+        places = [ran[f"Kcur-{il}"] for il in range(n_layer)]
+        assert not any(p.startswith("RPC") for p in places[:N_LOCAL_LAYERS]), places
+        first, second = places[N_LOCAL_LAYERS], places[-1]
+        assert first.startswith("RPC") and second.startswith("RPC") and first != second, places
+        cut = places.index(second)  # tensor_split 1:1 over layers 10-29 and the output layer's slot
+        assert places[N_LOCAL_LAYERS:cut] == [first] * (cut - N_LOCAL_LAYERS) and cut in (20, 21), places
+        assert set(places[cut:]) == {second}, places
 
 
 def test_split_model_chats_like_the_local_one_over_two_turns(models):
@@ -102,7 +113,7 @@ CLIENT = textwrap.dedent("""
     import sys
     from pop_local import PopLlama
     from pop_local.texts import passage
-    llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=20, skip_layers="20-29",
+    llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=21, skip_layers="20-29",
                    n_ctx=4096, n_batch=4096, n_ubatch=512, verbose=False)
     toks = llm.tokenize(passage().encode())[:3000]
     print("loaded", flush=True)
