@@ -220,17 +220,28 @@ def inspect(model, plot: Optional[str]) -> None:
 
 
 @cli.command()
-def devices() -> None:
+@click.option("--rpc", "rpc_servers", metavar="HOST:PORT[,...]", help="also list these RPC servers' devices")
+@_fail_cleanly
+def devices(rpc_servers) -> None:
     """List the compute devices this build of llama.cpp sees (what --n-gpu-layers offloads to).
 
     \b
-    Example:
+    Examples:
       pop-local devices
+      pop-local devices --rpc 192.168.1.20:50052
     """
     from .devices import backends, devices as found
 
+    if rpc_servers:
+        from .rpc import parse_endpoints, use_servers
+
+        try:
+            endpoints = parse_endpoints(rpc_servers)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--rpc") from None
+        use_servers(endpoints)
     names, listed = backends(), found()
-    click.echo(f"backends in this build: {', '.join(names)}")
+    click.echo(f"backends in this build: {', '.join(n for n in names if not n.startswith('RPC['))}")
     for d in listed:
         memory = f"{d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free" if d.memory_total else ""
         click.echo(f"  {d.name:<10} {d.kind:<5} {d.description}  {memory}".rstrip())

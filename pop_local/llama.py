@@ -68,17 +68,19 @@ class PopLlama(llama_cpp.Llama):
         self._stats_snapshot: Dict[str, Any] = {}
         # llama-cpp-python takes rpc_servers and ignores it (its llama.cpp removed the model parameter):
         # the remote devices are registered here, before the load
-        rpc_servers, rpc_timeout = llama_kwargs.pop("rpc_servers", None), llama_kwargs.pop("rpc_timeout", 300)
-        if rpc_servers:
-            from .rpc import parse_endpoints, use_servers
+        from .rpc import devices_for_load, parse_endpoints, use_servers
 
+        rpc_servers, rpc_timeout = llama_kwargs.pop("rpc_servers", None), llama_kwargs.pop("rpc_timeout", 300)
+        endpoints: List[str] = []
+        if rpc_servers:
             try:
                 endpoints = parse_endpoints(rpc_servers)
             except ValueError as e:
                 raise PopError(f"rpc_servers: {e}") from None
             use_servers(endpoints, timeout_s=rpc_timeout)
 
-        super().__init__(model_path=model_path, **llama_kwargs)
+        with devices_for_load(endpoints):  # only this model's servers, once any is registered
+            super().__init__(model_path=model_path, **llama_kwargs)
 
         if requested_skip is not None:
             self.skip_layers = requested_skip

@@ -14,6 +14,7 @@ trust (it binds to 127.0.0.1 unless told otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -23,7 +24,8 @@ from typing import Iterable, List, Sequence, Union
 
 from .errors import PopError
 
-__all__ = ["DEFAULT_PORT", "parse_endpoints", "check_reachable", "use_servers", "registered", "serve_devices"]
+__all__ = ["DEFAULT_PORT", "parse_endpoints", "check_reachable", "use_servers", "registered", "devices_for_load",
+           "serve_devices"]
 
 DEFAULT_PORT = 50052
 CONNECT_TIMEOUT_S = 5.0
@@ -32,6 +34,7 @@ TIMEOUT_ENV = "POP_LOCAL_RPC_TIMEOUT"
 
 _lock = threading.Lock()
 _registered: List[str] = []
+_load_lock = threading.Lock()
 
 
 def parse_endpoints(value: Union[str, Sequence[str], None]) -> List[str]:
@@ -142,6 +145,63 @@ def use_servers(endpoints: Iterable[str], timeout_s: float = 300.0) -> None:
                 raise PopError(f"the RPC server at {endpoint} did not list its devices")
             reg_lib.ggml_backend_register(reg)
             _registered.append(endpoint)
+
+
+def _offload_devices(endpoints: Sequence[str]) -> List[int]:
+    """ggml devices a model with these RPC servers may use, in llama.cpp's default order: the
+    servers' devices first (in the order given), then the local GPUs (integrated ones only when
+    there is no discrete one). Other servers registered in this process are left out."""
+    from .devices import ggml
+
+    lib = ggml()
+    for name, res, args in [("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p])]:
+        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+    by_server: dict = {}
+    gpus, igpus = [], []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        reg = (lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) or b"").decode(errors="replace")
+        kind = lib.ggml_backend_dev_type(dev)
+        if reg == "RPC":  # a remote device: ggml-rpc describes it by its server's endpoint
+            endpoint = (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
+            by_server.setdefault(endpoint, []).append(dev)
+        elif kind == 1:
+            gpus.append(dev)
+        elif kind == 2:
+            igpus.append(dev)
+    chosen = [dev for endpoint in endpoints for dev in by_server.get(endpoint, [])]
+    return chosen + (gpus or igpus)
+
+
+@contextlib.contextmanager
+def devices_for_load(endpoints: Sequence[str]):
+    """While a model loads: restrict it to its own RPC servers' devices (and the local GPUs).
+
+    Registered servers stay in ggml's registry for the rest of the process, and llama.cpp's default
+    device selection takes every one of them; a model loaded later without rpc_servers must not land
+    on them. llama-cpp-python builds the model parameters inside Llama.__init__ and has no argument
+    for the device list, so its llama_model_default_params is wrapped for the load (loads are
+    serialised meanwhile). Nothing changes while no server is registered."""
+    if not registered():
+        yield
+        return
+    import llama_cpp.llama_cpp as bindings
+
+    devs = _offload_devices(endpoints)
+    array = (ctypes.c_void_p * (len(devs) + 1))(*devs, None)  # NULL-terminated, alive for the load
+    original = bindings.llama_model_default_params
+
+    def with_devices():
+        params = original()
+        params.devices = ctypes.cast(array, ctypes.c_void_p)
+        return params
+
+    with _load_lock:
+        bindings.llama_model_default_params = with_devices
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
 
 
 def serve_devices(host: str, port: int, threads: int, device_names: Sequence[str] = ()) -> None:

@@ -168,3 +168,26 @@ def test_rpc_server_binds_loopback_warns_elsewhere_and_stops_on_ctrl_c():
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and "rpc-server stopped (SIGTERM)" in err
         assert "WARNING: listening on 0.0.0.0" in err and "no authentication" in err
+
+
+def test_a_model_loaded_without_rpc_servers_stays_off_the_registered_ones(models, smollm2, long_text):
+    """Registered servers stay in ggml's registry for the whole process; a later model without
+    rpc_servers, every layer "offloaded", must not land on them."""
+    _, split = models  # the servers are registered by now
+    later = PopLlama(smollm2, n_gpu_layers=-1, n_ctx=256, verbose=False)
+    try:
+        with logged_context(later) as (ctx, log):
+            decode(ctx, prompt_entries(tokens(later, long_text, 16)))
+            assert set(log.take().values()) == {"CPU"}
+    finally:
+        later.close()
+
+
+def test_a_server_that_cannot_be_reached_is_bounded_by_the_connect_timeout():
+    from pop_local.errors import PopError
+    from pop_local.rpc import check_reachable
+
+    start = time.time()
+    with pytest.raises(PopError, match="cannot reach the RPC server at 10.255.255.1:50052"):
+        check_reachable("10.255.255.1:50052", timeout=1.0)  # unroutable: no answer, or no route at once
+    assert time.time() - start < 5
