@@ -191,3 +191,21 @@ def test_a_server_that_cannot_be_reached_is_bounded_by_the_connect_timeout():
     with pytest.raises(PopError, match="cannot reach the RPC server at 10.255.255.1:50052"):
         check_reachable("10.255.255.1:50052", timeout=1.0)  # unroutable: no answer, or no route at once
     assert time.time() - start < 5
+
+
+def test_the_server_app_splits_its_model_too(smollm2):
+    """`pop-local serve --rpc`: the settings reach upstream's ModelSettings (rpc_servers, tensor_split),
+    its loader hands them to PopLlama, which registers the server before the load."""
+    pytest.importorskip("fastapi")
+    from pop_local.server import create_pop_app
+    from pop_local.settings import LoadSettings
+
+    with rpc_server() as (endpoint, _):
+        load = LoadSettings(n_ctx=256, rpc_servers=endpoint, n_gpu_layers=21, tensor_split="1", rpc_timeout=30)
+        llm = create_pop_app(smollm2, load).state.pop_llm
+        try:
+            with logged_context(llm) as (ctx, log):
+                decode(ctx, prompt_entries(tokens(llm, "The lighthouse keeper kept two logbooks.", 12)))
+                assert f"RPC0[{endpoint}]" in set(log.take().values())
+        finally:
+            llm.close()
