@@ -165,7 +165,8 @@ def check_installed(python: str) -> None:
 
 def build_fingerprint(args: str) -> str:
     """What the installed build depends on: our native sources, the sdist and the CMake arguments."""
-    h = hashlib.sha256((SDIST_SHA256 + "\n" + args).encode())
+    # the hook's path is left out (as in build_dir_for): the same build from another checkout is the same
+    h = hashlib.sha256((SDIST_SHA256 + "\n" + args.replace(str(HOOK), "<hook>")).encode())
     for path in sorted(NATIVE_DIR.iterdir()):
         if path.suffix in (".cpp", ".h", ".cmake", ".py") and path.is_file():
             h.update(path.name.encode() + b"\0" + path.read_bytes())
