@@ -126,6 +126,8 @@ def cmake_args(user_args: str, patched: bool) -> str:
     ours = []
     if patched:
         ours.append(f"-DCMAKE_PROJECT_llama_cpp_INCLUDE={HOOK}")
+        # llama.cpp's RPC backend (pop-local rpc-server, --rpc): a small library; -DGGML_RPC=OFF drops it
+        ours.append("-DGGML_RPC=ON")
     else:
         ours.append("-DLLAVA_BUILD=OFF")  # same as the hook's default, so the baseline is built the same way
     if shutil.which("ccache") and "COMPILER_LAUNCHER" not in user_args:
@@ -163,7 +165,8 @@ def check_installed(python: str) -> None:
 
 def build_fingerprint(args: str) -> str:
     """What the installed build depends on: our native sources, the sdist and the CMake arguments."""
-    h = hashlib.sha256((SDIST_SHA256 + "\n" + args).encode())
+    # the hook's path is left out (as in build_dir_for): the same build from another checkout is the same
+    h = hashlib.sha256((SDIST_SHA256 + "\n" + args.replace(str(HOOK), "<hook>")).encode())
     for path in sorted(NATIVE_DIR.iterdir()):
         if path.suffix in (".cpp", ".h", ".cmake", ".py") and path.is_file():
             h.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -125,6 +125,16 @@ EDITS = [
      "    vk::InstanceCreateInfo instance_create_info(vk::InstanceCreateFlags{}, &app_info, layers, extensions); "
      "// pop-local\n"
      "#endif // pop-local"),
+    # RPC client connections get a receive/send timeout (seconds in POP_LOCAL_RPC_TIMEOUT, set by
+    # pop_local/rpc.py), so a server that stops answering is an error instead of a hang
+    ("../ggml/src/ggml-rpc/transport.cpp",
+     "        GGML_LOG_ERROR(\"Failed to set TCP_NODELAY\\n\");\n        return nullptr;\n    }\n@@"
+     "    struct sockaddr_in addr;\n    addr.sin_family = AF_INET;",
+     "#ifndef _WIN32 // pop-local\n"
+     "    if (const char * pop_t = std::getenv(\"POP_LOCAL_RPC_TIMEOUT\")) { struct timeval pop_tv = {atoi(pop_t), 0}; "
+     "setsockopt(sockfd, SOL_SOCKET, SO_RCVTIMEO, &pop_tv, sizeof(pop_tv)); "
+     "setsockopt(sockfd, SOL_SOCKET, SO_SNDTIMEO, &pop_tv, sizeof(pop_tv)); } // pop-local\n"
+     "#endif // pop-local"),
 ]
 
 

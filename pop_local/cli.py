@@ -220,17 +220,28 @@ def inspect(model, plot: Optional[str]) -> None:
 
 
 @cli.command()
-def devices() -> None:
+@click.option("--rpc", "rpc_servers", metavar="HOST:PORT[,...]", help="also list these RPC servers' devices")
+@_fail_cleanly
+def devices(rpc_servers) -> None:
     """List the compute devices this build of llama.cpp sees (what --n-gpu-layers offloads to).
 
     \b
-    Example:
+    Examples:
       pop-local devices
+      pop-local devices --rpc 192.168.1.20:50052
     """
     from .devices import backends, devices as found
 
+    if rpc_servers:
+        from .rpc import parse_endpoints, use_servers
+
+        try:
+            endpoints = parse_endpoints(rpc_servers)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--rpc") from None
+        use_servers(endpoints)
     names, listed = backends(), found()
-    click.echo(f"backends in this build: {', '.join(names)}")
+    click.echo(f"backends in this build: {', '.join(n for n in names if not n.startswith('RPC['))}")
     for d in listed:
         memory = f"{d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free" if d.memory_total else ""
         click.echo(f"  {d.name:<10} {d.kind:<5} {d.description}  {memory}".rstrip())
@@ -242,11 +253,74 @@ def devices() -> None:
             click.echo("no GPU: every layer runs on the CPU (README, GPU backends: how to build for CUDA, Metal or Vulkan)")
 
 
+@cli.command(name="rpc-server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; the protocol has no authentication: only trusted networks")
+@click.option("--port", type=click.IntRange(1, 65535), default=50052, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=max(1, (os.cpu_count() or 2) // 2),
+              show_default=True, help="threads of the CPU device")
+@click.option("--device", "device_names", help="devices to serve, comma separated, as `pop-local devices` names "
+                                              "them (default: every GPU, else the CPU)")
+@_fail_cleanly
+def rpc_server(host, port, threads, device_names) -> None:
+    """Serve this machine's devices to another host's pop-local (llama.cpp's RPC backend).
+
+    The other host adds them with --rpc HOST:PORT and splits the model over them; POP's pruned
+    graph runs there unchanged. Ctrl-C stops the server.
+
+    \b
+    Examples:
+      pop-local rpc-server --port 50052
+      pop-local chat model.pop.gguf --rpc 127.0.0.1:50052      # on the other host: its address
+    """
+    import socket
+    import threading
+
+    from .rpc import serve_devices
+
+    try:
+        address = socket.gethostbyname(host)  # ggml's server takes an IPv4 address
+    except OSError:
+        raise PopError(f"cannot listen on {host}: not an IPv4 address or known host name") from None
+    try:  # a clear message now instead of ggml's own after it has started
+        with socket.socket(socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as e:
+        raise PopError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    if address != "127.0.0.1":
+        click.echo(f"WARNING: listening on {host} ({address}): anyone who can reach this port can run code on its "
+                   "devices and read what they hold; the RPC protocol has no authentication or encryption. "
+                   "Use it only on a network you trust.", err=True)
+    names = [n.strip() for n in device_names.split(",") if n.strip()] if device_names else []
+    failure = []
+
+    def run():
+        try:
+            serve_devices(address, port, threads, names)
+        except PopError as e:
+            failure.append(e)
+
+    # ggml's server loop never returns; in a thread, the main thread stays free to take Ctrl-C
+    server = threading.Thread(target=run, name="rpc-server", daemon=True)
+    server.start()
+    try:
+        while server.is_alive():
+            server.join(0.2)
+    except KeyboardInterrupt as e:
+        click.echo(f"\nrpc-server stopped ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", err=True)
+        sys.stdout.flush()
+        os._exit(0)  # the server thread is inside ggml's accept loop: end the process without joining it
+    if failure:
+        raise failure[0]
+    raise PopError(f"the RPC server on {host}:{port} stopped")
+
+
 # --- shared by the model-running commands -----------------------------------------------------------
 # Their load and POP options are built from pop_local.settings (the one definition the server and the
 # integrations use too): same names, defaults, ranges and help everywhere.
 
-_OPTION_NAMES = {"pop": "--pop/--no-pop", "n_threads": "--threads", "kv_overrides": "--override-kv",
+_OPTION_NAMES = {"rpc_servers": "--rpc", "pop": "--pop/--no-pop", "n_threads": "--threads", "kv_overrides": "--override-kv",
                  "reuse_cache_across_settings": "--reuse-cache", "llama_log": "-v/--verbose"}
 # where the command line says it differently from the library's field description
 _CLI_HELP = {"pop": "force POP on or off (default: as the file says)",

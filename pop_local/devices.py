@@ -41,12 +41,31 @@ def _library_names(stem: str) -> list[str]:
     return [f"lib{stem}.so"]
 
 
+def _already_loaded(folder: Path, stem: str) -> "Path | None":
+    """The file of lib`stem` this process has mapped from `folder` (Linux). Wheels hold copies, not
+    links (libggml.so, libggml.so.0, ...): libllama loads the one its SONAME names, and opening
+    another copy would load a second ggml with its own device registry."""
+    try:
+        with open("/proc/self/maps") as maps:
+            fields = (line.split(None, 5) for line in maps)  # address perms offset dev inode path
+            paths = {f[5].strip() for f in fields if len(f) == 6}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        p = Path(path)
+        if p.parent == folder and (p.name == f"lib{stem}.so" or p.name.startswith(f"lib{stem}.so.")):
+            return p
+    return None
+
+
 def _load_beside_llama(stem: str) -> ctypes.CDLL:
-    """`stem` from the folder of the libllama llama-cpp-python loaded: the same copy libllama uses
-    (the loader recognises an already-loaded file)."""
+    """lib`stem` as libllama (loaded by llama-cpp-python) uses it: the very copy it mapped."""
     import llama_cpp.llama_cpp as bindings
 
     folder = Path(bindings._lib._name).resolve().parent
+    loaded = _already_loaded(folder, stem)
+    if loaded is not None:
+        return ctypes.CDLL(str(loaded))
     for name in _library_names(stem):
         if (folder / name).exists():
             return ctypes.CDLL(str(folder / name))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from . import _native
-from .errors import PopMetadataError
+from .errors import PopError, PopMetadataError
 from .layers import parse_layers
 from .metadata import PopMetadata, read_pop_metadata, resolve_runtime_metadata
 
@@ -39,6 +39,8 @@ class PopLlama(llama_cpp.Llama):
             its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
             turns keeps the earlier turns' cache, computed under the earlier setting).
         metadata: the file's PopMetadata when the caller has read it already (the header is read once).
+        rpc_servers: "HOST:PORT[,HOST:PORT...]" (or a list) of `pop-local rpc-server`s whose devices the
+            model is split over too (pop_local.rpc); rpc_timeout: seconds each may take to answer.
         **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
 
     Raises:
@@ -64,8 +66,21 @@ class PopLlama(llama_cpp.Llama):
         # the POP settings each cached position was computed under (_cache_label); see generate()
         self._position_labels: List[Hashable] = []
         self._stats_snapshot: Dict[str, Any] = {}
+        # llama-cpp-python takes rpc_servers and ignores it (its llama.cpp removed the model parameter):
+        # the remote devices are registered here, before the load
+        from .rpc import devices_for_load, parse_endpoints, use_servers
 
-        super().__init__(model_path=model_path, **llama_kwargs)
+        rpc_servers, rpc_timeout = llama_kwargs.pop("rpc_servers", None), llama_kwargs.pop("rpc_timeout", 300)
+        endpoints: List[str] = []
+        if rpc_servers:
+            try:
+                endpoints = parse_endpoints(rpc_servers)
+            except ValueError as e:
+                raise PopError(f"rpc_servers: {e}") from None
+            use_servers(endpoints, timeout_s=rpc_timeout)
+
+        with devices_for_load(endpoints):  # only this model's servers, once any is registered
+            super().__init__(model_path=model_path, **llama_kwargs)
 
         if requested_skip is not None:
             self.skip_layers = requested_skip

@@ -108,7 +108,7 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     # create_app builds its model proxy from the module-level LlamaProxy name; point it at ours for
     # that one call, so the model is loaded once, as a PopLlama
     options = {"pop": pop.pop, "skip_layers": pop.skip_layers, "kv_mode": pop.kv_mode, "metadata": meta,
-               "reuse_cache_across_settings": load.reuse_cache_across_settings}
+               "reuse_cache_across_settings": load.reuse_cache_across_settings, "rpc_timeout": load.rpc_timeout}
     original = server_app.LlamaProxy
     server_app.LlamaProxy = _pop_proxy_class(LlamaProxy, options)
     try:

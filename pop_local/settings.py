@@ -10,7 +10,7 @@ text therefore cannot drift apart, and a bad value gets the same one-line messag
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -39,8 +39,32 @@ class LoadFields(BaseModel):
     reuse_cache_across_settings: bool = Field(
         False, description="reuse a cached prompt prefix computed under other POP settings (faster; by default a "
                            "request reuses only what its own settings computed, so it equals a fresh run)")
+    rpc_servers: Optional[str] = Field(
+        None, description='split the model over these remote devices too: "HOST:PORT[,HOST:PORT...]", each '
+                          'running `pop-local rpc-server`')
+    tensor_split: Optional[str] = Field(
+        None, description='share of the offloaded layers per device, in `pop-local devices` order, e.g. "1,1,2" '
+                          '(default: by free memory)')
+    rpc_timeout: int = Field(300, ge=1, le=86400, description="seconds an RPC server may take to answer")
     # not "verbose": LangChain models have a field of that name (their own callback printing)
     llama_log: bool = Field(False, description="show llama.cpp's log")
+
+    @field_validator("rpc_servers")
+    @classmethod
+    def _check_rpc(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from .rpc import parse_endpoints
+
+            value = ",".join(parse_endpoints(value))
+        return value
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _check_split(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            shares = _split_shares(value)
+            value = ",".join(f"{v:g}" for v in shares)
+        return value
 
     @field_validator("kv_overrides")
     @classmethod
@@ -102,7 +126,9 @@ class LoadSettings(LoadFields):
 
     def llama_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of PopLlama / llama_cpp.Llama."""
-        return {"n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_threads": self.n_threads,
+        return {"rpc_servers": self.rpc_servers, "rpc_timeout": self.rpc_timeout,
+                "tensor_split": _split_shares(self.tensor_split) if self.tensor_split else None,
+                "n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_threads": self.n_threads,
                 "n_threads_batch": self.n_threads, "n_gpu_layers": self.n_gpu_layers, "flash_attn": self.flash_attn,
                 "chat_format": self.chat_format, "kv_overrides": dict(self.kv_overrides) if self.kv_overrides else None,
                 "seed": RANDOM_SEED if self.seed < 0 else self.seed, "verbose": self.llama_log,
@@ -110,9 +136,11 @@ class LoadSettings(LoadFields):
 
     def upstream_model_settings(self) -> Dict[str, Any]:
         """The same settings as llama-cpp-python server ModelSettings fields (kv_overrides in its
-        key=type:value strings). reuse_cache_across_settings is PopLlama's own and is passed apart."""
+        key=type:value strings). reuse_cache_across_settings and rpc_timeout are PopLlama's own and are
+        passed apart."""
         kw = self.llama_kwargs()
         kw.pop("reuse_cache_across_settings")
+        kw.pop("rpc_timeout")
         overrides = kw.pop("kv_overrides")
         if overrides:
             kw["kv_overrides"] = [f"{k}={_kv_type(v)}:{_kv_text(v)}" for k, v in overrides.items()]
@@ -121,6 +149,17 @@ class LoadSettings(LoadFields):
 
 class PopSettings(PopFields):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _split_shares(text: str) -> List[float]:
+    """"1,1,2" -> [1.0, 1.0, 2.0]: one non-negative share per device (at most 16, llama.cpp's limit)."""
+    try:
+        shares = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{text!r}: expected comma-separated numbers, e.g. 1,1,2") from None
+    if not shares or len(shares) > 16 or any(not v >= 0 or v == float("inf") for v in shares) or not sum(shares) > 0:
+        raise ValueError(f"{text!r}: expected 1 to 16 shares, none negative, not all zero")
+    return shares
 
 
 def _kv_type(v: KvValue) -> str:

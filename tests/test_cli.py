@@ -35,7 +35,7 @@ def pop_local(*args, stdin=None, env=None, timeout=600):
 
 # --- help and usage ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve", "convert", "inspect", "devices"])
+@pytest.mark.parametrize("command", ["chat", "bench", "eval", "serve", "convert", "inspect", "devices", "rpc-server"])
 def test_every_command_has_help_with_examples(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0

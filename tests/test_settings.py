@@ -68,11 +68,32 @@ def test_server_settings_spell_kv_overrides_as_upstream_parses_them():
     ({"n_batch": 0}, "greater than or equal to 1"),
     ({"seed": -7}, "greater than or equal to -1"),
     ({"cache": True}, "Extra inputs are not permitted"),
+    ({"rpc_servers": "10.0.0.2"}, "is not HOST:PORT"),
+    ({"rpc_servers": "10.0.0.2:70000"}, "is not HOST:PORT"),
+    ({"tensor_split": "1,x"}, "comma-separated numbers"),
+    ({"tensor_split": "0,0"}, "not all zero"),
+    ({"rpc_timeout": 0}, "greater than or equal to 1"),
 ])
 def test_bad_load_settings_are_one_line_errors(values, message):
     with pytest.raises(PopError, match=message) as e:
         build(LoadSettings, values)
     assert "\n" not in str(e.value)
+
+
+def test_rpc_settings_reach_popllama_and_the_server_in_their_spelling():
+    load = LoadSettings(rpc_servers=" 10.0.0.2:50052,10.0.0.3:50052,10.0.0.2:50052", tensor_split="1, 1,2",
+                        rpc_timeout=30)
+    assert load.rpc_servers == "10.0.0.2:50052,10.0.0.3:50052"  # checked, duplicates dropped
+    kw = load.llama_kwargs()
+    assert kw["rpc_servers"] == "10.0.0.2:50052,10.0.0.3:50052" and kw["tensor_split"] == [1.0, 1.0, 2.0]
+    assert kw["rpc_timeout"] == 30
+    upstream = load.upstream_model_settings()
+    assert "rpc_timeout" not in upstream  # PopLlama's own, passed apart
+    pytest.importorskip("llama_cpp.server.settings")
+    from llama_cpp.server.settings import ModelSettings
+
+    settings = ModelSettings(model="m.gguf", **upstream)
+    assert settings.rpc_servers == load.rpc_servers and settings.tensor_split == [1.0, 1.0, 2.0]
 
 
 def test_pop_settings():

@@ -57,10 +57,12 @@ def main(argv=None) -> int:
     print(f"tests/test_gpu_offload.py: {test_counts(a.results / 'tests.xml')}"
           + (f" in {a.test_seconds} s" if a.test_seconds is not None else "")
           + (f"; build {a.build_seconds} s" if a.build_seconds is not None else ""))
-    print("\n| model (skipped layers) | prompt tokens | full prefill ms | POP prefill ms | speedup | FLOP-ideal | quality (eval) |")
-    print("|---|---|---|---|---|---|---|")
     rows = model_rows(a.results)
-    print("\n".join(rows) if rows else "| (no benchmark results) | | | | | | |")
+    if rows:  # --quick runs no benchmark
+        print("\n| model (skipped layers) | prompt tokens | full prefill ms | POP prefill ms | speedup | FLOP-ideal "
+              "| quality (eval) |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
     return 0
 
 
