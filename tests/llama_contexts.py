@@ -179,3 +179,30 @@ def cache_layers(ctx, n_layer, seq=0):
     assert len(base) == len(globals_) and len(swa) == n_layer - len(globals_)
     locals_ = [il for il in range(n_layer) if il not in globals_]
     return {**dict(zip(globals_, base)), **dict(zip(locals_, swa))}
+
+
+def chunked_and_single(llm, entries, skip):
+    """The last prompt token's logits with POP on `skip`: (one 1024-token ubatch, 64-token ubatches),
+    with the sliding-window cache at its small size (swa_full off), so a long prompt reuses cells."""
+    n = len(entries)
+    with contexts(llm, 1, n_batch=1024, n_ubatch=1024, swa_full=False) as (single,), \
+            contexts(llm, 1, n_batch=1024, n_ubatch=64, swa_full=False) as (chunked,):
+        for ctx in (single, chunked):
+            set_skip(ctx, skip)
+        want = decode(single, entries)[n - 1]
+        got = decode(chunked, entries)[n - 1]
+        assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
+    return want, got
+
+
+def two_sequences(llm, a, b, skip):
+    """Prompts `a` (sequence 0) and `b` (sequence 1) with POP on `skip`, each alone and both in one
+    batch (a cache stream per sequence): ((a alone, b alone), (a batched, b batched)) last-token logits."""
+    ea, eb = prompt_entries(a), prompt_entries(b, seq=1)
+    with contexts(llm, 2, n_seq_max=2, kv_unified=False) as (ref, both):
+        for ctx in (ref, both):
+            set_skip(ctx, skip)
+        alone = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
+        out = decode(both, ea + eb, 2)
+        assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
+    return alone, (out[len(a) - 1], out[len(a) + len(b) - 1])

@@ -14,8 +14,8 @@ import pytest
 
 import llama_cpp
 
-from llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop, logged_context,
-                            prompt_entries, set_skip, stats, tokens)
+from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
+                            logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
 from pop_local import PopLlama
 from pop_local import _native
 
@@ -167,26 +167,11 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
     n = 700 if arch == "gemma3" else N_PROMPT
     toks = tokens(llm, long_text, n)
-    entries = prompt_entries(toks)
-    with contexts(llm, 1, n_batch=1024, n_ubatch=1024, swa_full=False) as (single,), \
-            contexts(llm, 1, n_batch=1024, n_ubatch=64, swa_full=False) as (chunked,):
-        for ctx in (single, chunked):
-            set_skip(ctx, skip)
-        want = decode(single, entries)[n - 1]
-        got = decode(chunked, entries)[n - 1]
-        assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
-        np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
+    want, got = chunked_and_single(llm, prompt_entries(toks), skip)
+    np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
 
-    a, b = toks[:150], toks[:1] + toks[150:290]
-    ea, eb = prompt_entries(a), prompt_entries(b, seq=1)
-    with contexts(llm, 2, n_seq_max=2, kv_unified=False) as (ref, both):
-        for ctx in (ref, both):
-            set_skip(ctx, skip)
-        ref_a, ref_b = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
-        out = decode(both, ea + eb, 2)
-        assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
-        assert np.array_equal(out[len(a) - 1], ref_a)
-        assert np.array_equal(out[len(a) + len(b) - 1], ref_b)
+    alone, batched = two_sequences(llm, toks[:150], toks[:1] + toks[150:290], skip)
+    assert np.array_equal(batched[0], alone[0]) and np.array_equal(batched[1], alone[1])
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -18,8 +18,8 @@ picks (matrix-multiply tiling, flash-attention split): there a tolerance, see th
 import numpy as np
 import pytest
 
-from llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop, logged_context,
-                            prompt_entries, set_skip, stats, tokens)
+from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
+                            logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
 from pop_local import PopLlama, _native
 from pop_local.devices import offload_devices
 
@@ -160,18 +160,11 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # gemma3: past its 512-token sliding window with the small SWA cache, so cells are reused mid-prompt
     n = 560 if arch == "gemma3" else 160
     toks = tokens(llm, long_text, n)
-    entries = prompt_entries(toks)
-    with contexts(llm, 1, n_batch=1024, n_ubatch=1024, swa_full=False) as (single,), \
-            contexts(llm, 1, n_batch=1024, n_ubatch=64, swa_full=False) as (chunked,):
-        for ctx in (single, chunked):
-            set_skip(ctx, skip)
-        want = decode(single, entries)[n - 1]
-        got = decode(chunked, entries)[n - 1]
-        assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
-        # 64-token ubatches take other matrix-multiply and attention kernels than one 1024-token
-        # ubatch (f16 accumulation, other tiling): the same tolerance as the CPU test, on logits of
-        # magnitude ~10-30; a skipped layer done wrong moves them by whole units
-        np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
+    want, got = chunked_and_single(llm, prompt_entries(toks), skip)
+    # 64-token ubatches take other matrix-multiply and attention kernels than one 1024-token
+    # ubatch (f16 accumulation, other tiling): the same tolerance as the CPU test, on logits of
+    # magnitude ~10-30; a skipped layer done wrong moves them by whole units
+    np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
 
     # Two sequences in one batch against each alone. The first sequence's logits are exact. The second's
     # are not on every backend, even for the full model: on lavapipe, batching the two moves the full
@@ -179,13 +172,6 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # cache streams), POP's by 0.06-0.15 (measured on llama, qwen2, qwen3, gemma3). Hence 0.5 for it:
     # a boundary token left in a pruned ubatch moves them by ~70, a skipped layer's K/V in the wrong
     # stream by whole units.
-    a, b = toks[:40], toks[:1] + toks[40:80]
-    ea, eb = prompt_entries(a), prompt_entries(b, seq=1)
-    with contexts(llm, 2, n_seq_max=2, kv_unified=False) as (ref, both):
-        for ctx in (ref, both):
-            set_skip(ctx, skip)
-        ref_a, ref_b = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
-        out = decode(both, ea + eb, 2)
-        assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
-        assert np.array_equal(out[len(a) - 1], ref_a)
-        np.testing.assert_allclose(out[len(a) + len(b) - 1], ref_b, atol=0.5, rtol=0)
+    alone, batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], skip)
+    assert np.array_equal(batched[0], alone[0])
+    np.testing.assert_allclose(batched[1], alone[1], atol=0.5, rtol=0)
