@@ -8,7 +8,6 @@ placement error, not arithmetic.
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import pytest
 from llama_contexts import (cache_layers, contexts, decode, default_skip, logged_context, prompt_entries, set_skip,
                             stats, tokens)
 from pop_local import PopLlama
-from serve_process import free_port
+from serve_process import free_port, wait_until_listening
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +34,8 @@ def rpc_server(*args, start_timeout=60):
                              "--threads", "1", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a background job (CI) inherits an ignored SIGINT; Ctrl-C is tested here
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + start_timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"rpc-server exited: {proc.stderr.read()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("rpc-server did not start")
-                time.sleep(0.2)
+        wait_until_listening(proc, port, start_timeout, "rpc-server")
         yield f"127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
