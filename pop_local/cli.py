@@ -219,6 +219,18 @@ def inspect(model, plot: Optional[str]) -> None:
         click.echo(f"saved {plot}")
 
 
+def _check_can_listen(address: str, port: int, label: Optional[str] = None) -> None:
+    """A PopError naming host:port when nothing could listen there (in use, not an address here)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as e:
+        raise PopError(f"cannot listen on {label or address}:{port} ({e.strerror})") from None
+
+
 @cli.command()
 @click.option("--rpc", "rpc_servers", metavar="HOST:PORT[,...]", help="also list these RPC servers' devices")
 @_fail_cleanly
@@ -282,12 +294,7 @@ def rpc_server(host, port, threads, device_names) -> None:
         address = socket.gethostbyname(host)  # ggml's server takes an IPv4 address
     except OSError:
         raise PopError(f"cannot listen on {host}: not an IPv4 address or known host name") from None
-    try:  # a clear message now instead of ggml's own after it has started
-        with socket.socket(socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((address, port))
-    except OSError as e:
-        raise PopError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    _check_can_listen(address, port, label=host)  # a clear message now instead of ggml's own later
     if address != "127.0.0.1":
         click.echo(f"WARNING: listening on {host} ({address}): anyone who can reach this port can run code on its "
                    "devices and read what they hold; the RPC protocol has no authentication or encryption. "
@@ -580,20 +587,13 @@ def serve(model, host, port, alias, api_key, **options) -> None:
       curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
            -d '{"messages": [{"role": "user", "content": "Hi"}]}'
     """
-    import socket
-
     from .loading import check_context, pop_notes, pop_state_text, resolve_model_meta
     from .server import create_pop_app, serve as run_server
 
     load, pop = _split_settings(options)
     meta = resolve_model_meta(model, _progress_printer())
     check_context(meta, load.n_ctx, "--n-ctx")
-    try:  # a clear message now instead of a traceback after the model has loaded
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as e:
-        raise PopError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    _check_can_listen(host, port)  # a clear message now instead of a traceback after the model has loaded
     name = alias or os.path.basename(meta.path)
     app = create_pop_app(meta, load, pop, model_alias=name, api_key=api_key, host=host, port=port)
     llm = app.state.pop_llm

@@ -87,6 +87,9 @@ def ggml() -> ctypes.CDLL:
         ("ggml_backend_dev_description", ctypes.c_char_p, [p]),
         ("ggml_backend_dev_type", ctypes.c_int, [p]),
         ("ggml_backend_dev_memory", None, [p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]),
+        ("ggml_backend_dev_backend_reg", p, [p]),
+        ("ggml_backend_dev_by_name", p, [ctypes.c_char_p]),
+        ("ggml_backend_register", None, [p]),  # pop_local.rpc: a server's devices
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args

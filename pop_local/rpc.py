@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+from functools import lru_cache
 from typing import Iterable, List, Sequence, Union
 
 from .errors import PopError
@@ -71,6 +72,7 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise PopError(f"cannot reach the RPC server at {endpoint}: {e.strerror or e}") from None
 
 
+@lru_cache(maxsize=1)
 def _rpc_lib() -> ctypes.CDLL:
     from .devices import _load_beside_llama
 
@@ -136,7 +138,6 @@ def use_servers(endpoints: Iterable[str], timeout_s: float = 300.0) -> None:
         for endpoint in new:
             check_reachable(endpoint)
         lib, reg_lib = _rpc_lib(), ggml()
-        reg_lib.ggml_backend_register.restype, reg_lib.ggml_backend_register.argtypes = None, [ctypes.c_void_p]
         os.environ[TIMEOUT_ENV] = str(int(timeout_s))
         _install_abort_handler()
         for endpoint in new:
@@ -151,23 +152,21 @@ def _offload_devices(endpoints: Sequence[str]) -> List[int]:
     """ggml devices a model with these RPC servers may use, in llama.cpp's default order: the
     servers' devices first (in the order given), then the local GPUs (integrated ones only when
     there is no discrete one). Other servers registered in this process are left out."""
-    from .devices import ggml
+    from .devices import _KINDS, ggml
 
     lib = ggml()
-    for name, res, args in [("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p])]:
-        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
     by_server: dict = {}
     gpus, igpus = [], []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
         reg = (lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) or b"").decode(errors="replace")
-        kind = lib.ggml_backend_dev_type(dev)
+        kind = _KINDS.get(lib.ggml_backend_dev_type(dev))
         if reg == "RPC":  # a remote device: ggml-rpc describes it by its server's endpoint
             endpoint = (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
             by_server.setdefault(endpoint, []).append(dev)
-        elif kind == 1:
+        elif kind == "gpu":
             gpus.append(dev)
-        elif kind == 2:
+        elif kind == "igpu":
             igpus.append(dev)
     chosen = [dev for endpoint in endpoints for dev in by_server.get(endpoint, [])]
     return chosen + (gpus or igpus)
@@ -210,7 +209,6 @@ def serve_devices(host: str, port: int, threads: int, device_names: Sequence[str
     from .devices import devices as local_devices, ggml
 
     lib, reg_lib = _rpc_lib(), ggml()
-    reg_lib.ggml_backend_dev_by_name.restype, reg_lib.ggml_backend_dev_by_name.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
     found = local_devices()
     names = list(device_names) or [d.name for d in found if d.offloads] or [d.name for d in found if d.kind == "cpu"][:1]
     handles = []
