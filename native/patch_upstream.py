@@ -97,6 +97,11 @@ EDITS = [
      "void llm_graph_context::cb(ggml_tensor * cur, const char * name, int il) const {\n"
      "    if (cb_func) {\n        cb_func(ubatch, cur, name, il);\n    }\n@@}",
      "    pop_on_named_tensor(*this, cur, name, il); // pop-local"),
+    # a pruned graph keeps every input tensor (one read only by pruned layers would be left unallocated,
+    # and llama.cpp sets every input before each compute)
+    ("llama-context.cpp",
+     "        gf = model.build_graph(gparams);\n@@",
+     "        pop_graph_built(gparams.pop, res->get_ctx(), gf); // pop-local"),
     # build_attn (kv, k and k_dsa caches; iswa and k_iswa caches): a pruned layer's query is not expanded;
     # its K/V are stored as in the full graph
     ("llama-graph.cpp",

@@ -433,6 +433,17 @@ void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const c
     ggml_format_name(cur, "pop_pass-%d", il); // the layer passes its input through: nothing of it is computed
 }
 
+void pop_graph_built(const pop_graph_plan & plan, ggml_context * ctx, ggml_cgraph * gf) {
+    if (plan.mode == pop_graph_plan::FULL || ctx == nullptr || gf == nullptr) {
+        return;
+    }
+    for (ggml_tensor * t = ggml_get_first_tensor(ctx); t != nullptr; t = ggml_get_next_tensor(ctx, t)) {
+        if (t->flags & GGML_TENSOR_FLAG_INPUT) {
+            ggml_build_forward_expand(gf, t); // a no-op for inputs already in the graph
+        }
+    }
+}
+
 ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il) {
     const auto & plan = g.pop_plan;
     if (plan.mode != pop_graph_plan::KV_ONLY || !plan.skips(il)) {

@@ -116,6 +116,13 @@ bool pop_layer_pruned(const llm_graph_context & g, int il);
 // Where the layer's input cannot be found among the output's sources it leaves the layer whole (warned once).
 void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const char * name, int il);
 
+// llama_context::process_ubatch, after a graph is built: in a pruned graph, every input tensor of `ctx`
+// joins the graph, so inputs read only by pruned layers (Llama 4's attention temperature) are allocated
+// when llama.cpp sets them.
+struct ggml_context;
+struct ggml_cgraph;
+void pop_graph_built(const pop_graph_plan & plan, ggml_context * ctx, ggml_cgraph * gf);
+
 // build_qkv: the K (is_v false) or V projection of layer `il` for this graph: `proj` (computed with
 // the layer's own weights), or the fitted projection of `cur` when the plan prunes the layer and has one.
 ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il);

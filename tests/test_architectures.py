@@ -75,6 +75,8 @@ def test_architecture_is_supported(arch_model, arch):
 @pytest.mark.parametrize("config", list(CACHE_CONFIGS))
 @pytest.mark.parametrize("arch", ARCHES)
 def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, arch, config):
+    if config == "fa-off-k-q8_0" and layer_kinds(model(arch_model, arch)._model.model)[-1] & _native.LAYER_K_ONLY:
+        pytest.skip("a K-only (MLA) cache: llama.cpp refuses a K cache type different from V's")
     llm = model(arch_model, arch, config)
     n_layer = llm.pop_metadata.n_layer
     toks = tokens(llm, long_text, N_PROMPT)
@@ -180,11 +182,11 @@ def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text,
             continue
         assert not [n for n in ran if n.startswith(LAYER_WORK)], (il, sorted(ran))
         if kinds[il]:  # it stores something, so something of it runs
-            assert ran, il
+            assert ran - {"pop_pass"}, il
         for name in ("Kcur", "Vcur"):
             if name in full and kinds[il] & _native.LAYER_KV:
                 assert name in ran, (il, name)
-        assert ran < full or not ran, il
+        assert ran - {"pop_pass"} < full, il  # the pass-through copy of the input is the layer's output
     assert set(pruned.values()) == set(boundary.values()) == {"CPU"}
 
 
@@ -214,7 +216,7 @@ def test_kv_sharing_layers_are_skipped_exactly(arch_model, long_text, arch):
         decode(ctx, entries[:-1])
         pruned = log.take()
     for il in shared:
-        assert not _layer_nodes(pruned, il), il
+        assert _layer_nodes(pruned, il) <= {"pop_pass"}, il  # only the copy of its input passes through
 
 
 @pytest.mark.parametrize("arch", ARCHES)

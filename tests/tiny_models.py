@@ -12,6 +12,7 @@ writes each once; no network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import os
@@ -81,6 +82,18 @@ def _array(t: Tensor, rng: np.random.Generator) -> np.ndarray:
     return a.astype(np.float32 if f32 else np.float16)
 
 
+def _encode(a: np.ndarray):
+    """(data, raw type): matrices whose rows are whole Q8_0 blocks as Q8_0, like the real models' quantized
+    weights (their matmuls quantize each activation row on its own, so a token's result does not depend
+    on the batch it is in); F32/F16 otherwise."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    if a.dtype == np.float16 and a.shape[-1] % 32 == 0:
+        return quantize(a.astype(np.float32), GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+    return a, None
+
+
 def _write(path: Path, arch: str, keys: dict, tensors: list[Tensor], seed: int) -> None:
     from gguf import GGUFValueType, GGUFWriter
 
@@ -110,13 +123,15 @@ def _write(path: Path, arch: str, keys: dict, tensors: list[Tensor], seed: int) 
             w.add_key_value(field.name, field.contents(), vtype,
                             sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
         for t in tensors:
-            w.add_tensor(t.name, _array(t, rng))
+            data, raw = _encode(_array(t, rng))
+            w.add_tensor(t.name, data, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
 
 
+@functools.lru_cache(maxsize=1)
 def _n_vocab() -> int:
     from gguf import GGUFReader
 
@@ -132,8 +147,8 @@ def tiny_model(arch: str, dims: Dims | None = None, seed: int = 0) -> str:
     spec = tiny_specs.SPECS[arch]
     dims = dataclasses.replace(dims or Dims(), n_vocab=_n_vocab())
     keys, tensors = spec(dims)
-    digest = hashlib.sha256(repr((arch, dims, seed, inspect.getsource(spec), inspect.getsource(_array),
-                                  inspect.getsource(_write))).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(repr((arch, dims, seed, inspect.getsource(tiny_specs), inspect.getsource(_array),
+                                  inspect.getsource(_encode), inspect.getsource(_write))).encode()).hexdigest()[:12]
     path = cache_dir() / f"{arch}-L{dims.n_layer}-E{dims.n_embd}-{digest}.gguf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

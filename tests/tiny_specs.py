@@ -378,10 +378,10 @@ def qwen35moe(d: Dims):
 
 
 def _deepseek2_dims(d: Dims):
-    rope = d.head_dim // 2   # qk_rope_head_dim
+    rope = d.head_dim        # qk_rope_head_dim
     nope = d.head_dim        # qk_nope_head_dim
     v = d.head_dim           # v_head_dim
-    kv_lora = 4 * d.head_dim - rope  # the cached latent (kv_lora + rope): a multiple of 32 for q8_0 rows
+    kv_lora = 2 * d.head_dim  # the cached latent (kv_lora + rope) and kv_lora itself: multiples of 32 for q8_0
     q_lora = 2 * d.head_dim
     return rope, nope, v, kv_lora, q_lora
 
