@@ -35,6 +35,7 @@ class Dims:
     n_expert: int = 4
     n_expert_used: int = 2
     n_ff_exp: int = 64
+    n_kv_shared: int = 2  # KV-sharing models (gemma4): the last layers, reusing earlier layers' K/V
     n_ctx: int = 4096
     n_vocab: int = 0  # filled from the tokenizer
 

@@ -112,9 +112,10 @@ def _gemma4_swa(d: Dims) -> list[bool]:
 
 def gemma4(d: Dims):
     # SWA = layers L-4 and L-2 (and every other one below), full = L-3 and L-1; the last 2 layers (L-2 SWA, L-1 full)
-    # have no K/V of their own (shared_kv_layers=2) and reuse layers L-4 (SWA) and L-3 (full); no PLE, no MoE.
-    n_shared = 2
-    assert d.n_layer >= 4, "gemma4 KV sharing needs an SWA and a full layer before the 2 shared ones"
+    # have no K/V of their own (shared_kv_layers = d.n_kv_shared, 2 by default) and reuse layers L-4 (SWA) and
+    # L-3 (full); no PLE, no MoE.
+    n_shared = d.n_kv_shared
+    assert d.n_layer >= n_shared + 2, "gemma4 KV sharing needs an SWA and a full layer before the shared ones"
     swa = _gemma4_swa(d)
     keys = base_keys(d, **{
         "rope.freq_base": 1000000.0, "rope.freq_base_swa": 10000.0, "rope.dimension_count_swa": d.head_dim,
