@@ -2,6 +2,7 @@
 
     python benchmarks/architectures.py                 # both, 512 and 2048 tokens, JSON in benchmarks/results/
     python benchmarks/architectures.py --only moe --ctx 512 --repeats 3
+    python benchmarks/architectures.py --table         # README's table from benchmarks/results/arch-*.json
 
 - moe: a qwen3moe model (24 layers, hidden 1024, 8 experts, top-2; Qwen3-30B-A3B's layout at a size
   that runs here), POP on the last third (16-23). The FLOP ideal counts only the routed experts.
@@ -67,6 +68,32 @@ def run_case(name: str, ctx, repeats: int, threads) -> dict:
             **result}
 
 
+def table(folder: str) -> str:
+    """README's rows, from the arch-*.json results (never typed by hand; tests check README has them)."""
+    import json
+
+    lines = ["| case (random weights) | prompt tokens | full ms | POP ms (skip) | speedup | FLOP ideal "
+             "| exact skip only ms | exact speedup | exact FLOP ideal | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(CASES):
+        path = os.path.join(folder, f"arch-{name}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        d = r["dims"]
+        shape = (f"{r['architecture']}, {d['n_layer']} layers, hidden {d['n_embd']}"
+                 + (f", {d['n_expert']} experts top-{d['n_expert_used']}" if "n_expert" in d else "")
+                 + (f", last {d['n_kv_shared']} layers share K/V" if "n_kv_shared" in d else ""))
+        for row in r["prefill"]:
+            pop = f"{row['pop_ms']['median']:.0f} ({r['skip_layers']}" + (f" + exact {r['exact_layers']})" if r.get("exact_layers") else ")")
+            exact = (f"{row['exact_ms']['median']:.0f} | **{row['exact_speedup']:.2f}x** | {row['exact_ideal_speedup']:.2f}x"
+                     if "exact_ms" in row else "- | - | -")
+            lines.append(f"| {name}: {shape} | {row['n_tokens']} | {row['full_ms']['median']:.0f} | {pop} | "
+                         f"**{row['speedup']:.2f}x** | {row['ideal_speedup']:.2f}x | {exact} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
@@ -74,7 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for arch-<case>.json")
+    p.add_argument("--table", action="store_true", help="print README's table from the results and stop")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(a.out))
+        return 0
     ctx = [int(x) for x in a.ctx.split(",")]
     for name in a.only or sorted(CASES):
         result = run_case(name, ctx, a.repeats, a.threads)

@@ -8,8 +8,6 @@
 #include "llama-context.h"
 #include "llama-graph.h"
 #include "llama-impl.h"
-#include "llama-kv-cache.h"
-#include "llama-kv-cache-iswa.h"
 #include "llama-model-loader.h"
 #include "llama-model.h"
 

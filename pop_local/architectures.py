@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Architecture", "ARCHITECTURES", "NAMES", "by_name"]
+__all__ = ["Architecture", "ARCHITECTURES", "NAMES", "by_name", "calibrated_architectures", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class Architecture:
     examples: str   # models people run on it
     kind: str       # dense, MoE, MLA, hybrid, KV-sharing
     checked: str    # the weights its tests run on
-    exact: bool = False  # has an exact prefill suffix (KV-sharing layers)
+    exact: bool = False     # has an exact prefill suffix (KV-sharing layers)
+    fitted_kv: bool = True  # a pruned layer's K/V projection can be swapped for a fitted one (the builder
+                            # projects K and V separately through llm_graph_context::build_qkv)
 
 
 _REAL = "real weights (SmolLM2-135M)"
@@ -36,8 +38,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("qwen3", "Qwen3 dense", "dense", _REWRITTEN),
     Architecture("gemma3", "Gemma 3 (text)", "dense, sliding window", _GEMMA),
     Architecture("gemma2", "Gemma 2", "dense, sliding window, soft-capping", _TINY),
-    Architecture("gemma4", "Gemma 4 (E2B, E4B, 31B)", "KV sharing, sliding window", _TINY, exact=True),
-    Architecture("phi3", "Phi-3, Phi-4", "dense, fused QKV", _TINY),
+    Architecture("gemma4", "Gemma 4 (E2B, E4B, 31B)", "KV sharing, sliding window", _TINY, exact=True,
+                 fitted_kv=False),
+    Architecture("phi3", "Phi-3, Phi-4", "dense, fused QKV", _TINY, fitted_kv=False),
     Architecture("mistral3", "Ministral 3, Mistral Small 3.x", "dense, YaRN", _TINY),
     Architecture("smollm3", "SmolLM3", "dense, no-RoPE layers", _TINY),
     Architecture("olmo2", "OLMo 2", "dense, post-norms", _TINY),
@@ -49,7 +52,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("gpt-oss", "gpt-oss-20b, gpt-oss-120b", "MoE, sliding window, attention sinks", _TINY),
     Architecture("glm4moe", "GLM-4.5, GLM-4.6", "MoE, shared expert", _TINY),
     Architecture("llama4", "Llama 4 Scout, Maverick", "MoE interleaved, chunked attention", _TINY),
-    Architecture("deepseek2", "DeepSeek-V2/V3, Kimi K2", "MoE, MLA (K-only cache)", _TINY),
+    Architecture("deepseek2", "DeepSeek-V2/V3, Kimi K2", "MoE, MLA (K-only cache)", _TINY, fitted_kv=False),
     Architecture("qwen35", "Qwen3.5", "hybrid: gated delta-net + attention", _TINY),
     Architecture("qwen35moe", "Qwen3.5 MoE", "hybrid + MoE", _TINY),
 )
@@ -59,3 +62,27 @@ NAMES: tuple[str, ...] = tuple(sorted(a.name for a in ARCHITECTURES))
 
 def by_name(name: str) -> Architecture | None:
     return next((a for a in ARCHITECTURES if a.name == name), None)
+
+
+def markdown_table(calibrated: "set[str] | frozenset[str]" = frozenset()) -> str:
+    """The README's supported-architectures table (tests/test_architectures.py checks that README.md has it).
+    `calibrated`: the GGUF architectures the converter can calibrate (pop_local.converter.arch)."""
+    rows = ["| architecture | models | kind | tests run on | prefill | calibration | fitted K/V |",
+            "|---|---|---|---|---|---|---|"]
+    for a in ARCHITECTURES:
+        prefill = "exact KV-sharing skip + approximate POP" if a.exact else "approximate (POP)"
+        fitted = ("yes" if a.name in calibrated else "runtime only (no calibration)") if a.fitted_kv else "no"
+        rows.append(f"| `{a.name}` | {a.examples} | {a.kind} | {a.checked} | {prefill} | "
+                    f"{'yes' if a.name in calibrated else 'no: --hf-model or --no-calibrate'} | {fitted} |")
+    return "\n".join(rows)
+
+
+def calibrated_architectures() -> "frozenset[str]":
+    """GGUF architectures the converter can calibrate from the GGUF itself (pop_local.converter.arch)."""
+    from .converter.arch import ARCHITECTURES as CALIBRATION
+
+    return frozenset(spec.gguf_arch for spec in CALIBRATION.values())
+
+
+if __name__ == "__main__":  # python -m pop_local.architectures: the README table
+    print(markdown_table(calibrated_architectures()))

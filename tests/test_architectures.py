@@ -23,7 +23,9 @@ from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, 
 from llama_contexts import layer_kinds
 from pop_local import PopLlama
 from pop_local import _native
-from pop_local.architectures import NAMES
+from pop_local.architectures import ARCHITECTURES, NAMES
+from tiny_models import Dims, tiny_model
+from tiny_specs import SPECS
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +252,46 @@ def test_embedding_contexts_run_full_and_match(arch_model, arch):
         finally:
             llm.close()
     assert vecs[True].size > 0 and np.array_equal(vecs[True], vecs[False])
+
+
+FITTED = [a.name for a in ARCHITECTURES if a.fitted_kv and a.name in SPECS]
+
+
+@pytest.mark.parametrize("arch", FITTED)
+def test_fitted_projections_replace_the_pruned_layers_own(tmp_path, long_text, arch):
+    """A file's fitted K/V tensors (blk.N.attn_k.pop / attn_v.pop) are what a pruned layer projects with:
+    fitted tensors equal to the layer's own weights store exactly the own K/V; fitted tensors taken from
+    another layer store other K/V, in that layer only (tiny random-weight models)."""
+    from gguf import GGUFReader
+
+    from pop_local.converter.writer import write_pop_gguf
+
+    src = tiny_model(arch, Dims(n_layer=6))
+    skipped = 3
+    weights = {t.name: t for t in GGUFReader(src, "r").tensors}
+
+    def fitted_file(name, from_layer):
+        tensors = {f"blk.{skipped}.attn_{kv}.pop": (weights[f"blk.{from_layer}.attn_{kv}.weight"].data,
+                                                    weights[f"blk.{from_layer}.attn_{kv}.weight"].tensor_type)
+                   for kv in ("k", "v")}
+        return write_pop_gguf(src, tmp_path / name, [skipped], extra_tensors=tensors)
+
+    caches = {}
+    for name, from_layer in (("same.gguf", skipped), ("other.gguf", skipped - 1)):
+        llm = load(fitted_file(name, from_layer))
+        try:
+            toks = tokens(llm, long_text, N_PROMPT)
+            assert llm.n_fitted_layers == 1 and llm.fitted_active
+            with contexts(llm, 1) as (ctx,):
+                decode(ctx, prompt_entries(toks))
+                caches[name] = cache_layers(ctx)
+            with contexts(llm, 1) as (ctx,):
+                _native.lib().pop_llama_set_kv_mode(ctx, _native.KV_OWN)
+                decode(ctx, prompt_entries(toks))
+                caches["own"] = cache_layers(ctx)
+        finally:
+            llm.close()
+    assert caches["same.gguf"] == caches["own"]
+    other, own = caches["other.gguf"], caches["own"]
+    assert all(other[il] == own[il] for il in own if il < skipped)
+    assert other[skipped][0] != own[skipped][0] and other[skipped][1] != own[skipped][1]
