@@ -260,25 +260,25 @@ FITTED = [a.name for a in ARCHITECTURES if a.fitted_kv and a.name in SPECS]
 @pytest.mark.parametrize("arch", FITTED)
 def test_fitted_projections_replace_the_pruned_layers_own(tmp_path, long_text, arch):
     """A file's fitted K/V tensors (blk.N.attn_k.pop / attn_v.pop) are what a pruned layer projects with:
-    fitted tensors equal to the layer's own weights store exactly the own K/V; fitted tensors taken from
-    another layer store other K/V, in that layer only (tiny random-weight models)."""
+    fitted tensors equal to the layer's own weights store exactly the own K/V; the layer's K and V weights
+    swapped store other K/V, in that layer only (tiny random-weight models)."""
     from gguf import GGUFReader
 
     from pop_local.converter.writer import write_pop_gguf
 
     src = tiny_model(arch, Dims(n_layer=6))
-    skipped = 3
+    skipped = 3  # an attention layer in every spec (qwen35's first full-attention layer)
     weights = {t.name: t for t in GGUFReader(src, "r").tensors}
 
-    def fitted_file(name, from_layer):
-        tensors = {f"blk.{skipped}.attn_{kv}.pop": (weights[f"blk.{from_layer}.attn_{kv}.weight"].data,
-                                                    weights[f"blk.{from_layer}.attn_{kv}.weight"].tensor_type)
-                   for kv in ("k", "v")}
+    def fitted_file(name, swap):
+        own = {kv: weights[f"blk.{skipped}.attn_{kv}.weight"] for kv in ("k", "v")}
+        tensors = {f"blk.{skipped}.attn_{kv}.pop": (own[other].data, own[other].tensor_type)
+                   for kv, other in ((("k", "v"), ("v", "k")) if swap else (("k", "k"), ("v", "v")))}
         return write_pop_gguf(src, tmp_path / name, [skipped], extra_tensors=tensors)
 
     caches = {}
-    for name, from_layer in (("same.gguf", skipped), ("other.gguf", skipped - 1)):
-        llm = load(fitted_file(name, from_layer))
+    for name, swap in (("same.gguf", False), ("other.gguf", True)):
+        llm = load(fitted_file(name, swap))
         try:
             toks = tokens(llm, long_text, N_PROMPT)
             assert llm.n_fitted_layers == 1 and llm.fitted_active
