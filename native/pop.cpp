@@ -419,11 +419,12 @@ void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const c
         return;
     }
     if (pop_same_shape(cur, input)) {
-        // a copy of the input, not a view of it: with a view, chunked prompts lost rows of the input to a
-        // later buffer (measured; cause not traced). The copy costs one pass over n_embd x n_tokens.
+        // copies, not a view of the input or a twin of the builder's get_rows: with a view, chunked prompts
+        // lost rows of the input to a later buffer; with a twin, ggml's allocator crashed on the next graph
+        // (both measured, causes not traced). A copy costs one pass over n_embd x n_tokens.
         pop_redefine(cur, ggml_cont(g.ctx0, input));
-    } else if (rows != nullptr && pop_same_shape(cur, rows) && rows->view_src == nullptr) {
-        pop_redefine(cur, rows); // the input's output rows, selected as the builder selects them
+    } else if (rows != nullptr && pop_same_shape(cur, rows)) {
+        pop_redefine(cur, ggml_cont(g.ctx0, rows)); // the input's output rows, selected as the builder selects them
     } else {
         pop_warn_once(g, "has an output shaped unlike its input", il);
         return;
