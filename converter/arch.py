@@ -38,6 +38,8 @@ ARCHITECTURES: Dict[str, ArchSpec] = {
     "qwen3": ArchSpec("model.layers", "self_attn", "mlp", "qwen3"),
     "gemma3_text": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
     "gemma3": ArchSpec("model.language_model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
+    "gemma2": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma2"),
+    "qwen3_moe": ArchSpec("model.layers", "self_attn", "mlp", "qwen3moe"),  # the gate scales the whole MoE block
 }
 
 
@@ -55,5 +57,6 @@ def check_gguf_architecture(gguf_arch: str) -> None:
     supported = sorted({spec.gguf_arch for spec in ARCHITECTURES.values()})
     if gguf_arch not in supported:
         raise UnsupportedArchitecture(
-            f"GGUF architecture '{gguf_arch}' is not supported for calibration (supported: {', '.join(supported)}); "
-            f"--layers ... --no-calibrate still works")
+            f"GGUF architecture '{gguf_arch}' cannot be calibrated from the GGUF (calibration reads: "
+            f"{', '.join(supported)}): calibrate a transformers checkpoint of the same model with --hf-model, "
+            f"or give the skip set with --layers ... --no-calibrate")

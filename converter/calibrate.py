@@ -93,16 +93,21 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
 
 def _gguf_config_fixes(src: str) -> dict:
     """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
-    assumes head_dim 128 (right for the released Qwen3 models, wrong for others)."""
+    assumes head_dim 128 (right for the released Qwen3 models, wrong for others), and the experts' width."""
     from pop_local.metadata import read_header
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     header = read_header(src)
     arch = header.get("general.architecture")
+    fixes = {}
     head_dim = header.get(f"{arch}.attention.key_length")
     if head_dim is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(arch, {}):
-        return {"head_dim": int(head_dim)}
-    return {}
+        fixes["head_dim"] = int(head_dim)
+    # MoE: the experts' width (qwen3moe's mapping misses it and assumes the released models' 768)
+    n_ff_exp = header.get(f"{arch}.expert_feed_forward_length")
+    if n_ff_exp is not None:
+        fixes["moe_intermediate_size"] = int(n_ff_exp)
+    return fixes
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, n_layer: int,

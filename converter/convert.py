@@ -196,7 +196,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         from .calibrate import FrontierPlan, calibrate as run_calibration, estimate
 
         check_calibration_installed()
-        check_gguf_architecture(meta.architecture)
+        if not hf_model:  # a checkpoint is checked by its own model type when it loads
+            check_gguf_architecture(meta.architecture)
 
         if progress:
             seconds, peak = estimate(src, samples, seq_len, response_tokens, meta.n_layer,

@@ -38,6 +38,7 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
 NATIVE_DIR = Path(__file__).resolve().parent
 HOOK = NATIVE_DIR / "pop.cmake"
+ARCHITECTURES_PY = NATIVE_DIR.parent / "pop_local" / "architectures.py"  # compiled into libllama
 
 
 class BuildError(RuntimeError):
@@ -121,6 +122,26 @@ def unpack(sdist: Path, dest: Path) -> Path:
     return dest
 
 
+def restore_patched(sdist: Path, src: Path) -> None:
+    """Put back upstream's text of every file an earlier version of the patch edited (they carry the
+    pop-local marker), once per version of patch_upstream.py, so a changed patch applies to upstream's
+    sources; the other files keep their mtimes (incremental builds and ccache stay warm)."""
+    stamp = src / ".pop-patch-sha256"
+    want = sha256(NATIVE_DIR / "patch_upstream.py")
+    if stamp.exists() and stamp.read_text().strip() == want:
+        return
+    with tarfile.open(sdist) as tar:
+        for member in tar:
+            rel = member.name.split("/", 1)[-1]
+            path = src / rel
+            if member.isfile() and path.suffix in (".c", ".cpp", ".h") and path.is_file() \
+                    and b"// pop-local" in path.read_bytes():
+                tmp = path.with_name(path.name + ".pop-restore")
+                tmp.write_bytes(tar.extractfile(member).read())
+                os.replace(tmp, path)
+    stamp.write_text(want + "\n")
+
+
 def cmake_args(user_args: str, patched: bool) -> str:
     """Our hook first, the user's CMAKE_ARGS after it (later -D wins in CMake), ccache if present."""
     ours = []
@@ -167,7 +188,7 @@ def build_fingerprint(args: str) -> str:
     """What the installed build depends on: our native sources, the sdist and the CMake arguments."""
     # the hook's path is left out (as in build_dir_for): the same build from another checkout is the same
     h = hashlib.sha256((SDIST_SHA256 + "\n" + args.replace(str(HOOK), "<hook>")).encode())
-    for path in sorted(NATIVE_DIR.iterdir()):
+    for path in sorted(NATIVE_DIR.iterdir()) + [ARCHITECTURES_PY]:
         if path.suffix in (".cpp", ".h", ".cmake", ".py") and path.is_file():
             h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
@@ -190,6 +211,7 @@ def install_patched(python: str, root: Path, force: bool = False) -> None:
         return
     sdist = fetch_sdist(python, root)
     src = unpack(sdist, root / "pop" / "src")
+    restore_patched(sdist, src)
     build_dir = build_dir_for(root, "pop", args)
     run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
          f"--config-settings=build-dir={build_dir}", str(src)], env=build_env(root, args))
@@ -213,6 +235,8 @@ def build_libs(python: str, root: Path, out: Path, flavour: str, patched: bool, 
         return
     sdist = fetch_sdist(python, root)
     src = unpack(sdist, root / flavour / "src")
+    if patched:
+        restore_patched(sdist, src)
     build_dir = build_dir_for(root, flavour, args)
     with tempfile.TemporaryDirectory() as wheel_dir:
         run([python, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "-w", wheel_dir,

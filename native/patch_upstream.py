@@ -19,12 +19,11 @@ import tempfile
 EXPECTED_UPSTREAM = "llama-cpp-python 0.3.36"
 MARK = "// pop-local"
 
-# graph builders: just before build_attn(), with K and V final (after any K norm and RoPE), a skipped
-# layer stores its K/V and leaves the residual stream unchanged
-SKIP_LINE = ("            if (pop_kv_only(*this, params, inp_attn, Kcur, Vcur, il)) "
-             "{ inpL = pop_skip_layer(*this, inpL, il, inp_out_ids); continue; } // pop-local")
+# shared graph code: the explicit expand of a pruned layer's query, attention output or experts is left out
+# (this line guards the statement after it); they are then computed only if the layer's output is used
+GUARD = "if (!pop_layer_pruned(*this, il)) // pop-local: pruned layers reach this only through their output"
 
-# (file under vendor/llama.cpp/src, anchor with "@@" where the line goes, line to insert)
+# (file under vendor/llama.cpp/src, anchor with "@@" where the line goes, line to insert[, times the anchor occurs])
 EDITS = [
     # graph parameters carry the ubatch's POP plan, and a graph is reused only for the same plan
     ("llama-graph.h",
@@ -69,10 +68,12 @@ EDITS = [
      "                can_expand = false;\n                break;\n            }\n@@",
      "            if (pop_split_by_output && output[seq_set_map[cur_seq_set[s]][cur_idx[s]]] != pop_mode) "
      "{ can_expand = false; break; } // pop-local"),
-    # graphs know their plan, so the shared Q/K/V builder can swap in fitted K/V projections
+    # graphs know their plan (so the shared Q/K/V builder can swap in fitted K/V projections) and track the
+    # residual stream of a pruned graph
     ("llama-graph.h",
      "    llm_graph_result * res;\n@@\n    ggml_context * ctx0 = nullptr;",
-     "    const pop_graph_plan pop_plan; // pop-local: this graph's POP plan"),
+     "    const pop_graph_plan pop_plan; // pop-local: this graph's POP plan\n"
+     "    mutable pop_graph_stream pop_stream; // pop-local: the residual stream while a pruned graph is built"),
     ("llama-graph.cpp",
      "    res              (params.res),\n@@    ctx0             (res->get_ctx()),",
      "    pop_plan         (params.pop), // pop-local"),
@@ -91,28 +92,44 @@ EDITS = [
     ("llama.cpp",
      "        model->load_stats(ml);\n@@",
      "        pop_model_load(*model, ml); // pop-local"),
-    # graph builders: a skipped layer stores its K/V and passes the residual stream through
-    ("models/llama.cpp",
-     "@@            cur = build_attn(inp_attn,\n"
-     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
-     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, kq_scale, il);",
-     SKIP_LINE),
-    ("models/qwen2.cpp",
-     "@@            cur = build_attn(inp_attn,\n"
-     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
-     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f/sqrtf(float(n_embd_head)), il);",
-     SKIP_LINE),
-    ("models/qwen3.cpp",
-     "@@            cur = build_attn(inp_attn,\n"
-     "                    model.layers[il].wo, model.layers[il].wo_b, model.layers[il].wo_s,\n"
-     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f/sqrtf(float(n_embd_head)), il);",
-     SKIP_LINE),
-    # gemma3: the residual is inpL itself (post-norms act on the branches only); iswa or not
-    ("models/gemma3.cpp",
-     "@@            cur = build_attn(inp_attn,\n"
-     "                    model.layers[il].wo, NULL, model.layers[il].wo_s,\n"
-     "                    Qcur, Kcur, Vcur, nullptr, nullptr, nullptr, 1.0f, il);",
-     SKIP_LINE),
+    # every named tensor passes through cb(): a pruned layer's "l_out" becomes a view of its input there
+    ("llama-graph.cpp",
+     "void llm_graph_context::cb(ggml_tensor * cur, const char * name, int il) const {\n"
+     "    if (cb_func) {\n        cb_func(ubatch, cur, name, il);\n    }\n@@}",
+     "    pop_on_named_tensor(*this, cur, name, il); // pop-local"),
+    # a pruned graph keeps every input tensor (one read only by pruned layers would be left unallocated,
+    # and llama.cpp sets every input before each compute)
+    ("llama-context.cpp",
+     "        gf = model.build_graph(gparams);\n@@",
+     "        pop_graph_built(gparams.pop, res->get_ctx(), gf); // pop-local"),
+    # build_attn (kv, k and k_dsa caches; iswa and k_iswa caches): a pruned layer's query is not expanded;
+    # its K/V are stored as in the full graph
+    ("llama-graph.cpp",
+     "    // expand k later to enable rope fusion which directly writes into k-v cache\n"
+     "@@    ggml_build_forward_expand(gf, q_cur);",
+     "    " + GUARD, 3),
+    ("llama-graph.cpp",
+     "    // by doing so, the number of splits in the graph is reduced\n"
+     "@@    ggml_build_forward_expand(gf, q_cur);\n\n    if (k_cur) {",
+     "    " + GUARD, 2),
+    # build_attn_mha: the attention output
+    ("llama-graph.cpp",
+     "            ggml_backend_sched_set_tensor_backend(sched, cur, backend_cpu);\n        }\n    }\n\n"
+     "@@    ggml_build_forward_expand(gf, cur);\n\n    return cur;\n}",
+     "    " + GUARD),
+    # build_moe_ffn: router weights, experts, their views and their sum
+    ("llama-graph.cpp",
+     "    //call early so that topk-moe can be used\n@@    ggml_build_forward_expand(gf, weights);",
+     "    " + GUARD),
+    ("llama-graph.cpp",
+     "@@    ggml_build_forward_expand(gf, experts);\n\n    ggml_tensor * cur_experts[LLAMA_MAX_EXPERTS]",
+     "    " + GUARD),
+    ("llama-graph.cpp",
+     "experts->nb[2], i*experts->nb[1]);\n\n@@        ggml_build_forward_expand(gf, cur_experts[i]);",
+     "        " + GUARD),
+    ("llama-graph.cpp",
+     "        moe_out = ggml_add(ctx0, moe_out, cur_experts[i]);\n\n@@        ggml_build_forward_expand(gf, moe_out);",
+     "        " + GUARD),
     # Vulkan builds: VK_EXT_layer_settings (used only to turn on validation-layer settings) is newer than
     # the Vulkan headers of Debian 12 (1.3.239); without it the instance is created without that chain
     ("../ggml/src/ggml-vulkan/ggml-vulkan.cpp",
@@ -142,21 +159,22 @@ class PatchError(RuntimeError):
     pass
 
 
-def apply_edit(text: str, anchor: str, line: str, where: str) -> str:
-    """Return text with `line` inserted at the anchor's "@@"; unchanged if already there."""
+def apply_edit(text: str, anchor: str, line: str, where: str, times: int = 1) -> str:
+    """Return text with `line` inserted at the anchor's "@@" (which must occur `times` times); unchanged
+    if already there."""
     before, sep, after = anchor.partition("@@")
     if not sep:
         raise PatchError(f"{where}: anchor has no insertion point")
     patched = before + line + "\n" + after
-    if patched in text:
+    if text.count(patched) == times:
         return text
     count = text.count(before + after)
-    if count != 1:
+    if count != times:
         raise PatchError(
-            f"{where}: anchor found {count} times (expected once). pop-local's patch is written for "
+            f"{where}: anchor found {count} times (expected {times}). pop-local's patch is written for "
             f"{EXPECTED_UPSTREAM}; the sources being built differ.\nanchor:\n{before + after}"
         )
-    return text.replace(before + after, patched, 1)
+    return text.replace(before + after, patched)
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -177,7 +195,7 @@ def patch_tree(source_dir: str) -> int:
     if not os.path.isdir(src):
         raise PatchError(f"{src} not found: expected the {EXPECTED_UPSTREAM} source tree")
     texts: dict[str, str] = {}
-    for rel, anchor, line in EDITS:
+    for rel, anchor, line, *times in EDITS:
         path = os.path.join(src, rel)
         if path not in texts:
             try:
@@ -185,7 +203,7 @@ def patch_tree(source_dir: str) -> int:
                     texts[path] = f.read()
             except FileNotFoundError:
                 raise PatchError(f"{rel} not found: expected the {EXPECTED_UPSTREAM} source tree") from None
-        texts[path] = apply_edit(texts[path], anchor, line, rel)
+        texts[path] = apply_edit(texts[path], anchor, line, rel, *times)
     changed = 0
     for path, text in texts.items():
         with open(path, encoding="utf-8", newline="") as f:
@@ -196,12 +214,41 @@ def patch_tree(source_dir: str) -> int:
     return changed
 
 
+ARCHITECTURES_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pop_local", "architectures.py")
+
+
+def architectures_inc() -> str:
+    """pop_architectures.inc: the names in pop_local/architectures.py (the one list) as a C++ array."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pop_local_architectures", ARCHITECTURES_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is created
+    spec.loader.exec_module(module)
+    names = ", ".join(f'"{n}"' for n in module.NAMES)
+    return ("// generated by native/patch_upstream.py from pop_local/architectures.py; do not edit\n"
+            f"static const char * const POP_ARCHITECTURES[] = {{ {names} }};\n")
+
+
+def write_architectures(source_dir: str) -> bool:
+    """Write the list next to pop.cpp when it changed (an unchanged file keeps its mtime); True if written."""
+    path = os.path.join(source_dir, "vendor", "llama.cpp", "src", "pop_architectures.inc")
+    text = architectures_inc()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    write_atomic(path, text)
+    return True
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: patch_upstream.py <llama-cpp-python source dir>", file=sys.stderr)
         return 2
     try:
         changed = patch_tree(argv[1])
+        write_architectures(argv[1])
     except PatchError as e:
         print(f"pop-local: cannot patch llama.cpp: {e}", file=sys.stderr)
         return 1

@@ -8,14 +8,16 @@
 #include "llama-context.h"
 #include "llama-graph.h"
 #include "llama-impl.h"
-#include "llama-kv-cache.h"
-#include "llama-kv-cache-iswa.h"
 #include "llama-model-loader.h"
 #include "llama-model.h"
 
 #include "gguf.h"
 
 #include <cctype>
+#include <cstring>
+#include <mutex>
+#include <unordered_set>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -26,17 +28,18 @@ static const char * const POP_KEY_SKIP_LAYERS = "pop.prefill.skip_layers";
 static const char * const POP_KEY_ENABLED     = "pop.prefill.enabled";
 static const uint32_t     POP_SCHEMA_VERSION  = 1;
 
-// Architectures whose graph builders call pop_kv_only() before build_attn().
+// The architectures POP is enabled for: generated at build time from pop_local/architectures.py (the one
+// list; an architecture is on it only when its tests pass), by native/patch_upstream.py.
+#include "pop_architectures.inc"
+
 static bool pop_arch_supported(llm_arch arch) {
-    switch (arch) {
-        case LLM_ARCH_LLAMA:
-        case LLM_ARCH_QWEN2:
-        case LLM_ARCH_QWEN3:
-        case LLM_ARCH_GEMMA3:
+    const std::string name = llm_arch_name(arch);
+    for (const char * supported : POP_ARCHITECTURES) {
+        if (name == supported) {
             return true;
-        default:
-            return false;
+        }
     }
+    return false;
 }
 
 // --- skip-set strings: "20-29", "20,21,28", "" -------------------------------------------
@@ -250,6 +253,14 @@ void pop_context_prepare(pop_context_state & state, const llama_model & model) {
         state.fitted_v[il] = const_cast<ggml_tensor *>(model.get_tensor(pop_fitted_name(il, true).c_str()));
         state.n_fitted += (state.fitted_k[il] || state.fitted_v[il]) ? 1 : 0;
     }
+    // KV-sharing models: from the first layer without a cache of its own, no layer stores K/V (has_kv is
+    // false for every layer from n_layer_kv_from_start on), so skipping them for tokens without outputs is exact
+    const auto & hp = model.hparams;
+    if (hp.n_layer_kv_from_start >= 0) {
+        for (int il = hp.n_layer_kv_from_start; il < state.n_layer && il < LLAMA_MAX_LAYERS; ++il) {
+            state.exact_skip[il] = !hp.has_kv(il);
+        }
+    }
     auto en = model.gguf_kv.find(POP_KEY_ENABLED);
     state.enabled = en == model.gguf_kv.end() || en->second == "true";
     state.ready = true;
@@ -257,6 +268,12 @@ void pop_context_prepare(pop_context_state & state, const llama_model & model) {
 
 bool pop_split_by_output(const pop_context_state & state) {
     return state.active() && state.stage_mode == POP_LLAMA_STAGE_PREFILL;
+}
+
+// the skip set of the baseline stage modes: POP's own set only (the exact suffix is exact only without outputs)
+static pop_layer_set pop_stage_skip(const pop_context_state & state) {
+    return state.stage_mode == POP_LLAMA_STAGE_PREFILL ? state.prefill_skip()
+                                                       : (state.enabled ? state.skip : pop_layer_set());
 }
 
 static bool pop_graph_type_eligible(int gtype) {
@@ -269,7 +286,7 @@ static bool pop_fitted_applies(const pop_context_state & state) {
 
 pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t n_tokens, uint32_t n_outputs) {
     pop_graph_plan plan;
-    if (!state.active() || !pop_graph_type_eligible(gtype)) {
+    if (!state.active() || !pop_graph_type_eligible(gtype) || pop_stage_skip(state).none()) {
         return plan;
     }
     switch (state.stage_mode) {
@@ -288,7 +305,7 @@ pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t
             break;
     }
     if (plan.mode != pop_graph_plan::FULL) {
-        plan.skip = state.skip;
+        plan.skip = pop_stage_skip(state);
     }
     if (plan.mode == pop_graph_plan::KV_ONLY && pop_fitted_applies(state)) {
         plan.fitted_k = &state.fitted_k;
@@ -309,73 +326,126 @@ void pop_count_ubatch(pop_context_state & state, int gtype, uint32_t n_tokens, u
 
 // --- graph ------------------------------------------------------------------------------------
 
-static bool pop_layer_skipped(const llm_graph_params & params, int il) {
-    return params.pop.mode != pop_graph_plan::FULL && il >= 0 && il < LLAMA_MAX_LAYERS && params.pop.skip[il];
+bool pop_layer_pruned(const llm_graph_context & g, int il) {
+    return g.pop_plan.skips(il) && !g.cparams.training;
 }
 
-bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv * inp,
-                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il) {
-    if (!pop_layer_skipped(params, il) || g.cparams.training) {
-        return false;
+// true when `input` is among the sources of `out` (searched back from `out`, not past `input`)
+static bool pop_reaches(ggml_tensor * out, ggml_tensor * input, ggml_tensor ** rows_of_input) {
+    std::vector<ggml_tensor *> todo = {out};
+    std::unordered_set<ggml_tensor *> seen = {out};
+    bool found = false;
+    while (!todo.empty()) {
+        ggml_tensor * t = todo.back();
+        todo.pop_back();
+        if (t == input) {
+            found = true;
+            continue;
+        }
+        // the last layer of most builders keeps only the output rows: get_rows(input, inp_out_ids)
+        if (t->op == GGML_OP_GET_ROWS && t->src[0] == input && rows_of_input && !*rows_of_input) {
+            *rows_of_input = t;
+        }
+        for (ggml_tensor * s : t->src) {
+            if (s && seen.insert(s).second) {
+                todo.push_back(s);
+            }
+        }
     }
-    if (params.pop.mode == pop_graph_plan::REMOVED) {
-        return true;
-    }
-    // exactly what build_attn() stores: the same rotations, the same cache rows
-    if (inp->self_k_rot) {
-        k_cur = llama_mul_mat_hadamard(g.ctx0, k_cur, inp->self_k_rot);
-    }
-    if (inp->self_v_rot) {
-        v_cur = llama_mul_mat_hadamard(g.ctx0, v_cur, inp->self_v_rot);
-    }
-    ggml_build_forward_expand(g.gf, v_cur);
-    ggml_build_forward_expand(g.gf, k_cur);
-
-    const auto * mctx_cur = inp->mctx;
-    ggml_build_forward_expand(g.gf, mctx_cur->cpy_k(g.ctx0, k_cur, inp->get_k_idxs(), il));
-    ggml_build_forward_expand(g.gf, mctx_cur->cpy_v(g.ctx0, v_cur, inp->get_v_idxs(), il));
-    return true;
+    return found;
 }
 
-bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv_iswa * inp,
-                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il) {
-    if (!pop_layer_skipped(params, il) || g.cparams.training) {
-        return false;
+static void pop_warn_once(const llm_graph_context & g, const char * what, int il) {
+    static std::mutex mutex;
+    static std::unordered_set<int> warned; // per architecture
+    std::lock_guard<std::mutex> lock(mutex);
+    if (warned.insert((int) g.arch).second) {
+        LLAMA_LOG_WARN("pop: %s: layer %d of '%s' %s; that layer runs in full\n", __func__, il, llm_arch_name(g.arch), what);
     }
-    if (params.pop.mode == pop_graph_plan::REMOVED) {
-        return true;
-    }
-    const bool is_swa = g.hparams.is_swa(il);
-    auto * k_rot = is_swa ? inp->self_k_rot_swa : inp->self_k_rot;
-    auto * v_rot = is_swa ? inp->self_v_rot_swa : inp->self_v_rot;
-    if (k_rot && k_cur) {
-        k_cur = llama_mul_mat_hadamard(g.ctx0, k_cur, k_rot);
-    }
-    if (v_rot && v_cur) {
-        v_cur = llama_mul_mat_hadamard(g.ctx0, v_cur, v_rot);
-    }
-    const auto * mctx_cur = is_swa ? inp->mctx->get_swa() : inp->mctx->get_base();
-    if (k_cur) {
-        ggml_build_forward_expand(g.gf, k_cur);
-        const auto & k_idxs = is_swa ? inp->get_k_idxs_swa() : inp->get_k_idxs();
-        ggml_build_forward_expand(g.gf, mctx_cur->cpy_k(g.ctx0, k_cur, k_idxs, il));
-    }
-    if (v_cur) {
-        ggml_build_forward_expand(g.gf, v_cur);
-        const auto & v_idxs = is_swa ? inp->get_v_idxs_swa() : inp->get_v_idxs();
-        ggml_build_forward_expand(g.gf, mctx_cur->cpy_v(g.ctx0, v_cur, v_idxs, il));
-    }
-    return true;
 }
 
-bool pop_kv_only(llm_graph_context &, const llm_graph_params &, llm_graph_input_attn_no_cache *,
-                 ggml_tensor *, ggml_tensor *, int) {
-    return false; // no cache to keep complete: embedding-only graphs always run in full
+// Redefine `out` in place as `like` (same op, sources and shape): every node that reads `out` then reads
+// what `like` computes, and what `out` was computed from is left unreachable (never allocated or computed).
+static void pop_redefine(ggml_tensor * out, const ggml_tensor * like) {
+    out->type = like->type;
+    std::memcpy(out->ne, like->ne, sizeof(out->ne));
+    std::memcpy(out->nb, like->nb, sizeof(out->nb));
+    out->op = like->op;
+    std::memcpy(out->op_params, like->op_params, sizeof(out->op_params));
+    out->flags = 0;
+    std::memcpy(out->src, like->src, sizeof(out->src));
+    out->view_src  = like->view_src;
+    out->view_offs = like->view_offs;
+}
+
+static bool pop_same_shape(const ggml_tensor * a, const ggml_tensor * b) {
+    return a->type == b->type && std::memcmp(a->ne, b->ne, sizeof(a->ne)) == 0;
+}
+
+void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const char * name, int il) {
+    if (g.pop_plan.mode == pop_graph_plan::FULL || cur == nullptr) {
+        return;
+    }
+    auto & stream = g.pop_stream;
+    if (il < 0) {
+        // before the first layer: the last named tensor shaped like the residual stream is layer 0's input
+        // (the embeddings, or their scaled/normed form: inp_embd, inp_scaled, ...)
+        if (!stream.in_layers && cur->type == GGML_TYPE_F32 && cur->ne[0] == g.n_embd &&
+                cur->ne[1] == (int64_t) g.n_tokens && cur->ne[2] == 1 && cur->ne[3] == 1) {
+            stream.current = cur;
+        }
+        return;
+    }
+    stream.in_layers = true;
+    if (std::strcmp(name, "l_out") != 0) {
+        return;
+    }
+    ggml_tensor * input = stream.current;
+    stream.current = cur; // the next layer's input, whatever happens to this one
+    if (!pop_layer_pruned(g, il)) {
+        return;
+    }
+    if (input == nullptr) {
+        pop_warn_once(g, "has no residual stream named before it", il);
+        return;
+    }
+    if (cur->data != nullptr || cur->buffer != nullptr) {
+        pop_warn_once(g, "names an allocated tensor as its output", il);
+        return;
+    }
+    ggml_tensor * rows = nullptr;
+    if (!pop_reaches(cur, input, &rows)) {
+        pop_warn_once(g, "has an output that does not depend on its input", il);
+        return;
+    }
+    if (pop_same_shape(cur, input)) {
+        // copies, not a view of the input or a twin of the builder's get_rows: with a view, chunked prompts
+        // lost rows of the input to a later buffer; with a twin, ggml's allocator crashed on the next graph
+        // (both measured, causes not traced). A copy costs one pass over n_embd x n_tokens.
+        pop_redefine(cur, ggml_cont(g.ctx0, input));
+    } else if (rows != nullptr && pop_same_shape(cur, rows)) {
+        pop_redefine(cur, ggml_cont(g.ctx0, rows)); // the input's output rows, selected as the builder selects them
+    } else {
+        pop_warn_once(g, "has an output shaped unlike its input", il);
+        return;
+    }
+    ggml_format_name(cur, "pop_pass-%d", il); // the layer passes its input through: nothing of it is computed
+}
+
+void pop_graph_built(const pop_graph_plan & plan, ggml_context * ctx, ggml_cgraph * gf) {
+    if (plan.mode == pop_graph_plan::FULL || ctx == nullptr || gf == nullptr) {
+        return;
+    }
+    for (ggml_tensor * t = ggml_get_first_tensor(ctx); t != nullptr; t = ggml_get_next_tensor(ctx, t)) {
+        if (t->flags & GGML_TENSOR_FLAG_INPUT) {
+            ggml_build_forward_expand(gf, t); // a no-op for inputs already in the graph
+        }
+    }
 }
 
 ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il) {
     const auto & plan = g.pop_plan;
-    if (plan.mode != pop_graph_plan::KV_ONLY || il < 0 || il >= LLAMA_MAX_LAYERS || !plan.skip[il]) {
+    if (plan.mode != pop_graph_plan::KV_ONLY || !plan.skips(il)) {
         return proj;
     }
     const pop_layer_tensors * table = is_v ? plan.fitted_v : plan.fitted_k;
@@ -384,13 +454,6 @@ ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, gg
     }
     // `proj` (the own projection) is left unreferenced, so the graph never computes it
     return ggml_mul_mat(g.ctx0, (*table)[il], cur);
-}
-
-ggml_tensor * pop_skip_layer(llm_graph_context & g, ggml_tensor * inp, int il, ggml_tensor * inp_out_ids) {
-    if (il == g.n_layer - 1 && inp_out_ids) {
-        return ggml_get_rows(g.ctx0, inp, inp_out_ids);
-    }
-    return inp;
 }
 
 // --- C API --------------------------------------------------------------------------------------
@@ -406,6 +469,24 @@ int32_t pop_llama_abi_version(void) {
 
 bool pop_llama_arch_supported(const llama_model * model) {
     return model != nullptr && pop_arch_supported(model->arch);
+}
+
+int32_t pop_llama_layer_kind(const llama_model * model, int32_t il) {
+    if (model == nullptr || il < 0 || il >= (int32_t) model->hparams.n_layer()) {
+        return -1;
+    }
+    const auto & hp = model->hparams;
+    if (hp.is_recr(il)) {
+        return POP_LLAMA_LAYER_RECURRENT;
+    }
+    if (!hp.has_kv(il)) {
+        return 0;
+    }
+    int32_t kind = POP_LLAMA_LAYER_KV;
+    kind |= hp.is_swa(il) ? POP_LLAMA_LAYER_SWA : 0;
+    kind |= hp.is_mla() ? POP_LLAMA_LAYER_K_ONLY : 0;
+    kind |= hp.n_pos_per_embd() > 1 ? POP_LLAMA_LAYER_CELL_EXT : 0;
+    return kind;
 }
 
 int32_t pop_llama_set_skip_layers(llama_context * ctx, const int32_t * layers, int32_t n_layers) {
@@ -487,6 +568,28 @@ int32_t pop_llama_set_kv_mode(llama_context * ctx, int32_t mode) {
 
 int32_t pop_llama_get_kv_mode(llama_context * ctx) {
     return pop_state(ctx).kv_mode;
+}
+
+void pop_llama_set_exact_prefill(llama_context * ctx, bool enabled) {
+    pop_state(ctx).exact_enabled = enabled;
+}
+
+bool pop_llama_get_exact_prefill(llama_context * ctx) {
+    return pop_state(ctx).exact_enabled;
+}
+
+int32_t pop_llama_get_exact_layers(llama_context * ctx, int32_t * out, int32_t capacity) {
+    const auto & st = pop_state(ctx);
+    int32_t n = 0;
+    for (int32_t l = 0; l < st.n_layer; ++l) {
+        if (st.exact_skip[l]) {
+            if (out != nullptr && n < capacity) {
+                out[n] = l;
+            }
+            ++n;
+        }
+    }
+    return n;
 }
 
 int32_t pop_llama_n_fitted_layers(llama_context * ctx) {

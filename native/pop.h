@@ -15,10 +15,6 @@ struct ggml_tensor;
 struct llama_model;
 struct llama_model_loader;
 struct llm_graph_context;
-struct llm_graph_params;
-class llm_graph_input_attn_kv;
-class llm_graph_input_attn_kv_iswa;
-class llm_graph_input_attn_no_cache;
 
 using pop_layer_set = std::bitset<LLAMA_MAX_LAYERS>;
 using pop_layer_tensors = std::array<ggml_tensor *, LLAMA_MAX_LAYERS>;
@@ -34,11 +30,20 @@ struct pop_graph_plan {
     const pop_layer_tensors * fitted_k = nullptr;
     const pop_layer_tensors * fitted_v = nullptr;
 
+    bool skips(int il) const { return mode != FULL && il >= 0 && il < LLAMA_MAX_LAYERS && skip[il]; }
+
     bool operator==(const pop_graph_plan & other) const {
         return mode == other.mode && (mode == FULL ||
                (skip == other.skip && fitted_k == other.fitted_k && fitted_v == other.fitted_v));
     }
     bool operator!=(const pop_graph_plan & other) const { return !(*this == other); }
+};
+
+// The residual stream while a pruned graph is built, seen through the builders' named tensors
+// (llm_graph_context::cb): a member of llm_graph_context, mutable because cb() is const.
+struct pop_graph_stream {
+    ggml_tensor * current   = nullptr; // the residual stream entering the next layer
+    bool          in_layers = false;   // a tensor of some layer has been named
 };
 
 // Per-context POP state, a member of llama_context. Filled from the model's metadata on first use.
@@ -49,6 +54,11 @@ struct pop_context_state {
     int32_t       stage_mode = 0; // enum pop_llama_stage_mode
     int32_t       n_layer    = 0;
     pop_layer_set skip;
+
+    // KV-sharing models (gemma3n, gemma4): the layers from the first one without a K/V cache of its own
+    // to the last store nothing, so for tokens without outputs they are skipped exactly (default on)
+    bool          exact_enabled = true;
+    pop_layer_set exact_skip;
 
     // fitted K/V projections (tensors blk.N.attn_k.pop / attn_v.pop), used only while the skip set
     // is the one they were fitted for: the file's
@@ -63,8 +73,15 @@ struct pop_context_state {
     uint64_t pruned_ubatches = 0;
     uint64_t full_ubatches   = 0;
 
-    // true when prompts are really pruned (enabled, non-empty skip set, supported architecture)
-    bool active() const { return ready && enabled && arch_ok && skip.any(); }
+    // the layers a ubatch without outputs skips: POP's set (when on) and the exact KV-sharing suffix (when on)
+    pop_layer_set prefill_skip() const {
+        pop_layer_set s;
+        if (enabled) { s |= skip; }
+        if (exact_enabled) { s |= exact_skip; }
+        return s;
+    }
+    // true when prompts are really pruned (something to skip on a supported architecture)
+    bool active() const { return ready && arch_ok && prefill_skip().any(); }
 };
 
 // Model load: resolve pop.* keys (file + kv_overrides), validate them and store the canonical
@@ -88,19 +105,24 @@ pop_graph_plan pop_plan_for(const pop_context_state & state, int gtype, uint32_t
 // Count a processed ubatch.
 void pop_count_ubatch(pop_context_state & state, int gtype, uint32_t n_tokens, uint32_t n_outputs);
 
-// Graph builders: called just before a layer's build_attn(). When layer `il` is skipped by the
-// plan it writes K/V to the cache (KV_ONLY) or nothing (REMOVED) and returns true; the caller
-// then leaves the residual stream unchanged (pop_skip_layer) and goes to the next layer.
-bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv * inp,
-                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
-bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_kv_iswa * inp,
-                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
-bool pop_kv_only(llm_graph_context & g, const llm_graph_params & params, llm_graph_input_attn_no_cache * inp,
-                 ggml_tensor * k_cur, ggml_tensor * v_cur, int il);
+// Shared graph code (llm_graph_context::build_attn*, build_attn_mha, build_moe_ffn): true when layer `il`
+// is pruned in this graph, so the explicit ggml_build_forward_expand() of its query, attention output and
+// experts is left out. The K/V cache writes are not: build_attn still stores them exactly as in the full graph.
+bool pop_layer_pruned(const llm_graph_context & g, int il);
+
+// llm_graph_context::cb, after the context's callback: tracks the residual stream, and at a pruned layer's
+// "l_out" turns that tensor into a view of the layer's input (rows selected as the builder selected them
+// for the last layer), so the layer's attention and FFN are unreachable from the outputs and never run.
+// Where the layer's input cannot be found among the output's sources it leaves the layer whole (warned once).
+void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const char * name, int il);
+
+// llama_context::process_ubatch, after a graph is built: in a pruned graph, every input tensor of `ctx`
+// joins the graph, so inputs read only by pruned layers (Llama 4's attention temperature) are allocated
+// when llama.cpp sets them.
+struct ggml_context;
+struct ggml_cgraph;
+void pop_graph_built(const pop_graph_plan & plan, ggml_context * ctx, ggml_cgraph * gf);
 
 // build_qkv: the K (is_v false) or V projection of layer `il` for this graph: `proj` (computed with
 // the layer's own weights), or the fitted projection of `cur` when the plan prunes the layer and has one.
 ggml_tensor * pop_fitted_proj(const llm_graph_context & g, ggml_tensor * cur, ggml_tensor * proj, bool is_v, int il);
-
-// The residual stream of a skipped layer: unchanged, except that the last layer keeps only output rows.
-ggml_tensor * pop_skip_layer(llm_graph_context & g, ggml_tensor * inp, int il, ggml_tensor * inp_out_ids);

@@ -13,7 +13,7 @@
 extern "C" {
 #endif
 
-#define POP_LLAMA_ABI_VERSION 2
+#define POP_LLAMA_ABI_VERSION 3
 
 // How skipped layers are treated. Only PREFILL is the product; the other two exist so that
 // `pop-local eval` can measure the baselines of the paper in the same process.
@@ -53,7 +53,18 @@ LLAMA_API int32_t pop_llama_get_skip_layers(struct llama_context * ctx, int32_t 
 LLAMA_API void pop_llama_set_enabled(struct llama_context * ctx, bool enabled);
 LLAMA_API bool pop_llama_get_enabled(struct llama_context * ctx);
 
-// true when the next prompt will really be pruned: enabled, non-empty set, supported architecture
+// Exact prefill for KV-sharing models (gemma3n, gemma4): their last layers reuse earlier layers' K/V and
+// store none, so tokens without outputs skip them with identical results. On by default, independent of
+// pop_llama_set_enabled (which switches POP's approximate skip set).
+LLAMA_API void pop_llama_set_exact_prefill(struct llama_context * ctx, bool enabled);
+LLAMA_API bool pop_llama_get_exact_prefill(struct llama_context * ctx);
+
+// Copies up to `capacity` indices of the layers skipped exactly into `out`; returns how many there are
+// (0 for a model without KV sharing).
+LLAMA_API int32_t pop_llama_get_exact_layers(struct llama_context * ctx, int32_t * out, int32_t capacity);
+
+// true when the next prompt will really be pruned: a supported architecture and something to skip
+// (POP's set while enabled, or the exact KV-sharing layers)
 LLAMA_API bool pop_llama_is_active(struct llama_context * ctx);
 
 // Returns 0 on success, -1 for an unknown mode.
@@ -69,6 +80,18 @@ LLAMA_API int32_t pop_llama_n_fitted_layers(struct llama_context * ctx);
 
 // true when the next pruned prefill will use fitted projections (FITTED mode, the file's skip set, tensors present)
 LLAMA_API bool pop_llama_fitted_active(struct llama_context * ctx);
+
+// What each layer keeps between steps, as llama.cpp's state serialisation lays it out (tests read caches
+// back per layer; `pop-local inspect` shows it): a bit set of pop_llama_layer_kind, 0 for a layer that
+// stores nothing of its own (a KV-sharing layer), -1 for an invalid layer.
+enum pop_llama_layer_kind {
+    POP_LLAMA_LAYER_KV        = 1, // stores K (and V, unless K-only) in the attention cache
+    POP_LLAMA_LAYER_SWA       = 2, // ... in the sliding-window cache
+    POP_LLAMA_LAYER_RECURRENT = 4, // keeps a recurrent state (conv + SSM/delta-net), no K/V
+    POP_LLAMA_LAYER_K_ONLY    = 8, // the cache holds K only (MLA: the compressed latent)
+    POP_LLAMA_LAYER_CELL_EXT  = 16, // cache cells carry 2-D positions (M-RoPE)
+};
+LLAMA_API int32_t pop_llama_layer_kind(const struct llama_model * model, int32_t il);
 
 LLAMA_API void pop_llama_get_stats(struct llama_context * ctx, struct pop_llama_stats * out);
 LLAMA_API void pop_llama_reset_stats(struct llama_context * ctx);

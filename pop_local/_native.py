@@ -9,20 +9,29 @@ from __future__ import annotations
 import ctypes
 import functools
 
+from .architectures import NAMES
 from .errors import PopNativeError
 
 __all__ = ["ABI_VERSION", "ARCHITECTURES", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN", "KV_FITTED",
+           "LAYER_KV", "LAYER_SWA", "LAYER_RECURRENT", "LAYER_K_ONLY", "LAYER_CELL_EXT",
            "PopStats", "lib"]
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
-# GGUF architectures whose graph builders the patch edits (pop_arch_supported in native/pop.cpp)
-ARCHITECTURES = ("gemma3", "llama", "qwen2", "qwen3")
+# GGUF architectures POP runs on (compiled into libllama from the same table)
+ARCHITECTURES = NAMES
 
 # enum pop_llama_stage_mode
 STAGE_PREFILL = 0
 STAGE_PREFILL_NO_BOUNDARY = 1
 STAGE_ALL = 2
+
+# enum pop_llama_layer_kind (bits)
+LAYER_KV = 1
+LAYER_SWA = 2
+LAYER_RECURRENT = 4
+LAYER_K_ONLY = 8
+LAYER_CELL_EXT = 16
 
 # enum pop_llama_kv_mode
 KV_OWN = 0
@@ -69,10 +78,18 @@ _PROTOTYPES = {
     "pop_llama_set_kv_mode": (ctypes.c_int32, [_c_ctx, ctypes.c_int32]),
     # int32_t pop_llama_get_kv_mode(struct llama_context * ctx);
     "pop_llama_get_kv_mode": (ctypes.c_int32, [_c_ctx]),
+    # void pop_llama_set_exact_prefill(struct llama_context * ctx, bool enabled);
+    "pop_llama_set_exact_prefill": (None, [_c_ctx, ctypes.c_bool]),
+    # bool pop_llama_get_exact_prefill(struct llama_context * ctx);
+    "pop_llama_get_exact_prefill": (ctypes.c_bool, [_c_ctx]),
+    # int32_t pop_llama_get_exact_layers(struct llama_context * ctx, int32_t * out, int32_t capacity);
+    "pop_llama_get_exact_layers": (ctypes.c_int32, [_c_ctx, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32]),
     # int32_t pop_llama_n_fitted_layers(struct llama_context * ctx);
     "pop_llama_n_fitted_layers": (ctypes.c_int32, [_c_ctx]),
     # bool pop_llama_fitted_active(struct llama_context * ctx);
     "pop_llama_fitted_active": (ctypes.c_bool, [_c_ctx]),
+    # int32_t pop_llama_layer_kind(const struct llama_model * model, int32_t il);
+    "pop_llama_layer_kind": (ctypes.c_int32, [_c_model, ctypes.c_int32]),
     # void pop_llama_get_stats(struct llama_context * ctx, struct pop_llama_stats * out);
     "pop_llama_get_stats": (None, [_c_ctx, ctypes.POINTER(PopStats)]),
     # void pop_llama_reset_stats(struct llama_context * ctx);

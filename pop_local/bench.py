@@ -11,6 +11,9 @@ and the spread (min-max) are reported. `run_bench` returns a JSON-ready dict:
         when the skip set is not the paper's (e.g. a budgeted file's choice), also paper_ms,
         paper_speedup, paper_ideal_speedup: the paper's last third with own K/V, in the same rounds
     paper_skip_layers: that set, or null
+    exact_layers: the layers a KV-sharing model skips exactly (gemma4), or null; then each prefill row
+        also has exact_ms, exact_speedup, exact_ideal_speedup: that lossless skip alone (POP off), and
+        "full" is the model with both off
     decode: context, tokens, full_tps / pop_tps: {median, min, max, n}, pop_vs_full (ratio of medians)
 """
 
@@ -31,7 +34,7 @@ __all__ = ["run_bench", "require_pop", "alternate", "time_prefill", "time_decode
 
 def require_pop(llm) -> None:
     """PopError unless `llm` can run pruned (a skip set, a supported architecture): else nothing to compare."""
-    if not llm.skip_layers:
+    if not llm.skip_layers and not llm.exact_layers:
         raise PopError("nothing to compare: the model has no skip set (convert it, or pass --skip-layers)")
     if not llm.pop_supported:
         raise PopError(f"POP does not support the {llm.pop_metadata.architecture} architecture in this build "
@@ -110,13 +113,15 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
 
     shape = model_shape(llm.model_path)
     skip = llm.skip_layers
-    was_enabled, was_kv = llm.pop_enabled, llm.kv_mode
+    exact = llm.exact_layers
+    was_enabled, was_kv, was_exact = llm.pop_enabled, llm.kv_mode, llm.exact_prefill
     paper = paper_skip_set(shape.n_layer)
-    modes = ("full", "pop") if tuple(skip) == paper else ("full", "pop", "paper")
+    modes = ("full", "pop") + (() if tuple(skip) == paper or not skip else ("paper",)) + (("exact",) if exact and skip else ())
 
     def configure(mode: str) -> None:
-        llm.pop_enabled = mode != "full"
-        if mode != "full":
+        llm.pop_enabled = mode in ("pop", "paper")
+        llm.exact_prefill = mode != "full"
+        if mode in ("pop", "paper"):
             llm.skip_layers = paper if mode == "paper" else skip
             llm.kv_mode = "own" if mode == "paper" else was_kv
 
@@ -140,11 +145,15 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             s = alternate(modes, repeats, prefill)
             full, pop = summarize(s["full"]), summarize(s["pop"])
             rows.append({"n_tokens": n, "full_ms": full, "pop_ms": pop, "speedup": full["median"] / pop["median"],
-                         "ideal_speedup": ideal_speedup(shape, n, skip), "pruned_tokens": pruned[-1]})
+                         "ideal_speedup": ideal_speedup(shape, n, skip, exact), "pruned_tokens": pruned[-1]})
             if "paper" in modes:
                 p = summarize(s["paper"])
                 rows[-1].update({"paper_ms": p, "paper_speedup": full["median"] / p["median"],
-                                 "paper_ideal_speedup": ideal_speedup(shape, n, paper)})
+                                 "paper_ideal_speedup": ideal_speedup(shape, n, paper, exact)})
+            if "exact" in modes:
+                e = summarize(s["exact"])
+                rows[-1].update({"exact_ms": e, "exact_speedup": full["median"] / e["median"],
+                                 "exact_ideal_speedup": ideal_speedup(shape, n, (), exact)})
         if progress:
             progress("benchmark", len(ctx), total)
         tokens = bench_prompt(llm, decode_ctx + decode_tokens)
@@ -158,13 +167,14 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             progress("benchmark", total, total)
     finally:
         configure("pop")
-        llm.pop_enabled = was_enabled
+        llm.pop_enabled, llm.exact_prefill = was_enabled, was_exact
         llm.reset()
     full_tps, pop_tps = summarize(d["full"]), summarize(d["pop"])
     return {
         "model": os.path.basename(llm.model_path),
         "skip_layers": format_layers(skip),
         "paper_skip_layers": format_layers(paper) if "paper" in modes else None,
+        "exact_layers": format_layers(exact) if exact else None,
         "n_layer": shape.n_layer,
         "threads": llm.context_params.n_threads_batch,
         "runs": repeats,
@@ -177,10 +187,11 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
 
 def format_table(result: Dict[str, Any]) -> str:
     """A Markdown table of `run_bench`'s result (what `pop-local bench` prints)."""
-    paper = result.get("paper_skip_layers")
+    paper, exact = result.get("paper_skip_layers"), "exact_ms" in result["prefill"][0]
     lines = ["| prompt tokens | full ms | POP ms | speedup | FLOP ideal |"
-             + (f" paper's set ({paper}, own K/V) ms | paper speedup | paper FLOP ideal |" if paper else ""),
-             "|---|---|---|---|---|" + ("---|---|---|" if paper else "")]
+             + (f" paper's set ({paper}, own K/V) ms | paper speedup | paper FLOP ideal |" if paper else "")
+             + (f" exact skip only ({result['exact_layers']}) ms | exact speedup | exact FLOP ideal |" if exact else ""),
+             "|---|---|---|---|---|" + ("---|---|---|" if paper else "") + ("---|---|---|" if exact else "")]
     for r in result["prefill"]:
         f, p = r["full_ms"], r["pop_ms"]
         line = (f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
@@ -190,6 +201,10 @@ def format_table(result: Dict[str, Any]) -> str:
             q = r["paper_ms"]
             line += (f" {q['median']:.1f} ({q['min']:.1f}-{q['max']:.1f}) | {r['paper_speedup']:.2f}x | "
                      f"{r['paper_ideal_speedup']:.2f}x |")
+        if exact:
+            e = r["exact_ms"]
+            line += (f" {e['median']:.1f} ({e['min']:.1f}-{e['max']:.1f}) | {r['exact_speedup']:.2f}x | "
+                     f"{r['exact_ideal_speedup']:.2f}x |")
         lines.append(line)
     d = result["decode"]
     lines += ["", f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full_tps']['median']:.1f} "

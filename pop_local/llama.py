@@ -34,6 +34,8 @@ class PopLlama(llama_cpp.Llama):
         pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
         skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
         kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
+        exact_prefill: KV-sharing models (gemma4): skip the layers that store no K/V of their own for
+            prompt tokens without outputs, with identical results (default True; independent of `pop`).
         reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
             that runs under the POP settings that computed it, so every output equals a fresh run with
             its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
@@ -50,7 +52,7 @@ class PopLlama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
                  skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
-                 reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
+                 exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
                  **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
@@ -88,6 +90,7 @@ class PopLlama(llama_cpp.Llama):
             self.pop_enabled = pop
         if kv_mode is not None:
             self.kv_mode = kv_mode
+        self.exact_prefill = exact_prefill
         self.pop_stats()  # the first snapshot
 
     def close(self) -> None:
@@ -150,6 +153,23 @@ class PopLlama(llama_cpp.Llama):
         self.pop_stats()
 
     @property
+    def exact_layers(self) -> Tuple[int, ...]:
+        """Layers a KV-sharing model skips exactly for prompt tokens without outputs (() for other models)."""
+        n = self._pop.pop_llama_get_exact_layers(self._ctx_ptr, None, 0)
+        buf = (ctypes.c_int32 * max(n, 1))()
+        self._pop.pop_llama_get_exact_layers(self._ctx_ptr, buf, n)
+        return tuple(buf[i] for i in range(n))
+
+    @property
+    def exact_prefill(self) -> bool:
+        """The exact KV-sharing skip on/off (settable; results are identical either way, only speed differs)."""
+        return bool(self._pop.pop_llama_get_exact_prefill(self._ctx_ptr))
+
+    @exact_prefill.setter
+    def exact_prefill(self, value: bool) -> None:
+        self._pop.pop_llama_set_exact_prefill(self._ctx_ptr, bool(value))
+
+    @property
     def kv_mode(self) -> str:
         """"fitted" (default: the file's fitted K/V projections, where it has them) or "own" (the paper's)."""
         return "fitted" if self._pop.pop_llama_get_kv_mode(self._ctx_ptr) == _native.KV_FITTED else "own"
@@ -195,6 +215,7 @@ class PopLlama(llama_cpp.Llama):
             "active": self.pop_active,
             "skip_layers": self.skip_layers,
             "kv": "fitted" if self.fitted_active else "own",
+            "exact_layers": self.exact_layers if self.exact_prefill else (),
         }
         return dict(snapshot)
 

@@ -31,15 +31,18 @@ def gemma3():
 @pytest.fixture(scope="session")
 def arch_model(tmp_path_factory, smollm2, gemma3):
     """arch_model(name): a GGUF of that architecture: SmolLM2 itself for llama, the real Gemma-3-270M
-    for gemma3, SmolLM2's weights rewritten as the architecture otherwise (tests/arch_models.py)."""
-    from arch_models import rewrite_as
+    for gemma3, SmolLM2's weights rewritten as qwen2/qwen3/ernie4_5 (tests/arch_models.py), and a tiny
+    random-weight model (6 layers, tests/tiny_models.py) for every other architecture."""
+    from arch_models import ARCHES as REWRITTEN, rewrite_as
+    from tiny_models import Dims, tiny_model
 
     made = {"llama": smollm2, "gemma3": gemma3}
     folder = tmp_path_factory.mktemp("arch-models")
 
     def get(name):
         if name not in made:
-            made[name] = rewrite_as(smollm2, str(folder / f"{name}.gguf"), name)
+            made[name] = (rewrite_as(smollm2, str(folder / f"{name}.gguf"), name) if name in REWRITTEN
+                          else tiny_model(name, Dims(n_layer=6)))
         return made[name]
 
     return get

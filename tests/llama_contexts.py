@@ -97,9 +97,10 @@ def set_skip(ctx, layers):
 
 
 def full_cut_like_pop(ctx, entries):
-    """The full model on `ctx`, with the batch cut the way POP cuts it (the prompt without outputs,
+    """The full model on `ctx` (POP and the exact KV-sharing skip off), with the batch cut the way POP cuts it (the prompt without outputs,
     then its last token alone); the last token's logits."""
     _native.lib().pop_llama_set_enabled(ctx, False)
+    _native.lib().pop_llama_set_exact_prefill(ctx, False)  # KV-sharing models: their exact skip off too
     decode(ctx, entries[:-1])
     return decode(ctx, entries[-1:])[0]
 
@@ -137,48 +138,91 @@ class _Reader:
         return b
 
 
-def cache_layers(ctx, n_layer, seq=0):
-    """{model layer: (K bytes, V bytes)} of one sequence, from llama.cpp's own state serialisation
-    (a magic and the sequence id, then llama_kv_cache::state_write: per stream the cells, then per
-    cache layer K rows, then V). A model
-    with sliding-window layers has two caches, written base (global layers) first, then SWA."""
+def layer_kinds(model):
+    """pop_llama_layer_kind of every layer of a llama_model pointer: what the layer keeps between steps."""
+    lib = _native.lib()
+    return [lib.pop_llama_layer_kind(model, il) for il in range(llama_cpp.llama_model_n_layer(model))]
+
+
+def _read_kv_cache(r, layers, kinds):
+    """One llama_kv_cache::state_write: per stream the cells, then per cache layer K rows, then V."""
+    out = {}
+    for _stream in range(r.take("I")):
+        cells = r.take("I")
+        if cells == 0:
+            continue
+        ext = any(kinds[il] & _native.LAYER_CELL_EXT for il in layers)
+        for _ in range(cells):
+            _pos, n_seq = r.take("iI")
+            if ext:
+                r.raw(12)  # llama_kv_cell_ext: x, y, tok
+            r.raw(4 * n_seq)
+        v_trans, n = r.take("II")
+        assert n == len(layers), (n, layers)
+        ks = []
+        for _ in range(n):
+            _type, row = r.take("iQ")
+            ks.append(r.raw(row * cells))
+        vs = []
+        for il in layers:
+            if kinds[il] & _native.LAYER_K_ONLY:
+                vs.append(b"")
+            elif v_trans:
+                _type, el, n_embd_v = r.take("iII")
+                vs.append(r.raw(el * n_embd_v * cells))
+            else:
+                _type, row = r.take("iQ")
+                vs.append(r.raw(row * cells))
+        for il, k, v in zip(layers, ks, vs):
+            out[il] = (k, v)
+    return out
+
+
+def _read_recurrent(r, layers):
+    """llama_memory_recurrent::state_write: the cells, then the conv (R) states of the recurrent layers,
+    then their SSM / delta-net (S) states."""
+    cells = r.take("I")
+    for _ in range(cells):
+        _pos, n_seq = r.take("iI")
+        r.raw(4 * n_seq)
+    _s_trans, _n_layer = r.take("II")
+    rs = []
+    for _ in layers:
+        _type, row = r.take("iQ")
+        rs.append(r.raw(row * cells))
+    ss = []
+    for _ in layers:
+        _type, row = r.take("iQ")
+        ss.append(r.raw(row * cells))
+    return {il: (rr, sr) for il, rr, sr in zip(layers, rs, ss)}
+
+
+def cache_layers(ctx, seq=0):
+    """{model layer: (K bytes, V bytes)} of one sequence -- (conv state, recurrent state) for a recurrent
+    layer -- from llama.cpp's own state serialisation (a magic and the sequence id, then the memory's
+    state_write). A layer that stores nothing of its own (KV sharing) has no entry. Sliding-window models
+    have two caches, written base (global layers) first, then SWA; hybrid models write the attention
+    cache, then the recurrent states. Which layer is where comes from pop_llama_layer_kind."""
+    kinds = layer_kinds(llama_cpp.llama_get_model(ctx))
     size = llama_cpp.llama_state_seq_get_size(ctx, seq)
     buf = (ctypes.c_uint8 * size)()
     written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq)
     r = _Reader(bytes(buf[:written]))
     assert r.take("I") == 0xAF143CD8 and r.take("i") == seq  # llama_context::state_seq_get_data's header
-    caches = []
-    while r.off < len(r.data):
-        for _stream in range(r.take("I")):
-            cells = r.take("I")
-            if cells == 0:
-                continue
-            for _ in range(cells):
-                _pos, n_seq = r.take("iI")
-                r.raw(4 * n_seq)
-            v_trans, n = r.take("II")
-            ks = []
-            for _ in range(n):
-                _type, row = r.take("iQ")
-                ks.append(r.raw(row * cells))
-            vs = []
-            for _ in range(n):
-                if v_trans:
-                    _type, el, n_embd_v = r.take("iII")
-                    vs.append(r.raw(el * n_embd_v * cells))
-                else:
-                    _type, row = r.take("iQ")
-                    vs.append(r.raw(row * cells))
-            caches.append(list(zip(ks, vs)))
-    if len(caches) == 1:
-        assert len(caches[0]) == n_layer
-        return dict(enumerate(caches[0]))
-    # Gemma 3: every sixth layer is global (llama.cpp's set_swa_pattern(6) for gemma3)
-    base, swa = caches
-    globals_ = [il for il in range(n_layer) if (il + 1) % 6 == 0]
-    assert len(base) == len(globals_) and len(swa) == n_layer - len(globals_)
-    locals_ = [il for il in range(n_layer) if il not in globals_]
-    return {**dict(zip(globals_, base)), **dict(zip(locals_, swa))}
+    kv = [il for il, k in enumerate(kinds) if k & _native.LAYER_KV]
+    base = [il for il in kv if not kinds[il] & _native.LAYER_SWA]
+    swa = [il for il in kv if kinds[il] & _native.LAYER_SWA]
+    recurrent = [il for il, k in enumerate(kinds) if k & _native.LAYER_RECURRENT]
+    out = {}
+    if swa:
+        out.update(_read_kv_cache(r, base, kinds))
+        out.update(_read_kv_cache(r, swa, kinds))
+    elif kv:
+        out.update(_read_kv_cache(r, kv, kinds))
+    if recurrent:
+        out.update(_read_recurrent(r, recurrent))
+    assert r.off == len(r.data), "state not read to its end"
+    return out
 
 
 def chunked_and_single(llm, entries, skip):

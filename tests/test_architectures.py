@@ -1,13 +1,17 @@
-"""POP on every supported architecture: llama (SmolLM2), qwen2 and qwen3 (SmolLM2's weights rewritten
-as those architectures, tests/arch_models.py) and gemma3 (the real Gemma-3-270M, sliding-window layers
-with their own cache and RoPE base, post-norms, scaled embeddings), under flash attention on and off,
-a q8_0 KV cache, chunked and multi-sequence batches and embedding contexts, on the CPU
-(test_gpu_offload.py runs the same checks on a GPU backend).
+"""POP on every architecture of pop_local/architectures.py (the list compiled into libllama: an
+architecture is on it only when this module passes for it): llama (SmolLM2), qwen2 and qwen3 (SmolLM2's
+weights rewritten as those architectures, tests/arch_models.py), gemma3 (the real Gemma-3-270M), and tiny
+random-weight models of the others (tests/tiny_models.py: dense, MoE, MLA, hybrid recurrent, sliding
+window, KV sharing), under flash attention on and off, a q8_0 KV cache, chunked and multi-sequence
+batches and embedding contexts, on the CPU (test_gpu_offload.py runs the same checks on a GPU backend).
 
-The central check reads the KV cache back (llama_state_seq_get_data) and compares it byte for byte
-with the full model's: with one layer L skipped, every layer up to and including L must hold exactly
-what the full model stores, because L's input is the full model's; the layers after L must differ.
+The central check reads the cache back (llama_state_seq_get_data) and compares it byte for byte with
+the full model's: with one layer L skipped, every layer up to and including L must hold exactly what the
+full model stores (K/V, or a recurrent layer's states), because L's input is the full model's; the
+layers after L that store anything must differ.
 """
+
+import ctypes
 
 import numpy as np
 import pytest
@@ -16,12 +20,16 @@ import llama_cpp
 
 from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
                             logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
+from llama_contexts import layer_kinds
 from pop_local import PopLlama
 from pop_local import _native
+from pop_local.architectures import ARCHITECTURES, NAMES
+from tiny_models import Dims, tiny_model
+from tiny_specs import SPECS
 
 pytestmark = pytest.mark.slow
 
-ARCHES = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHES = NAMES
 N_PROMPT = 200
 
 # (flash attention, K cache type, V cache type): llama.cpp needs flash attention for a quantized V cache
@@ -69,6 +77,8 @@ def test_architecture_is_supported(arch_model, arch):
 @pytest.mark.parametrize("config", list(CACHE_CONFIGS))
 @pytest.mark.parametrize("arch", ARCHES)
 def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, arch, config):
+    if config == "fa-off-k-q8_0" and layer_kinds(model(arch_model, arch)._model.model)[-1] & _native.LAYER_K_ONLY:
+        pytest.skip("a K-only (MLA) cache: llama.cpp refuses a K cache type different from V's")
     llm = model(arch_model, arch, config)
     n_layer = llm.pop_metadata.n_layer
     toks = tokens(llm, long_text, N_PROMPT)
@@ -81,14 +91,17 @@ def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, 
             assert stats(pop).pruned_tokens == len(toks) - 1 and stats(pop).full_tokens == 1
             assert stats(full).pruned_tokens == 0
 
-            want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
-            for il in range(skipped + 1):
+            want, got = cache_layers(full), cache_layers(pop)
+            assert want.keys() == got.keys()
+            for il in (il for il in want if il <= skipped):
                 assert got[il][0] == want[il][0], f"layer {il}: K differs (skipped layer {skipped})"
                 assert got[il][1] == want[il][1], f"layer {il}: V differs (skipped layer {skipped})"
-            for il in range(skipped + 1, n_layer):
+            later = [il for il in want if il > skipped]
+            for il in later:
                 assert got[il][0] != want[il][0], f"layer {il}: K unchanged, so layer {skipped} was not skipped"
-            # the last prompt token ran at full depth, over a cache that differs after the skipped layer
-            assert not np.array_equal(pop_logits, full_logits)
+            # the last prompt token ran at full depth, over a cache that differs after the skipped layer;
+            # where no later layer stores anything (KV sharing) nothing can differ: POP is exact there
+            assert np.array_equal(pop_logits, full_logits) == (not later)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -104,7 +117,7 @@ def test_skipping_only_the_last_layer_changes_nothing(arch_model, long_text, arc
         got = decode(pop, entries)[len(toks) - 1]
         assert stats(pop).pruned_tokens == len(toks) - 1
         assert np.array_equal(got, want)
-        assert cache_layers(pop, n_layer) == cache_layers(full, n_layer)
+        assert cache_layers(pop) == cache_layers(full)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -115,6 +128,8 @@ def test_empty_skip_set_is_identical_to_pop_off(arch_model, long_text, arch):
     with contexts(llm, 2) as (on, off):
         set_skip(on, [])
         _native.lib().pop_llama_set_enabled(off, False)
+        for ctx in (on, off):  # POP's own set only (test_kv_sharing_layers_are_skipped_exactly: the exact skip)
+            _native.lib().pop_llama_set_exact_prefill(ctx, False)
         assert np.array_equal(decode(on, entries)[len(toks) - 1], decode(off, entries)[len(toks) - 1])
         assert stats(on).pruned_tokens == 0
 
@@ -137,13 +152,23 @@ def test_boundary_token_runs_the_full_model(arch_model, long_text, arch):
         assert np.array_equal(got, want)
 
 
+# nodes of a layer's attention (past its K/V) and FFN, and its output, as the builders name them
+LAYER_WORK = ("Qcur", "kqv_out", "attn_out", "ffn_", "l_out")
+
+
+def _layer_nodes(nodes, il):
+    return {name.rsplit("-", 1)[0] for name in nodes if name.endswith(f"-{il}")}
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text, arch):
     """The graph nodes ggml's scheduler runs (seen through its eval callback): in a pruned ubatch a
-    skipped layer computes K and V and nothing after them; the boundary token's graph runs every layer."""
+    skipped layer computes what it stores (K and V, or a recurrent layer's states) and nothing of its
+    attention, FFN or output; the boundary token's graph runs every layer."""
     llm = model(arch_model, arch)
     n_layer = llm.pop_metadata.n_layer
     skip = default_skip(n_layer)
+    kinds = layer_kinds(llm._model.model)
     entries = prompt_entries(tokens(llm, long_text, 32))
     with logged_context(llm) as (ctx, log):
         set_skip(ctx, skip)
@@ -152,11 +177,48 @@ def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text,
         decode(ctx, entries[-1:])
         boundary = log.take()
     for il in range(n_layer):
-        assert f"Kcur-{il}" in pruned and f"Vcur-{il}" in pruned, il
-        for name in (f"kqv_out-{il}", f"ffn_out-{il}", f"l_out-{il}"):
-            assert (name in pruned) == (il not in skip), name
-            assert name in boundary, name
+        ran, full = _layer_nodes(pruned, il), _layer_nodes(boundary, il)
+        assert "l_out" in full, il
+        if il not in skip:
+            assert "l_out" in ran, il
+            continue
+        assert not [n for n in ran if n.startswith(LAYER_WORK)], (il, sorted(ran))
+        if kinds[il]:  # it stores something, so something of it runs
+            assert ran - {"pop_pass"}, il
+        for name in ("Kcur", "Vcur"):
+            if name in full and kinds[il] & _native.LAYER_KV:
+                assert name in ran, (il, name)
+        assert ran - {"pop_pass"} < full, il  # the pass-through copy of the input is the layer's output
     assert set(pruned.values()) == set(boundary.values()) == {"CPU"}
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHES if a in ("gemma4", "gemma3n")])
+def test_kv_sharing_layers_are_skipped_exactly(arch_model, long_text, arch):
+    """Layers that reuse earlier layers' K/V store nothing: for tokens without outputs they are skipped
+    with results identical to the full model (POP itself off), and none of their nodes runs."""
+    llm = model(arch_model, arch)
+    n_layer = llm.pop_metadata.n_layer
+    kinds = layer_kinds(llm._model.model)
+    shared = [il for il in range(n_layer) if kinds[il] == 0]
+    assert shared and shared == list(range(shared[0], n_layer))
+    entries = prompt_entries(tokens(llm, long_text, N_PROMPT))
+    with contexts(llm, 2) as (exact, full):
+        lib = _native.lib()
+        for ctx in (exact, full):
+            lib.pop_llama_set_enabled(ctx, False)
+        lib.pop_llama_set_exact_prefill(full, False)
+        arr = (ctypes.c_int32 * n_layer)()
+        assert lib.pop_llama_get_exact_layers(exact, arr, n_layer) == len(shared) and list(arr[:len(shared)]) == shared
+        got, want = decode(exact, entries)[len(entries) - 1], decode(full, entries)[len(entries) - 1]
+        assert np.array_equal(got, want)
+        assert cache_layers(exact) == cache_layers(full)
+        assert stats(exact).pruned_tokens == len(entries) - 1 and stats(full).pruned_tokens == 0
+    with logged_context(llm) as (ctx, log):
+        _native.lib().pop_llama_set_enabled(ctx, False)
+        decode(ctx, entries[:-1])
+        pruned = log.take()
+    for il in shared:
+        assert _layer_nodes(pruned, il) <= {"pop_pass"}, il  # only the copy of its input passes through
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -165,7 +227,7 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     skip = default_skip(llm.pop_metadata.n_layer)
     # gemma3: longer than its 512-token sliding window, with the small SWA cache (swa_full off; the
     # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
-    n = 700 if arch == "gemma3" else N_PROMPT
+    n = 700 if any(k & _native.LAYER_SWA for k in layer_kinds(llm._model.model)) else N_PROMPT
     toks = tokens(llm, long_text, n)
     want, got = chunked_and_single(llm, prompt_entries(toks), skip)
     np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
@@ -178,14 +240,58 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
 def test_embedding_contexts_run_full_and_match(arch_model, arch):
     """Embeddings need every token's output, so nothing is pruned: the vectors equal POP-off vectors."""
     path = arch_model(arch)
+    n_layer = model(arch_model, arch).pop_metadata.n_layer
     text = "The lighthouse keeper kept two logbooks, one for the weather and one for herself."
     vecs = {}
     for on in (True, False):
         llm = load(path, embedding=True, n_ctx=256, pop=on,
-                   kv_overrides={"pop.prefill.skip_layers": {"gemma3": "12-17"}.get(arch, "20-29")})
+                   kv_overrides={"pop.prefill.skip_layers": ",".join(map(str, default_skip(n_layer)))})
         try:
             vecs[on] = np.asarray(llm.embed(text))
             assert llm.pop_stats()["pruned_tokens"] == 0
         finally:
             llm.close()
     assert vecs[True].size > 0 and np.array_equal(vecs[True], vecs[False])
+
+
+FITTED = [a.name for a in ARCHITECTURES if a.fitted_kv and a.name in SPECS]
+
+
+@pytest.mark.parametrize("arch", FITTED)
+def test_fitted_projections_replace_the_pruned_layers_own(tmp_path, long_text, arch):
+    """A file's fitted K/V tensors (blk.N.attn_k.pop / attn_v.pop) are what a pruned layer projects with:
+    fitted tensors equal to the layer's own weights store exactly the own K/V; the layer's K and V weights
+    swapped store other K/V, in that layer only (tiny random-weight models)."""
+    from gguf import GGUFReader
+
+    from pop_local.converter.writer import write_pop_gguf
+
+    src = tiny_model(arch, Dims(n_layer=6))
+    skipped = 3  # an attention layer in every spec (qwen35's first full-attention layer)
+    weights = {t.name: t for t in GGUFReader(src, "r").tensors}
+
+    def fitted_file(name, swap):
+        own = {kv: weights[f"blk.{skipped}.attn_{kv}.weight"] for kv in ("k", "v")}
+        tensors = {f"blk.{skipped}.attn_{kv}.pop": (own[other].data, own[other].tensor_type)
+                   for kv, other in ((("k", "v"), ("v", "k")) if swap else (("k", "k"), ("v", "v")))}
+        return write_pop_gguf(src, tmp_path / name, [skipped], extra_tensors=tensors)
+
+    caches = {}
+    for name, swap in (("same.gguf", False), ("other.gguf", True)):
+        llm = load(fitted_file(name, swap))
+        try:
+            toks = tokens(llm, long_text, N_PROMPT)
+            assert llm.n_fitted_layers == 1 and llm.fitted_active
+            with contexts(llm, 1) as (ctx,):
+                decode(ctx, prompt_entries(toks))
+                caches[name] = cache_layers(ctx)
+            with contexts(llm, 1) as (ctx,):
+                _native.lib().pop_llama_set_kv_mode(ctx, _native.KV_OWN)
+                decode(ctx, prompt_entries(toks))
+                caches["own"] = cache_layers(ctx)
+        finally:
+            llm.close()
+    assert caches["same.gguf"] == caches["own"]
+    other, own = caches["other.gguf"], caches["own"]
+    assert all(other[il] == own[il] for il in own if il < skipped)
+    assert other[skipped][0] != own[skipped][0] and other[skipped][1] != own[skipped][1]

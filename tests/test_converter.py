@@ -78,9 +78,10 @@ def test_layer_with_zeroed_outputs_has_zero_importance(make, branches):
 def test_unsupported_architecture_lists_the_supported_ones():
     from pop_local.converter.arch import check_gguf_architecture
 
-    with pytest.raises(UnsupportedArchitecture, match="supported: gemma3, gemma3_text, llama, qwen2, qwen3"):
+    with pytest.raises(UnsupportedArchitecture, match="supported: gemma2, gemma3, gemma3_text, llama, qwen2, qwen3, qwen3_moe"):
         arch_spec("gpt2")
-    with pytest.raises(UnsupportedArchitecture, match="'gpt2' is not supported .* --no-calibrate still works"):
+    with pytest.raises(UnsupportedArchitecture, match="'gpt2' cannot be calibrated from the GGUF .* --hf-model, or .* "
+                                                      "--layers ... --no-calibrate"):
         check_gguf_architecture("gpt2")
     check_gguf_architecture("llama")
 

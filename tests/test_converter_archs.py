@@ -78,3 +78,63 @@ def test_fitted_kv_end_to_end(arch_model, long_text, tmp_path, arch):
     finally:
         fit.close()
         base.close()
+
+
+# tiny random-weight models (tests/tiny_models.py): mechanics only
+NO_CALIBRATION = ["qwen35", "deepseek2", "gemma4", "gpt-oss", "phi3"]
+
+
+@pytest.mark.parametrize("arch", NO_CALIBRATION)
+def test_layers_without_calibration_on_any_architecture(tmp_path, arch):
+    """--layers ... --no-calibrate writes the keys for any architecture; the runtime prunes that set."""
+    from tiny_models import Dims, tiny_model
+
+    from pop_local import PopLlama, read_pop_metadata
+
+    src, out = tiny_model(arch, Dims(n_layer=6)), tmp_path / "out.gguf"
+    r = CliRunner().invoke(cli, ["convert", src, "-o", str(out), "--layers", "3-5", "--no-calibrate"])
+    assert r.exit_code == 0, r.output
+    assert read_pop_metadata(str(out)).skip_layers == (3, 4, 5)
+    llm = PopLlama(str(out), n_ctx=512, verbose=False)
+    try:
+        assert llm.skip_layers == (3, 4, 5) and llm.pop_active
+        llm.eval(llm.tokenize(TEXT.encode(), add_bos=True))
+        assert llm.pop_stats()["pruned_tokens"] > 0
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "deepseek2"])
+def test_calibration_of_an_architecture_transformers_cannot_read_stops_with_one_line(tmp_path, arch):
+    from tiny_models import Dims, tiny_model
+
+    src, out = tiny_model(arch, Dims(n_layer=6)), tmp_path / "out.gguf"
+    r = CliRunner().invoke(cli, ["convert", src, "-o", str(out), "--samples", "8"])
+    assert r.exit_code != 0 and not out.exists()
+    line = r.output.strip().splitlines()[-1]
+    assert len(r.output.strip().splitlines()) == 1 and "--hf-model" in line and "--no-calibrate" in line, r.output
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "qwen3moe"])
+def test_calibration_model_is_the_runtime_model_on_generated_weights(arch):
+    """transformers' reading of a generated GGUF computes what llama.cpp computes (random weights: the
+    logits themselves are compared, their top-1 is meaningless; measured: gemma2 correlation 0.9995)."""
+    from tiny_models import Dims, tiny_model
+
+    from pop_local import PopLlama
+    from pop_local.converter.calibrate import load_model
+
+    path = tiny_model(arch, Dims(n_layer=6))
+    llm = PopLlama(path, n_ctx=256, logits_all=True, verbose=False, pop=False)
+    try:
+        toks = llm.tokenize(TEXT.encode(), add_bos=True)
+        llm.eval(toks)
+        ours = np.array(llm.scores[:len(toks)], dtype=np.float64)
+    finally:
+        llm.close()
+    model, _tok = load_model(path, None, "cpu", "float32")
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([toks])).logits[0].double().numpy()
+    # llama.cpp quantizes activations for its Q8_0 matmuls, transformers runs dequantized float32
+    corr = np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]
+    assert corr > 0.995 and np.abs(ours - theirs).max() < 0.5 * ours.std(), (corr, np.abs(ours - theirs).max(), ours.std())

@@ -144,7 +144,7 @@ def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, 
             pop_logits = decode(pop, entries)[N_PROMPT - 1]
             assert stats(pop).pruned_tokens == N_PROMPT - 1 and stats(pop).full_tokens == 1
 
-            want, got = cache_layers(full, n_layer), cache_layers(pop, n_layer)
+            want, got = cache_layers(full), cache_layers(pop)
             for il in range(skipped + 1):
                 assert got[il] == want[il], f"layer {il}: K/V differ (skipped layer {skipped})"
             for il in range(skipped + 1, n_layer):

@@ -80,11 +80,11 @@ def _fake_tree(tmp_path, drop=None):
     """Files holding exactly the anchors of every edit (one anchor optionally left out)."""
     src = tmp_path / "vendor" / "llama.cpp" / "src"
     texts = {}
-    for i, (rel, anchor, _line) in enumerate(patch_upstream.EDITS):
+    for i, (rel, anchor, _line, *times) in enumerate(patch_upstream.EDITS):
         if i == drop:
             continue
         texts.setdefault(rel, "")
-        texts[rel] += "// filler\n" + anchor.replace("@@", "") + "\n"
+        texts[rel] += ("// filler\n" + anchor.replace("@@", "") + "\n") * (times[0] if times else 1)
     for rel in {e[0] for e in patch_upstream.EDITS}:
         path = src / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,20 +98,22 @@ def test_patch_applies_once_and_is_idempotent(tmp_path):
     snapshot = {p: p.read_text() for p in src.rglob("*") if p.is_file()}
     assert patch_upstream.patch_tree(str(tmp_path)) == 0
     assert snapshot == {p: p.read_text() for p in src.rglob("*") if p.is_file()}
-    for rel, _anchor, line in patch_upstream.EDITS:
-        assert (src / rel).read_text().count(line) == 1, rel
+    for rel, anchor, line, *times in patch_upstream.EDITS:
+        before, _, after = anchor.partition("@@")
+        assert (src / rel).read_text().count(before + line + "\n" + after) == (times[0] if times else 1), rel
 
 
-def test_native_and_python_agree_on_the_supported_architectures():
-    from pop_local import _native
+def test_native_and_python_agree_on_the_supported_architectures(tmp_path):
+    """One list (pop_local/architectures.py), compiled into libllama; no edit names a model builder."""
+    from pop_local import _native, architectures
 
+    inc = patch_upstream.architectures_inc()
+    assert re.findall(r'"([\w-]+)"', inc) == sorted(_native.ARCHITECTURES) == list(architectures.NAMES)
     with open(os.path.join(ROOT, "native", "pop.cpp")) as f:
-        body = f.read().split("static bool pop_arch_supported", 1)[1].split("default:", 1)[0]
-    native = {name.lower() for name in re.findall(r"case LLM_ARCH_(\w+):", body)}
-    assert native == set(_native.ARCHITECTURES)
-    # each one's graph builder carries the skip line
-    builders = {rel for rel, _a, line in patch_upstream.EDITS if line == patch_upstream.SKIP_LINE}
-    assert builders == {f"models/{a}.cpp" for a in _native.ARCHITECTURES}
+        assert '#include "pop_architectures.inc"' in f.read()
+    (tmp_path / "vendor" / "llama.cpp" / "src").mkdir(parents=True)
+    assert patch_upstream.write_architectures(str(tmp_path)) and not patch_upstream.write_architectures(str(tmp_path))
+    assert not [rel for rel, *_ in patch_upstream.EDITS if rel.startswith("models/")]
 
 
 def test_missing_anchor_stops_and_names_the_expected_version(tmp_path):

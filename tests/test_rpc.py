@@ -71,7 +71,7 @@ def test_split_model_stores_the_same_cache_and_boundary_logits(models, long_text
             set_skip(ctx, default_skip(n_layer))
         want, got = decode(here, entries)[199], decode(there, entries)[199]
         assert stats(there).pruned_tokens == 199 and stats(there).full_tokens == 1
-        assert cache_layers(there, n_layer) == cache_layers(here, n_layer)
+        assert cache_layers(there) == cache_layers(here)
         assert np.array_equal(got, want)
         # where the nodes ran: K/V of layers 0-9 here, then one server, then the other (skipped layers)
         ran = log.take()
