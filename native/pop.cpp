@@ -360,7 +360,7 @@ static void pop_warn_once(const llm_graph_context & g, const char * what, int il
     static std::unordered_set<int> warned; // per architecture
     std::lock_guard<std::mutex> lock(mutex);
     if (warned.insert((int) g.arch).second) {
-        LLAMA_LOG_WARN("pop: %s: layer %d of '%s' %s; that layer runs in full\n", __func__, il, llm_arch_name(g.arch), what);
+        LLAMA_LOG_WARN("pop-local: layer %d of '%s' %s; that layer runs in full\n", il, llm_arch_name(g.arch), what);
     }
 }
 
@@ -518,11 +518,11 @@ int32_t pop_llama_set_skip_layers(llama_context * ctx, const int32_t * layers, i
     return 0;
 }
 
-int32_t pop_llama_get_skip_layers(llama_context * ctx, int32_t * out, int32_t capacity) {
-    const auto & st = pop_state(ctx);
+// the layers of `set` (ascending) into out[0..capacity); returns how many there are
+static int32_t pop_copy_layers(const pop_layer_set & set, int32_t n_layer, int32_t * out, int32_t capacity) {
     int32_t n = 0;
-    for (int32_t l = 0; l < st.n_layer; ++l) {
-        if (st.skip[l]) {
+    for (int32_t l = 0; l < n_layer; ++l) {
+        if (set[l]) {
             if (out != nullptr && n < capacity) {
                 out[n] = l;
             }
@@ -530,6 +530,11 @@ int32_t pop_llama_get_skip_layers(llama_context * ctx, int32_t * out, int32_t ca
         }
     }
     return n;
+}
+
+int32_t pop_llama_get_skip_layers(llama_context * ctx, int32_t * out, int32_t capacity) {
+    const auto & st = pop_state(ctx);
+    return pop_copy_layers(st.skip, st.n_layer, out, capacity);
 }
 
 void pop_llama_set_enabled(llama_context * ctx, bool enabled) {
@@ -580,16 +585,7 @@ bool pop_llama_get_exact_prefill(llama_context * ctx) {
 
 int32_t pop_llama_get_exact_layers(llama_context * ctx, int32_t * out, int32_t capacity) {
     const auto & st = pop_state(ctx);
-    int32_t n = 0;
-    for (int32_t l = 0; l < st.n_layer; ++l) {
-        if (st.exact_skip[l]) {
-            if (out != nullptr && n < capacity) {
-                out[n] = l;
-            }
-            ++n;
-        }
-    }
-    return n;
+    return pop_copy_layers(st.exact_skip, st.n_layer, out, capacity);
 }
 
 int32_t pop_llama_n_fitted_layers(llama_context * ctx) {

@@ -111,8 +111,8 @@ void pop_count_ubatch(pop_context_state & state, int gtype, uint32_t n_tokens, u
 bool pop_layer_pruned(const llm_graph_context & g, int il);
 
 // llm_graph_context::cb, after the context's callback: tracks the residual stream, and at a pruned layer's
-// "l_out" turns that tensor into a view of the layer's input (rows selected as the builder selected them
-// for the last layer), so the layer's attention and FFN are unreachable from the outputs and never run.
+// "l_out" redefines that tensor as a copy of the layer's input (of the rows the builder selected, in the
+// last layer), so the layer's attention and FFN are unreachable from the outputs and never run.
 // Where the layer's input cannot be found among the output's sources it leaves the layer whole (warned once).
 void pop_on_named_tensor(const llm_graph_context & g, ggml_tensor * cur, const char * name, int il);
 

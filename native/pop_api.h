@@ -20,7 +20,8 @@ extern "C" {
 enum pop_llama_stage_mode {
     POP_LLAMA_STAGE_PREFILL             = 0, // non-output tokens skip S (K/V still written); output tokens run full
     POP_LLAMA_STAGE_PREFILL_NO_BOUNDARY = 1, // every multi-token ubatch skips S, outputs included
-    POP_LLAMA_STAGE_ALL                 = 2, // S removed in every step, no K/V written (ShortGPT-style)
+    POP_LLAMA_STAGE_ALL                 = 2, // S removed in every step (ShortGPT-style); their K/V are still
+                                             // written by the shared attention code but never read
 };
 
 // Which projections give a pruned layer's K and V. FITTED uses the file's fitted tensors
@@ -82,7 +83,7 @@ LLAMA_API int32_t pop_llama_n_fitted_layers(struct llama_context * ctx);
 LLAMA_API bool pop_llama_fitted_active(struct llama_context * ctx);
 
 // What each layer keeps between steps, as llama.cpp's state serialisation lays it out (tests read caches
-// back per layer; `pop-local inspect` shows it): a bit set of pop_llama_layer_kind, 0 for a layer that
+// back per layer with it): a bit set of pop_llama_layer_kind, 0 for a layer that
 // stores nothing of its own (a KV-sharing layer), -1 for an invalid layer.
 enum pop_llama_layer_kind {
     POP_LLAMA_LAYER_KV        = 1, // stores K (and V, unless K-only) in the attention cache

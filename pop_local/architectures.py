@@ -1,7 +1,7 @@
 """The architectures POP runs on: one table, read by the native build, the runtime, the tests and the README.
 
 POP needs nothing per architecture in llama.cpp: the shared graph code stores a pruned layer's K/V in
-`build_attn` and turns the layer's named output ("l_out") into a view of its input (native/README.md). An
+`build_attn` and redefines the layer's named output ("l_out") as a copy of its input (native/README.md). An
 architecture is listed here only when tests/test_architectures.py passes for it (it runs every row); the
 native build compiles the names into libllama (native/patch_upstream.py writes pop_architectures.inc), so
 any other architecture keeps the full graph with one warning.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Architecture", "ARCHITECTURES", "NAMES", "by_name", "calibrated_architectures", "markdown_table"]
+__all__ = ["Architecture", "ARCHITECTURES", "NAMES", "calibrated_architectures", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 NAMES: tuple[str, ...] = tuple(sorted(a.name for a in ARCHITECTURES))
 
 
-def by_name(name: str) -> Architecture | None:
-    return next((a for a in ARCHITECTURES if a.name == name), None)
-
-
 def markdown_table(calibrated: "set[str] | frozenset[str]" = frozenset()) -> str:
-    """The README's supported-architectures table (tests/test_architectures.py checks that README.md has it).
+    """The README's supported-architectures table (tests/test_readme_tables.py checks that README.md has it).
     `calibrated`: the GGUF architectures the converter can calibrate (pop_local.converter.arch)."""
     rows = ["| architecture | models | kind | tests run on | prefill | calibration | fitted K/V |",
             "|---|---|---|---|---|---|---|"]

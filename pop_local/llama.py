@@ -136,13 +136,17 @@ class PopLlama(llama_cpp.Llama):
         """True when prompts are really pruned: enabled, non-empty skip set, supported architecture."""
         return bool(self._pop.pop_llama_is_active(self._ctx_ptr))
 
+    def _layer_list(self, get) -> Tuple[int, ...]:
+        """A layer list from a native getter (ctx, out, capacity) -> count: asked for its size, then filled."""
+        n = get(self._ctx_ptr, None, 0)
+        buf = (ctypes.c_int32 * max(n, 1))()
+        get(self._ctx_ptr, buf, n)
+        return tuple(buf[i] for i in range(n))
+
     @property
     def skip_layers(self) -> Tuple[int, ...]:
         """Layers skipped during prompt processing (ascending)."""
-        n = self._pop.pop_llama_get_skip_layers(self._ctx_ptr, None, 0)
-        buf = (ctypes.c_int32 * max(n, 1))()
-        self._pop.pop_llama_get_skip_layers(self._ctx_ptr, buf, n)
-        return tuple(buf[i] for i in range(n))
+        return self._layer_list(self._pop.pop_llama_get_skip_layers)
 
     @skip_layers.setter
     def skip_layers(self, layers: "Iterable[int] | str") -> None:
@@ -155,10 +159,7 @@ class PopLlama(llama_cpp.Llama):
     @property
     def exact_layers(self) -> Tuple[int, ...]:
         """Layers a KV-sharing model skips exactly for prompt tokens without outputs (() for other models)."""
-        n = self._pop.pop_llama_get_exact_layers(self._ctx_ptr, None, 0)
-        buf = (ctypes.c_int32 * max(n, 1))()
-        self._pop.pop_llama_get_exact_layers(self._ctx_ptr, buf, n)
-        return tuple(buf[i] for i in range(n))
+        return self._layer_list(self._pop.pop_llama_get_exact_layers)
 
     @property
     def exact_prefill(self) -> bool:

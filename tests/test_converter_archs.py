@@ -23,14 +23,11 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
-def test_calibration_model_is_the_runtime_model(arch_model, arch):
-    """Every position's next-token distribution from transformers (dequantized weights, float32) is
-    close to llama.cpp's (quantized matmuls): same top-1 almost everywhere, small KL."""
+def _runtime_and_calibration_logits(path):
+    """Every position's logits for TEXT: (llama.cpp's, transformers' reading of the same GGUF)."""
     from pop_local import PopLlama
     from pop_local.converter.calibrate import load_model
 
-    path = arch_model(arch)
     llm = PopLlama(path, n_ctx=256, logits_all=True, verbose=False, pop=False)
     try:
         toks = llm.tokenize(TEXT.encode(), add_bos=True)
@@ -41,6 +38,15 @@ def test_calibration_model_is_the_runtime_model(arch_model, arch):
     model, _tok = load_model(path, None, "cpu", "float32")
     with torch.no_grad():
         theirs = model(input_ids=torch.tensor([toks])).logits[0].double().numpy()
+    return ours, theirs
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_calibration_model_is_the_runtime_model(arch_model, arch):
+    """Every position's next-token distribution from transformers (dequantized weights, float32) is
+    close to llama.cpp's (quantized matmuls): same top-1 almost everywhere, small KL."""
+    path = arch_model(arch)
+    ours, theirs = _runtime_and_calibration_logits(path)
     p, q = _log_softmax(ours), _log_softmax(theirs)
     agree = float((p.argmax(-1) == q.argmax(-1)).mean())
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
@@ -121,20 +127,8 @@ def test_calibration_model_is_the_runtime_model_on_generated_weights(arch):
     logits themselves are compared, their top-1 is meaningless; measured: gemma2 correlation 0.9995)."""
     from tiny_models import Dims, tiny_model
 
-    from pop_local import PopLlama
-    from pop_local.converter.calibrate import load_model
-
     path = tiny_model(arch, Dims(n_layer=6))
-    llm = PopLlama(path, n_ctx=256, logits_all=True, verbose=False, pop=False)
-    try:
-        toks = llm.tokenize(TEXT.encode(), add_bos=True)
-        llm.eval(toks)
-        ours = np.array(llm.scores[:len(toks)], dtype=np.float64)
-    finally:
-        llm.close()
-    model, _tok = load_model(path, None, "cpu", "float32")
-    with torch.no_grad():
-        theirs = model(input_ids=torch.tensor([toks])).logits[0].double().numpy()
+    ours, theirs = _runtime_and_calibration_logits(path)
     # llama.cpp quantizes activations for its Q8_0 matmuls, transformers runs dequantized float32
     corr = np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]
     assert corr > 0.995 and np.abs(ours - theirs).max() < 0.5 * ours.std(), (corr, np.abs(ours - theirs).max(), ours.std())
