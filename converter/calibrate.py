@@ -265,12 +265,17 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
               samples: int, seq_len: int, response_tokens: int, device: str, dtype: str, seed: int,
               progress: Optional[Callable[[str, int, int], None]] = None,
               fit_kv_for: Optional[Callable[[Importance], Sequence[int]]] = None,
-              frontier: Optional[FrontierPlan] = None) -> Calibration:
+              frontier: Optional[FrontierPlan] = None, streamed: Optional[bool] = None,
+              fit_contiguous: bool = True) -> Calibration:
     """Importance of every layer in both stages, and the provenance keys.
 
     With `fit_kv_for` (importance -> skip set), K/V projections for that skip set are also fitted on
     the same samples (pop_local.converter.kv_fit). With `frontier`, every candidate skip set is
     measured on held-out samples (pop_local.converter.frontier), with own and fitted K/V.
+
+    `streamed` (None: whenever it can, see can_stream) runs it one layer at a time from the GGUF
+    (converter/streaming.py) instead of holding the whole model in float32; `fit_contiguous` says
+    that `fit_kv_for` returns a contiguous block, which the streamed path needs.
     """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
@@ -280,10 +285,20 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if data and dataset:
         raise PopError("give --data or --dataset, not both")
     prompts = load_dataset_prompts(dataset, samples) if dataset else load_prompts(data)
-    model, tok = load_model(src, hf_model, device, dtype)
-    spec = arch_spec(model.config.model_type)
+    if streamed is None:
+        streamed = can_stream(hf_model, frontier, fit_contiguous)
+    if streamed:
+        from .gguf_model import GGUFModel
+
+        model = GGUFModel(src, lambda model_type: arch_spec(model_type).layers)
+        tok = model.tokenizer
+        model_type = model.config.model_type
+    else:
+        model, tok = load_model(src, hf_model, device, dtype)
+        model_type = model.config.model_type
+    spec = arch_spec(model_type)
     if spec.gguf_arch != meta.architecture:
-        raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
+        raise PopError(f"the calibration model is '{model_type}' but the GGUF is '{meta.architecture}'")
 
     if frontier is None:
         eval_idx, lam_idx = [], []
@@ -305,7 +320,22 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     else:
         seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
-    tick_importance = (lambda n: progress("measuring importance", n, samples - len(eval_idx))) if progress else None
+    provenance = {
+        keys.CALIB_SOURCE: hf_model or os.path.basename(src),
+        keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
+        keys.CALIB_SEQ_LEN: seq_len,
+        keys.CALIB_RESPONSE_TOKENS: response_tokens,
+        keys.CALIB_SEED: seed,
+    }
+    run = _streamed if streamed else _in_memory
+    result = run(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier)
+    result.provenance = {**provenance, keys.CALIB_SAMPLES: result.importance.samples}
+    return result
+
+
+def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier) -> Calibration:
+    """The whole model in memory (transformers' float weights), sample by sample."""
+    tick_importance = (lambda n: progress("measuring importance", n, len(seqs) - len(eval_idx))) if progress else None
     capture = None
     if frontier is not None:
         from pop_local.frontier import max_skipped
@@ -316,21 +346,14 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
                                   k_max if frontier.strategy == "tail" else None)
     # held-out samples stay out of everything that learns from the data, importance included
-    train = [i for i in range(samples) if i not in eval_idx]
+    train = [i for i in range(len(seqs)) if i not in eval_idx]
     with capture.attached() if capture else contextlib.nullcontext():
         imp = layer_importance(model, spec, meta.n_layer, [seqs[i] for i in train], [lens[i] for i in train],
                                progress=tick_importance,
                                observe=(lambda j, logits: capture.observe(train[j], logits)) if capture else None)
         if capture:
             capture.full_passes(eval_idx)
-    result = Calibration(imp, {
-        keys.CALIB_SOURCE: hf_model or os.path.basename(src),
-        keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
-        keys.CALIB_SAMPLES: imp.samples,
-        keys.CALIB_SEQ_LEN: seq_len,
-        keys.CALIB_RESPONSE_TOKENS: response_tokens,
-        keys.CALIB_SEED: seed,
-    })
+    result = Calibration(imp, {})
     if fit_kv_for is not None:
         from .kv_fit import collect_kv_stats, fit_kv
 
@@ -351,3 +374,51 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         result.frontier = capture.measure(sets, model_shape(src), progress=tick)
         result.held_out = {"samples": len(capture.eval_samples), "tokens": capture.eval_tokens}
     return result
+
+
+def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier) -> Calibration:
+    """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
+    from pop_local.flops import ideal_speedup, model_shape
+    from pop_local.frontier import max_skipped
+
+    from .frontier import SPEEDUP_TOKENS, Candidate, candidate_sets
+    from .streaming import StreamedCalibration
+
+    def tick(stage):
+        return (lambda n, total: progress(stage, n, total)) if progress else None
+
+    n_layer = meta.n_layer
+    fit_from = None
+    if frontier is not None:
+        fit_from = n_layer - max_skipped(n_layer, frontier.max_ratio)
+    elif fit_kv_for is not None:
+        fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
+    run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from)
+    try:
+        run.forward(progress=tick("calibration: forward pass (layers)"))
+        imp = run.importance(progress=tick("calibration: importance, backward pass (layers)"))
+        result = Calibration(imp, {})
+        if fit_kv_for is not None:
+            skip = tuple(fit_kv_for(imp))
+            if list(skip) != list(range(skip[0], skip[-1] + 1)):
+                raise ValueError(f"the streamed calibration fits contiguous blocks, not {skip}")
+            fits = run.fit_blocks([skip[0]], skip[-1] + 1, progress=tick("fitting K/V projections (layers)"))
+            result.fitted = (skip, fits[skip[0]])
+        if frontier is not None:
+            sets = candidate_sets(n_layer, frontier.max_ratio, "tail")
+            starts = [c[0] for c in sets]
+            fits = run.fit_blocks(starts, n_layer, progress=tick("fitting K/V projections (layer pairs)"))
+            scores = run.frontier(starts, fits, progress=tick("measuring skip sets (layers)"))
+            shape = model_shape(src)
+            result.frontier = [Candidate(c, *scores[c[0]], {t: float(ideal_speedup(shape, t, c)) for t in SPEEDUP_TOKENS},
+                                         fits[c[0]]) for c in sets]
+            result.held_out = {"samples": len(run.eval_idx), "tokens": run.eval_tokens}
+        return result
+    finally:
+        run.close()
+
+
+def can_stream(hf_model: Optional[str], frontier: Optional[FrontierPlan], fit_contiguous: bool = True) -> bool:
+    """The streamed path calibrates a GGUF whose candidates (and any fitted set) are contiguous
+    blocks; a transformers checkpoint (--hf-model) or --strategy score runs in memory."""
+    return hf_model is None and (frontier is None or frontier.strategy == "tail") and fit_contiguous
