@@ -110,29 +110,6 @@ def _gguf_config_fixes(src: str) -> dict:
     return fixes
 
 
-def estimate(src: str, samples: int, seq_len: int, response_tokens: int, n_layer: int,
-             frontier_ratio: Optional[float] = None) -> Tuple[float, int]:
-    """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
-
-    Fitted on SmolLM2-135M on a 2-core x86_64 machine: about a minute to load and dequantize, then per
-    sample the llama.cpp-sampled response plus one forward-backward over seq_len + response tokens.
-    """
-    from gguf import GGUFReader
-
-    n_params = sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
-    tokens = seq_len + response_tokens  # an upper bound: most prompts are shorter than seq_len
-    per_sample = 6 * n_params * tokens / 80e9 + response_tokens * n_params * 1.5e-10  # fwd-bwd + sampling
-    seconds = 20 + n_params / 4e6 + samples * per_sample
-    peak = int(600 * 2**20 + 8 * n_params + os.path.getsize(src))  # runtime, fp32 weights + work, llama.cpp copy
-    if frontier_ratio:
-        # per held-out sample and candidate of k layers: two POP passes from the block's start (k/L of a
-        # forward each, a third of a forward-backward); summed over k = 1..K that is about K^2/L forwards
-        k_max = frontier_ratio * n_layer
-        seconds += (samples // 4) * (k_max ** 2 / n_layer) * per_sample / 3 * 1.5
-        peak += int(2 * k_max * (k_max + 1) / 2 * n_params / n_layer * 8 / 4)  # fit moments, float64
-    return seconds, peak
-
-
 # held-out prompts are this long (tokens): long enough that POP's pruned K/V weigh as they do in real
 # use (KL grows with context length), as long as the 512-token contexts `pop-local eval` starts with
 HELD_OUT_TOKENS = 512
@@ -327,8 +304,8 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         keys.CALIB_RESPONSE_TOKENS: response_tokens,
         keys.CALIB_SEED: seed,
     }
-    run = _streamed if streamed else _in_memory
-    result = run(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier)
+    args = (model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier)
+    result = _streamed(*args, device=device, dtype=dtype) if streamed else _in_memory(*args)
     result.provenance = {**provenance, keys.CALIB_SAMPLES: result.importance.samples}
     return result
 
@@ -376,7 +353,8 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
     return result
 
 
-def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier) -> Calibration:
+def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier, *, device: str,
+              dtype: str) -> Calibration:
     """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
     from pop_local.flops import ideal_speedup, model_shape
     from pop_local.frontier import max_skipped
@@ -393,7 +371,7 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
         fit_from = n_layer - max_skipped(n_layer, frontier.max_ratio)
     elif fit_kv_for is not None:
         fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
-    run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from)
+    run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from, device=device, dtype=dtype)
     try:
         run.forward(progress=tick("calibration: forward pass (layers)"))
         imp = run.importance(progress=tick("calibration: importance, backward pass (layers)"))

@@ -66,6 +66,12 @@ class GGUFModel:
         self.head_name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
         self.softcap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
         self._load(self.globals, self.model, "")  # final norm (and any other small non-block tensor)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def to(self, device, dtype) -> None:
+        """Run layers on `device` in `dtype` (the output head stays float32 on that device)."""
+        self.device, self.dtype = device, dtype
+        self.final_norm.to(device=device, dtype=dtype)
 
     # --- weights ---------------------------------------------------------------------------------
 
@@ -104,6 +110,7 @@ class GGUFModel:
             raise RuntimeError(f"layer {i}: the GGUF has no tensor for {sorted(missing)[:3]}")
         module.load_state_dict(state, strict=False, assign=True)
         module.requires_grad_(False)
+        module.to(device=self.device, dtype=self.dtype)
         try:
             yield module
         finally:
@@ -119,13 +126,9 @@ class GGUFModel:
         t = self.tensors["token_embd.weight"]
         uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
         rows = torch.from_numpy(np.array(dequantize(t.data[uniq], t.tensor_type), dtype=np.float32))
-        saved = emb.weight
-        emb.weight = torch.nn.Parameter(rows, requires_grad=False)
-        try:
-            with torch.no_grad():
-                return emb(torch.from_numpy(inverse.reshape(1, -1)))
-        finally:
-            emb.weight = saved
+        out = rows[torch.from_numpy(inverse.reshape(1, -1))]
+        scale = getattr(emb, "embed_scale", None)  # Gemma's scaled embedding (sqrt of the width)
+        return out * scale.to(out.dtype) if scale is not None else out
 
     def head_chunks(self) -> Iterator[Tuple[int, "object"]]:
         """(first row, float32 rows [n, d]) of the output head, HEAD_CHUNK_ROWS at a time."""
@@ -136,7 +139,8 @@ class GGUFModel:
         t = self.tensors[self.head_name]
         n = t.data.shape[0]
         for a in range(0, n, HEAD_CHUNK_ROWS):
-            yield a, torch.from_numpy(np.array(dequantize(t.data[a:a + HEAD_CHUNK_ROWS], t.tensor_type), dtype=np.float32))
+            rows = np.array(dequantize(t.data[a:a + HEAD_CHUNK_ROWS], t.tensor_type), dtype=np.float32)
+            yield a, torch.from_numpy(rows).to(self.device)
 
     @property
     def vocab_size(self) -> int:

