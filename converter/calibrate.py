@@ -371,6 +371,7 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
         fit_from = n_layer - max_skipped(n_layer, frontier.max_ratio)
     elif fit_kv_for is not None:
         fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
+        lam_idx = [i for i in range(len(seqs)) if i % 4 == 3]  # as kv_fit.collect_kv_stats splits them
     run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from, device=device, dtype=dtype)
     try:
         run.forward(progress=tick("calibration: forward pass (layers)"))

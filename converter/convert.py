@@ -213,8 +213,10 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
         if max_memory is not None and not max_memory > 0:
             raise PopError(f"--max-memory must be a positive number of GB, got {max_memory}")
+        from .calibrate import load_prompts
+
         cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
-                        streamed=streamed)
+                        streamed=streamed, prompts=None if dataset else load_prompts(data))
         check_memory(cost, max_memory)
         if progress:
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"

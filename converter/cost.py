@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from pop_local.errors import PopError
 
+from .calibrate import HELD_OUT_TOKENS
+
 __all__ = ["Cost", "estimate", "available_memory", "check_memory", "BASE_BYTES"]
 
-TORCH_FLOPS = 1.0e11       # float32 matmul, 2 cores
-DEQUANT_RATE = 5.0e7       # weights / s, gguf.dequantize
+TORCH_FLOPS = 1.5e11       # float32 matmuls of a layer over a batch of tokens, 2 cores
+DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize
 LLAMA_PREFILL = 3.0e11     # weights x tokens / s, llama.cpp prompt processing (quantized, 2 threads)
-LLAMA_DECODE = 7.0e9       # weights x tokens / s, llama.cpp sampling one token at a time
-EIGH_1536 = 0.9            # s for one float64 eigendecomposition of a 1536 x 1536 matrix
+LLAMA_DECODE = 2.5e10      # weights x tokens / s, llama.cpp sampling one token at a time
+EIGH_1536 = 0.9            # s for one float64 eigendecomposition of a 1536 x 1536 matrix (one per fit)
 BASE_BYTES = 1.1 * 2**30   # python + torch + transformers + a tokenizer, before any weight
-LOAD_SECONDS = 25.0        # imports, reading the GGUF's config and tokenizer
-HELD_OUT_TOKENS = 560      # a held-out sample: 512-token prompt + response
+LOAD_SECONDS = 20.0        # imports
+FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
+TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
+CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
 
 
 @dataclass
@@ -56,8 +60,9 @@ def _shape(src: str):
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
-             streamed: bool = True) -> Cost:
-    """Time and peak memory of a calibration of `src` (frontier_ratio: a quality budget's max ratio)."""
+             streamed: bool = True, prompts: Optional[Sequence[str]] = None) -> Cost:
+    """Time and peak memory of a calibration of `src` (frontier_ratio: a quality budget's max ratio;
+    `prompts`: the calibration prompts, for their lengths; None: every prompt seq_len tokens long)."""
     shape, sizes, vocab, block = _shape(src)
     n_all = sum(sizes.values())
     n_block = sum(block.values())
@@ -65,16 +70,26 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     file_bytes = os.path.getsize(src)
     held = samples // 4 if frontier_ratio else 0
     train = samples - held
-    train_tokens = train * (seq_len + response_tokens)
-    held_tokens = held * HELD_OUT_TOKENS
+    if prompts:
+        lengths = [min(seq_len, TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN) for p in prompts]
+        if frontier_ratio:  # training samples cycle over the prompts that are not held out
+            from .calibrate import split_prompts
+
+            lengths = [min(seq_len, TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN) for p in split_prompts(prompts)[0]]
+        prompt_tokens = sum(lengths[i % len(lengths)] for i in range(train))
+    else:
+        prompt_tokens = train * seq_len
+    train_tokens = prompt_tokens + train * response_tokens
+    held_len = min(HELD_OUT_TOKENS, max(64, shape_context(src) - response_tokens - 16)) if frontier_ratio else 0
+    held_tokens = held * (held_len + response_tokens)
     tokens = train_tokens + held_tokens
     k_max = int(frontier_ratio * n_layer) if frontier_ratio else 0
     attn_flops = 4 * n_layer * d * (seq_len + response_tokens)  # per token, scores and weighted sum
 
-    st: Dict[str, float] = {"load": LOAD_SECONDS}
+    st: Dict[str, float] = {"load": LOAD_SECONDS + FILE_SECONDS * file_bytes}
     st["sampling"] = (tokens * n_all / LLAMA_PREFILL + samples * response_tokens * n_all / LLAMA_DECODE)
     fwd = tokens * (2 * n_block + attn_flops) / TORCH_FLOPS
-    bwd = 3 * train_tokens * (2 * n_block + attn_flops) / TORCH_FLOPS
+    bwd = 2 * train_tokens * (2 * n_block + attn_flops) / TORCH_FLOPS  # recomputation + backward
     head = 3 * samples * response_tokens * vocab * d * 2 / TORCH_FLOPS + 2 * vocab * d / DEQUANT_RATE
     if streamed:
         st["forward"] = fwd + n_block / DEQUANT_RATE
@@ -83,15 +98,15 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
         st["forward"] = n_all / DEQUANT_RATE
         st["importance"] = fwd + bwd + head
     if k_max:
-        pairs = k_max * (k_max - 1) / 2
+        pairs = k_max * (k_max + 1) / 2
         st["fits"] = pairs * EIGH_1536 * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / TORCH_FLOPS
         per_layer = n_block / n_layer
         if streamed:  # per pair and held-out sample: own + fitted prefix attention, suffix at full depth
-            frontier_flops = pairs * held * 2 * (0.3 * 2 * per_layer * 512 + 2 * per_layer * (response_tokens + 1))
+            frontier_flops = pairs * held * 2 * (0.2 * 2 * per_layer * held_len + 2 * per_layer * (response_tokens + 1))
             st["frontier"] = (frontier_flops / TORCH_FLOPS + (k_max / n_layer) * n_block / DEQUANT_RATE
                               + k_max * held * 2 * response_tokens * vocab * d * 2 / TORCH_FLOPS)
         else:  # every candidate re-runs its block on the whole held-out sample, twice
-            st["frontier"] = pairs * held * 2 * 2 * per_layer * HELD_OUT_TOKENS / TORCH_FLOPS
+            st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / TORCH_FLOPS
 
     if streamed:
         layer_bytes = 4 * max(block.values()) if block else 0
@@ -106,6 +121,13 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
         if k_max:
             peak += 2 * k_max * (k_max + 1) / 2 * (n_all / n_layer) * 8 / 4
     return Cost(sum(st.values()), int(peak), streamed, st)
+
+
+def shape_context(src: str) -> int:
+    """The held-out prompts' length is capped by the model's trained context."""
+    from pop_local.metadata import read_pop_metadata
+
+    return read_pop_metadata(src).context_length or 1 << 30
 
 
 def available_memory() -> int:
