@@ -82,12 +82,12 @@ def model_path(name: str) -> str:
     raise SystemExit(f"unknown model {name!r} (smollm2, gemma3, qwen2.5-coder-1.5b, or --model PATH --name NAME)")
 
 
-def measure(src: str, samples: int, in_memory: bool, extra) -> dict:
+def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" = None) -> dict:
     """One conversion in a child process: wall time, peak RSS, the printed estimate, the choice."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.pop.gguf")
+        out = keep or os.path.join(tmp, "out.pop.gguf")
         cmd = [sys.executable, "-m", "pop_local.cli", "convert", src, "-o", out, "--samples", str(samples),
-               *(["--in-memory"] if in_memory else []), *extra]
+               *(["--in-memory"] if in_memory else []), *(["--force"] if keep else []), *extra]
         with open(os.path.join(tmp, "stdout"), "w+") as so, open(os.path.join(tmp, "stderr"), "w+") as se:
             started = time.time()
             proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, env={**os.environ, "TQDM_MININTERVAL": "30"})
@@ -106,8 +106,50 @@ def measure(src: str, samples: int, in_memory: bool, extra) -> dict:
         stages = re.findall(r"^([^:\n]+): 100%\|.*?\[([\d:]+)<", stderr.replace("\r", "\n"), flags=re.M)
         return {"seconds": round(seconds, 1), "peak_rss_bytes": int(peak), "estimate_min": int(m.group(1)) if m else None,
                 "estimate_gb": float(m.group(2)) if m else None, "skip_layers": list(meta.skip_layers),
-                "kv_method": meta.extra.get(keys.KV_METHOD),
+                "kv_method": meta.extra.get(keys.KV_METHOD), "frontier": _frontier(meta),
                 "stages": {name.strip(): t for name, t in stages}, "stdout": stdout.strip().splitlines()[-3:]}
+
+
+def _frontier(meta) -> "dict | None":
+    """The budget's choice and the paper set's held-out KL, as the converter wrote them."""
+    from pop_local import keys
+
+    x = meta.extra
+    if keys.FRONTIER_CHOSEN not in x:
+        return None
+    i = int(x[keys.FRONTIER_CHOSEN])
+    fitted = x.get(keys.KV_METHOD) == "fitted"
+    return {"budget": x.get(keys.BUDGET), "chosen": x[keys.FRONTIER_SKIP_LAYERS][i],
+            "kl": float((x[keys.FRONTIER_KL_FITTED] if fitted else x[keys.FRONTIER_KL_OWN])[i]),
+            "top1": float((x[keys.FRONTIER_TOP1_FITTED] if fitted else x[keys.FRONTIER_TOP1_OWN])[i]),
+            "paper_kl": float(x[keys.FRONTIER_PAPER_KL]), "speedup_2048": float(x[keys.FRONTIER_SPEEDUP_2048][i]),
+            "candidates": len(x[keys.FRONTIER_SKIP_LAYERS])}
+
+
+def quality_table(folder: str, name: str) -> str:
+    """README's budget rows for one model: the converter's frontier (convert-NAME-streamed.json),
+    `pop-local eval --json` (budget-NAME-eval.json) and `pop-local bench --json` (budget-NAME-bench.json)."""
+    def load(fname):
+        with open(os.path.join(folder, fname)) as f:
+            return json.load(f)
+
+    conv, ev, be = (load(f"convert-{name}-streamed.json"), load(f"budget-{name}-eval.json"),
+                    load(f"budget-{name}-bench.json"))
+    fr = conv["frontier"]
+    ctx = [str(c) for c in ev["contexts"]]
+    speed = {row["n_tokens"]: row for row in be["prefill"]}
+    lines = ["| model | setting | skip set | K/V | converter held-out KL | eval KL (" + " / ".join(ctx) + ") | eval top-1 "
+             "| prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    file_mode = ev["file_choice"]
+    for label, mode, skip, kv, kl, prefix in (
+            ("paper (last third)", "paper", be["paper_skip_layers"], "own", fr["paper_kl"], "paper_"),
+            ("**default budget**", file_mode, be["skip_layers"], conv["kv_method"], fr["kl"], "")):
+        m = ev["modes"][mode]
+        by = " / ".join(f"{m['by_context'][c]['kl_to_full']:.3f}" for c in ctx)
+        cells = [f"{speed[n][prefix + 'speedup']:.2f}x ({speed[n][prefix + 'ideal_speedup']:.2f}x)" for n in (512, 2048)]
+        lines.append(f"| {LABELS.get(name, name)} | {label} | {skip} | {kv} | {kl:.3f} | {m['kl_to_full']:.3f} ({by}) | "
+                     f"{m['top1_agreement']:.3f} | {cells[0]} | {cells[1]} | {conv['commit']} |")
+    return "\n".join(lines)
 
 
 def table(folder: str) -> str:
@@ -147,14 +189,19 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--in-memory", action="store_true", help="the whole model in memory (the path before streaming)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--keep", help="write the converted model here (default: a temporary file)")
     p.add_argument("--table", action="store_true", help="print README's table from the results and stop")
+    p.add_argument("--quality-table", metavar="NAME", help="print README's budget rows of NAME and stop")
     a, extra = p.parse_known_args(argv)
     if a.table:
         print(table(a.out))
         return 0
+    if a.quality_table:
+        print(quality_table(a.out, a.quality_table))
+        return 0
     jobs = [(n, model_path(n)) for n in a.names] + ([(a.name or "model", a.model)] if a.model else [])
     for name, src in jobs:
-        r = measure(src, a.samples, a.in_memory, extra)
+        r = measure(src, a.samples, a.in_memory, extra, a.keep)
         path = "in-memory" if a.in_memory else "streamed"
         r.update({"name": name, "label": LABELS.get(name, name), "file_bytes": os.path.getsize(src),
                   "samples": a.samples, "path": path, "commit": commit(), "machine": machine(),

@@ -36,6 +36,7 @@ class Cost:
     peak_bytes: int
     streamed: bool
     stages: Dict[str, float] = field(default_factory=dict)  # seconds per stage
+    scratch_bytes: int = 0  # the streamed path's hidden states and fits on disk ($TMPDIR)
 
     def describe(self) -> str:
         return f"about {max(1, round(self.seconds / 60))} min and {self.peak_bytes / 2**30:.1f} GB"
@@ -99,7 +100,13 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
         st["importance"] = fwd + bwd + head
     if k_max:
         pairs = k_max * (k_max + 1) / 2
-        st["fits"] = pairs * EIGH_1536 * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / TORCH_FLOPS
+        fit_rows = 0.75 * train_tokens  # a quarter of the training samples choose the ridge strength
+        kv_width = 2 * shape.n_head_kv * shape.head_dim
+        if fit_rows < d:  # kv_fit._Dual: an n x n eigendecomposition, products with the rows
+            st["fits"] = pairs * (EIGH_1536 * (fit_rows / 1536) ** 3
+                                  + 8 * train_tokens * (train_tokens + kv_width) * d / TORCH_FLOPS)
+        else:
+            st["fits"] = pairs * EIGH_1536 * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / TORCH_FLOPS
         per_layer = n_block / n_layer
         if streamed:  # per pair and held-out sample: own + fitted prefix attention, suffix at full depth
             frontier_flops = pairs * held * 2 * (0.2 * 2 * per_layer * held_len + 2 * per_layer * (response_tokens + 1))
@@ -120,7 +127,12 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
         peak = BASE_BYTES + file_bytes + 8 * n_all
         if k_max:
             peak += 2 * k_max * (k_max + 1) / 2 * (n_all / n_layer) * 8 / 4
-    return Cost(sum(st.values()), int(peak), streamed, st)
+    scratch = 0
+    if streamed:
+        kv_width = 2 * shape.n_head_kv * shape.head_dim
+        scratch = int((n_layer + 1) * tokens * d * 4 + k_max * train_tokens * kv_width * 4
+                      + k_max * (k_max + 1) / 2 * d * kv_width * 4 + k_max * d * kv_width * 8)
+    return Cost(sum(st.values()), int(peak), streamed, st, scratch)
 
 
 def shape_context(src: str) -> int:
@@ -166,7 +178,16 @@ def available_memory() -> int:
 
 
 def check_memory(cost: Cost, limit: Optional[float] = None) -> None:
-    """PopError (one line) when the calibration needs more memory than there is (or than `limit` GB)."""
+    """PopError (one line) when the calibration needs more memory than there is (or than `limit` GB),
+    or more scratch space in $TMPDIR than is free."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if cost.scratch_bytes > free:
+        raise PopError(f"calibration needs about {cost.scratch_bytes / 2**30:.1f} GB of scratch space in {folder} but "
+                       f"{free / 2**30:.1f} GB is free: point TMPDIR at a larger disk, or use fewer --samples")
     have = int(limit * 2**30) if limit is not None else available_memory()
     if cost.peak_bytes <= have:
         return

@@ -33,7 +33,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .importance import Importance
-from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_layer
+from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_layer, fit_layer_rows
 
 __all__ = ["StreamedCalibration"]
 
@@ -405,7 +405,9 @@ class StreamedCalibration:
             for p, idx in parts.items():
                 x = np.concatenate([hs[i][:-1] for i in idx]).astype(np.float64)
                 zs[p] = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
-                zz[p] = zs[p].T @ zs[p]
+            dual = zs["fit"].shape[0] < zs["fit"].shape[1]
+            if not dual:
+                zz = {p: z.T @ z for p, z in zs.items()}
             del hs
             weights, alphas, own, fitted = {}, {}, {}, {}
             paths: Dict[int, str] = {}
@@ -415,11 +417,14 @@ class StreamedCalibration:
                     res = {kv: (w0[kv].T.astype(np.float32), float("inf"), 0.0, 0.0) for kv in ("k", "v")}
                 else:
                     w, y = self.norm_w[il], targets(il)
-                    mom = {p: _Moments(zz[p] * w[:, None] * w[None, :],
-                                       {kv: w[:, None] * (zs[p].T @ y[p][kv]) for kv in ("k", "v")},
-                                       {kv: float((y[p][kv] ** 2).sum()) for kv in ("k", "v")},
-                                       zs[p].shape[0]) for p in parts}
-                    res = fit_layer(mom["fit"], mom["lam"], w0, grid)
+                    if dual:  # fewer fit rows than inputs: the rows themselves (kv_fit._Dual)
+                        res = fit_layer_rows(zs["fit"] * w, y["fit"], zs["lam"] * w, y["lam"], w0, grid)
+                    else:  # one z^T z per block start serves every layer: X^T X = w z^T z w
+                        mom = {p: _Moments(zz[p] * w[:, None] * w[None, :],
+                                           {kv: w[:, None] * (zs[p].T @ y[p][kv]) for kv in ("k", "v")},
+                                           {kv: float((y[p][kv] ** 2).sum()) for kv in ("k", "v")},
+                                           zs[p].shape[0]) for p in parts}
+                        res = fit_layer(mom["fit"], mom["lam"], w0, grid)
                 path = os.path.join(self.dir, f"fit_{s}_{il}.npz")
                 np.savez(path, k=res["k"][0], v=res["v"][0])
                 paths[il] = path
