@@ -3,6 +3,7 @@
     python benchmarks/llama8b_shape.py write      # random weights -> F16 GGUF -> Q4_0 with llama.cpp's quantizer
     python benchmarks/llama8b_shape.py convert    # benchmarks/converter_cost.py on it (default budget, 8 samples)
     python benchmarks/llama8b_shape.py bench      # pop-local bench's measurement at 512 and 2048 tokens, 3 repeats
+    python benchmarks/llama8b_shape.py table      # README's rows from the two JSON files
 
 Llama-3.1-8B's shape: 32 layers, hidden 4096, FFN 14336, 32 query / 8 KV heads (head 128);
 SmolLM2's tokenizer (49152 tokens, so the embedding is smaller than Llama 3's 128256) with the head
@@ -74,15 +75,40 @@ def bench(model: str, ctx, repeats: int) -> None:
     write_json(os.path.join(HERE, "results", f"bench-{NAME}.json"), result)
 
 
+def table() -> str:
+    """README's rows for the 8B-shaped model, from its convert and bench JSON (never typed by hand)."""
+    import json
+
+    folder = os.path.join(HERE, "results")
+    with open(os.path.join(folder, f"convert-{NAME}-streamed.json")) as f:
+        conv = json.load(f)
+    with open(os.path.join(folder, f"bench-{NAME}.json")) as f:
+        be = json.load(f)
+    gb, peak = conv["file_bytes"] / 2**30, conv["peak_rss_bytes"] / 2**30
+    lines = ["| model (random weights) | GGUF | samples | wall time | peak RSS | skip set (K/V) | prompt tokens "
+             "| full ms | POP ms | speedup | FLOP ideal | paper set (last third) | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in be["prefill"]:
+        paper = (f"{row['paper_speedup']:.2f}x (ideal {row['paper_ideal_speedup']:.2f}x)"
+                 if "paper_speedup" in row else "-")
+        lines.append(f"| Llama-3.1-8B shape, Q4_0 | {gb:.2f} GB | {conv['samples']} | {conv['seconds'] / 60:.0f} min | "
+                     f"{peak:.1f} GB | {be['skip_layers']} ({conv['kv_method']}) | {row['n_tokens']} | "
+                     f"{row['full_ms']['median']:.0f} | {row['pop_ms']['median']:.0f} | **{row['speedup']:.2f}x** | "
+                     f"{row['ideal_speedup']:.2f}x | {paper} | {be['commit']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("step", choices=["write", "convert", "bench"])
+    p.add_argument("step", choices=["write", "convert", "bench", "table"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--samples", type=int, default=8, help="calibration samples (a budget needs 8)")
     p.add_argument("--ctx", default="512,2048")
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    if a.step == "write":
+    if a.step == "table":
+        print(table())
+    elif a.step == "write":
         write(a.threads)
     elif a.step == "convert":
         import converter_cost

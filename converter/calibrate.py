@@ -190,7 +190,9 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
     import llama_cpp
 
     n_ctx = max(len(ids) for ids in prompt_ids) + response_tokens + 8
-    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed,
+    # no memory map: llama.cpp's CPU backend repacks quantized weights into a buffer of their own
+    # (faster matmuls), and the mapped file's pages would stay resident beside it, doubling the peak
+    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed, use_mmap=False,
                           kv_overrides={keys.ENABLED: False})
     try:
         eos = llm.token_eos()

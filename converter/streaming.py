@@ -409,7 +409,7 @@ class StreamedCalibration:
             if not dual:
                 zz = {p: z.T @ z for p, z in zs.items()}
             del hs
-            weights, alphas, own, fitted = {}, {}, {}, {}
+            alphas, own, fitted = {}, {}, {}
             paths: Dict[int, str] = {}
             for il in range(s, end):
                 w0 = self._w0(il)
