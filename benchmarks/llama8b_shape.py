@@ -86,15 +86,13 @@ def table() -> str:
         be = json.load(f)
     gb, peak = conv["file_bytes"] / 2**30, conv["peak_rss_bytes"] / 2**30
     lines = ["| model (random weights) | GGUF | samples | wall time | peak RSS | skip set (K/V) | prompt tokens "
-             "| full ms | POP ms | speedup | FLOP ideal | paper set (last third) | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| full ms | POP ms | speedup | FLOP ideal | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in be["prefill"]:
-        paper = (f"{row['paper_speedup']:.2f}x (ideal {row['paper_ideal_speedup']:.2f}x)"
-                 if "paper_speedup" in row else "-")
         lines.append(f"| Llama-3.1-8B shape, Q4_0 | {gb:.2f} GB | {conv['samples']} | {conv['seconds'] / 60:.0f} min | "
                      f"{peak:.1f} GB | {be['skip_layers']} ({conv['kv_method']}) | {row['n_tokens']} | "
                      f"{row['full_ms']['median']:.0f} | {row['pop_ms']['median']:.0f} | **{row['speedup']:.2f}x** | "
-                     f"{row['ideal_speedup']:.2f}x | {paper} | {be['commit']} |")
+                     f"{row['ideal_speedup']:.2f}x | {be['commit']} |")
     return "\n".join(lines)
 
 

@@ -530,7 +530,8 @@ class StreamedCalibration:
             for e in self.eval_idx:
                 k = (s, e)
                 for row in (0, 1):
-                    kl[row].extend((neg_ent[e] - cross[k][row] + lse[k][row]).tolist())
+                    # KL >= 0; summed from three terms it can come out at -1e-8 when POP is exact
+                    kl[row].extend((neg_ent[e] - cross[k][row] + lse[k][row]).clamp_min(0.0).tolist())
                     top[row].extend((arg[k][row] == top_ref[e]).tolist())
             out[s] = (float(np.mean(kl[0])), float(np.mean(top[0])), float(np.mean(kl[1])), float(np.mean(top[1])))
         return out
