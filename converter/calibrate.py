@@ -308,6 +308,10 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     }
     args = (model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier)
     result = _streamed(*args, device=device, dtype=dtype) if streamed else _in_memory(*args)
+    del model, args
+    from .streaming import release_memory
+
+    release_memory()  # the model (in-memory path) or the streamed run's buffers, before the output is written
     result.provenance = {**provenance, keys.CALIB_SAMPLES: result.importance.samples}
     return result
 
@@ -374,10 +378,14 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
     elif fit_kv_for is not None:
         fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
         lam_idx = [i for i in range(len(seqs)) if i % 4 == 3]  # as kv_fit.collect_kv_stats splits them
+    from .streaming import release_memory
+
     run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from, device=device, dtype=dtype)
     try:
         run.forward(progress=tick("calibration: forward pass (layers)"))
+        release_memory()
         imp = run.importance(progress=tick("calibration: importance, backward pass (layers)"))
+        release_memory()
         result = Calibration(imp, {})
         if fit_kv_for is not None:
             skip = tuple(fit_kv_for(imp))
@@ -389,6 +397,7 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
             sets = candidate_sets(n_layer, frontier.max_ratio, "tail")
             starts = [c[0] for c in sets]
             fits = run.fit_blocks(starts, n_layer, progress=tick("fitting K/V projections (layer pairs)"))
+            release_memory()
             scores = run.frontier(starts, fits, progress=tick("measuring skip sets (layers)"))
             shape = model_shape(src)
             result.frontier = [Candidate(c, *scores[c[0]], {t: float(ideal_speedup(shape, t, c)) for t in SPEEDUP_TOKENS},

@@ -88,7 +88,10 @@ class GGUFModel:
             res = self.processor.process(weights=weights, name=tname, tensor_key_mapping=self.name_map,
                                          parsed_parameters=parsed)
             if res.name is not None and res.name in self.name_map:
-                state[self.name_map[res.name]] = torch.from_numpy(np.ascontiguousarray(res.weights, dtype=np.float32))
+                w = res.weights  # F32 tensors come back as read-only views of the memory map
+                if w.dtype != np.float32 or not w.flags.writeable or not w.flags.c_contiguous:
+                    w = np.array(w, dtype=np.float32)
+                state[self.name_map[res.name]] = torch.from_numpy(w)
         state.update({k: v.float() for k, v in parsed["tensors"].items()})  # merged MoE experts
         return state
 
