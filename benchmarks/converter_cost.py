@@ -158,14 +158,14 @@ def table(folder: str) -> str:
     for path in sorted(glob.glob(os.path.join(folder, "convert-*.json"))):
         with open(path) as f:
             rows.append(json.load(f))
-    order = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2}
+    order = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2, "llama-3.1-8b-shape": 3}
     rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["path"] != "in-memory"))
     lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate | skip set | commit |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gb = r["file_bytes"] / 2**30
         peak = r["peak_rss_bytes"] / 2**30
-        lines.append(f"| {r['label']} | {gb:.2f} GB | {r['samples']} | {r['path']} | {r['seconds'] / 60:.1f} min | "
+        lines.append(f"| {LABELS.get(r['name'], r['label'])} | {gb:.2f} GB | {r['samples']} | {r['path']} | {r['seconds'] / 60:.1f} min | "
                      f"{peak:.1f} GB | {peak - gb:+.1f} GB | {r['estimate_min']} min, {r['estimate_gb']} GB | "
                      f"{_fmt(r['skip_layers'])} | {r['commit']} |")
     return "\n".join(lines)
@@ -178,7 +178,7 @@ def _fmt(layers) -> str:
 
 
 LABELS = {"smollm2": "SmolLM2-135M Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
-          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B Q4_K_M"}
+          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B Q4_K_M", "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
 
 
 def main(argv=None) -> int:

@@ -123,10 +123,11 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
                 + held * response_tokens * vocab * 4 * 2  # held-out reference distributions
                 + ((2 * train_tokens * d * 8 + 2 * d * d * 8) if k_max else 0))  # one block start's z-moments
         peak = BASE_BYTES + file_bytes + work
-    else:
-        peak = BASE_BYTES + file_bytes + 8 * n_all
+    else:  # the float32 model, and the tail fits' float64 moments (z^T z and z^T Y per block start)
+        peak = BASE_BYTES + file_bytes + 4 * n_all
         if k_max:
-            peak += 2 * k_max * (k_max + 1) / 2 * (n_all / n_layer) * 8 / 4
+            kv_width = 2 * shape.n_head_kv * shape.head_dim
+            peak += 2 * 8 * d * (k_max * (k_max + 1) / 2 * kv_width + k_max * d)
     scratch = 0
     if streamed:
         kv_width = 2 * shape.n_head_kv * shape.head_dim
