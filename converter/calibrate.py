@@ -110,29 +110,6 @@ def _gguf_config_fixes(src: str) -> dict:
     return fixes
 
 
-def estimate(src: str, samples: int, seq_len: int, response_tokens: int, n_layer: int,
-             frontier_ratio: Optional[float] = None) -> Tuple[float, int]:
-    """Rough time (s) and peak memory (bytes) of a calibration on a laptop-class CPU.
-
-    Fitted on SmolLM2-135M on a 2-core x86_64 machine: about a minute to load and dequantize, then per
-    sample the llama.cpp-sampled response plus one forward-backward over seq_len + response tokens.
-    """
-    from gguf import GGUFReader
-
-    n_params = sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
-    tokens = seq_len + response_tokens  # an upper bound: most prompts are shorter than seq_len
-    per_sample = 6 * n_params * tokens / 80e9 + response_tokens * n_params * 1.5e-10  # fwd-bwd + sampling
-    seconds = 20 + n_params / 4e6 + samples * per_sample
-    peak = int(600 * 2**20 + 8 * n_params + os.path.getsize(src))  # runtime, fp32 weights + work, llama.cpp copy
-    if frontier_ratio:
-        # per held-out sample and candidate of k layers: two POP passes from the block's start (k/L of a
-        # forward each, a third of a forward-backward); summed over k = 1..K that is about K^2/L forwards
-        k_max = frontier_ratio * n_layer
-        seconds += (samples // 4) * (k_max ** 2 / n_layer) * per_sample / 3 * 1.5
-        peak += int(2 * k_max * (k_max + 1) / 2 * n_params / n_layer * 8 / 4)  # fit moments, float64
-    return seconds, peak
-
-
 # held-out prompts are this long (tokens): long enough that POP's pruned K/V weigh as they do in real
 # use (KL grows with context length), as long as the 512-token contexts `pop-local eval` starts with
 HELD_OUT_TOKENS = 512
@@ -213,7 +190,9 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
     import llama_cpp
 
     n_ctx = max(len(ids) for ids in prompt_ids) + response_tokens + 8
-    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed,
+    # no memory map: llama.cpp's CPU backend repacks quantized weights into a buffer of their own
+    # (faster matmuls), and the mapped file's pages would stay resident beside it, doubling the peak
+    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed, use_mmap=False,
                           kv_overrides={keys.ENABLED: False})
     try:
         eos = llm.token_eos()
@@ -265,12 +244,17 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
               samples: int, seq_len: int, response_tokens: int, device: str, dtype: str, seed: int,
               progress: Optional[Callable[[str, int, int], None]] = None,
               fit_kv_for: Optional[Callable[[Importance], Sequence[int]]] = None,
-              frontier: Optional[FrontierPlan] = None) -> Calibration:
+              frontier: Optional[FrontierPlan] = None, streamed: Optional[bool] = None,
+              fit_contiguous: bool = True) -> Calibration:
     """Importance of every layer in both stages, and the provenance keys.
 
     With `fit_kv_for` (importance -> skip set), K/V projections for that skip set are also fitted on
     the same samples (pop_local.converter.kv_fit). With `frontier`, every candidate skip set is
     measured on held-out samples (pop_local.converter.frontier), with own and fitted K/V.
+
+    `streamed` (None: whenever it can, see can_stream) runs it one layer at a time from the GGUF
+    (converter/streaming.py) instead of holding the whole model in float32; `fit_contiguous` says
+    that `fit_kv_for` returns a contiguous block, which the streamed path needs.
     """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
@@ -280,10 +264,20 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     if data and dataset:
         raise PopError("give --data or --dataset, not both")
     prompts = load_dataset_prompts(dataset, samples) if dataset else load_prompts(data)
-    model, tok = load_model(src, hf_model, device, dtype)
-    spec = arch_spec(model.config.model_type)
+    if streamed is None:
+        streamed = can_stream(hf_model, frontier, fit_contiguous)
+    if streamed:
+        from .gguf_model import GGUFModel
+
+        model = GGUFModel(src, lambda model_type: arch_spec(model_type).layers)
+        tok = model.tokenizer
+        model_type = model.config.model_type
+    else:
+        model, tok = load_model(src, hf_model, device, dtype)
+        model_type = model.config.model_type
+    spec = arch_spec(model_type)
     if spec.gguf_arch != meta.architecture:
-        raise PopError(f"the calibration model is '{model.config.model_type}' but the GGUF is '{meta.architecture}'")
+        raise PopError(f"the calibration model is '{model_type}' but the GGUF is '{meta.architecture}'")
 
     if frontier is None:
         eval_idx, lam_idx = [], []
@@ -305,7 +299,26 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     else:
         seqs = sample_responses_gguf(src, prompt_ids, response_tokens, seed, progress=tick_sample)
     lens = [len(ids) for ids in prompt_ids]
-    tick_importance = (lambda n: progress("measuring importance", n, samples - len(eval_idx))) if progress else None
+    provenance = {
+        keys.CALIB_SOURCE: hf_model or os.path.basename(src),
+        keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
+        keys.CALIB_SEQ_LEN: seq_len,
+        keys.CALIB_RESPONSE_TOKENS: response_tokens,
+        keys.CALIB_SEED: seed,
+    }
+    args = (model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier)
+    result = _streamed(*args, device=device, dtype=dtype) if streamed else _in_memory(*args)
+    del model, args
+    from .streaming import release_memory
+
+    release_memory()  # the model (in-memory path) or the streamed run's buffers, before the output is written
+    result.provenance = {**provenance, keys.CALIB_SAMPLES: result.importance.samples}
+    return result
+
+
+def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier) -> Calibration:
+    """The whole model in memory (transformers' float weights), sample by sample."""
+    tick_importance = (lambda n: progress("measuring importance", n, len(seqs) - len(eval_idx))) if progress else None
     capture = None
     if frontier is not None:
         from pop_local.frontier import max_skipped
@@ -316,21 +329,14 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
                                   k_max if frontier.strategy == "tail" else None)
     # held-out samples stay out of everything that learns from the data, importance included
-    train = [i for i in range(samples) if i not in eval_idx]
+    train = [i for i in range(len(seqs)) if i not in eval_idx]
     with capture.attached() if capture else contextlib.nullcontext():
         imp = layer_importance(model, spec, meta.n_layer, [seqs[i] for i in train], [lens[i] for i in train],
                                progress=tick_importance,
                                observe=(lambda j, logits: capture.observe(train[j], logits)) if capture else None)
         if capture:
             capture.full_passes(eval_idx)
-    result = Calibration(imp, {
-        keys.CALIB_SOURCE: hf_model or os.path.basename(src),
-        keys.CALIB_DATA: f"dataset:{dataset}" if dataset else ("builtin" if data is None else os.path.basename(data)),
-        keys.CALIB_SAMPLES: imp.samples,
-        keys.CALIB_SEQ_LEN: seq_len,
-        keys.CALIB_RESPONSE_TOKENS: response_tokens,
-        keys.CALIB_SEED: seed,
-    })
+    result = Calibration(imp, {})
     if fit_kv_for is not None:
         from .kv_fit import collect_kv_stats, fit_kv
 
@@ -351,3 +357,58 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
         result.frontier = capture.measure(sets, model_shape(src), progress=tick)
         result.held_out = {"samples": len(capture.eval_samples), "tokens": capture.eval_tokens}
     return result
+
+
+def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier, *, device: str,
+              dtype: str) -> Calibration:
+    """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
+    from pop_local.flops import ideal_speedup, model_shape
+    from pop_local.frontier import max_skipped
+
+    from .frontier import SPEEDUP_TOKENS, Candidate, candidate_sets
+    from .streaming import StreamedCalibration
+
+    def tick(stage):
+        return (lambda n, total: progress(stage, n, total)) if progress else None
+
+    n_layer = meta.n_layer
+    fit_from = None
+    if frontier is not None:
+        fit_from = n_layer - max_skipped(n_layer, frontier.max_ratio)
+    elif fit_kv_for is not None:
+        fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
+        lam_idx = [i for i in range(len(seqs)) if i % 4 == 3]  # as kv_fit.collect_kv_stats splits them
+    from .streaming import release_memory
+
+    run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from, device=device, dtype=dtype)
+    try:
+        run.forward(progress=tick("calibration: forward pass (layers)"))
+        release_memory()
+        imp = run.importance(progress=tick("calibration: importance, backward pass (layers)"))
+        release_memory()
+        result = Calibration(imp, {})
+        if fit_kv_for is not None:
+            skip = tuple(fit_kv_for(imp))
+            if list(skip) != list(range(skip[0], skip[-1] + 1)):
+                raise ValueError(f"the streamed calibration fits contiguous blocks, not {skip}")
+            fits = run.fit_blocks([skip[0]], skip[-1] + 1, progress=tick("fitting K/V projections (layers)"))
+            result.fitted = (skip, fits[skip[0]])
+        if frontier is not None:
+            sets = candidate_sets(n_layer, frontier.max_ratio, "tail")
+            starts = [c[0] for c in sets]
+            fits = run.fit_blocks(starts, n_layer, progress=tick("fitting K/V projections (layer pairs)"))
+            release_memory()
+            scores = run.frontier(starts, fits, progress=tick("measuring skip sets (layers)"))
+            shape = model_shape(src)
+            result.frontier = [Candidate(c, *scores[c[0]], {t: float(ideal_speedup(shape, t, c)) for t in SPEEDUP_TOKENS},
+                                         fits[c[0]]) for c in sets]
+            result.held_out = {"samples": len(run.eval_idx), "tokens": run.eval_tokens}
+        return result
+    finally:
+        run.close()
+
+
+def can_stream(hf_model: Optional[str], frontier: Optional[FrontierPlan], fit_contiguous: bool = True) -> bool:
+    """The streamed path calibrates a GGUF whose candidates (and any fitted set) are contiguous
+    blocks; a transformers checkpoint (--hf-model) or --strategy score runs in memory."""
+    return hf_model is None and (frontier is None or frontier.strategy == "tail") and fit_contiguous

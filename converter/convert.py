@@ -142,7 +142,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
             data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
             device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "auto",
             kv_type: str = "auto", max_kl: "Optional[float | str]" = None, target_speedup: Optional[float] = None,
-            max_ratio: float = 0.5, progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+            max_ratio: float = 0.5, max_memory: Optional[float] = None, in_memory: bool = False,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
     """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles).
 
     By default the skip set comes from a quality budget: the converter measures every candidate
@@ -155,7 +156,13 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     recipe: the last third (or the given set), own or fitted K/V.
 
     Fitted projections are stored as extra tensors (type `kv_type`: "auto" = the file's own type for
-    those projections when the gguf package can produce it, else q8_0)."""
+    those projections when the gguf package can produce it, else q8_0).
+
+    Calibrating a GGUF runs one decoder layer at a time from the file (converter/streaming.py):
+    peak memory is about the file's size plus a layer's worth of work. Before anything loads, the
+    estimated peak is checked against the memory available (or `max_memory` GB): PopError if it
+    does not fit. `in_memory` holds the whole model in float32 instead (the path --hf-model and
+    --strategy score take; kept for comparisons)."""
     from pop_local import __version__
     from pop_local.frontier import KV_CHOICES
 
@@ -193,18 +200,28 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
         from .arch import check_gguf_architecture
-        from .calibrate import FrontierPlan, calibrate as run_calibration, estimate
+        from .calibrate import FrontierPlan, calibrate as run_calibration, can_stream
+        from .cost import check_memory, estimate
 
         check_calibration_installed()
         if not hf_model:  # a checkpoint is checked by its own model type when it loads
             check_gguf_architecture(meta.architecture)
+        plan = FrontierPlan(max_ratio, strategy) if budget else None
+        fit_contiguous = not (kv == "fitted" and not budget and (
+            (explicit is None and strategy == "score") or
+            (explicit is not None and list(explicit) != list(range(explicit[0], explicit[-1] + 1)))))
+        streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
+        if max_memory is not None and not max_memory > 0:
+            raise PopError(f"--max-memory must be a positive number of GB, got {max_memory}")
+        from .calibrate import load_prompts
 
+        cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
+                        streamed=streamed, prompts=None if dataset else load_prompts(data))
+        check_memory(cost, max_memory)
         if progress:
-            seconds, peak = estimate(src, samples, seq_len, response_tokens, meta.n_layer,
-                                     frontier_ratio=max_ratio if budget else None)
             progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
-                     f"{' and measuring skip sets' if budget else ''}: "
-                     f"at most about {max(1, round(seconds / 60))} min and {peak / 2**30:.1f} GB (estimate)", 0, 0)
+                     f"{' and measuring skip sets' if budget else ''}"
+                     f"{'' if streamed else ' with the whole model in memory'}: {cost.describe()} (estimate)", 0, 0)
 
         def chooser(importance):  # the skip set the K/V projections are fitted for
             return explicit if explicit is not None else choose_skip_layers(
@@ -213,7 +230,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         out = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
                               seq_len=seq_len, response_tokens=response_tokens, device=device, dtype=dtype,
                               seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" and not budget else None,
-                              frontier=FrontierPlan(max_ratio, strategy) if budget else None)
+                              frontier=plan, streamed=streamed, fit_contiguous=fit_contiguous)
         imp = out.importance
         fitted = out.fitted
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]

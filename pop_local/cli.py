@@ -134,10 +134,15 @@ def _check_max_ratio(ctx, param, value):
                    "paper's last third")
 @click.option("--kv-type", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]),
               default="auto", show_default=True, help="tensor type of fitted projections (auto: the file's own)")
+@click.option("--max-memory", type=float, envvar="POP_LOCAL_MAX_MEMORY",
+              help="GB the calibration may use (default: the memory available); refuses before loading if the "
+                   "estimate is higher")
+@click.option("--in-memory", is_flag=True,
+              help="calibrate with the whole model in memory (float32) instead of one layer at a time; for comparisons")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 @_fail_cleanly
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
-            seed, max_kl, target_speedup, max_ratio, kv, kv_type, force) -> None:
+            seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, force) -> None:
     """Make MODEL.gguf POP-ready: measure what each skip set costs, pick one, write a new GGUF.
 
     By default every candidate (the last 1 .. half of the layers) is measured on held-out
@@ -163,7 +168,8 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
     result = run_convert(model, output, layers=layers, ratio=ratio, strategy=strategy, calibrate=not no_calibrate,
                          hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
                          dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, max_kl=max_kl,
-                         target_speedup=target_speedup, max_ratio=max_ratio, progress=_progress_printer())
+                         target_speedup=target_speedup, max_ratio=max_ratio, max_memory=max_memory, in_memory=in_memory,
+                         progress=_progress_printer("step"))
     from . import keys
     from .layers import format_layers
 

@@ -167,7 +167,9 @@ def test_max_kl_picks_the_fastest_candidate_inside_the_budget(budgeted):
     assert meta.frontier.chosen == max(inside, key=lambda i: rows[i].speedup_2048)
     assert meta.skip_layers == rows[meta.frontier.chosen].skip
     assert meta.extra[keys.KV_METHOD] == rows[meta.frontier.chosen].kv_for("auto")
-    assert rows[0].skip == (29,) and rows[0].kl_own == 0.0  # the last layer's prompt positions feed nothing
+    # the last layer's prompt positions feed nothing: exact, up to float32 rounding (the streamed frontier
+    # runs the response against a cache, the reference runs the whole sequence in one pass)
+    assert rows[0].skip == (29,) and rows[0].kl_own <= 1e-5
     assert all(a.speedup_2048 < b.speedup_2048 for a, b in zip(rows, rows[1:]))
     assert rows[-1].kl_own > rows[1].kl_own > 0  # deeper costs more
     for limit in sorted({r.kl() for r in rows}):  # every budget the real frontier allows

@@ -210,3 +210,30 @@ def test_fitted_tensor_in_a_gemma3_file(tmp_path, gemma3):
     _, fit = logits(fitted, pop=True)
     assert np.array_equal(own, own_plain)
     assert not np.array_equal(fit, own) and not np.array_equal(own, full)
+
+
+def test_the_dual_ridge_is_the_primal_one_when_rows_are_fewer_than_inputs():
+    """fit_layer_rows' n x n form (few samples, a wide model) and fit_layer's d x d form: one minimiser."""
+    import numpy as np
+
+    from pop_local.converter.kv_fit import _Moments, fit_layer, fit_layer_rows
+
+    rng = np.random.default_rng(0)
+    d, n_fit, n_held = 96, 60, 30
+    w0 = {kv: rng.standard_normal((d, 16)) for kv in ("k", "v")}
+    truth = {kv: w0[kv] + 0.3 * rng.standard_normal((d, 16)) for kv in ("k", "v")}
+    xf, xh = rng.standard_normal((n_fit, d)), rng.standard_normal((n_held, d))
+    yf = {kv: xf @ truth[kv] + 0.1 * rng.standard_normal((n_fit, 16)) for kv in ("k", "v")}
+    yh = {kv: xh @ truth[kv] + 0.1 * rng.standard_normal((n_held, 16)) for kv in ("k", "v")}
+
+    def moments(x, y):
+        return _Moments(x.T @ x, {kv: x.T @ y[kv] for kv in ("k", "v")}, {kv: float((y[kv] ** 2).sum()) for kv in ("k", "v")},
+                        x.shape[0])
+
+    primal = fit_layer(moments(xf, yf), moments(xh, yh), w0)
+    dual = fit_layer_rows(xf, yf, xh, yh, w0)
+    for kv in ("k", "v"):
+        assert dual[kv][1] == primal[kv][1] and np.isfinite(dual[kv][1])  # the same ridge strength chosen
+        np.testing.assert_allclose(dual[kv][0], primal[kv][0], rtol=1e-4, atol=1e-5)
+        assert dual[kv][2] == pytest.approx(primal[kv][2], rel=1e-9)
+        assert dual[kv][3] == pytest.approx(primal[kv][3], rel=1e-6)

@@ -25,3 +25,25 @@ def test_architecture_benchmark_rows_come_from_the_results():
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out.count("\n") >= 5  # header, rule, two cases at two prompt lengths
     assert out in _readme()
+
+
+def _generated(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+
+
+def test_converter_cost_rows_come_from_the_results():
+    out = _generated(os.path.join(ROOT, "benchmarks", "converter_cost.py"), "--table")
+    assert out.count("\n") >= 4  # header, rule, the three real models
+    assert out in _readme()
+
+
+def test_the_real_1_5b_models_budget_rows_come_from_the_results():
+    out = _generated(os.path.join(ROOT, "benchmarks", "converter_cost.py"), "--quality-table", "qwen2.5-coder-1.5b")
+    assert out.count("\n") == 3  # header, rule, paper, default budget
+    assert out in _readme()
+
+
+def test_the_8b_shaped_models_rows_come_from_the_results():
+    out = _generated(os.path.join(ROOT, "benchmarks", "llama8b_shape.py"), "table")
+    assert out.count("\n") >= 3 and "Q4_0" in out
+    assert out in _readme()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dims", "Tensor", "tiny_model", "cache_dir"]
+__all__ = ["Dims", "Tensor", "tiny_model", "cache_dir", "write_unquantized"]
 
 
 @dataclass(frozen=True)
@@ -95,40 +95,75 @@ def _encode(a: np.ndarray):
     return a, None
 
 
+def _add_keys(w, arch: str, keys: dict) -> None:
+    from gguf import GGUFValueType
+
+    if "general.name" not in keys:
+        w.add_name(f"tiny random {arch} (pop-local tests)")
+    for key, value in keys.items():
+        full = key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}"
+        if isinstance(value, bool):
+            w.add_bool(full, value)
+        elif isinstance(value, int):
+            w.add_uint32(full, value)
+        elif isinstance(value, float):
+            w.add_float32(full, value)
+        elif isinstance(value, str):
+            w.add_string(full, value)
+        elif isinstance(value, (list, tuple)):
+            w.add_array(full, list(value))
+        else:
+            raise TypeError(f"{key}: {type(value)}")
+    for field in _tokenizer_fields():
+        vtype = field.types[0]
+        w.add_key_value(field.name, field.contents(), vtype,
+                        sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+
+
 def _write(path: Path, arch: str, keys: dict, tensors: list[Tensor], seed: int) -> None:
-    from gguf import GGUFValueType, GGUFWriter
+    from gguf import GGUFWriter
 
     from pop_local.atomic import atomic_path
 
     rng = np.random.default_rng(seed)
     with atomic_path(str(path), ".gguf.part") as tmp:
         w = GGUFWriter(tmp, arch)
-        if "general.name" not in keys:
-            w.add_name(f"tiny random {arch} (pop-local tests)")
-        for key, value in keys.items():
-            full = key if key.startswith(("general.", "tokenizer.")) else f"{arch}.{key}"
-            if isinstance(value, bool):
-                w.add_bool(full, value)
-            elif isinstance(value, int):
-                w.add_uint32(full, value)
-            elif isinstance(value, float):
-                w.add_float32(full, value)
-            elif isinstance(value, str):
-                w.add_string(full, value)
-            elif isinstance(value, (list, tuple)):
-                w.add_array(full, list(value))
-            else:
-                raise TypeError(f"{key}: {type(value)}")
-        for field in _tokenizer_fields():
-            vtype = field.types[0]
-            w.add_key_value(field.name, field.contents(), vtype,
-                            sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        _add_keys(w, arch, keys)
         for t in tensors:
             data, raw = _encode(_array(t, rng))
             w.add_tensor(t.name, data, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
+        w.close()
+
+
+def write_unquantized(path: str, arch: str, dims: Dims, seed: int = 0, name: str = "") -> None:
+    """A random-weight GGUF of any size in F16/F32, one tensor in memory at a time (for llama.cpp's
+    quantizer to turn into a real quantized file: benchmarks/llama8b_shape.py)."""
+    import tiny_specs
+    from gguf import GGUFWriter
+
+    from pop_local.atomic import atomic_path
+
+    dims = dataclasses.replace(dims, n_vocab=_n_vocab())
+    keys, tensors = tiny_specs.SPECS[arch](dims)
+    if name:
+        keys = {"general.name": name, **keys}
+    rng = np.random.default_rng(seed)
+    with atomic_path(path, ".gguf.part") as tmp:
+        w = GGUFWriter(tmp, arch)
+        _add_keys(w, arch, keys)
+        for t in tensors:
+            f32 = t.f32 or len(t.ne) == 1 or t.name.endswith((".bias", "norm.weight"))
+            dtype = np.dtype(np.float32 if f32 else np.float16)
+            shape = tuple(reversed(t.ne))
+            w.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in tensors:
+            w.write_tensor_data(_array(t, rng))
         w.close()
 
 
