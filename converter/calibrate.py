@@ -364,9 +364,10 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
     """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
     from pop_local.flops import ideal_speedup, model_shape
     from pop_local.frontier import max_skipped
+    from pop_local.layers import is_block
 
     from .frontier import SPEEDUP_TOKENS, Candidate, candidate_sets
-    from .streaming import StreamedCalibration
+    from .streaming import StreamedCalibration, release_memory
 
     def tick(stage):
         return (lambda n, total: progress(stage, n, total)) if progress else None
@@ -378,8 +379,6 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
     elif fit_kv_for is not None:
         fit_from = 0  # the set is known after the importance pass: keep every layer's statistics
         lam_idx = [i for i in range(len(seqs)) if i % 4 == 3]  # as kv_fit.collect_kv_stats splits them
-    from .streaming import release_memory
-
     run = StreamedCalibration(gm, spec, seqs, lens, eval_idx, lam_idx, fit_from, device=device, dtype=dtype)
     try:
         run.forward(progress=tick("calibration: forward pass (layers)"))
@@ -389,7 +388,7 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
         result = Calibration(imp, {})
         if fit_kv_for is not None:
             skip = tuple(fit_kv_for(imp))
-            if list(skip) != list(range(skip[0], skip[-1] + 1)):
+            if not is_block(skip):
                 raise ValueError(f"the streamed calibration fits contiguous blocks, not {skip}")
             fits = run.fit_blocks([skip[0]], skip[-1] + 1, progress=tick("fitting K/V projections (layers)"))
             result.fitted = (skip, fits[skip[0]])

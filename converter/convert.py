@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local import keys
 from pop_local.errors import PopError
-from pop_local.layers import as_layers, format_layers
+from pop_local.layers import as_layers, format_layers, is_block
 from pop_local.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
@@ -209,7 +209,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         plan = FrontierPlan(max_ratio, strategy) if budget else None
         fit_contiguous = not (kv == "fitted" and not budget and (
             (explicit is None and strategy == "score") or
-            (explicit is not None and list(explicit) != list(range(explicit[0], explicit[-1] + 1)))))
+            (explicit is not None and not is_block(explicit))))
         streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
         if max_memory is not None and not max_memory > 0:
             raise PopError(f"--max-memory must be a positive number of GB, got {max_memory}")

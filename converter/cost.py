@@ -85,6 +85,7 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     held_tokens = held * (held_len + response_tokens)
     tokens = train_tokens + held_tokens
     k_max = int(frontier_ratio * n_layer) if frontier_ratio else 0
+    kv_width = 2 * shape.n_head_kv * shape.head_dim  # K and V of one layer
     attn_flops = 4 * n_layer * d * (seq_len + response_tokens)  # per token, scores and weighted sum
 
     st: Dict[str, float] = {"load": LOAD_SECONDS + FILE_SECONDS * file_bytes}
@@ -101,7 +102,6 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     if k_max:
         pairs = k_max * (k_max + 1) / 2
         fit_rows = 0.75 * train_tokens  # a quarter of the training samples choose the ridge strength
-        kv_width = 2 * shape.n_head_kv * shape.head_dim
         if fit_rows < d:  # kv_fit._Dual: an n x n eigendecomposition, products with the rows
             st["fits"] = pairs * (EIGH_1536 * (fit_rows / 1536) ** 3
                                   + 8 * train_tokens * (train_tokens + kv_width) * d / TORCH_FLOPS)
@@ -126,11 +126,9 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     else:  # the float32 model, and the tail fits' float64 moments (z^T z and z^T Y per block start)
         peak = BASE_BYTES + file_bytes + 4 * n_all
         if k_max:
-            kv_width = 2 * shape.n_head_kv * shape.head_dim
             peak += 2 * 8 * d * (k_max * (k_max + 1) / 2 * kv_width + k_max * d)
     scratch = 0
     if streamed:
-        kv_width = 2 * shape.n_head_kv * shape.head_dim
         scratch = int((n_layer + 1) * tokens * d * 4 + k_max * train_tokens * kv_width * 4
                       + k_max * (k_max + 1) / 2 * d * kv_width * 4 + k_max * d * kv_width * 8)
     return Cost(sum(st.values()), int(peak), streamed, st, scratch)

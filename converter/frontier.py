@@ -103,6 +103,24 @@ class _Replay:
                 layers[i] = layer
 
 
+def rms_norm_weight(norm, h, layer: int, tolerance: float = 1e-3, to=lambda x: x) -> np.ndarray:
+    """norm's weight w (float64), checked on h: norm(h) = h / rms(h) * w, which lets the tail fits
+    share one z = h / rms(h) per block start. `to` moves a CPU tensor where the norm runs."""
+    import torch
+
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    with torch.no_grad():
+        w = norm(to(torch.ones(1, h.shape[-1], dtype=h.dtype)))[0].float().cpu().double() * (1 + eps) ** 0.5
+        direct = norm(to(h)).float().cpu().double()
+    x = h.double()
+    z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    err = float((z * w - direct).norm() / direct.norm().clamp_min(1e-30))
+    if err > tolerance:
+        raise RuntimeError(f"layer {layer}: its input norm is not an RMS norm with a weight (relative mismatch "
+                           f"{err:.2g}); the tail fits cannot share moments")
+    return w.numpy()
+
+
 class FrontierCapture:
     """Collects what the frontier needs during the importance pass, then measures every candidate.
 
@@ -225,16 +243,7 @@ class FrontierCapture:
         z = h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + eps)
         for il in self.proj_layers:
             if il >= start and il not in self._norm_w:
-                norm = _get(self.layers[il], self.spec.input_norm)
-                with torch.no_grad():
-                    ones = torch.ones(1, h.shape[-1], dtype=h.dtype)
-                    w = (norm(ones)[0].double() * (1 + eps) ** 0.5)
-                    direct = norm(h).double()
-                err = float((z * w - direct).norm() / direct.norm().clamp_min(1e-30))
-                if err > 1e-3:
-                    raise RuntimeError(f"layer {il}: its input norm is not an RMS norm with a weight "
-                                       f"(relative mismatch {err:.2g}); the tail frontier cannot share the fit")
-                self._norm_w[il] = w.numpy()
+                self._norm_w[il] = rms_norm_weight(_get(self.layers[il], self.spec.input_norm), h, il)
         return z.numpy()
 
     # --- after it --------------------------------------------------------------------------------

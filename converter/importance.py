@@ -12,13 +12,25 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence
 
-__all__ = ["VirtualGates", "Importance", "layer_importance"]
+__all__ = ["VirtualGates", "Importance", "layer_importance", "gate_branch"]
 
 
 def _get(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def gate_branch(output, boundary: int, gate_prefill, gate_decode):
+    """A branch's output (a tensor, or a tuple led by one) times the prefill gate before position
+    `boundary` and the decode gate from it on."""
+    import torch
+
+    out = output[0] if isinstance(output, tuple) else output
+    pos = torch.arange(out.shape[1], device=out.device)
+    gate = torch.where(pos < boundary, gate_prefill, gate_decode).to(out.dtype)
+    out = out * gate[None, :, None]
+    return (out, *output[1:]) if isinstance(output, tuple) else out
 
 
 class VirtualGates:
@@ -41,13 +53,9 @@ class VirtualGates:
         import torch
 
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, tuple) else output
             if self.boundary is None:
                 raise RuntimeError("VirtualGates.boundary must be set before a forward pass")
-            pos = torch.arange(out.shape[1], device=out.device)
-            gate = torch.where(pos < self.boundary, self.prefill[layer], self.decode[layer]).to(out.dtype)
-            out = out * gate[None, :, None]
-            return (out, *output[1:]) if isinstance(output, tuple) else out
+            return gate_branch(output, self.boundary, self.prefill[layer], self.decode[layer])
 
         return hook
 

@@ -32,7 +32,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .importance import Importance
+from .frontier import FrontierCapture, rms_norm_weight
+from .importance import Importance, gate_branch
 from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_layer, fit_layer_rows
 
 __all__ = ["StreamedCalibration", "release_memory"]
@@ -133,14 +134,8 @@ def _slice_kwargs(kwargs: Dict[str, object], rows: slice, cols: slice, cache) ->
 @contextlib.contextmanager
 def _gated(layer, spec, gate_prefill, gate_decode, boundary: int) -> Iterator[None]:
     """importance.VirtualGates for one layer: both branch outputs times the stage's gate."""
-    import torch
-
     def hook(_module, _inputs, output):
-        out = output[0] if isinstance(output, tuple) else output
-        pos = torch.arange(out.shape[1], device=out.device)
-        gate = torch.where(pos < boundary, gate_prefill, gate_decode).to(out.dtype)
-        out = out * gate[None, :, None]
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        return gate_branch(output, boundary, gate_prefill, gate_decode)
 
     handles = [_get(layer, branch).register_forward_hook(hook) for branch in (spec.attn_branch, spec.ffn_branch)]
     try:
@@ -263,18 +258,10 @@ class StreamedCalibration:
         import torch
 
         norm = _get(layer, self.spec.input_norm)
-        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        ones = self._dev(torch.ones(1, h_sample.shape[-1]))
-        w = (norm(ones)[0].float().cpu().double() * (1 + eps) ** 0.5)
-        x = h_sample[:-1].double()
-        z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        direct = norm(self._dev(h_sample[:-1])).float().cpu().double()
-        err = float((z * w - direct).norm() / direct.norm().clamp_min(1e-30))
-        if err > (1e-3 if self.dtype == torch.float32 else 2e-2):
-            raise RuntimeError(f"layer {il}: its input norm is not an RMS norm with a weight (relative mismatch "
-                               f"{err:.2g}); the tail fit cannot share moments")
-        self.norm_w[il], self.norm_eps[il] = w.numpy(), eps
-        w0, bias = {}, {}
+        self.norm_w[il] = rms_norm_weight(norm, h_sample[:-1], il, 1e-3 if self.dtype == torch.float32 else 2e-2,
+                                          self._dev)
+        self.norm_eps[il] = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        w0 = {}
         for kv in ("k", "v"):
             proj = _get(layer, getattr(self.spec, f"{kv}_proj"))
             w0[kv] = proj.weight.detach().float().cpu().double().numpy().T
@@ -464,7 +451,7 @@ class StreamedCalibration:
                         kw = self._kw(e, il)
                         fill = _FillCache()
                         x = norm(self._dev(prefix_src[e][:p])[None]).expand(2, -1, -1)
-                        with self._fitted_row(layer, fits[s], il, fw):
+                        with self._fitted_row(layer, fits[s], il, fw, p):
                             attn(hidden_states=x, **_slice_kwargs(kw, slice(0, p), slice(0, p), fill))
                         ext = _FillCache(fill.kv)
                         out = layer(state[(s, e)], **_slice_kwargs(kw, slice(p, t), slice(0, t), ext))
@@ -475,23 +462,15 @@ class StreamedCalibration:
         return self._score(starts, state)
 
     @contextlib.contextmanager
-    def _fitted_row(self, layer, fit: FittedKV, il: int, weights) -> Iterator[None]:
+    def _fitted_row(self, layer, fit: FittedKV, il: int, weights, n_prefix: int) -> Iterator[None]:
         """Batch row 1 gets layer il's fitted K and V (where the fit kept one)."""
-        import torch
-
         handles = []
         if weights is not None:
             for kv in ("k", "v"):
-                if not np.isfinite(fit.lam_alpha[il][kv]):
-                    continue
-                proj = _get(layer, getattr(self.spec, f"{kv}_proj"))
-                w = self._dev(weights[kv])
-
-                def hook(_m, inputs, output, w=w, bias=proj.bias):
-                    out = output.clone()
-                    out[1] = inputs[0][1] @ w.T + (bias if bias is not None else 0)
-                    return out
-                handles.append(proj.register_forward_hook(hook))
+                if np.isfinite(fit.lam_alpha[il][kv]):
+                    proj = _get(layer, getattr(self.spec, f"{kv}_proj"))
+                    hook = FrontierCapture._fitted_hook(self._dev(weights[kv]), proj.bias, n_prefix)
+                    handles.append(proj.register_forward_hook(hook))
         try:
             yield
         finally:
@@ -543,7 +522,6 @@ class StreamedCalibration:
     def close(self) -> None:
         self._kwargs.clear()
         self.refs.clear()
-        release_memory()
 
 
 def release_memory() -> None:

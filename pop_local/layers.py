@@ -63,3 +63,9 @@ def format_layers(layers: Iterable[int]) -> str:
 def as_layers(value: "str | Iterable[int]", n_layer: int, key: str = keys.SKIP_LAYERS) -> Tuple[int, ...]:
     """A skip set given as a string ("20-29") or as layer numbers, checked against n_layer."""
     return parse_layers(value if isinstance(value, str) else format_layers(value), n_layer, key=key)
+
+
+def is_block(layers: Iterable[int]) -> bool:
+    """True for one contiguous run of layers (20-29), False for gaps (20,22) or none."""
+    layers = list(layers)
+    return bool(layers) and layers == list(range(layers[0], layers[-1] + 1))
