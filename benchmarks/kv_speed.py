@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from pop_local import PopLlama
-    from pop_local.bench import alternate, bench_prompt, summarize, time_prefill
+    from pop_local.measure.bench import alternate, bench_prompt, summarize, time_prefill
 
     ctx = [int(x) for x in args.ctx.split(",")]
     llm = PopLlama(args.model, n_ctx=max(ctx) + 16, n_batch=max(ctx), verbose=False)

@@ -25,9 +25,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
-from converter_cost import MODELS_DIR, commit, machine  # noqa: E402
+from converter_cost import MODELS_DIR  # noqa: E402
+from pop_local.measure.provenance import provenance  # noqa: E402
 
-from pop_local.atomic import write_json  # noqa: E402
+from pop_local.format.atomic import write_json  # noqa: E402
 
 NAME = "llama-3.1-8b-shape"
 PATH = os.path.join(MODELS_DIR, f"{NAME}-random-q4_0.gguf")
@@ -39,7 +40,7 @@ def write(threads: int) -> str:
     import ctypes
 
     import llama_cpp
-    from tiny_models import Dims, write_unquantized
+    from helpers.tiny_models import Dims, write_unquantized
 
     os.makedirs(MODELS_DIR, exist_ok=True)
     f16 = PATH.replace("-q4_0.gguf", "-f16.gguf")
@@ -62,7 +63,7 @@ def write(threads: int) -> str:
 
 def bench(model: str, ctx, repeats: int) -> None:
     from pop_local import PopLlama
-    from pop_local.bench import format_table, run_bench
+    from pop_local.measure.bench import format_table, run_bench
 
     llm = PopLlama(model, n_ctx=max(ctx) + 128, n_batch=max(ctx), n_ubatch=512, verbose=False)
     try:
@@ -70,43 +71,19 @@ def bench(model: str, ctx, repeats: int) -> None:
     finally:
         llm.close()
     print(format_table(result), flush=True)
-    result.update({"weights": LABEL, "commit": commit(), "machine_detail": machine(),
-                   "command": "python benchmarks/llama8b_shape.py " + " ".join(sys.argv[1:])})
+    result.update({"weights": LABEL, **provenance("python benchmarks/llama8b_shape.py " + " ".join(sys.argv[1:]))})
     write_json(os.path.join(HERE, "results", f"bench-{NAME}.json"), result)
-
-
-def table() -> str:
-    """README's rows for the 8B-shaped model, from its convert and bench JSON (never typed by hand)."""
-    import json
-
-    folder = os.path.join(HERE, "results")
-    with open(os.path.join(folder, f"convert-{NAME}-streamed.json")) as f:
-        conv = json.load(f)
-    with open(os.path.join(folder, f"bench-{NAME}.json")) as f:
-        be = json.load(f)
-    gb, peak = conv["file_bytes"] / 2**30, conv["peak_rss_bytes"] / 2**30
-    lines = ["| model (random weights) | GGUF | samples | wall time | peak RSS | skip set (K/V) | prompt tokens "
-             "| full ms | POP ms | speedup | FLOP ideal | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in be["prefill"]:
-        lines.append(f"| Llama-3.1-8B shape, Q4_0 | {gb:.2f} GB | {conv['samples']} | {conv['seconds'] / 60:.0f} min | "
-                     f"{peak:.1f} GB | {be['skip_layers']} ({conv['kv_method']}) | {row['n_tokens']} | "
-                     f"{row['full_ms']['median']:.0f} | {row['pop_ms']['median']:.0f} | **{row['speedup']:.2f}x** | "
-                     f"{row['ideal_speedup']:.2f}x | {be['commit']} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("step", choices=["write", "convert", "bench", "table"])
+    p.add_argument("step", choices=["write", "convert", "bench"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--samples", type=int, default=8, help="calibration samples (a budget needs 8)")
     p.add_argument("--ctx", default="512,2048")
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    if a.step == "table":
-        print(table())
-    elif a.step == "write":
+    if a.step == "write":
         write(a.threads)
     elif a.step == "convert":
         import converter_cost

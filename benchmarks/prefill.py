@@ -24,7 +24,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from pop_local.atomic import write_json  # noqa: E402
+from pop_local.format.atomic import write_json  # noqa: E402
 
 
 # --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
@@ -43,7 +43,7 @@ def worker(args) -> None:
                        skip_layers=args.skip)
     import functools
 
-    from pop_local.bench import bench_prompt, time_decode, time_prefill
+    from pop_local.measure.bench import bench_prompt, time_decode, time_prefill
 
     prompt = functools.lru_cache(maxsize=None)(lambda n: bench_prompt(llm, n))  # tokenize each length once
 
@@ -106,9 +106,9 @@ def run_rounds(variants, command, repeats, key, samples):
 
 
 def measure(args) -> dict:
-    from pop_local.bench import summarize
-    from pop_local.flops import ideal_speedup, model_shape
-    from pop_local.layers import parse_layers
+    from pop_local.measure.bench import summarize
+    from pop_local.measure.flops import ideal_speedup, model_shape
+    from pop_local.format.layers import parse_layers
 
     shape = model_shape(args.model)
     skip = parse_layers(args.skip, shape.n_layer)
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if not args.model:
-        from pop_local.models import smollm2_path
+        from pop_local.runtime.models import smollm2_path
 
         args.model = smollm2_path()
     if args.worker:

@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pop_local.atomic import write_json  # noqa: E402
+from pop_local.format.atomic import write_json  # noqa: E402
 
 
 def free_port() -> int:
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def start_server(threads: int):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "rpc-server", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", "rpc-server", "--port", str(port),
                              "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while True:
@@ -51,7 +51,7 @@ def start_server(threads: int):
 def bench(args, extra):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "pop_local.cli", "bench", "--ctx", args.ctx, "--repeats", str(args.repeats),
+        cmd = [sys.executable, "-m", "pop_local.apps.cli", "bench", "--ctx", args.ctx, "--repeats", str(args.repeats),
                "--threads", str(args.threads), "--decode-tokens", "32", "--json", out, *extra]
         print("+ pop-local " + " ".join(cmd[3:]), flush=True)
         subprocess.run(cmd, check=True)

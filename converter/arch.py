@@ -13,7 +13,8 @@ from typing import Dict
 
 from pop_local.errors import PopError
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "UnsupportedArchitecture", "arch_spec", "check_gguf_architecture"]
+__all__ = ["ArchSpec", "ARCHITECTURES", "UnsupportedArchitecture", "arch_spec", "check_gguf_architecture",
+           "calibrated_architectures"]
 
 
 class UnsupportedArchitecture(PopError):
@@ -58,5 +59,10 @@ def check_gguf_architecture(gguf_arch: str) -> None:
     if gguf_arch not in supported:
         raise UnsupportedArchitecture(
             f"GGUF architecture '{gguf_arch}' cannot be calibrated from the GGUF (calibration reads: "
-            f"{', '.join(supported)}): calibrate a transformers checkpoint of the same model with --hf-model, "
-            f"or give the skip set with --layers ... --no-calibrate")
+            f"{', '.join(supported)}): calibrate a transformers checkpoint of the same model with `hf_model`, "
+            f"or give the skip set with `layers=...` `calibrate=False`")
+
+
+def calibrated_architectures() -> "frozenset[str]":
+    """GGUF architectures the converter can calibrate from the GGUF itself."""
+    return frozenset(spec.gguf_arch for spec in ARCHITECTURES.values())

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from pop_local import keys
+from pop_local.format import keys
 from pop_local.errors import PopError
-from pop_local.metadata import PopMetadata
+from pop_local.format.metadata import PopMetadata
 
 from .arch import arch_spec
 from .calibration_data import BUILTIN_PROMPTS
@@ -54,11 +54,11 @@ def load_dataset_prompts(name: str, limit: int) -> List[str]:
     try:
         import datasets
     except ImportError:
-        raise PopError("--dataset needs the datasets library: pip install datasets") from None
+        raise PopError("`dataset` needs the datasets library: pip install datasets") from None
     try:
         rows = datasets.load_dataset(name, split="train", streaming=True)
     except Exception as e:
-        raise PopError(f"--dataset {name}: cannot load it ({type(e).__name__}: {e})") from None
+        raise PopError(f"`dataset` {name}: cannot load it ({type(e).__name__}: {e})") from None
     prompts: List[str] = []
     for row in rows:
         text = next((row[k] for k in ("prompt", "instruction", "question", "text") if isinstance(row.get(k), str)), None)
@@ -67,18 +67,18 @@ def load_dataset_prompts(name: str, limit: int) -> List[str]:
         if len(prompts) >= limit:
             break
     if not prompts:
-        raise PopError(f"--dataset {name}: no prompt/instruction/question/text field found")
+        raise PopError(f"`dataset` {name}: no prompt/instruction/question/text field found")
     return prompts
 
 
 def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
-    """A transformers CausalLM and tokenizer: the GGUF's own (dequantized) weights, or --hf-model."""
+    """A transformers CausalLM and tokenizer: the GGUF's own (dequantized) weights, or `hf_model`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise PopError(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
+        raise PopError(f"`dtype` must be float32, bfloat16 or float16, got {dtype}")
     if hf_model:
         tok = AutoTokenizer.from_pretrained(hf_model)
         model = AutoModelForCausalLM.from_pretrained(hf_model, dtype=torch_dtype)
@@ -94,7 +94,7 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
 def _gguf_config_fixes(src: str) -> dict:
     """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
     assumes head_dim 128 (right for the released Qwen3 models, wrong for others), and the experts' width."""
-    from pop_local.metadata import read_header
+    from pop_local.format.metadata import read_header
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     header = read_header(src)
@@ -132,7 +132,7 @@ def split_prompts(prompts: Sequence[str], every: int = 3) -> Tuple[List[str], Li
             owner.setdefault(p, g)
     if len(groups) < 2:
         raise PopError("a quality budget needs at least two unrelated calibration prompts (some are held out to "
-                       "measure each skip set); add prompts to --data or use --kv own")
+                       "measure each skip set); add prompts to `data` or use `kv=own`")
     held_groups = [k for k in range(len(groups)) if k % every == every - 1] or [len(groups) - 1]
     held = [prompts[i] for k in held_groups for i in groups[k]]
     train = [prompts[i] for k in range(len(groups)) if k not in held_groups for i in groups[k]]
@@ -257,12 +257,12 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     that `fit_kv_for` returns a contiguous block, which the streamed path needs.
     """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
-        raise PopError("--samples, --seq-len and the response length must be positive (--seq-len at least 8)")
+        raise PopError("`samples`, `seq_len` and the response length must be positive (`seq_len` at least 8)")
     if frontier is not None and samples < MIN_FRONTIER_SAMPLES:
-        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} --samples (a quarter are held out "
+        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} `samples` (a quarter are held out "
                        f"to measure each skip set), got {samples}")
     if data and dataset:
-        raise PopError("give --data or --dataset, not both")
+        raise PopError("give `data` or `dataset`, not both")
     prompts = load_dataset_prompts(dataset, samples) if dataset else load_prompts(data)
     if streamed is None:
         streamed = can_stream(hf_model, frontier, fit_contiguous)
@@ -321,9 +321,9 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
     tick_importance = (lambda n: progress("measuring importance", n, len(seqs) - len(eval_idx))) if progress else None
     capture = None
     if frontier is not None:
-        from pop_local.frontier import max_skipped
+        from pop_local.format.frontier import max_skipped
 
-        from .frontier import FrontierCapture
+        from .candidates import FrontierCapture
 
         k_max = max_skipped(meta.n_layer, frontier.max_ratio)
         capture = FrontierCapture(model, spec, meta.n_layer, seqs, lens, eval_idx, lam_idx,
@@ -345,10 +345,10 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
         stats = collect_kv_stats(model, spec, meta.n_layer, skip, seqs, progress=tick_kv)
         result.fitted = (skip, fit_kv(stats))
     if capture is not None:
-        from pop_local.flops import model_shape
-        from pop_local.frontier import paper_skip_set
+        from pop_local.measure.flops import model_shape
+        from pop_local.format.frontier import paper_skip_set
 
-        from .frontier import candidate_sets
+        from .candidates import candidate_sets
 
         sets = candidate_sets(meta.n_layer, frontier.max_ratio, frontier.strategy, imp.prefill)
         if paper_skip_set(meta.n_layer) not in sets and frontier.strategy != "tail":
@@ -362,11 +362,11 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
 def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier, *, device: str,
               dtype: str) -> Calibration:
     """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
-    from pop_local.flops import ideal_speedup, model_shape
-    from pop_local.frontier import max_skipped
-    from pop_local.layers import is_block
+    from pop_local.measure.flops import ideal_speedup, model_shape
+    from pop_local.format.frontier import max_skipped
+    from pop_local.format.layers import is_block
 
-    from .frontier import SPEEDUP_TOKENS, Candidate, candidate_sets
+    from .candidates import SPEEDUP_TOKENS, Candidate, candidate_sets
     from .streaming import StreamedCalibration, release_memory
 
     def tick(stage):
@@ -409,5 +409,5 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
 
 def can_stream(hf_model: Optional[str], frontier: Optional[FrontierPlan], fit_contiguous: bool = True) -> bool:
     """The streamed path calibrates a GGUF whose candidates (and any fitted set) are contiguous
-    blocks; a transformers checkpoint (--hf-model) or --strategy score runs in memory."""
+    blocks; a transformers checkpoint (`hf_model`) or `strategy=score` runs in memory."""
     return hf_model is None and (frontier is None or frontier.strategy == "tail") and fit_contiguous

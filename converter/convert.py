@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from pop_local import keys
-from pop_local.errors import PopError
-from pop_local.layers import as_layers, format_layers, is_block
-from pop_local.metadata import read_pop_metadata
+from pop_local.format import keys
+from pop_local.errors import PopError, PopSettingError
+from pop_local.format.layers import format_layers, parse_layers, is_block
+from pop_local.format.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
 
@@ -27,7 +27,7 @@ KV_TYPES = ("auto", "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"
 def resolve_kv_type(name: str):
     """"auto" -> None (decided per file), else the GGMLQuantizationType; PopError for other names."""
     if name not in KV_TYPES:
-        raise PopError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {name!r}")
+        raise PopError(f"`kv_type` must be one of {', '.join(KV_TYPES)}, got {name!r}")
     if name == "auto":
         return None
     from gguf import GGMLQuantizationType
@@ -52,13 +52,13 @@ def choose_skip_layers(n_layer: int, *, ratio: Optional[float] = None, strategy:
     if strategy not in STRATEGIES:
         raise PopError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
     if ratio is not None and not 0 < ratio < 1:
-        raise PopError(f"--ratio must be between 0 and 1, got {ratio}")
+        raise PopError(f"`ratio` must be between 0 and 1, got {ratio}")
     k = int(round(n_layer * (ratio if ratio is not None else 1 / 3)))
     k = max(1, min(k, n_layer - 1))
     if strategy == "tail":
         return tuple(range(n_layer - k, n_layer))
     if prefill_importance is None:
-        raise PopError("--strategy score needs calibration (drop --no-calibrate)")
+        raise PopError("`strategy=score` needs calibration (drop `calibrate=False`)")
     order = sorted(range(n_layer), key=lambda i: (prefill_importance[i], -i))
     return tuple(sorted(order[:k]))
 
@@ -71,12 +71,12 @@ def check_calibration_installed() -> None:
             __import__(module)
         except ImportError:
             raise PopError(f"calibration needs {module}: pip install 'pop-local[convert]' (or write a skip set "
-                           "without calibrating: --layers A-B --no-calibrate)") from None
+                           "without calibrating: `layers=A-B` `calibrate=False`)") from None
 
 
 def _check_output(output: str, force: bool) -> None:
     if os.path.exists(output) and not force:
-        raise PopError(f"{output} exists (use --force to replace it)")
+        raise PopError(f"{output} exists (use `force=True` to replace it)")
     out_dir = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(out_dir):
         raise PopError(f"{out_dir}: output folder does not exist")
@@ -102,15 +102,15 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
 
     A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
     paper's recipe without one; any budget option asks for one."""
-    from pop_local.frontier import max_skipped, parse_budget, paper_skip_set
+    from pop_local.format.frontier import max_skipped, parse_budget, paper_skip_set
 
     asked = max_kl is not None or target_speedup is not None
     if not 0 < max_ratio < 1:
-        raise PopError(f"--max-ratio must be between 0 and 1, got {max_ratio}")
+        raise PopError(f"`max_ratio` must be between 0 and 1, got {max_ratio}")
     if asked and (explicit is not None or ratio is not None):
-        raise PopError("--max-kl and --target-speedup choose the skip set themselves: drop --layers / --ratio")
+        raise PopError("`max_kl` and `target_speedup` choose the skip set themselves: drop `layers` / `ratio`")
     if asked and not calibrate:
-        raise PopError("--max-kl and --target-speedup measure the model: drop --no-calibrate")
+        raise PopError("`max_kl` and `target_speedup` measure the model: drop `calibrate=False`")
     budget = parse_budget(max_kl, target_speedup) if asked else None  # bad values fail even when unused
     if explicit is not None or ratio is not None or not calibrate or (kv != "auto" and not asked):
         return None
@@ -118,22 +118,22 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
     from .calibrate import MIN_FRONTIER_SAMPLES
 
     if samples < MIN_FRONTIER_SAMPLES:
-        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} --samples (a quarter are held out to "
-                       f"measure each skip set), got {samples}; --kv own gives the paper's set without one")
+        raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} `samples` (a quarter are held out to "
+                       f"measure each skip set), got {samples}; `kv=own` gives the paper's set without one")
     k_max = max_skipped(n_layer, max_ratio)
     if k_max < 1:
-        raise PopError(f"--max-ratio {max_ratio} leaves no layer to skip in a {n_layer}-layer model")
+        raise PopError(f"`max_ratio` {max_ratio} leaves no layer to skip in a {n_layer}-layer model")
     if budget.target_speedup is not None:  # FLOPs alone say whether any candidate can get there
-        from pop_local.flops import ideal_speedup, model_shape
+        from pop_local.measure.flops import ideal_speedup, model_shape
 
         deepest = tuple(range(n_layer - k_max, n_layer))
         best = ideal_speedup(model_shape(src), 2048, deepest)
         if best < budget.target_speedup:
             raise PopError(f"no skip set reaches an ideal speedup of {budget.target_speedup:g}x at 2048 tokens; the "
-                           f"fastest within --max-ratio {max_ratio:g} is {best:.2f}x ({format_layers(deepest)}): "
-                           "lower --target-speedup or raise --max-ratio")
+                           f"fastest within `max_ratio` {max_ratio:g} is {best:.2f}x ({format_layers(deepest)}): "
+                           "lower `target_speedup` or raise `max_ratio`")
     if budget.max_kl == "paper" and strategy == "tail" and len(paper_skip_set(n_layer)) > k_max:
-        raise PopError("--max-kl paper measures the paper's set (the last third): --max-ratio must be at least 1/3")
+        raise PopError("`max_kl=paper` measures the paper's set (the last third): `max_ratio` must be at least 1/3")
     return budget
 
 
@@ -162,77 +162,24 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     peak memory is about the file's size plus a layer's worth of work. Before anything loads, the
     estimated peak is checked against the memory available (or `max_memory` GB): PopError if it
     does not fit. `in_memory` holds the whole model in float32 instead (the path --hf-model and
-    --strategy score take; kept for comparisons)."""
+    `strategy=score` take; kept for comparisons)."""
     from pop_local import __version__
-    from pop_local.frontier import KV_CHOICES
-
-    from pop_local.hub import resolve_model
+    from pop_local.runtime.models import resolve_model
 
     started = time.time()
     src = resolve_model(model)
     meta = read_pop_metadata(src)
     _check_output(output, force)
-    explicit = None
-    if layers is not None:
-        explicit = as_layers(layers, meta.n_layer, key="--layers")
-        if not explicit:
-            raise PopError("--layers: give at least one layer")
-
-    if kv not in KV_CHOICES:
-        raise PopError(f"--kv must be one of {', '.join(KV_CHOICES)}, got {kv!r}")
-    if hf_model and kv == "auto":
-        # fitted K/V fit the GGUF's own weights: with another checkpoint, a budget weighs own K/V only,
-        # and without a budget option the paper's recipe applies
-        kv = "own"
-    budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
-                             samples)
-    if budget is None and kv == "auto":
-        kv = "own"
-    if kv == "fitted" and not calibrate:
-        raise PopError("--kv fitted needs calibration (drop --no-calibrate)")
-    if kv != "own" and hf_model:
-        raise PopError("fitted K/V (and a budget, which measures them) fit the GGUF's own weights; they cannot be "
-                       "combined with --hf-model (use --kv own)")
+    explicit, kv, budget = _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, target_speedup,
+                                          max_ratio, strategy, samples, max_memory)
     kv_qtype = resolve_kv_type(kv_type) if kv != "own" else None
 
-    imp = None
-    fitted = None
+    imp = out = fitted = None
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
-        from .arch import check_gguf_architecture
-        from .calibrate import FrontierPlan, calibrate as run_calibration, can_stream
-        from .cost import check_memory, estimate
-
-        check_calibration_installed()
-        if not hf_model:  # a checkpoint is checked by its own model type when it loads
-            check_gguf_architecture(meta.architecture)
-        plan = FrontierPlan(max_ratio, strategy) if budget else None
-        fit_contiguous = not (kv == "fitted" and not budget and (
-            (explicit is None and strategy == "score") or
-            (explicit is not None and not is_block(explicit))))
-        streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
-        if max_memory is not None and not max_memory > 0:
-            raise PopError(f"--max-memory must be a positive number of GB, got {max_memory}")
-        from .calibrate import load_prompts
-
-        cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
-                        streamed=streamed, prompts=None if dataset else load_prompts(data))
-        check_memory(cost, max_memory)
-        if progress:
-            progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
-                     f"{' and measuring skip sets' if budget else ''}"
-                     f"{'' if streamed else ' with the whole model in memory'}: {cost.describe()} (estimate)", 0, 0)
-
-        def chooser(importance):  # the skip set the K/V projections are fitted for
-            return explicit if explicit is not None else choose_skip_layers(
-                meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=importance.prefill)
-
-        out = run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
-                              seq_len=seq_len, response_tokens=response_tokens, device=device, dtype=dtype,
-                              seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" and not budget else None,
-                              frontier=plan, streamed=streamed, fit_contiguous=fit_contiguous)
-        imp = out.importance
-        fitted = out.fitted
+        out = _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data, dataset, samples, seq_len,
+                         response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, progress)
+        imp, fitted = out.importance, out.fitted
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
         extra.update(out.provenance)
@@ -260,9 +207,72 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
                          time.time() - started, extra)
 
 
+def _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, target_speedup, max_ratio, strategy,
+                   samples, max_memory):
+    """(explicit skip set or None, K/V method, Budget or None): the request checked before anything loads."""
+    from pop_local.format.frontier import KV_CHOICES
+
+    explicit = None
+    if layers is not None:
+        explicit = parse_layers(layers, meta.n_layer, key="layers")
+        if not explicit:
+            raise PopSettingError("layers", "give at least one layer")
+    if kv not in KV_CHOICES:
+        raise PopError(f"`kv` must be one of {', '.join(KV_CHOICES)}, got {kv!r}")
+    if hf_model and kv == "auto":
+        # fitted K/V fit the GGUF's own weights: with another checkpoint, a budget weighs own K/V only,
+        # and without a budget option the paper's recipe applies
+        kv = "own"
+    budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
+                             samples)
+    if budget is None and kv == "auto":
+        kv = "own"
+    if kv == "fitted" and not calibrate:
+        raise PopError("`kv=fitted` needs calibration (drop `calibrate=False`)")
+    if kv != "own" and hf_model:
+        raise PopError("fitted K/V (and a budget, which measures them) fit the GGUF's own weights; they cannot be "
+                       "combined with `hf_model` (use `kv=own`)")
+    if max_memory is not None and not max_memory > 0:
+        raise PopError(f"`max_memory` must be a positive number of GB, got {max_memory}")
+    return explicit, kv, budget
+
+
+def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data, dataset, samples, seq_len,
+               response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, progress):
+    """The calibration's result (importance, fitted K/V, frontier), after its cost is checked against memory."""
+    from .arch import check_gguf_architecture
+    from .calibrate import FrontierPlan, calibrate as run_calibration, can_stream, load_prompts
+    from .cost import check_memory, estimate
+
+    check_calibration_installed()
+    if not hf_model:  # a checkpoint is checked by its own model type when it loads
+        check_gguf_architecture(meta.architecture)
+    plan = FrontierPlan(max_ratio, strategy) if budget else None
+    fit_contiguous = not (kv == "fitted" and not budget and (
+        (explicit is None and strategy == "score") or
+        (explicit is not None and not is_block(explicit))))
+    streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
+    cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
+                    streamed=streamed, prompts=None if dataset else load_prompts(data))
+    check_memory(cost, max_memory)
+    if progress:
+        progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
+                 f"{' and measuring skip sets' if budget else ''}"
+                 f"{'' if streamed else ' with the whole model in memory'}: {cost.describe()} (estimate)", 0, 0)
+
+    def chooser(importance):  # the skip set the K/V projections are fitted for
+        return explicit if explicit is not None else choose_skip_layers(
+            meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=importance.prefill)
+
+    return run_calibration(src, meta, hf_model=hf_model, data=data, dataset=dataset, samples=samples,
+                           seq_len=seq_len, response_tokens=response_tokens, device=device, dtype=dtype,
+                           seed=seed, progress=progress, fit_kv_for=chooser if kv == "fitted" and not budget else None,
+                           frontier=plan, streamed=streamed, fit_contiguous=fit_contiguous)
+
+
 def _choose_from_frontier(out, budget, kv: str, n_layer: int):
     """(skip set, K/V method, (skip, FittedKV) or None, frontier keys) picked by `budget`."""
-    from pop_local.frontier import FrontierRow, choose, frontier_fields, paper_skip_set
+    from pop_local.format.frontier import FrontierRow, choose, frontier_fields, paper_skip_set
 
     rows = [FrontierRow(c.skip, c.kl_own, c.kl_fitted, c.top1_own, c.top1_fitted, c.speedup[512], c.speedup[2048])
             for c in out.frontier]

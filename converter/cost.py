@@ -45,7 +45,7 @@ class Cost:
 def _shape(src: str):
     from gguf import GGUFReader
 
-    from pop_local.flops import model_shape
+    from pop_local.measure.flops import model_shape
 
     reader = GGUFReader(src, "r")
     sizes = {t.name: int(t.n_elements) for t in reader.tensors}
@@ -136,7 +136,7 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
 
 def shape_context(src: str) -> int:
     """The held-out prompts' length is capped by the model's trained context."""
-    from pop_local.metadata import read_pop_metadata
+    from pop_local.format.metadata import read_pop_metadata
 
     return read_pop_metadata(src).context_length or 1 << 30
 
@@ -186,14 +186,14 @@ def check_memory(cost: Cost, limit: Optional[float] = None) -> None:
     free = shutil.disk_usage(folder).free
     if cost.scratch_bytes > free:
         raise PopError(f"calibration needs about {cost.scratch_bytes / 2**30:.1f} GB of scratch space in {folder} but "
-                       f"{free / 2**30:.1f} GB is free: point TMPDIR at a larger disk, or use fewer --samples")
+                       f"{free / 2**30:.1f} GB is free: point TMPDIR at a larger disk, or use fewer `samples`")
     have = int(limit * 2**30) if limit is not None else available_memory()
     if cost.peak_bytes <= have:
         return
     need = cost.peak_bytes / 2**30
-    what = "--max-memory" if limit is not None else "available"
-    lower = ("fewer --samples or a shorter --seq-len lower it a little; the model file itself stays in memory"
+    what = "`max_memory`" if limit is not None else "available"
+    lower = ("fewer `samples` or a shorter `seq_len` lower it a little; the model file itself stays in memory"
              if cost.streamed else
-             "drop --hf-model / --strategy score to calibrate one layer at a time from the GGUF")
+             "drop `hf_model` / `strategy=score` to calibrate one layer at a time from the GGUF")
     raise PopError(f"calibration needs about {need:.1f} GB but {have / 2**30:.1f} GB is {what}: {lower} "
-                   "(or --layers A-B --no-calibrate, which needs none)")
+                   "(or `layers=A-B` `calibrate=False`, which needs none)")

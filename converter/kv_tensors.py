@@ -6,7 +6,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
-from pop_local import keys
+from pop_local.format import keys
 
 from .kv_fit import FittedKV, llama_permute_k
 
@@ -45,7 +45,7 @@ def fitted_kv_tensors(src: str, meta, skip: Sequence[int], fit: FittedKV,
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFReader
 
-    from pop_local.metadata import read_header
+    from pop_local.format.metadata import read_header
 
     from .arch import ARCHITECTURES
 

@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .frontier import FrontierCapture, rms_norm_weight
+from .candidates import FrontierCapture, rms_norm_weight
 from .importance import Importance, gate_branch
 from .kv_fit import LAMBDA_GRID, FittedKV, _Moments, fit_layer, fit_layer_rows
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from pop_local import keys
-from pop_local.atomic import atomic_path
+from pop_local.format import keys
+from pop_local.format.atomic import atomic_path
 from pop_local.errors import PopError, PopMetadataError
-from pop_local.layers import as_layers, format_layers
+from pop_local.format.layers import format_layers, parse_layers
 
 __all__ = ["write_pop_gguf"]
 
 
 def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
                 extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    layers = as_layers(skip_layers, n_layer)
+    layers = parse_layers(skip_layers, n_layer)
     if not layers:
         # the gguf package silently drops empty strings: refuse instead of writing a file without the key
-        raise PopMetadataError(f"{keys.SKIP_LAYERS}: refusing to write an empty skip set")
+        raise PopMetadataError(keys.SKIP_LAYERS, f"refusing to write an empty skip set")
     fields: Dict[str, Any] = {
         keys.VERSION: keys.SCHEMA_VERSION,
         keys.SKIP_LAYERS: format_layers(layers),
@@ -30,9 +30,9 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
     }
     for name, value in (extra or {}).items():
         if not name.startswith(keys.PREFIX) or name in fields:
-            raise PopMetadataError(f"{name}: extra keys must be new pop.* keys")
+            raise PopMetadataError(name, f"extra keys must be new pop.* keys")
         if value is None or (hasattr(value, "__len__") and len(value) == 0):
-            raise PopMetadataError(f"{name}: refusing to write an empty value")
+            raise PopMetadataError(name, f"refusing to write an empty value")
         fields[name] = value
     return fields
 
@@ -49,14 +49,14 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
     import gguf
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-    from pop_local.metadata import read_pop_metadata
+    from pop_local.format.metadata import read_pop_metadata
 
     src, dst = os.fspath(src), os.fspath(dst)
     meta = read_pop_metadata(src)  # validates the input first: a clear error before any write
     if os.path.abspath(src) == os.path.abspath(dst):
         raise PopError(f"{dst}: the output must be a new file, not the input")
     if os.path.exists(dst) and not force:
-        raise PopError(f"{dst} exists (use force=True / --force to replace it)")
+        raise PopError(f"{dst} exists (use `force=True` to replace it)")
     fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra)
 
     reader = GGUFReader(src, "r")
@@ -85,7 +85,7 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         added = sorted((extra_tensors or {}).items())
         for name, (data, qtype) in added:
             if not name.endswith(keys.POP_TENSOR_SUFFIX):
-                raise PopMetadataError(f"{name}: added tensors must be pop tensors (*{keys.POP_TENSOR_SUFFIX})")
+                raise PopMetadataError(name, f"added tensors must be pop tensors (*{keys.POP_TENSOR_SUFFIX})")
             writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

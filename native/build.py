@@ -38,7 +38,7 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
 NATIVE_DIR = Path(__file__).resolve().parent
 HOOK = NATIVE_DIR / "pop.cmake"
-ARCHITECTURES_PY = NATIVE_DIR.parent / "pop_local" / "architectures.py"  # compiled into libllama
+ARCHITECTURES_PY = NATIVE_DIR.parent / "pop_local" / "format" / "architectures.py"  # compiled into libllama
 
 
 class BuildError(RuntimeError):

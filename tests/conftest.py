@@ -7,7 +7,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from pop_local.models import smollm2_path
+    from pop_local.runtime.models import smollm2_path
 
     return smollm2_path()
 
@@ -15,7 +15,7 @@ def smollm2():
 @pytest.fixture(scope="session")
 def long_text():
     """An original passage (not calibration text), long enough for 2048-token prompts."""
-    from pop_local.texts import passage
+    from pop_local.measure.texts import passage
 
     return passage()
 
@@ -33,8 +33,8 @@ def arch_model(tmp_path_factory, smollm2, gemma3):
     """arch_model(name): a GGUF of that architecture: SmolLM2 itself for llama, the real Gemma-3-270M
     for gemma3, SmolLM2's weights rewritten as qwen2/qwen3/ernie4_5 (tests/arch_models.py), and a tiny
     random-weight model (6 layers, tests/tiny_models.py) for every other architecture."""
-    from arch_models import ARCHES as REWRITTEN, rewrite_as
-    from tiny_models import Dims, tiny_model
+    from helpers.arch_models import ARCHES as REWRITTEN, rewrite_as
+    from helpers.tiny_models import Dims, tiny_model
 
     made = {"llama": smollm2, "gemma3": gemma3}
     folder = tmp_path_factory.mktemp("arch-models")

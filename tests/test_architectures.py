@@ -18,14 +18,15 @@ import pytest
 
 import llama_cpp
 
-from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
+from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
                             logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
-from llama_contexts import layer_kinds
+from helpers.llama_contexts import layer_kinds
 from pop_local import PopLlama
-from pop_local import _native
-from pop_local.architectures import ARCHITECTURES, NAMES
-from tiny_models import Dims, tiny_model
-from tiny_specs import SPECS
+from pop_local.runtime import native as _native
+from pop_local.format.architectures import ARCHITECTURES, NAMES
+from helpers.tiny_models import Dims, tiny_model
+from helpers.tiny_specs import SPECS
+from pop_local.runtime.upstream import model_pointer
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def test_architecture_is_supported(arch_model, arch):
 @pytest.mark.parametrize("config", list(CACHE_CONFIGS))
 @pytest.mark.parametrize("arch", ARCHES)
 def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, arch, config):
-    if config == "fa-off-k-q8_0" and layer_kinds(model(arch_model, arch)._model.model)[-1] & _native.LAYER_K_ONLY:
+    if config == "fa-off-k-q8_0" and layer_kinds(model_pointer(model(arch_model, arch)))[-1] & _native.LAYER_K_ONLY:
         pytest.skip("a K-only (MLA) cache: llama.cpp refuses a K cache type different from V's")
     llm = model(arch_model, arch, config)
     n_layer = llm.pop_metadata.n_layer
@@ -168,7 +169,7 @@ def test_pruned_graph_computes_only_the_skipped_layers_kv(arch_model, long_text,
     llm = model(arch_model, arch)
     n_layer = llm.pop_metadata.n_layer
     skip = default_skip(n_layer)
-    kinds = layer_kinds(llm._model.model)
+    kinds = layer_kinds(model_pointer(llm))
     entries = prompt_entries(tokens(llm, long_text, 32))
     with logged_context(llm) as (ctx, log):
         set_skip(ctx, skip)
@@ -198,7 +199,7 @@ def test_kv_sharing_layers_are_skipped_exactly(arch_model, long_text, arch):
     with results identical to the full model (POP itself off), and none of their nodes runs."""
     llm = model(arch_model, arch)
     n_layer = llm.pop_metadata.n_layer
-    kinds = layer_kinds(llm._model.model)
+    kinds = layer_kinds(model_pointer(llm))
     shared = [il for il in range(n_layer) if kinds[il] == 0]
     assert shared and shared == list(range(shared[0], n_layer))
     entries = prompt_entries(tokens(llm, long_text, N_PROMPT))
@@ -227,7 +228,7 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     skip = default_skip(llm.pop_metadata.n_layer)
     # gemma3: longer than its 512-token sliding window, with the small SWA cache (swa_full off; the
     # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
-    n = 700 if any(k & _native.LAYER_SWA for k in layer_kinds(llm._model.model)) else N_PROMPT
+    n = 700 if any(k & _native.LAYER_SWA for k in layer_kinds(model_pointer(llm))) else N_PROMPT
     toks = tokens(llm, long_text, n)
     want, got = chunked_and_single(llm, prompt_entries(toks), skip)
     np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from pop_local import PopMetadataError, keys, read_pop_metadata
-from pop_local.cli import cli
+from pop_local.apps.cli import cli
 from pop_local.errors import PopError
-from pop_local.frontier import Budget, FrontierRow, choose, frontier_fields, parse_budget
+from pop_local.format.frontier import Budget, FrontierRow, choose, frontier_fields, parse_budget
 
 ROWS = [  # skip set, KL own, KL fitted, top-1 own, top-1 fitted, ideal @512, @2048
     FrontierRow((29,), 0.01, 0.01, 0.98, 0.98, 1.03, 1.03),
@@ -195,8 +195,8 @@ def test_held_out_kl_predicts_eval_on_the_bundled_passage():
     """The default model's converter KL (512-token held-out prompts) against `pop-local eval` on text
     the converter never saw, at 512-token contexts, for the chosen set: within 35%."""
     from pop_local import PopLlama
-    from pop_local.evaluate import run_eval
-    from pop_local.models import default_model_path
+    from pop_local.measure.evaluate import run_eval
+    from pop_local.converter.default_model import default_model_path
 
     path = default_model_path()
     meta = read_pop_metadata(path)
@@ -219,7 +219,7 @@ def test_fitted_kv_prediction_on_gemma3(gemma3, tmp_path):
     contexts: within 35%. (Before ROBUST_RIDGE the fit was judged on text too like its own: 0.031
     predicted, 0.049 measured.)"""
     from pop_local import PopLlama
-    from pop_local.evaluate import run_eval
+    from pop_local.measure.evaluate import run_eval
 
     out = str(tmp_path / "gemma.pop.gguf")
     r = CliRunner().invoke(cli, ["convert", gemma3, "-o", out, "--samples", "16"])

@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pop_local.cli import cli
-from serve_process import serving
+from pop_local.apps.cli import cli
+from helpers.serve_process import serving
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def pop_model(smollm2, tmp_path_factory):
 
 def pop_local(*args, stdin=None, env=None, timeout=600):
     """Run the installed command line in a fresh process (its own signals, stdin and exit code)."""
-    return subprocess.run([sys.executable, "-m", "pop_local.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pop_local.apps.cli", *args], input=stdin, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -50,7 +50,7 @@ def test_usage_errors_exit_2(args):
 
 def test_devices_lists_what_the_loaded_build_sees():
     """A fresh process: the loaded libraries decide (LLAMA_CPP_LIB_PATH picks a GPU build)."""
-    from pop_local.devices import devices
+    from pop_local.runtime.devices import devices
 
     result = pop_local("devices")
     assert result.returncode == 0, result.stderr
@@ -124,7 +124,7 @@ def test_chat_verbose_shows_the_llama_cpp_log(pop_model):
 
 
 def test_chat_ctrl_c_stops_the_reply_not_the_program(pop_model):
-    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "chat", pop_model, "--max-tokens", "400",
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", "chat", pop_model, "--max-tokens", "400",
                              "--temperature", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdin.write("Write a long story about a dragon who learns to bake bread.\n")
@@ -358,7 +358,7 @@ def _default_sigint():
 
 
 def _start(*args):
-    return subprocess.Popen([sys.executable, "-m", "pop_local.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 

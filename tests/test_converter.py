@@ -6,32 +6,14 @@ import pytest
 from click.testing import CliRunner
 
 from pop_local import keys, read_pop_metadata
-from pop_local.cli import cli
+from pop_local.apps.cli import cli
 from pop_local.converter import choose_skip_layers
 from pop_local.converter.arch import UnsupportedArchitecture, arch_spec
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-
-def tiny_llama(n_layer=4, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layer,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
-
-
-def tiny_gemma3(n_layer=4, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layer,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        max_position_embeddings=64, sliding_window=8)
-    return transformers.Gemma3ForCausalLM(cfg).eval().requires_grad_(False)
-
-
-def sample(n=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 64, (n,), generator=g).tolist()
+from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
@@ -186,7 +168,7 @@ def test_hub_reference_resolves_from_the_cache_offline(smollm2, tmp_path):
 
 
 def test_hub_reference_parsing():
-    from pop_local.hub import parse_hub_ref
+    from pop_local.runtime.models import parse_hub_ref
 
     assert parse_hub_ref("org/repo/file.gguf") == ("org/repo", "file.gguf")
     assert parse_hub_ref("org/repo:sub/file.gguf") == ("org/repo", "sub/file.gguf")

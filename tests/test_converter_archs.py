@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pop_local import keys
-from pop_local.cli import cli
+from pop_local.format import keys
+from pop_local.apps.cli import cli
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -59,7 +59,7 @@ def test_fitted_kv_end_to_end(arch_model, long_text, tmp_path, arch):
     untouched, and "own" is the paper's POP."""
     from pop_local import PopLlama, read_pop_metadata
     from pop_local.converter.writer import write_pop_gguf
-    from pop_local.evaluate import continuation_logprobs
+    from pop_local.measure.evaluate import continuation_logprobs
 
     src = arch_model(arch)
     fitted, own = tmp_path / "fitted.gguf", tmp_path / "own.gguf"
@@ -93,7 +93,7 @@ NO_CALIBRATION = ["qwen35", "deepseek2", "gemma4", "gpt-oss", "phi3"]
 @pytest.mark.parametrize("arch", NO_CALIBRATION)
 def test_layers_without_calibration_on_any_architecture(tmp_path, arch):
     """--layers ... --no-calibrate writes the keys for any architecture; the runtime prunes that set."""
-    from tiny_models import Dims, tiny_model
+    from helpers.tiny_models import Dims, tiny_model
 
     from pop_local import PopLlama, read_pop_metadata
 
@@ -112,7 +112,7 @@ def test_layers_without_calibration_on_any_architecture(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", ["qwen35", "deepseek2"])
 def test_calibration_of_an_architecture_transformers_cannot_read_stops_with_one_line(tmp_path, arch):
-    from tiny_models import Dims, tiny_model
+    from helpers.tiny_models import Dims, tiny_model
 
     src, out = tiny_model(arch, Dims(n_layer=6)), tmp_path / "out.gguf"
     r = CliRunner().invoke(cli, ["convert", src, "-o", str(out), "--samples", "8"])
@@ -125,7 +125,7 @@ def test_calibration_of_an_architecture_transformers_cannot_read_stops_with_one_
 def test_calibration_model_is_the_runtime_model_on_generated_weights(arch):
     """transformers' reading of a generated GGUF computes what llama.cpp computes (random weights: the
     logits themselves are compared, their top-1 is meaningless; measured: gemma2 correlation 0.9995)."""
-    from tiny_models import Dims, tiny_model
+    from helpers.tiny_models import Dims, tiny_model
 
     path = tiny_model(arch, Dims(n_layer=6))
     ours, theirs = _runtime_and_calibration_logits(path)

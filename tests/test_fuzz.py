@@ -1,17 +1,13 @@
-"""Seeded mutation fuzzing (benchmarks/fuzz.py) at test size, and the bugs it found, pinned."""
-
-import os
-import sys
+"""Seeded mutation fuzzing (tests/helpers/fuzzing.py, run at scale by benchmarks/fuzz.py) at test size,
+and the bugs it found, pinned."""
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import fuzz  # noqa: E402
+from helpers import fuzzing as fuzz
 
 from pop_local import keys  # noqa: E402
 from pop_local.errors import PopMetadataError  # noqa: E402
-from pop_local.metadata import read_pop_metadata  # noqa: E402
+from pop_local.format.metadata import read_pop_metadata  # noqa: E402
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
     """read_gguf_kv (used at every start) returns what gguf.GGUFReader does, string arrays aside."""
     from gguf import GGUFReader, GGUFValueType
 
-    from pop_local.gguf_kv import read_gguf_kv
+    from pop_local.format.gguf_kv import read_gguf_kv
 
     path = {"smollm2": smollm2, "pop_file": pop_file, "gemma3": None}[which] or _gemma3()
     reader = GGUFReader(path, "r")
@@ -114,7 +114,7 @@ def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
 
 
 def test_fast_header_reader_refuses_foreign_and_truncated_files(smollm2, tmp_path):
-    from pop_local.metadata import read_pop_metadata
+    from pop_local.format.metadata import read_pop_metadata
 
     text = tmp_path / "notes.gguf"
     text.write_text("hello, not a model\n")

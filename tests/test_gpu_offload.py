@@ -18,10 +18,10 @@ picks (matrix-multiply tiling, flash-attention split): there a tolerance, see th
 import numpy as np
 import pytest
 
-from llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
+from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
                             logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
 from pop_local import PopLlama, _native
-from pop_local.devices import offload_devices
+from pop_local.runtime.devices import offload_devices
 
 GPUS = offload_devices()
 

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pop_local import keys
-from pop_local.cli import cli
+from pop_local.format import keys
+from pop_local.apps.cli import cli
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_converter import sample, tiny_gemma3, tiny_llama  # noqa: E402
+from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
+from pop_local.runtime.upstream import context_pointer
 
 
 def _stats(make, skip, n=16):
@@ -127,7 +128,7 @@ def _kl(p_logits, q_logits):
 @pytest.mark.slow
 def test_runtime_uses_fitted_projections_and_they_help(fitted_file, own_file, long_text):
     from pop_local import PopLlama
-    from pop_local.evaluate import continuation_logprobs
+    from pop_local.measure.evaluate import continuation_logprobs
 
     fit = PopLlama(fitted_file, n_ctx=1024, n_batch=512, verbose=False)
     own = PopLlama(own_file, n_ctx=1024, n_batch=512, verbose=False)
@@ -196,7 +197,7 @@ def test_fitted_tensor_in_a_gemma3_file(tmp_path, gemma3):
         try:
             llm.kv_mode = kv
             llm.eval(llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four.", add_bos=True))
-            ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            ptr = llama_cpp.llama_get_logits_ith(context_pointer(llm), -1)
             return llm.n_fitted_layers, np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
         finally:
             llm.close()

@@ -9,12 +9,12 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa:
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from pop_local.integrations.langchain import ChatPopLocal  # noqa: E402
-from waiting import finishes  # noqa: E402
+from helpers.waiting import finishes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def default_model_file():
-    from pop_local.models import default_model_path
+    from pop_local.converter.default_model import default_model_path
 
     return default_model_path()
 
@@ -46,7 +46,7 @@ class TestChatPopLocalIntegration(ChatModelIntegrationTests):
 
     @property
     def model_override_value(self):
-        from pop_local.models import smollm2_path
+        from pop_local.runtime.models import smollm2_path
 
         return smollm2_path()  # the same weights without pop.* keys: a different file
 
@@ -157,7 +157,7 @@ def test_unicode_arguments_round_trip():
 def default_skip_set():
     """The embedded default model's skip set (chosen by the converter's quality budget)."""
     from pop_local import read_pop_metadata
-    from pop_local.models import default_model_path
+    from pop_local.converter.default_model import default_model_path
 
     return list(read_pop_metadata(default_model_path()).skip_layers)
 

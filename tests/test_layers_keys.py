@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from pop_local import keys
+from pop_local.format import keys
 from pop_local.errors import PopMetadataError
-from pop_local.layers import format_layers, parse_layers
+from pop_local.format.layers import format_layers, parse_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "native"))
@@ -58,7 +58,7 @@ def test_native_key_names_match_keys_module():
 
 
 def test_native_abi_version_matches_bindings():
-    from pop_local import _native
+    from pop_local.runtime import native as _native
 
     with open(os.path.join(ROOT, "native", "pop_api.h"), encoding="utf-8") as f:
         assert f"#define POP_LLAMA_ABI_VERSION {_native.ABI_VERSION}" in f.read()

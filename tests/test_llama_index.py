@@ -9,7 +9,7 @@ pytest.importorskip("llama_index.core")
 from llama_index.core.llms import ChatMessage  # noqa: E402
 
 from pop_local.integrations.llama_index import PopLocalLLM  # noqa: E402
-from waiting import finishes  # noqa: E402
+from helpers.waiting import finishes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def test_query_over_local_documents(llm, tmp_path):
 def default_skip_set():
     """The embedded default model's skip set (chosen by the converter's quality budget)."""
     from pop_local import read_pop_metadata
-    from pop_local.models import default_model_path
+    from pop_local.converter.default_model import default_model_path
 
     return list(read_pop_metadata(default_model_path()).skip_layers)
 

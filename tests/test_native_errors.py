@@ -42,7 +42,7 @@ def test_unsupported_architecture_warns_once_and_runs_full(arch_model):
     code = f"""
 import numpy as np, llama_cpp
 from pop_local import PopLlama
-from pop_local.loading import pop_notes
+from pop_local.runtime.models import pop_notes
 llm = PopLlama({arch_model("ernie4_5")!r}, n_ctx=512, verbose=True, kv_overrides={{'pop.prefill.skip_layers': '20-29'}})
 assert not llm.pop_supported and not llm.pop_active and llm.skip_layers == tuple(range(20, 30))
 print(pop_notes(llm, llm.pop_metadata))
@@ -50,7 +50,7 @@ toks = llm.tokenize(b"The keeper wound the clock at eight, at midnight and at fo
 def run(on):
     llm.pop_enabled = on
     llm.reset(); llm.eval(toks)
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context_pointer(llm), -1), shape=(llm.n_vocab(),)).copy()
 assert np.array_equal(run(True), run(False))
 s = llm.pop_stats()
 assert s["pruned_tokens"] == 0 and s["full_tokens"] == 2 * len(toks), s
@@ -59,7 +59,7 @@ print("OK")
     r = run_python(code)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith("OK")
-    from pop_local import _native
+    from pop_local.runtime import native as _native
 
     assert (f"POP does not support the ernie4_5 architecture in this build (supported: {', '.join(_native.ARCHITECTURES)}): "
             "the full model runs") in r.stdout
@@ -84,6 +84,7 @@ VANILLA = _vanilla_lib()
 def test_unpatched_build_raises_with_rebuild_hint(smollm2):
     code = f"""
 from pop_local import PopLlama, PopNativeError
+from pop_local.runtime.upstream import context_pointer
 try:
     PopLlama({smollm2!r})
 except PopNativeError as e:

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from llama_contexts import (cache_layers, contexts, decode, default_skip, logged_context, prompt_entries, set_skip,
+from helpers.llama_contexts import (cache_layers, contexts, decode, default_skip, logged_context, prompt_entries, set_skip,
                             stats, tokens)
 from pop_local import PopLlama
-from serve_process import free_port, wait_until_listening
+from helpers.serve_process import free_port, wait_until_listening
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ N_LOCAL_LAYERS = 10  # SmolLM2's 30 layers: 0-9 here, 10-20 and 21-29 on the two
 def rpc_server(*args, start_timeout=60):
     """`pop-local rpc-server` on a free loopback port: yields ("127.0.0.1:PORT", process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pop_local.cli", "rpc-server", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", "rpc-server", "--port", str(port),
                              "--threads", "1", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a background job (CI) inherits an ignored SIGINT; Ctrl-C is tested here
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -101,7 +101,7 @@ def test_split_model_chats_like_the_local_one_over_two_turns(models):
 CLIENT = textwrap.dedent("""
     import sys
     from pop_local import PopLlama
-    from pop_local.texts import passage
+    from pop_local.measure.texts import passage
     llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=21, skip_layers="20-29",
                    n_ctx=4096, n_batch=4096, n_ubatch=512, verbose=False)
     toks = llm.tokenize(passage().encode())[:3000]
@@ -139,7 +139,7 @@ def test_a_server_that_goes_away_mid_prefill_is_a_clear_error(smollm2, how):
 
 def test_an_unreachable_server_is_a_one_line_error_before_loading(smollm2):
     closed = f"127.0.0.1:{free_port()}"
-    result = subprocess.run([sys.executable, "-m", "pop_local.cli", "bench", smollm2, "--skip-layers", "20-29",
+    result = subprocess.run([sys.executable, "-m", "pop_local.apps.cli", "bench", smollm2, "--skip-layers", "20-29",
                              "--rpc", closed], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: cannot reach the RPC server at {closed}: Connection refused"
@@ -174,7 +174,7 @@ def test_a_model_loaded_without_rpc_servers_stays_off_the_registered_ones(models
 
 def test_a_server_that_cannot_be_reached_is_bounded_by_the_connect_timeout():
     from pop_local.errors import PopError
-    from pop_local.rpc import check_reachable
+    from pop_local.runtime.rpc import check_reachable
 
     start = time.time()
     with pytest.raises(PopError, match="cannot reach the RPC server at 10.255.255.1:50052"):
@@ -186,8 +186,8 @@ def test_the_server_app_splits_its_model_too(smollm2):
     """`pop-local serve --rpc`: the settings reach upstream's ModelSettings (rpc_servers, tensor_split),
     its loader hands them to PopLlama, which registers the server before the load."""
     pytest.importorskip("fastapi")
-    from pop_local.server import create_pop_app
-    from pop_local.settings import LoadSettings
+    from pop_local.apps.server import create_pop_app
+    from pop_local.runtime.settings import LoadSettings
 
     with rpc_server() as (endpoint, _):
         load = LoadSettings(n_ctx=256, rpc_servers=endpoint, n_gpu_layers=21, tensor_split="1", rpc_timeout=30)

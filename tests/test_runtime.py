@@ -7,9 +7,10 @@ import pytest
 
 import llama_cpp
 
-from llama_contexts import context, decode, stats as pop_stats_of
+from helpers.llama_contexts import context, decode, stats as pop_stats_of
 from pop_local import PopLlama, PopMetadataError
-from pop_local import _native
+from pop_local.runtime import native as _native
+from pop_local.runtime.upstream import context_pointer
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def full_logits(llm, tokens):
 
 
 def last_logits(llm):
-    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    ptr = llama_cpp.llama_get_logits_ith(context_pointer(llm), -1)
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
@@ -249,10 +250,10 @@ def test_runtime_rejects_bad_layers(pop_llm, layers, message):
 def test_c_api_rejects_out_of_range_without_change(pop_llm):
     lib = _native.lib()
     bad = (ctypes.c_int32 * 2)(3, 30)
-    assert lib.pop_llama_set_skip_layers(pop_llm._ctx.ctx, bad, 2) == -1
+    assert lib.pop_llama_set_skip_layers(context_pointer(pop_llm), bad, 2) == -1
     unordered = (ctypes.c_int32 * 2)(4, 3)
-    assert lib.pop_llama_set_skip_layers(pop_llm._ctx.ctx, unordered, 2) == -1
-    assert lib.pop_llama_set_stage_mode(pop_llm._ctx.ctx, 7) == -1
+    assert lib.pop_llama_set_skip_layers(context_pointer(pop_llm), unordered, 2) == -1
+    assert lib.pop_llama_set_stage_mode(context_pointer(pop_llm), 7) == -1
     assert pop_llm.skip_layers == SKIP_TUPLE
 
 

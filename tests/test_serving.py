@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 
 from pop_local import PopLlama, PopError
-from pop_local.settings import LoadSettings, PopSettings
-from serve_process import serving
+from pop_local.runtime.settings import LoadSettings, PopSettings
+from helpers.serve_process import serving
 
 pytestmark = pytest.mark.slow
 
@@ -209,8 +209,8 @@ def test_a_second_request_queues_instead_of_cutting_the_stream(server, llm):
 
 
 def test_server_honours_load_settings_it_did_not_copy_before(pop_model):
-    from pop_local.server import create_pop_app
-    from pop_local.settings import LoadSettings
+    from pop_local.apps.server import create_pop_app
+    from pop_local.runtime.settings import LoadSettings
 
     # kv_overrides through the shared settings (turned into upstream's key=type:value strings), and an
     # upstream-only ModelSettings field (rope_freq_base) passed through
@@ -225,22 +225,19 @@ def test_server_honours_load_settings_it_did_not_copy_before(pop_model):
 
 
 def test_server_refuses_a_setting_it_cannot_honour(pop_model):
-    from pop_local.server import create_pop_app
+    from pop_local.apps.server import create_pop_app
 
     with pytest.raises(PopError, match="logits_all"):
         create_pop_app(pop_model, logits_all=True)
 
 
 def test_a_small_soak_loses_nothing_and_matches_solo_answers(pop_model):
-    """benchmarks/soak.py at test size: 4 clients, 48 requests (streams dropped mid-way among them),
-    /pop/stats polled throughout; every completed answer equals the same request run alone."""
-    import os
-    import sys
+    """The soak harness (run at scale by benchmarks/soak.py) at test size: 4 clients, 48 requests (streams
+    dropped mid-way among them), /pop/stats polled throughout; every completed answer equals the same
+    request run alone."""
+    from helpers.soak import soak
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import soak
-
-    r = soak.soak(pop_model, clients=4, requests=48, abandon=0.2, max_tokens=12, seed=1)
+    r = soak(pop_model, clients=4, requests=48, abandon=0.2, max_tokens=12, seed=1)
     assert r["failed"] == 0 and r["truncated"] == 0 and r["differ_from_alone"] == 0, r["examples"]
     assert r["stats_failures"] == 0 and r["stats_polls"] > 10
     assert r["abandoned"] > 0 and r["streaming"] > r["abandoned"] and r["completed"] == 48 - r["abandoned"]

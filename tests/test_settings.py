@@ -1,11 +1,12 @@
-"""One settings model (pop_local.settings) behind the CLI, the server and both integrations."""
+"""One settings model (pop_local.runtime.settings) behind the CLI, the server and both integrations: values
+checked once where they enter, then passed on typed."""
 
 import pytest
 from click.testing import CliRunner
 
-from pop_local.cli import _option_name, cli
+from pop_local.apps.cli import _flag, cli
 from pop_local.errors import PopError
-from pop_local.settings import LoadFields, LoadSettings, PopFields, PopSettings, build, parse_kv_override
+from pop_local.runtime.settings import LoadFields, LoadSettings, PopFields, PopSettings, build
 
 
 def _options(command):
@@ -18,7 +19,7 @@ def _options(command):
 def test_every_setting_is_an_option_of_chat_and_serve(command):
     options = _options(command)
     for name in list(LoadFields.model_fields) + list(PopFields.model_fields):
-        assert _option_name(name) in options, name
+        assert _flag(name) in options, name
 
 
 def test_bench_and_eval_take_the_load_settings_they_do_not_set_themselves():
@@ -47,19 +48,23 @@ def test_the_integrations_inherit_the_same_fields():
     assert a.load_settings().key() != ChatPopLocal(n_ctx=2048).load_settings().key()
 
 
-def test_server_settings_spell_kv_overrides_as_upstream_parses_them():
-    load = LoadSettings(kv_overrides={"pop.prefill.skip_layers": "20-29", "pop.prefill.enabled": False,
-                                      "x.int": 7, "x.float": 0.25}, n_threads=3, seed=5)
-    upstream = load.upstream_model_settings()
-    assert sorted(upstream["kv_overrides"]) == sorted(["pop.prefill.skip_layers=str:20-29", "pop.prefill.enabled=bool:false",
-                                                       "x.int=int:7", "x.float=float:0.25"])
-    assert upstream["n_threads"] == upstream["n_threads_batch"] == 3 and upstream["seed"] == 5
-    assert "reuse_cache_across_settings" not in upstream
-    assert dict(parse_kv_override(s) for s in upstream["kv_overrides"]) == load.kv_overrides  # round trip
-    pytest.importorskip("llama_cpp.server.settings")
-    from llama_cpp.server.settings import ModelSettings
+def test_llama_params_are_llama_cpps_own_arguments_only():
+    """PopLlama reads rpc_servers, rpc_timeout and reuse_cache_across_settings from the settings; what
+    goes to llama_cpp.Llama is llama.cpp's own, kv_overrides typed (no KEY=TYPE:VALUE strings)."""
+    import inspect
 
-    ModelSettings(model="m.gguf", **upstream)  # every name is an upstream field
+    import llama_cpp
+
+    load = LoadSettings(kv_overrides={"pop.prefill.skip_layers": "20-29", "pop.prefill.enabled": False,
+                                      "x.int": 7, "x.float": 0.25}, n_threads=3, seed=5, tensor_split="1,2")
+    params = load.llama_params()
+    assert params["kv_overrides"] == {"pop.prefill.skip_layers": "20-29", "pop.prefill.enabled": False,
+                                      "x.int": 7, "x.float": 0.25}
+    assert params["n_threads"] == params["n_threads_batch"] == 3 and params["seed"] == 5
+    assert params["tensor_split"] == [1.0, 2.0]
+    accepted = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
+    assert set(params) <= accepted, set(params) - accepted
+    assert not {"rpc_servers", "rpc_timeout", "reuse_cache_across_settings"} & set(params)
 
 
 @pytest.mark.parametrize("values, message", [
@@ -80,35 +85,45 @@ def test_bad_load_settings_are_one_line_errors(values, message):
     assert "\n" not in str(e.value)
 
 
-def test_rpc_settings_reach_popllama_and_the_server_in_their_spelling():
+def test_rpc_and_split_settings_are_parsed_once_into_their_types():
     load = LoadSettings(rpc_servers=" 10.0.0.2:50052,10.0.0.3:50052,10.0.0.2:50052", tensor_split="1, 1,2",
                         rpc_timeout=30)
-    assert load.rpc_servers == "10.0.0.2:50052,10.0.0.3:50052"  # checked, duplicates dropped
-    kw = load.llama_kwargs()
-    assert kw["rpc_servers"] == "10.0.0.2:50052,10.0.0.3:50052" and kw["tensor_split"] == [1.0, 1.0, 2.0]
-    assert kw["rpc_timeout"] == 30
-    upstream = load.upstream_model_settings()
-    assert "rpc_timeout" not in upstream  # PopLlama's own, passed apart
-    pytest.importorskip("llama_cpp.server.settings")
-    from llama_cpp.server.settings import ModelSettings
-
-    settings = ModelSettings(model="m.gguf", **upstream)
-    assert settings.rpc_servers == load.rpc_servers and settings.tensor_split == [1.0, 1.0, 2.0]
+    assert load.rpc_servers == ("10.0.0.2:50052", "10.0.0.3:50052")  # checked, duplicates dropped
+    assert load.tensor_split == (1.0, 1.0, 2.0)
+    assert LoadSettings(rpc_servers=["10.0.0.2:50052"]).rpc_servers == ("10.0.0.2:50052",)  # a list, as the library takes it
+    assert load.llama_params()["tensor_split"] == [1.0, 1.0, 2.0] and "rpc_servers" not in load.llama_params()
 
 
 def test_pop_settings():
-    assert PopSettings().pop is None and PopSettings(skip_layers="20-29").skip_layers == "20-29"
-    with pytest.raises(PopError, match='skip_layers: cannot read "x"'):
+    from pop_local.errors import PopMetadataError, PopSettingError
+
+    assert PopSettings().pop is None and PopSettings(skip_layers="20-29").skip_layers == tuple(range(20, 30))
+    assert PopSettings(skip_layers=[3, 4]).skip_layers == (3, 4) and PopSettings(skip_layers="").skip_layers == ()
+    with pytest.raises(PopMetadataError, match='skip_layers: cannot read "x"') as e:  # the one skip-set parser
         build(PopSettings, {"skip_layers": "x"})
-    with pytest.raises(PopError, match="--kv-mode"):
+    assert e.value.field == "skip_layers" and e.value.reason.startswith('cannot read "x"')
+    with pytest.raises(PopMetadataError, match="ascending"):
+        build(PopSettings, {"skip_layers": [5, 3]})
+    with pytest.raises(PopSettingError, match="--kv-mode") as e:
         build(PopSettings, {"kv_mode": "mine"}, {"kv_mode": "--kv-mode"})
+    assert e.value.field == "--kv-mode"
+
+
+def test_the_cli_words_library_messages_in_its_options():
+    from pop_local.apps.cli import _render
+
+    assert _flag("rpc_servers") == "--rpc" and _flag("n_ctx") == "--n-ctx" and _flag("llama_log") == "--verbose"
+    assert _flag("pop.prefill.skip_layers") == "pop.prefill.skip_layers"  # a GGUF key stays as it is
+    assert _render("drop `layers` / `ratio`") == "drop --layers / --ratio"
+    assert _render("use `kv=own`, `calibrate=False` or `force=True`") == "use --kv own, --no-calibrate or --force"
+    assert _render("run `pop-local convert` first") == "run `pop-local convert` first"  # a command, not a field
 
 
 def test_seed_minus_one_means_random():
-    from pop_local.settings import RANDOM_SEED
+    from pop_local.runtime.settings import RANDOM_SEED
 
-    assert LoadSettings().llama_kwargs()["seed"] == RANDOM_SEED
-    assert LoadSettings(seed=0).llama_kwargs()["seed"] == 0
+    assert LoadSettings().llama_params()["seed"] == RANDOM_SEED
+    assert LoadSettings(seed=0).llama_params()["seed"] == 0
 
 
 def test_cli_usage_error_for_a_seed_out_of_range_never_loads(tmp_path):
@@ -119,7 +134,7 @@ def test_cli_usage_error_for_a_seed_out_of_range_never_loads(tmp_path):
 @pytest.mark.slow
 def test_a_command_reads_the_model_header_once(monkeypatch, smollm2, tmp_path):
     """chat with a file, and the server's app: one header read each (it was two or three)."""
-    from pop_local import gguf_kv
+    from pop_local.format import gguf_kv
     from pop_local.converter.writer import write_pop_gguf
 
     model = str(tmp_path / "m.pop.gguf")
@@ -132,7 +147,7 @@ def test_a_command_reads_the_model_header_once(monkeypatch, smollm2, tmp_path):
     assert reads == [model]
 
     pytest.importorskip("fastapi")
-    from pop_local.server import create_pop_app
+    from pop_local.apps.server import create_pop_app
 
     reads.clear()
     app = create_pop_app(model, LoadSettings(n_ctx=256))

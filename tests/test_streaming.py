@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _calibrate(src, streamed, samples=8, fit_kv_for=None, frontier=True, dtype="float32"):
     from pop_local.converter.calibrate import FrontierPlan, calibrate
-    from pop_local.metadata import read_pop_metadata
+    from pop_local.format.metadata import read_pop_metadata
 
     return calibrate(src, read_pop_metadata(src), hf_model=None, data=None, dataset=None, samples=samples, seq_len=128,
                      response_tokens=32, device="cpu", dtype=dtype, seed=0, streamed=streamed,
@@ -75,7 +75,7 @@ def test_streamed_fit_of_a_given_block_matches_the_pruned_passes(smollm2):
 def _run_cli(args):
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pop_local.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "pop_local.apps.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "TQDM_DISABLE": "1"})
     seconds = time.time() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

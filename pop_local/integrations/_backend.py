@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from pop_local.settings import LoadSettings, PopFields
+from pop_local.runtime.settings import LoadSettings, PopSettings
 
 __all__ = ["Target", "shared_model", "chat", "stream_chat", "complete", "stream_complete",
            "forced_tool", "model_label", "DEFAULT_MODEL_LABEL"]
@@ -57,11 +57,11 @@ def resolve_target(model: Optional[str], load: LoadSettings) -> Target:
     if model is None:
         with _registry_lock:
             if not _default_meta:
-                from pop_local.models import default_model
+                from pop_local.converter.default_model import default_model
 
                 _default_meta.append(default_model())
         return Target(_default_meta[0].path, load, _default_meta[0])
-    from pop_local.loading import resolve_model_ref
+    from pop_local.runtime.models import resolve_model_ref
 
     return Target(resolve_model_ref(model), load)
 
@@ -80,19 +80,17 @@ def shared_model(target: Target) -> Tuple[Any, threading.Lock]:
     with _registry_lock:
         entry = _models.get(target)
         if entry is None:
-            from pop_local.loading import open_model
+            from pop_local.format.metadata import read_pop_metadata
+            from pop_local.runtime.models import open_model
 
-            loaded = open_model(target.path, target.load, meta=target.meta)
+            loaded = open_model(target.meta or read_pop_metadata(target.path), target.load)
             entry = (loaded.llm, threading.Lock())
             _models[target] = entry
         return entry
 
 
-def _apply(llm, pop: PopFields) -> None:
-    meta = llm.pop_metadata
-    llm.skip_layers = pop.skip_layers if pop.skip_layers is not None else meta.skip_layers
-    llm.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
-    llm.kv_mode = pop.kv_mode or "fitted"  # "fitted" uses fitted K/V only where the file has them
+def _apply(llm, pop: PopSettings) -> None:
+    llm.apply_pop_settings(pop)
 
 
 def forced_tool(tools: Optional[Sequence[dict]], tool_choice: Any) -> Optional[List[dict]]:
@@ -179,7 +177,7 @@ def _with_tool_instructions(messages: List[dict], tools: Sequence[dict]) -> List
     return [{"role": "system", "content": note}] + messages
 
 
-def chat(target: Target, pop: PopFields, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+def chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
          tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Dict[str, Any]:
     """One chat completion: {"content", "tool_calls", "finish_reason", "usage", "pop", "model"}."""
     llm, lock = shared_model(target)
@@ -209,7 +207,7 @@ def chat(target: Target, pop: PopFields, messages: List[dict], *, tools: Optiona
             "usage": out.get("usage") or {}, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
 
 
-def stream_chat(target: Target, pop: PopFields, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
+def stream_chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
                 tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Iterator[Dict[str, Any]]:
     """Chunks {"content": text} while generating, then one {"finish_reason", "usage", "pop", "model"}.
     Forced tool calls come whole in the last chunk ({"tool_calls": [...]})."""
@@ -244,7 +242,7 @@ def stream_chat(target: Target, pop: PopFields, messages: List[dict], *, tools: 
                      "total_tokens": prompt_len + completion}}
 
 
-def complete(target: Target, pop: PopFields, prompt: str, **params: Any) -> Dict[str, Any]:
+def complete(target: Target, pop: PopSettings, prompt: str, **params: Any) -> Dict[str, Any]:
     """Plain text completion of `prompt` (no chat template)."""
     llm, lock = shared_model(target)
     with lock:
@@ -257,7 +255,7 @@ def complete(target: Target, pop: PopFields, prompt: str, **params: Any) -> Dict
             "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
 
 
-def stream_complete(target: Target, pop: PopFields, prompt: str, **params: Any) -> Iterator[Dict[str, Any]]:
+def stream_complete(target: Target, pop: PopSettings, prompt: str, **params: Any) -> Iterator[Dict[str, Any]]:
     llm, lock = shared_model(target)
     with lock:
         _apply(llm, pop)

@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('ChatPopLocal needs langchain-core: pip install "pop-local[langchain]"') from e
 from pydantic import ConfigDict, Field
 
-from ..settings import LoadFields, PopFields, PopSettings, build
+from pop_local.runtime.settings import LoadFields, PopFields, PopSettings, build
 from . import _backend
 
 __all__ = ["ChatPopLocal"]

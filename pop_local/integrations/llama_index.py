@@ -31,7 +31,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('PopLocalLLM needs llama-index-core: pip install "pop-local[llama-index]"') from e
 
-from ..settings import LoadFields, PopFields, PopSettings
+from pop_local.runtime.settings import LoadFields, PopFields, PopSettings
 from . import _backend
 
 __all__ = ["PopLocalLLM"]

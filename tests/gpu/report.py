@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-seconds", type=int)
     a = ap.parse_args(argv)
 
-    from pop_local.devices import offload_devices
+    from pop_local.runtime.devices import offload_devices
 
     gpus = ", ".join(f"{d.name} ({d.description})" for d in offload_devices()) or "none"
     print(f"\n## POP on {a.backend}: {gpus}\n")

@@ -1,0 +1,222 @@
+"""Every generated part of README.md and docs/*.md, made from benchmarks/results/*.json (and the code), never typed.
+
+    python benchmarks/tables.py            # rewrite the generated blocks in place
+    python benchmarks/tables.py --check    # exit 1, naming each block that differs from what its source gives
+    python benchmarks/tables.py --show KEY # print one block (e.g. "headline", "help chat")
+
+A block is `<!-- generated: KEY -->` ... `<!-- end generated -->`; KEY names a function below. Each
+measured table ends with the results files it came from, with their commit, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, ROOT)
+
+BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->)(?P<body>.*?)(<!-- end generated -->)", re.S)
+LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
+          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+          "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
+ORDER = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2, "llama-3.1-8b-shape": 3}
+
+
+def _load(name: str) -> dict:
+    with open(os.path.join(RESULTS, name)) as f:
+        return json.load(f)
+
+
+def _sources(*names: str) -> str:
+    """The line under a table: each results file with its commit (and date), then the machine(s)."""
+    parts, machines = [], []
+    for name in names:
+        r = _load(name)
+        when = ", ".join(x for x in (r.get("commit") and f"commit {r['commit']}", r.get("date")) if x)
+        parts.append(f"`{name}` ({when or 'recorded before results carried their commit'})")
+        where = r.get("machine_detail") or r.get("machine")
+        if where and where not in machines:
+            machines.append(where)
+    return "Source: " + ", ".join(parts) + "; measured on " + " / ".join(machines or ["an unrecorded machine"]) + "."
+
+
+def _layers(layers) -> str:
+    from pop_local.format.layers import format_layers
+
+    return layers if isinstance(layers, str) else format_layers(layers)
+
+
+# --- the tables -------------------------------------------------------------------------------------
+
+def headline() -> str:
+    """Speed and quality at the default settings on each test model (benchmarks/headline.py)."""
+    lines = ["| model | skip set (K/V) | prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) | decode | "
+             "KL vs full (512 / 1024) | top-1 agreement | pass key (POP / full) |",
+             "|---|---|---|---|---|---|---|---|"]
+    files = []
+    names = sorted({os.path.basename(p)[len("headline-"):-len("-bench.json")]
+                    for p in glob.glob(os.path.join(RESULTS, "headline-*-bench.json"))}, key=lambda n: ORDER.get(n, 9))
+    for name in names:
+        be, ev = _load(f"headline-{name}-bench.json"), _load(f"headline-{name}-eval.json")
+        files += [f"headline-{name}-bench.json", f"headline-{name}-eval.json"]
+        speed = {row["n_tokens"]: row for row in be["prefill"]}
+        cells = [f"**{speed[n]['speedup']:.2f}x** ({speed[n]['ideal_speedup']:.2f}x)" if n in speed else "-"
+                 for n in (512, 2048)]
+        mode = ev["modes"][ev.get("file_choice", "pop")]
+        by = " / ".join(f"{mode['by_context'][str(c)]['kl_to_full']:.3f}" for c in ev["contexts"])
+        full = ev["modes"]["full"]
+        key = (f"{mode['passkey_accuracy']:.2f} / {full['passkey_accuracy']:.2f}"
+               if mode.get("passkey_accuracy") is not None else "-")
+        decode = be["decode"]
+        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} ({ev.get('kv') or mode.get('kv', 'own')}) | "
+                     f"{cells[0]} | {cells[1]} | {decode['pop_tps']['median'] / decode['full_tps']['median']:.2f}x | "
+                     f"{by} | {mode['top1_agreement']:.3f} | {key} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
+def converter_cost() -> str:
+    """Conversion time and memory per model (benchmarks/converter_cost.py)."""
+    rows = [(os.path.basename(p), _load(os.path.basename(p))) for p in glob.glob(os.path.join(RESULTS, "convert-*.json"))]
+    rows.sort(key=lambda x: (ORDER.get(x[1]["name"], 9), x[1]["name"], x[1]["path"] != "in-memory"))
+    lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate | skip set |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in rows:
+        gb, peak = r["file_bytes"] / 2**30, r["peak_rss_bytes"] / 2**30
+        lines.append(f"| {LABELS.get(r['name'], r['label'])} | {gb:.2f} GB | {r['samples']} | {r['path']} | "
+                     f"{r['seconds'] / 60:.1f} min | {peak:.1f} GB | {peak - gb:+.1f} GB | "
+                     f"{r['estimate_min']} min, {r['estimate_gb']} GB | {_layers(r['skip_layers'])} |")
+    return "\n".join(lines) + "\n\n" + _sources(*(name for name, _ in rows))
+
+
+def budget(name: str) -> str:
+    """One model's paper set against its default budget: the converter's frontier, eval and bench."""
+    conv_f, ev_f, be_f = f"convert-{name}-streamed.json", f"budget-{name}-eval.json", f"budget-{name}-bench.json"
+    conv, ev, be = _load(conv_f), _load(ev_f), _load(be_f)
+    fr = conv["frontier"]
+    ctx = [str(c) for c in ev["contexts"]]
+    speed = {row["n_tokens"]: row for row in be["prefill"]}
+    lines = ["| model | setting | skip set | K/V | converter held-out KL | eval KL (" + " / ".join(ctx) + ") | eval top-1 "
+             "| prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, mode, skip, kv, kl, prefix in (
+            ("paper (last third)", "paper", be["paper_skip_layers"], "own", fr["paper_kl"], "paper_"),
+            ("**default budget**", ev["file_choice"], be["skip_layers"], conv["kv_method"], fr["kl"], "")):
+        m = ev["modes"][mode]
+        by = " / ".join(f"{m['by_context'][c]['kl_to_full']:.3f}" for c in ctx)
+        cells = [f"{speed[n][prefix + 'speedup']:.2f}x ({speed[n][prefix + 'ideal_speedup']:.2f}x)" for n in (512, 2048)]
+        lines.append(f"| {LABELS.get(name, name)} | {label} | {skip} | {kv} | {kl:.3f} | {m['kl_to_full']:.3f} ({by}) | "
+                     f"{m['top1_agreement']:.3f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n\n" + _sources(conv_f, ev_f, be_f)
+
+
+def llama8b_shape() -> str:
+    """The 8B-shaped random-weight model: conversion cost and prefill (benchmarks/llama8b_shape.py)."""
+    name = "llama-3.1-8b-shape"
+    conv_f, be_f = f"convert-{name}-streamed.json", f"bench-{name}.json"
+    conv, be = _load(conv_f), _load(be_f)
+    gb, peak = conv["file_bytes"] / 2**30, conv["peak_rss_bytes"] / 2**30
+    lines = ["| model (random weights) | GGUF | samples | wall time | peak RSS | skip set (K/V) | prompt tokens "
+             "| full ms | POP ms | speedup | FLOP ideal |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in be["prefill"]:
+        lines.append(f"| Llama-3.1-8B shape, Q4_0 | {gb:.2f} GB | {conv['samples']} | {conv['seconds'] / 60:.0f} min | "
+                     f"{peak:.1f} GB | {be['skip_layers']} ({conv['kv_method']}) | {row['n_tokens']} | "
+                     f"{row['full_ms']['median']:.0f} | {row['pop_ms']['median']:.0f} | **{row['speedup']:.2f}x** | "
+                     f"{row['ideal_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n\n" + _sources(conv_f, be_f)
+
+
+def arch_bench() -> str:
+    """Prefill on generated MoE and KV-sharing models (benchmarks/architectures.py)."""
+    lines = ["| case (random weights) | prompt tokens | full ms | POP ms (skip) | speedup | FLOP ideal "
+             "| exact skip only ms | exact speedup | exact FLOP ideal |", "|---|---|---|---|---|---|---|---|---|"]
+    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(RESULTS, "arch-*.json")))
+    for name in files:
+        r = _load(name)
+        d = r["dims"]
+        shape = (f"{r['architecture']}, {d['n_layer']} layers, hidden {d['n_embd']}"
+                 + (f", {d['n_expert']} experts top-{d['n_expert_used']}" if "n_expert" in d else "")
+                 + (f", last {d['n_kv_shared']} layers share K/V" if "n_kv_shared" in d else ""))
+        for row in r["prefill"]:
+            pop = f"{row['pop_ms']['median']:.0f} ({r['skip_layers']}" + (f" + exact {r['exact_layers']})" if r.get("exact_layers") else ")")
+            exact = (f"{row['exact_ms']['median']:.0f} | **{row['exact_speedup']:.2f}x** | {row['exact_ideal_speedup']:.2f}x"
+                     if "exact_ms" in row else "- | - | -")
+            lines.append(f"| {r['case']}: {shape} | {row['n_tokens']} | {row['full_ms']['median']:.0f} | {pop} | "
+                         f"**{row['speedup']:.2f}x** | {row['ideal_speedup']:.2f}x | {exact} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
+def architectures() -> str:
+    """The supported-architectures table, from the one list (pop_local/format/architectures.py)."""
+    from pop_local.converter.arch import calibrated_architectures
+    from pop_local.format.architectures import markdown_table
+
+    return markdown_table(calibrated_architectures())
+
+
+def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
+    """`pop-local COMMAND --help`, as the command prints it."""
+    from click.testing import CliRunner
+
+    from pop_local.apps.cli import cli
+
+    out = CliRunner().invoke(cli, [command, "--help"], prog_name="pop-local", terminal_width=100).output
+    return f"```text\n$ pop-local {command} --help\n{out.rstrip()}\n```"
+
+
+TABLES = {"headline": headline, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
+          "arch-bench": arch_bench, "architectures": architectures, "help": help}
+
+
+def render(key: str) -> str:
+    name, *args = key.split()
+    if name not in TABLES:
+        raise SystemExit(f"unknown generated block {key!r} (known: {', '.join(TABLES)})")
+    return TABLES[name](*args)
+
+
+def documents():
+    return [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its source")
+    p.add_argument("--show", metavar="KEY", help="print one block and stop")
+    a = p.parse_args(argv)
+    if a.show:
+        print(render(a.show))
+        return 0
+    stale = []
+    for path in documents():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        made = {}
+
+        def fill(m):
+            key = m.group("key").strip()
+            made[key] = body = "\n" + made.get(key, render(key)) + "\n"
+            if m.group("body") != body:
+                stale.append(f"{os.path.relpath(path, ROOT)}: {key}")
+            return m.group(1) + body + m.group(4)
+
+        new = BLOCK.sub(fill, text)
+        if new != text and not a.check:
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(new)
+            os.replace(tmp, path)
+    if stale:
+        print(("stale generated blocks (run python benchmarks/tables.py):\n  " if a.check else "rewrote:\n  ")
+              + "\n  ".join(stale), file=sys.stderr if a.check else sys.stdout)
+    return 1 if stale and a.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The embedded default model (SmolLM2-135M-Instruct from a PyPI package) made POP-ready on first use."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from typing import Callable, Optional
+
+from pop_local.format.metadata import PopMetadata
+from pop_local.runtime.models import SMOLLM2_DIST, SMOLLM2_FILE, cache_dir, resolve_model_ref, smollm2_path
+
+__all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRATION_SAMPLES"]
+
+# The default model is converted with a quality budget (frontier measured and stored), restricted to
+# the layers' own K/V and at most a third of the layers: on this 135M model, deeper sets with fitted
+# K/V match the paper's KL on continuations but garble short chat answers and lose the pass key
+# (README, "Quality-budgeted POP"), so the chat default keeps the paper's quality on every measure.
+# 16 samples keep the first start near a minute and a half on two cores.
+DEFAULT_CALIBRATION_SAMPLES = 16
+DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3}
+# part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
+DEFAULT_RECIPE = "budget-own-third"
+# without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
+UNCALIBRATED_RECIPE = "paper-uncalibrated"
+
+
+def default_model_path(progress: Optional[Callable[[str, int, int], None]] = None) -> str:
+    """The path of the embedded default model (see default_model)."""
+    return default_model(progress).path
+
+
+def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
+    """The embedded default model's PopMetadata (its `path` is the file), POP-ready: SmolLM2-135M-Instruct
+    converted once and cached.
+
+    The first call calibrates and writes <cache>/models/...pop.gguf (temp file + rename, so an
+    interrupted first start leaves nothing half-written); later calls return the cached file.
+    Without torch/transformers the paper's last third is written without calibration (a note says
+    so); the calibrated file is made once they are installed.
+    """
+    from pop_local.format.metadata import read_pop_metadata
+
+    source = smollm2_path()
+    try:
+        version = importlib.metadata.version(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - found by find_spec above
+        version = "unknown"
+
+    def cached(recipe: str) -> str:
+        return os.path.join(cache_dir(), "models", f"{SMOLLM2_FILE[:-len('.gguf')]}-{version}-{recipe}.pop.gguf")
+
+    target = cached(DEFAULT_RECIPE)
+    if os.path.isfile(target):
+        try:
+            meta = read_pop_metadata(target)
+            if meta.frontier is not None:  # made the current way (with a budget)
+                return meta
+        except Exception:  # an unreadable cache entry is rebuilt below
+            pass
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    from .convert import check_calibration_installed, convert
+    from pop_local.errors import PopError
+
+    try:
+        check_calibration_installed()
+    except PopError:
+        from pop_local.format.frontier import paper_skip_set
+        from pop_local.format.layers import format_layers
+
+        fallback = cached(UNCALIBRATED_RECIPE)
+        skip = format_layers(paper_skip_set(read_pop_metadata(source).n_layer))
+        if progress:
+            progress(f"torch is not installed: the default model skips the paper's last third (layers {skip}) "
+                     "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
+        if not os.path.isfile(fallback):
+            convert(source, fallback, layers=skip, calibrate=False, force=True)
+        return read_pop_metadata(fallback)
+    if progress:
+        progress(f"first start: making the default model POP-ready (cached in {os.path.dirname(target)})", 0, 0)
+    convert(source, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
+    return read_pop_metadata(target)
+
+
+def model_meta(ref: Optional[str], progress: Optional[Callable[[str, int, int], None]] = None) -> PopMetadata:
+    """The metadata of the GGUF `ref` names, or (None) of the embedded default model: what a command
+    reads at start-up, once, and passes on (open_model(meta=...))."""
+    from pop_local.format.metadata import read_pop_metadata
+
+    return default_model(progress) if ref is None else read_pop_metadata(resolve_model_ref(ref))

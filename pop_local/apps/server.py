@@ -1,0 +1,105 @@
+"""An OpenAI-compatible HTTP server with POP on: llama-cpp-python's server, serving a PopLlama.
+
+llama-cpp-python's app (routes, streaming, chat templates, API key) is used as it is; only the
+model loader differs, so /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models
+behave as upstream documents. One route is added: GET /pop/stats (the model's POP counters).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Dict, Optional
+
+from pop_local.errors import PopError
+
+__all__ = ["create_pop_app", "serve"]
+
+
+def _server_modules():
+    try:
+        import llama_cpp.server.app as server_app
+        from llama_cpp.server.model import LlamaProxy
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as e:
+        raise PopError(f"serve needs llama-cpp-python's server extras ({e.name} is missing): "
+                       "pip install 'pop-local[serve]'") from None
+    return server_app, LlamaProxy, ModelSettings, ServerSettings
+
+
+# ModelSettings fields pop-local cannot honour, and why (an error at start-up, never silence)
+UNSUPPORTED_SETTINGS = {
+    "logits_all": "logits for every prompt token make every token an output, which runs at full depth",
+    "hf_model_repo_id": "the model is a local file here (give a hub reference org/repo/file.gguf as the model)",
+}
+
+
+def check_model_settings(settings) -> None:
+    """PopError for a setting the POP server cannot honour (see UNSUPPORTED_SETTINGS)."""
+    for name, why in UNSUPPORTED_SETTINGS.items():
+        if getattr(settings, name, None):
+            raise PopError(f"serve: {name} is not supported with POP ({why})")
+
+
+def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = None, api_key: Optional[str] = None,
+                   host: str = "127.0.0.1", port: int = 8000, **upstream_settings: Any):
+    """The FastAPI app of llama-cpp-python's server with the model (its PopMetadata, or a path) loaded
+    as a PopLlama.
+
+    `load` / `pop`: runtime.settings LoadSettings / PopSettings (the same settings every entry point
+    takes), handed to PopLlama as they are. `upstream_settings`: further llama-cpp-python ModelSettings
+    fields (rope scaling, LoRA, draft model, ...), honoured as upstream honours them; one pop-local
+    cannot honour is an error.
+    """
+    from pydantic import ValidationError
+
+    from pop_local.format.metadata import PopMetadata, read_pop_metadata
+    from pop_local.runtime.settings import LoadSettings, PopSettings, settings_error
+
+    server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
+    from fastapi import Depends
+
+    if not isinstance(meta, PopMetadata):  # a file path
+        meta = read_pop_metadata(meta)
+    load = load or LoadSettings()
+    pop = pop or PopSettings()
+    # upstream's settings model carries what its loader reads (context, threads, chat format, ...);
+    # its default logits_all=True would run every prompt token at full depth
+    params = {k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"}
+    try:
+        settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, logits_all=False,
+                                 **params, **{k: v for k, v in upstream_settings.items() if v is not None})
+    except ValidationError as e:  # the first problem, in one line
+        raise PopError(f"serve: {settings_error(e)}") from None
+    check_model_settings(settings)
+
+    from pop_local.runtime.llama import PopLlama
+    from pop_local.runtime.upstream import server_app_with_llama
+
+    def pop_llama(*, model_path, kv_overrides=None, rpc_servers=None, **kwargs):
+        """The model as upstream's loader builds it, a PopLlama with the settings as they are: upstream's
+        kv_overrides and rpc_servers stay unset, so they never become strings and back."""
+        return PopLlama(model_path, metadata=meta, settings=(load, pop),
+                        kv_overrides=load.llama_params()["kv_overrides"], **kwargs)
+
+    # interrupt_requests off: upstream ends a running stream whenever another request waits for the
+    # model; here requests queue and every stream runs to its end
+    server = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
+    app, llm = server_app_with_llama(server, settings, pop_llama)
+    app.state.pop_llm = llm  # the model loaded at start (for the caller's messages)
+
+    # not through upstream's model lock (get_llama_proxy): waiting there would interrupt or delay the
+    # running request; the snapshot is what the request thread last recorded
+    @app.get("/pop/stats", dependencies=[Depends(server_app.authenticate)], tags=["pop-local"])
+    async def pop_stats() -> Dict[str, Any]:
+        """POP counters of the loaded model: pruned and full-depth tokens since start."""
+        stats = llm.pop_stats_snapshot()
+        stats["skip_layers"] = list(stats["skip_layers"])
+        return stats
+
+    return app
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

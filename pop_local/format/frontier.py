@@ -1,0 +1,213 @@
+"""The quality/speed frontier a budgeted conversion stores in the file: rows, the choice, the table.
+
+No torch here: `inspect`, `bench` and `eval` read it; the converter (converter/frontier.py) measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import keys
+from pop_local.errors import PopError, PopMetadataError
+from .layers import format_layers, parse_layers
+
+__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "max_skipped", "paper_skip_set", "frontier_fields",
+           "read_frontier", "frontier_table", "KV_CHOICES"]
+
+KV_CHOICES = ("auto", "own", "fitted")
+
+
+@dataclass(frozen=True)
+class FrontierRow:
+    skip: Tuple[int, ...]
+    kl_own: float
+    kl_fitted: float
+    top1_own: float
+    top1_fitted: float
+    speedup_512: float
+    speedup_2048: float
+
+    def kv_for(self, kv: str = "auto") -> str:
+        """The K/V a budget uses for this set: the requested one, or (auto) the lower held-out KL."""
+        if kv != "auto":
+            return kv
+        return "fitted" if self.kl_fitted < self.kl_own else "own"
+
+    def kl(self, kv: str = "auto") -> float:
+        return self.kl_fitted if self.kv_for(kv) == "fitted" else self.kl_own
+
+    def top1(self, kv: str = "auto") -> float:
+        return self.top1_fitted if self.kv_for(kv) == "fitted" else self.top1_own
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the user accepts: a held-out KL ceiling (a number, or "paper" = the KL of the paper's own
+    setting on the same model), or an ideal prefill speedup at 2048 tokens to reach."""
+    max_kl: "Optional[float | str]" = None
+    target_speedup: Optional[float] = None
+
+    def text(self) -> str:
+        if self.target_speedup is not None:
+            return f"target_speedup={self.target_speedup:g}"
+        return f"max_kl={self.max_kl if isinstance(self.max_kl, str) else format(self.max_kl, 'g')}"
+
+
+def parse_budget(max_kl: "Optional[str | float]", target_speedup: Optional[float]) -> Budget:
+    """A Budget from the options (default: max_kl=paper); PopError naming the bad value."""
+    if max_kl is not None and target_speedup is not None:
+        raise PopError("give `max_kl` or `target_speedup`, not both")
+    if target_speedup is not None:
+        if not (isinstance(target_speedup, (int, float)) and math.isfinite(target_speedup) and target_speedup > 1):
+            raise PopError(f"`target_speedup` must be a number above 1 (an ideal prefill speedup), got {target_speedup}")
+        return Budget(target_speedup=float(target_speedup))
+    if max_kl is None or max_kl == "paper":
+        return Budget(max_kl="paper")
+    try:
+        value = float(max_kl)
+    except (TypeError, ValueError):
+        raise PopError(f'`max_kl` must be a positive number or "paper", got {max_kl!r}') from None
+    if not (math.isfinite(value) and value > 0):
+        raise PopError(f'`max_kl` must be a positive number or "paper", got {max_kl!r}')
+    return Budget(max_kl=value)
+
+
+def max_skipped(n_layer: int, max_ratio: float) -> int:
+    """The most layers a candidate may skip: floor(max_ratio * n_layer), at most n_layer - 1."""
+    return min(n_layer - 1, int(math.floor(max_ratio * n_layer + 1e-9)))
+
+
+def paper_skip_set(n_layer: int) -> Tuple[int, ...]:
+    """The paper's setting: the last round(n_layer / 3) layers."""
+    k = max(1, min(n_layer - 1, int(round(n_layer / 3))))
+    return tuple(range(n_layer - k, n_layer))
+
+
+def choose(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
+           paper_kl: Optional[float] = None) -> int:
+    """Index of the row the budget picks: the fastest (ideal speedup at 2048 tokens) whose held-out KL
+    is within max_kl, or the most faithful whose speedup reaches target_speedup. PopError if none."""
+    if not rows:
+        raise PopError("no candidate skip set was measured")
+    if budget.target_speedup is not None:
+        ok = [i for i, r in enumerate(rows) if r.speedup_2048 >= budget.target_speedup]
+        if not ok:
+            best = max(rows, key=lambda r: r.speedup_2048)
+            raise PopError(f"no skip set reaches an ideal speedup of {budget.target_speedup:g}x at 2048 tokens; the "
+                           f"fastest measured is {best.speedup_2048:.2f}x ({format_layers(best.skip)}): "
+                           "lower `target_speedup` or raise `max_ratio`")
+        return min(ok, key=lambda i: (rows[i].kl(kv), -rows[i].speedup_2048))
+    limit = paper_kl if budget.max_kl == "paper" else budget.max_kl
+    if limit is None:
+        raise PopError("the paper's setting was not measured, so `max_kl=paper` has no reference")
+    ok = [i for i, r in enumerate(rows) if r.kl(kv) <= limit]
+    if not ok:
+        best = min(rows, key=lambda r: r.kl(kv))
+        raise PopError(f"no skip set keeps the held-out KL within {limit:.4g}; the best reached is "
+                       f"{best.kl(kv):.4g} ({format_layers(best.skip)}, {best.kv_for(kv)} K/V): "
+                       "raise `max_kl` or calibrate on more `samples`")
+    return max(ok, key=lambda i: (rows[i].speedup_2048, -rows[i].kl(kv)))
+
+
+def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
+                    held_out: Tuple[int, int]) -> Dict[str, Any]:
+    """The pop.* keys that store a frontier (see pop_local/keys.py)."""
+    fields = {
+        keys.BUDGET: budget.text(),
+        keys.FRONTIER_SKIP_LAYERS: [format_layers(r.skip) for r in rows],
+        keys.FRONTIER_KL_OWN: [float(r.kl_own) for r in rows],
+        keys.FRONTIER_KL_FITTED: [float(r.kl_fitted) for r in rows],
+        keys.FRONTIER_TOP1_OWN: [float(r.top1_own) for r in rows],
+        keys.FRONTIER_TOP1_FITTED: [float(r.top1_fitted) for r in rows],
+        keys.FRONTIER_SPEEDUP_512: [float(r.speedup_512) for r in rows],
+        keys.FRONTIER_SPEEDUP_2048: [float(r.speedup_2048) for r in rows],
+        keys.FRONTIER_CHOSEN: int(chosen),
+        keys.FRONTIER_HELD_OUT: [int(held_out[0]), int(held_out[1])],
+    }
+    if paper_kl is not None:
+        fields[keys.FRONTIER_PAPER_KL] = float(paper_kl)
+    return fields
+
+
+@dataclass(frozen=True)
+class Frontier:
+    rows: Tuple[FrontierRow, ...]
+    chosen: int
+    budget: str
+    paper_kl: Optional[float]
+    held_out: Tuple[int, int]
+
+    @property
+    def choice(self) -> FrontierRow:
+        return self.rows[self.chosen]
+
+
+def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int, ...]) -> Optional[Frontier]:
+    """The frontier stored in a file's pop.* keys (None when it has none); PopMetadataError naming the
+    key for anything malformed or inconsistent."""
+    present = [k for k in keys.FRONTIER_ARRAYS + (keys.FRONTIER_CHOSEN, keys.BUDGET) if k in extra]
+    if not present:
+        return None
+    missing = [k for k in keys.FRONTIER_ARRAYS + (keys.FRONTIER_CHOSEN, keys.BUDGET) if k not in extra]
+    if missing:
+        raise PopMetadataError(missing[0], f"missing (the file has a partial quality frontier)")
+    n = None
+    columns: Dict[str, List[Any]] = {}
+    for name in keys.FRONTIER_ARRAYS:
+        value = extra[name]
+        if not isinstance(value, list) or not value:
+            raise PopMetadataError(name, f"expected a non-empty array, got {value!r}"[:200])
+        if n is not None and len(value) != n:
+            raise PopMetadataError(name, f"{len(value)} entries, but {keys.FRONTIER_SKIP_LAYERS} has {n}")
+        n = len(value)
+        columns[name] = value
+    sets = []
+    for text in columns[keys.FRONTIER_SKIP_LAYERS]:
+        if not isinstance(text, str):
+            raise PopMetadataError(keys.FRONTIER_SKIP_LAYERS, f"expected strings, got {text!r}"[:200])
+        layers = parse_layers(text, n_layer, key=keys.FRONTIER_SKIP_LAYERS)
+        if not layers:
+            raise PopMetadataError(keys.FRONTIER_SKIP_LAYERS, f"an empty skip set")
+        sets.append(layers)
+    bounds = {keys.FRONTIER_KL_OWN: (0, math.inf), keys.FRONTIER_KL_FITTED: (0, math.inf),
+              keys.FRONTIER_TOP1_OWN: (0, 1), keys.FRONTIER_TOP1_FITTED: (0, 1),
+              keys.FRONTIER_SPEEDUP_512: (0.5, 1000), keys.FRONTIER_SPEEDUP_2048: (0.5, 1000)}
+    for name, (lo, hi) in bounds.items():
+        for v in columns[name]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise PopMetadataError(name, f"{v!r} is not a number in [{lo}, {hi}]")
+    chosen = extra[keys.FRONTIER_CHOSEN]
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < n:
+        raise PopMetadataError(keys.FRONTIER_CHOSEN, f"{chosen!r} is not an index of the {n} candidates")
+    if tuple(sets[chosen]) != tuple(skip_layers):
+        raise PopMetadataError(keys.FRONTIER_CHOSEN, f"the chosen set {format_layers(sets[chosen])} is not the "
+                               f"file's skip set {format_layers(skip_layers) or '(none)'}")
+    budget = extra[keys.BUDGET]
+    if not isinstance(budget, str) or not budget:
+        raise PopMetadataError(keys.BUDGET, f"expected a string, got {budget!r}"[:200])
+    paper_kl = extra.get(keys.FRONTIER_PAPER_KL)
+    if paper_kl is not None and (isinstance(paper_kl, bool) or not isinstance(paper_kl, (int, float))
+                                 or not math.isfinite(paper_kl) or paper_kl < 0):
+        raise PopMetadataError(keys.FRONTIER_PAPER_KL, f"{paper_kl!r} is not a non-negative number")
+    held = extra.get(keys.FRONTIER_HELD_OUT, [0, 0])
+    if not (isinstance(held, list) and len(held) == 2 and all(isinstance(x, int) and x >= 0 for x in held)):
+        raise PopMetadataError(keys.FRONTIER_HELD_OUT, f"expected two counts, got {held!r}"[:200])
+    rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]), float(columns[keys.FRONTIER_KL_FITTED][i]),
+                             float(columns[keys.FRONTIER_TOP1_OWN][i]), float(columns[keys.FRONTIER_TOP1_FITTED][i]),
+                             float(columns[keys.FRONTIER_SPEEDUP_512][i]), float(columns[keys.FRONTIER_SPEEDUP_2048][i]))
+                 for i in range(n))
+    return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]))
+
+
+def frontier_table(frontier: Frontier, n_layer: int) -> str:
+    """A Markdown table of the frontier, the chosen row and the paper's row marked."""
+    paper = paper_skip_set(n_layer)
+    lines = ["| skip set | layers | KL own | KL fitted | top-1 own | top-1 fitted | ideal @512 | ideal @2048 | |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(frontier.rows):
+        mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
+        lines.append(f"| {format_layers(r.skip)} | {len(r.skip)} | {r.kl_own:.4f} | {r.kl_fitted:.4f} | "
+                     f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x | {mark} |")
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""PopLlama: llama_cpp.Llama with prefill-only pruning controls.
+
+Completion, chat completion, streaming and embeddings are llama_cpp.Llama's own; the native patch
+decides per micro-batch which graph runs (non-output prompt tokens pruned, output tokens full).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import llama_cpp
+
+if TYPE_CHECKING:
+    import numpy as np
+
+from pop_local.errors import PopSettingError
+from pop_local.format.layers import check_range, parse_layers
+from pop_local.format.metadata import PopMetadata, read_pop_metadata, resolve_runtime_metadata
+
+from . import native as _native
+from . import upstream
+from .rpc import devices_for_load, use_servers
+from .settings import LoadSettings, PopSettings, build
+
+__all__ = ["PopLlama"]
+
+_UNKNOWN = object()  # the label of a cached position whose settings are not known: reusable by none
+
+
+class PopLlama(llama_cpp.Llama):
+    """A llama_cpp.Llama whose prompt processing skips the layers in `skip_layers`.
+
+    Args:
+        model_path: a GGUF file; its pop.* keys give the default skip set and switch.
+        pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
+        skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
+        kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
+        exact_prefill: KV-sharing models (gemma4): skip the layers that store no K/V of their own for
+            prompt tokens without outputs, with identical results (default True; independent of `pop`).
+        reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
+            that runs under the POP settings that computed it, so every output equals a fresh run with
+            its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
+            turns keeps the earlier turns' cache, computed under the earlier setting).
+        metadata: the file's PopMetadata when the caller has read it already (the header is read once).
+        rpc_servers: "HOST:PORT[,HOST:PORT...]" (or a list) of `pop-local rpc-server`s whose devices the
+            model is split over too (runtime/rpc.py); rpc_timeout: seconds each may take to answer.
+        settings: (LoadSettings, PopSettings) already checked, instead of the arguments above (use
+            PopLlama.from_settings).
+        **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
+
+    Raises:
+        PopNativeError: the loaded libllama was built without pop-local's patch.
+        PopMetadataError: a pop.* key in the file or in kv_overrides is invalid.
+        PopSettingError: an argument is invalid (the error names it).
+    """
+
+    def __init__(self, model_path: str, *, pop: Optional[bool] = None,
+                 skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
+                 exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
+                 rpc_servers: "Optional[str | Sequence[str]]" = None, rpc_timeout: int = 300,
+                 settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None, **llama_kwargs: Any):
+        self._pop = _native.lib()  # fail before loading anything when the build lacks POP
+        if settings is None:  # the library's own entry point: the arguments are checked here, once
+            load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout,
+                                        "reuse_cache_across_settings": reuse_cache_across_settings})
+            pop_settings = build(PopSettings, {"pop": pop, "skip_layers": skip_layers, "kv_mode": kv_mode})
+        else:  # from_settings: checked where they entered
+            load, pop_settings = settings
+        if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
+            metadata = read_pop_metadata(model_path)
+        # same checks as the native loader, but as a Python error naming the key
+        self.pop_metadata: PopMetadata = resolve_runtime_metadata(metadata, llama_kwargs.get("kv_overrides"))
+        if pop_settings.skip_layers is not None:  # parsed by the settings; the range needs the model
+            check_range(pop_settings.skip_layers, self.pop_metadata.n_layer, key="skip_layers")
+        self._last_prefill_ms: Optional[float] = None
+        self._last_prefill_tokens = 0
+        self.reuse_cache_across_settings = load.reuse_cache_across_settings
+        # the POP settings each cached position was computed under (_cache_label); see generate()
+        self._position_labels: List[Hashable] = []
+        self._stats_snapshot: Dict[str, Any] = {}
+        # llama-cpp-python takes rpc_servers and ignores it (its llama.cpp removed the model parameter):
+        # the remote devices are registered here, before the load
+        endpoints = list(load.rpc_servers or ())
+        if endpoints:
+            use_servers(endpoints, timeout_s=load.rpc_timeout)
+        with devices_for_load(endpoints):  # only this model's servers, once any is registered
+            super().__init__(model_path=model_path, **llama_kwargs)
+
+        if pop_settings.skip_layers is not None:
+            self._set_skip_layers(pop_settings.skip_layers)
+        if pop_settings.pop is not None:
+            self.pop_enabled = pop_settings.pop
+        if pop_settings.kv_mode is not None:
+            self.kv_mode = pop_settings.kv_mode
+        self.exact_prefill = exact_prefill
+        self.pop_stats()  # the first snapshot
+
+    @classmethod
+    def from_settings(cls, model: "str | PopMetadata", load: Optional[LoadSettings] = None,
+                      pop: Optional[PopSettings] = None, **llama_kwargs: Any) -> "PopLlama":
+        """A PopLlama from typed settings (checked where they entered: the CLI, a server request, an
+        integration's fields). `model`: a path, or its PopMetadata when the caller has read the header.
+        llama_kwargs: further llama_cpp.Llama arguments (n_ubatch, rope scaling, a chat handler, ...)."""
+        load = load or LoadSettings()
+        meta = model if isinstance(model, PopMetadata) else None
+        path = meta.path if meta is not None else model
+        return cls(path, metadata=meta, settings=(load, pop or PopSettings()), **{**load.llama_params(), **llama_kwargs})
+
+    def close(self) -> None:
+        # __init__ may stop before llama_cpp.Llama.__init__ ran (bad metadata); nothing to close then
+        if upstream.initialised(self):
+            super().close()
+
+    # --- POP controls -------------------------------------------------------------------------
+
+    @property
+    def _ctx_ptr(self) -> ctypes.c_void_p:
+        return upstream.context_pointer(self)
+
+    @property
+    def pop_supported(self) -> bool:
+        """Whether this build can run the model's architecture with skipped layers."""
+        return bool(self._pop.pop_llama_arch_supported(upstream.model_pointer(self)))
+
+    @property
+    def pop_enabled(self) -> bool:
+        """POP on/off for this context (settable at any time; the next prompt follows it)."""
+        return bool(self._pop.pop_llama_get_enabled(self._ctx_ptr))
+
+    @pop_enabled.setter
+    def pop_enabled(self, value: bool) -> None:
+        self._pop.pop_llama_set_enabled(self._ctx_ptr, bool(value))
+        self.pop_stats()
+
+    @property
+    def pop_active(self) -> bool:
+        """True when prompts are really pruned: enabled, non-empty skip set, supported architecture."""
+        return bool(self._pop.pop_llama_is_active(self._ctx_ptr))
+
+    def _layer_list(self, get) -> Tuple[int, ...]:
+        """A layer list from a native getter (ctx, out, capacity) -> count: asked for its size, then filled."""
+        n = get(self._ctx_ptr, None, 0)
+        buf = (ctypes.c_int32 * max(n, 1))()
+        get(self._ctx_ptr, buf, n)
+        return tuple(buf[i] for i in range(n))
+
+    @property
+    def skip_layers(self) -> Tuple[int, ...]:
+        """Layers skipped during prompt processing (ascending)."""
+        return self._layer_list(self._pop.pop_llama_get_skip_layers)
+
+    @skip_layers.setter
+    def skip_layers(self, layers: "Iterable[int] | str") -> None:
+        self._set_skip_layers(parse_layers(layers, self.pop_metadata.n_layer, key="skip_layers"))
+
+    def apply_pop_settings(self, pop: PopSettings) -> None:
+        """Typed POP settings (checked where they entered), e.g. per request; None follows the file."""
+        meta = self.pop_metadata
+        skip = pop.skip_layers if pop.skip_layers is not None else meta.skip_layers
+        check_range(skip, meta.n_layer, key="skip_layers")
+        self._set_skip_layers(skip)
+        self.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
+        self.kv_mode = pop.kv_mode or "fitted"  # "fitted" uses fitted K/V only where the file has them
+
+    def _set_skip_layers(self, layers: Tuple[int, ...]) -> None:
+        """A parsed skip set, in range, to the runtime."""
+        arr = (ctypes.c_int32 * max(len(layers), 1))(*layers)
+        if self._pop.pop_llama_set_skip_layers(self._ctx_ptr, arr, len(layers)) != 0:
+            raise PopSettingError("skip_layers", f"the runtime rejected {list(layers)}")
+        self.pop_stats()
+
+    @property
+    def exact_layers(self) -> Tuple[int, ...]:
+        """Layers a KV-sharing model skips exactly for prompt tokens without outputs (() for other models)."""
+        return self._layer_list(self._pop.pop_llama_get_exact_layers)
+
+    @property
+    def exact_prefill(self) -> bool:
+        """The exact KV-sharing skip on/off (settable; results are identical either way, only speed differs)."""
+        return bool(self._pop.pop_llama_get_exact_prefill(self._ctx_ptr))
+
+    @exact_prefill.setter
+    def exact_prefill(self, value: bool) -> None:
+        self._pop.pop_llama_set_exact_prefill(self._ctx_ptr, bool(value))
+
+    @property
+    def kv_mode(self) -> str:
+        """"fitted" (default: the file's fitted K/V projections, where it has them) or "own" (the paper's)."""
+        return "fitted" if self._pop.pop_llama_get_kv_mode(self._ctx_ptr) == _native.KV_FITTED else "own"
+
+    @kv_mode.setter
+    def kv_mode(self, mode: str) -> None:
+        if mode not in ("fitted", "own"):
+            raise PopSettingError("kv_mode", f'expected "fitted" or "own", got {mode!r}')
+        self._pop.pop_llama_set_kv_mode(self._ctx_ptr, _native.KV_FITTED if mode == "fitted" else _native.KV_OWN)
+        self.pop_stats()
+
+    @property
+    def n_fitted_layers(self) -> int:
+        """Layers the file has fitted K/V projections for (0: none, POP uses each layer's own)."""
+        return int(self._pop.pop_llama_n_fitted_layers(self._ctx_ptr))
+
+    @property
+    def fitted_active(self) -> bool:
+        """True when pruned prompts use fitted K/V: kv_mode "fitted", the file's skip set, tensors present."""
+        return bool(self._pop.pop_llama_fitted_active(self._ctx_ptr))
+
+    def _set_stage_mode(self, mode: int) -> None:
+        """Evaluation baselines only (see native/pop_api.h); not a product feature."""
+        if self._pop.pop_llama_set_stage_mode(self._ctx_ptr, int(mode)) != 0:
+            raise ValueError(f"unknown stage mode {mode}")
+        self.pop_stats()
+
+    def pop_stats(self) -> Dict[str, Any]:
+        """Token counters since load (or reset_pop_stats) and the last prompt's prefill time.
+
+        Reads the context: call it from the thread that runs requests (or under its lock). Other
+        threads read pop_stats_snapshot()."""
+        s = _native.PopStats()
+        self._pop.pop_llama_get_stats(self._ctx_ptr, ctypes.byref(s))
+        self._stats_snapshot = snapshot = {
+            "pruned_tokens": int(s.pruned_tokens),
+            "full_tokens": int(s.full_tokens),
+            "pruned_ubatches": int(s.pruned_ubatches),
+            "full_ubatches": int(s.full_ubatches),
+            "last_prefill_ms": self._last_prefill_ms,
+            "last_prefill_tokens": self._last_prefill_tokens,
+            "enabled": self.pop_enabled,
+            "active": self.pop_active,
+            "skip_layers": self.skip_layers,
+            "kv": "fitted" if self.fitted_active else "own",
+            "exact_layers": self.exact_layers if self.exact_prefill else (),
+        }
+        return dict(snapshot)
+
+    def pop_stats_snapshot(self) -> Dict[str, Any]:
+        """pop_stats() as of the last evaluation or settings change, without touching the context:
+        safe from any thread while a request runs (it never waits for, nor disturbs, the request)."""
+        return dict(self._stats_snapshot)
+
+    def reset_pop_stats(self) -> None:
+        self._pop.pop_llama_reset_stats(self._ctx_ptr)
+        self._last_prefill_ms = None
+        self._last_prefill_tokens = 0
+        self.pop_stats()
+
+    # --- which cached prefix a request may reuse ----------------------------------------------------
+
+    def _cache_label(self) -> Hashable:
+        """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration."""
+        if not self.pop_active:
+            return "full"
+        return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)))
+
+    def _label_positions(self, start: int, end: int) -> None:
+        labels = self._position_labels
+        del labels[start:]
+        labels.extend([_UNKNOWN] * (start - len(labels)))  # positions filled by a path that did not label
+        labels.extend([self._cache_label()] * (end - start))
+
+    def reusable_prefix(self) -> int:
+        """How many cached tokens a request under the current settings may reuse: the leading
+        positions computed under these same settings (all of them with reuse_cache_across_settings)."""
+        if self.reuse_cache_across_settings:
+            return self.n_tokens
+        label = self._cache_label()
+        n = 0
+        for have in self._position_labels[: self.n_tokens]:
+            if have != label:
+                break
+            n += 1
+        return n
+
+    def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        """llama_cpp.Llama.generate, reusing only the cached prefix computed under the current POP
+        settings (upstream reuses any matching prefix, whatever computed it)."""
+        if kwargs.get("reset", True) and self.n_tokens > 0:
+            valid = self.reusable_prefix()
+            if valid < self.n_tokens:
+                self.n_tokens = valid
+                upstream.invalidate_logits(self)
+        yield from super().generate(tokens, *args, **kwargs)
+
+    def save_state(self) -> llama_cpp.LlamaState:
+        state = super().save_state()
+        state.pop_labels = list(self._position_labels[: self.n_tokens])
+        return state
+
+    def load_state(self, state: llama_cpp.LlamaState) -> None:
+        super().load_state(state)
+        # a state saved without labels (not by a PopLlama) is reusable by no setting
+        self._position_labels = list(getattr(state, "pop_labels", [_UNKNOWN] * state.n_tokens))
+
+    # --- prompt evaluation ------------------------------------------------------------------------
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens; only the final token of a prompt asks for logits.
+
+        llama_cpp.Llama.eval requests logits for the last token of every n_batch chunk, which would
+        run those tokens at full depth; without logits_all nothing reads them, so here only the very
+        last token is an output. The KV cache then matches one POP pass over the whole prompt.
+        """
+        if upstream.logits_all(self) or len(tokens) <= 1:
+            start = self.n_tokens
+            super().eval(tokens)
+            self._label_positions(start, self.n_tokens)
+            self.pop_stats()
+            return
+        start = time.perf_counter()
+        upstream.forget_after(self, self.n_tokens)
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i: min(len(tokens), i + self.n_batch)]
+            self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens))
+        self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
+        self._last_prefill_tokens = len(tokens)
+        self.pop_stats()
+
+    def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False) -> None:
+        """llama_decode one chunk (at most n_batch tokens) after the cache; outputs: all, the last, or none."""
+        n_past = self.n_tokens
+        upstream.decode(self, chunk, n_past, outputs="all" if all_outputs else "last" if last_is_output else "none")
+        self.input_ids[n_past: n_past + len(chunk)] = chunk
+        self.n_tokens += len(chunk)
+        self._label_positions(n_past, self.n_tokens)
+
+    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate tokens after the cache with every token an output (so each runs at full depth, like
+        a decode step); returns their logits [len(tokens), n_vocab] (used by `pop-local eval`)."""
+        import numpy as np
+
+        rows = []
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[i: i + self.n_batch])
+            self._decode_chunk(chunk, last_is_output=True, all_outputs=True)
+            rows.append(upstream.output_logits(self, len(chunk)))
+        self.pop_stats()
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab()), dtype=np.float32)
+
+    def last_logits(self) -> np.ndarray:
+        """Logits of the last output of the latest decode (a copy)."""
+        return upstream.output_logits(self)

@@ -1,0 +1,263 @@
+"""Every touch of llama-cpp-python's internals, and every ggml function pop-local declares, in one module.
+
+PopLlama subclasses llama_cpp.Llama and needs a few of its private members: the context and model
+pointers (`_ctx.ctx`, `_model.model`), the batch it decodes through (`_batch`), whether every token is
+an output (`_logits_all`), how far __init__ got (`_stack`), and the loaded libllama (`_lib`). Their
+meaning can change between releases, so they are read only here, for the release pop-local pins and
+builds (`check_version`, called before any model loads). The ggml libraries are the very copies
+libllama mapped (a second copy would have its own device registry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pop_local.errors import PopNativeError
+
+__all__ = ["VERSION", "check_version", "libllama", "ggml", "ggml_base", "ggml_rpc", "context_pointer", "model_pointer",
+           "initialised", "logits_all", "forget_after", "decode", "output_logits", "model_devices",
+           "server_app_with_llama"]
+
+VERSION = "0.3.36"  # setup.py and native/build.py pin the same release
+REBUILD_HINT = ("rebuild llama-cpp-python with pop-local's patch: `python native/build.py` from the pop-local "
+                "source tree (add your CMAKE_ARGS, e.g. CMAKE_ARGS=\"-DGGML_CUDA=on\")")
+
+
+@lru_cache(maxsize=1)
+def check_version() -> None:
+    """PopNativeError unless the installed llama-cpp-python is the release whose internals this module reads."""
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise PopNativeError(f"llama-cpp-python is not installed ({e}); {REBUILD_HINT}") from e
+    if llama_cpp.__version__ != VERSION:
+        raise PopNativeError(f"llama-cpp-python {llama_cpp.__version__} is installed; pop-local needs {VERSION} "
+                             f"built with its patch: {REBUILD_HINT}")
+
+
+def libllama() -> ctypes.CDLL:
+    """The libllama llama-cpp-python loaded."""
+    check_version()
+    import llama_cpp.llama_cpp as bindings
+
+    return bindings._lib
+
+
+# --- the ggml libraries beside libllama, and the ggml functions used by pop-local ----------------------
+
+def _library_names(stem: str) -> list:
+    if sys.platform == "win32":
+        return [f"{stem}.dll", f"lib{stem}.dll"]
+    if sys.platform == "darwin":
+        return [f"lib{stem}.dylib", f"lib{stem}.so"]
+    return [f"lib{stem}.so"]
+
+
+def _already_loaded(folder: Path, stem: str) -> Optional[Path]:
+    """The file of lib`stem` this process has mapped from `folder` (Linux). Wheels hold copies, not
+    links (libggml.so, libggml.so.0, ...): libllama loads the one its SONAME names, and opening
+    another copy would load a second ggml with its own device registry."""
+    try:
+        with open("/proc/self/maps") as maps:
+            fields = (line.split(None, 5) for line in maps)  # address perms offset dev inode path
+            paths = {f[5].strip() for f in fields if len(f) == 6}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        p = Path(path)
+        if p.parent == folder and (p.name == f"lib{stem}.so" or p.name.startswith(f"lib{stem}.so.")):
+            return p
+    return None
+
+
+def _load_beside_llama(stem: str) -> ctypes.CDLL:
+    """lib`stem` as libllama uses it: the very copy it mapped."""
+    lib_path = libllama()._name
+    folder = Path(lib_path).resolve().parent
+    loaded = _already_loaded(folder, stem)
+    if loaded is not None:
+        return ctypes.CDLL(str(loaded))
+    for name in _library_names(stem):
+        if (folder / name).exists():
+            return ctypes.CDLL(str(folder / name))
+    raise RuntimeError(f"lib{stem} not found next to {lib_path}")
+
+
+def _declare(lib: ctypes.CDLL, prototypes) -> ctypes.CDLL:
+    for name, restype, argtypes in prototypes:
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+_p = ctypes.c_void_p
+_size = ctypes.c_size_t
+# ggml_abort_callback_t: ggml calls it with the message, then abort()s
+ABORT_CALLBACK_T = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+
+@lru_cache(maxsize=1)
+def ggml() -> ctypes.CDLL:
+    """libggml: the device registry."""
+    return _declare(_load_beside_llama("ggml"), [
+        ("ggml_backend_reg_count", _size, []),
+        ("ggml_backend_reg_get", _p, [_size]),
+        ("ggml_backend_reg_name", ctypes.c_char_p, [_p]),
+        ("ggml_backend_dev_count", _size, []),
+        ("ggml_backend_dev_get", _p, [_size]),
+        ("ggml_backend_dev_name", ctypes.c_char_p, [_p]),
+        ("ggml_backend_dev_description", ctypes.c_char_p, [_p]),
+        ("ggml_backend_dev_type", ctypes.c_int, [_p]),
+        ("ggml_backend_dev_memory", None, [_p, ctypes.POINTER(_size), ctypes.POINTER(_size)]),
+        ("ggml_backend_dev_backend_reg", _p, [_p]),
+        ("ggml_backend_dev_by_name", _p, [ctypes.c_char_p]),
+        ("ggml_backend_register", None, [_p]),  # a server's devices (rpc.py)
+    ])
+
+
+@lru_cache(maxsize=1)
+def ggml_base() -> ctypes.CDLL:
+    """libggml-base: tensor and buffer names (where graph nodes ran), the abort callback."""
+    return _declare(_load_beside_llama("ggml-base"), [
+        ("ggml_get_name", ctypes.c_char_p, [_p]),
+        ("ggml_backend_buffer_name", ctypes.c_char_p, [_p]),
+        ("ggml_set_abort_callback", _p, [ABORT_CALLBACK_T]),
+    ])
+
+
+@lru_cache(maxsize=1)
+def ggml_rpc() -> ctypes.CDLL:
+    """libggml-rpc: RPC client and server (RuntimeError when the build has no RPC backend)."""
+    return _declare(_load_beside_llama("ggml-rpc"), [
+        ("ggml_backend_rpc_add_server", _p, [ctypes.c_char_p]),
+        ("ggml_backend_rpc_start_server", None, [ctypes.c_char_p, ctypes.c_char_p, _size, _size, ctypes.POINTER(_p)]),
+    ])
+
+
+# --- llama_cpp.Llama's private members ---------------------------------------------------------------
+
+def context_pointer(llm) -> ctypes.c_void_p:
+    """struct llama_context * of a loaded Llama."""
+    return llm._ctx.ctx
+
+
+def model_pointer(llm) -> ctypes.c_void_p:
+    """struct llama_model * of a loaded Llama."""
+    return llm._model.model
+
+
+def initialised(llm) -> bool:
+    """Whether llama_cpp.Llama.__init__ got far enough to have something to close."""
+    return hasattr(llm, "_stack")
+
+
+def logits_all(llm) -> bool:
+    """Whether the Llama was created with logits_all (every token an output)."""
+    return bool(llm._logits_all)
+
+
+def forget_after(llm, n_tokens: int) -> None:
+    """Drop the KV cache after the first n_tokens positions (what Llama.eval does before a prompt)."""
+    llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
+
+
+def decode(llm, tokens: Sequence[int], n_past: int, *, outputs: str) -> None:
+    """llama_decode `tokens` at positions n_past.. through the Llama's own batch; outputs: "all", "last"
+    or "none" (llama-cpp-python's set_batch marks only the last token, or all with logits_all)."""
+    batch = llm._batch
+    batch.set_batch(batch=tokens, n_past=n_past, logits_all=outputs == "all")
+    if outputs == "none":
+        batch.batch.logits[len(tokens) - 1] = False
+    llm._ctx.decode(batch)
+    llm._requires_eval = False  # the logits in hand are this batch's
+
+
+def invalidate_logits(llm) -> None:
+    """The logits in hand belong to tokens that were dropped: the next generate evaluates again."""
+    llm._requires_eval = True
+
+
+def output_logits(llm, rows: Optional[int] = None) -> Any:
+    """A copy of the latest decode's logits: `rows` outputs [rows, n_vocab], or the last one [n_vocab]."""
+    import llama_cpp
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    if rows is None:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(rows, n_vocab)).copy()
+
+
+_load_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_devices(devices: Sequence[int]):
+    """While a model loads: its model parameters name exactly these ggml devices.
+
+    llama-cpp-python builds the model parameters inside Llama.__init__ from llama_model_default_params
+    and has no argument for the device list, so that function is wrapped for the load (loads are
+    serialised meanwhile)."""
+    import llama_cpp.llama_cpp as bindings
+
+    array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)  # NULL-terminated, alive for the load
+    original = bindings.llama_model_default_params
+
+    def with_devices():
+        params = original()
+        params.devices = ctypes.cast(array, ctypes.c_void_p)
+        return params
+
+    with _load_lock:
+        bindings.llama_model_default_params = with_devices
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
+
+
+# --- llama-cpp-python's server ---------------------------------------------------------------------
+
+def _with_names(fn, **names):
+    """A copy of function `fn` whose global `names` are bound to other objects: upstream's own code runs
+    as it is, with pop-local's pieces where it names its own, and nothing in upstream's modules changes."""
+    import types
+
+    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def server_app_with_llama(server_settings, model_settings, make_llama):
+    """(app, model): llama-cpp-python's FastAPI app (create_app) serving one model that upstream's own
+    loader builds (chat handlers, LoRA, draft model, cache, ...) through `make_llama(**kwargs)` where it
+    would call llama_cpp.Llama(**kwargs); loaded once, at start.
+
+    create_app would build its model proxy (set_llama_proxy) and load the model with llama_cpp.Llama;
+    here both names are bound to pop-local's for those calls only (see _with_names)."""
+    import types
+
+    import llama_cpp
+    import llama_cpp.server.app as server_app
+    from llama_cpp.server.model import LlamaProxy
+
+    check_version()
+    with_llama = types.SimpleNamespace(**vars(llama_cpp))
+    with_llama.Llama = make_llama
+
+    class Proxy(LlamaProxy):
+        load_llama_from_model_settings = staticmethod(
+            _with_names(LlamaProxy.load_llama_from_model_settings, llama_cpp=with_llama))
+
+    proxy = Proxy(models=[model_settings])
+
+    def set_llama_proxy(model_settings):  # upstream's setter, with the proxy made above
+        server_app._llama_proxy = proxy
+
+    app = _with_names(server_app.create_app, set_llama_proxy=set_llama_proxy)(
+        server_settings=server_settings, model_settings=[model_settings])
+    return app, proxy()
