@@ -10,7 +10,7 @@
   the 4 layers before them (10-13).
 
 The weights are random (tests/tiny_models.py, seeded): the speed is real, the numbers say nothing about
-quality. Each run is `pop-local bench`'s measurement (pop_local.bench.run_bench: alternating rounds,
+quality. Each run is `pop-local bench`'s measurement (pop_local.measure.bench.run_bench: alternating rounds,
 medians) and its JSON records the commit, machine and command.
 """
 

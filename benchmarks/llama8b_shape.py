@@ -3,7 +3,6 @@
     python benchmarks/llama8b_shape.py write      # random weights -> F16 GGUF -> Q4_0 with llama.cpp's quantizer
     python benchmarks/llama8b_shape.py convert    # benchmarks/converter_cost.py on it (default budget, 8 samples)
     python benchmarks/llama8b_shape.py bench      # pop-local bench's measurement at 512 and 2048 tokens, 3 repeats
-    python benchmarks/llama8b_shape.py table      # README's rows from the two JSON files
 
 Llama-3.1-8B's shape: 32 layers, hidden 4096, FFN 14336, 32 query / 8 KV heads (head 128);
 SmolLM2's tokenizer (49152 tokens, so the embedding is smaller than Llama 3's 128256) with the head

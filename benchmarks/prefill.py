@@ -10,7 +10,7 @@ An unpatched libllama cannot share a process with the patched one, so it runs in
 that takes its turn in the same alternation (POP-off in the patched build vs the unpatched build);
 the runs are split over two phases with the workers' start order swapped, which cancels a few
 percent of start-order bias seen on these machines.
-Nothing here asserts: the numbers go into README.md.
+Nothing here asserts: the numbers go into benchmarks/results/ and from there into the docs.
 """
 
 from __future__ import annotations

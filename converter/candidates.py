@@ -35,7 +35,7 @@ SPEEDUP_TOKENS = (512, 2048)  # prompt lengths of the FLOP-ideal speedups in the
 @dataclass
 class Candidate:
     """One skip set and what it costs: held-out KL/top-1 with own and fitted K/V, ideal speedups
-    (the budget reads them as pop_local.frontier.FrontierRow)."""
+    (the budget reads them as pop_local.format.frontier.FrontierRow)."""
     skip: Tuple[int, ...]
     kl_own: float
     top1_own: float

@@ -102,11 +102,10 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
 
     A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
     paper's recipe without one; any budget option asks for one."""
-    from pop_local.format.frontier import max_skipped, parse_budget, paper_skip_set
+    from pop_local.format.frontier import check_max_ratio, max_skipped, parse_budget, paper_skip_set
 
     asked = max_kl is not None or target_speedup is not None
-    if not 0 < max_ratio < 1:
-        raise PopError(f"`max_ratio` must be between 0 and 1, got {max_ratio}")
+    check_max_ratio(max_ratio)
     if asked and (explicit is not None or ratio is not None):
         raise PopError("`max_kl` and `target_speedup` choose the skip set themselves: drop `layers` / `ratio`")
     if asked and not calibrate:
@@ -242,7 +241,7 @@ def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data,
     """The calibration's result (importance, fitted K/V, frontier), after its cost is checked against memory."""
     from .arch import check_gguf_architecture
     from .calibrate import FrontierPlan, calibrate as run_calibration, can_stream, load_prompts
-    from .cost import check_memory, estimate
+    from .cost import check_memory, estimate, measure_rates
 
     check_calibration_installed()
     if not hf_model:  # a checkpoint is checked by its own model type when it loads
@@ -252,9 +251,12 @@ def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data,
         (explicit is None and strategy == "score") or
         (explicit is not None and not is_block(explicit))))
     streamed = can_stream(hf_model, plan, fit_contiguous) and not in_memory
+    prompts = None if dataset else load_prompts(data)
+    check_memory(estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
+                          streamed=streamed, prompts=prompts), max_memory)  # before anything loads
+    # the time from this machine's own rates (a short probe of torch and of llama.cpp on the model)
     cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
-                    streamed=streamed, prompts=None if dataset else load_prompts(data))
-    check_memory(cost, max_memory)
+                    streamed=streamed, prompts=prompts, rates=measure_rates(src))
     if progress:
         progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
                  f"{' and measuring skip sets' if budget else ''}"

@@ -1,9 +1,12 @@
 """What a calibration will cost (time, peak memory) before it starts, and the refusal when it cannot fit.
 
-The constants are measured on a 2-core x86_64 machine (benchmarks/converter_cost.py records the
-runs they come from): torch float32 matmuls at about 100 GFLOP/s, gguf's dequantization at about
-50 M weights/s, llama.cpp's prompt processing at about 3 x 10^11 weight-tokens/s and its sampling
-at about 7 x 10^9 weight-tokens/s. Faster machines finish sooner; the estimate is an upper guide.
+The same 2-core machine type ran two to four times slower on one day than on another, and not by
+the same factor for every kind of work, so the time is made from rates measured on this machine just
+before (measure_rates, a second or so on a small model): torch's float32 matmul (forward, backward,
+the frontier), and llama.cpp's prompt processing and one-token decoding on the model itself
+(sampling). The constants below say how each stage relates to those rates; they are fitted on
+benchmarks/converter_cost.py runs (SmolLM2-135M, Gemma-3-270M, Qwen2.5-Coder-1.5B) and checked
+within half either way by tests/test_streaming.py. Memory needs no probe.
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from pop_local.errors import PopError
 
 from .calibrate import HELD_OUT_TOKENS
 
-__all__ = ["Cost", "estimate", "available_memory", "check_memory", "BASE_BYTES"]
+__all__ = ["Cost", "Rates", "REFERENCE", "estimate", "measure_rates", "available_memory", "check_memory", "BASE_BYTES"]
 
-TORCH_FLOPS = 1.5e11       # float32 matmuls of a layer over a batch of tokens, 2 cores
-DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize
-LLAMA_PREFILL = 3.0e11     # weights x tokens / s, llama.cpp prompt processing (quantized, 2 threads)
-LLAMA_DECODE = 2.5e10      # weights x tokens / s, llama.cpp sampling one token at a time
-EIGH_1536 = 0.9            # s for one float64 eigendecomposition of a 1536 x 1536 matrix (one per fit)
 BASE_BYTES = 1.5 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves (measured: SmolLM2 2.3 GB peak)
-LOAD_SECONDS = 20.0        # imports
+DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torch rate
+LOAD_SECONDS = 65.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
 TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
 CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
+
+
+@dataclass(frozen=True)
+class Rates:
+    torch_flops: float    # float32 matmul FLOP/s (a layer-sized product, torch's threads)
+    llama_prefill: float  # weights x tokens / s, llama.cpp processing a 64-token prompt
+    llama_decode: float   # weights x tokens / s, llama.cpp decoding one token at a time
+
+
+# the machine the stage constants were fitted on (measure_rates there), for an estimate without a probe
+REFERENCE = Rates(torch_flops=1.7e11, llama_prefill=2.4e10, llama_decode=6.3e9)
+TORCH_EFFICIENCY = 0.45    # a layer's forward/backward over calibration batches, against the plain matmul rate
+FRONTIER_EFFICIENCY = 0.19  # the frontier's small suffix passes (per candidate and sample), likewise
+SAMPLING_OVERHEAD = 0.8    # llama.cpp sampling (chat template, sampler, one context per sample) over the probe
+EIGH_1536 = 3.8            # s for one float64 eigendecomposition of a 1536 x 1536 matrix at the reference rate
 
 
 @dataclass
@@ -60,10 +74,63 @@ def _shape(src: str):
     return shape, sizes, vocab, block
 
 
+def measure_rates(src: str) -> Rates:
+    """This machine's rates (see Rates): a torch matmul, and llama.cpp on `src` itself (memory-mapped,
+    a short prompt and a few decoded tokens; a second on a small model, some seconds on an 8B one)."""
+    import time
+
+    import llama_cpp
+
+    torch_flops = matmul_flops()
+    n_weights = _n_weights(src)
+    llm = llama_cpp.Llama(src, n_ctx=128, n_batch=64, n_ubatch=64, verbose=False, use_mmap=True)
+    try:
+        llm.eval([1] * 8)  # warm-up: graph allocation, pages of the file
+        llm.reset()
+        started = time.perf_counter()
+        llm.eval([1 + i % 50 for i in range(64)])
+        prefill = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(6):
+            llm.eval([2 + i])
+        decode = (time.perf_counter() - started) / 6
+    finally:
+        llm.close()
+    return Rates(torch_flops, 64 * n_weights / prefill, n_weights / decode)
+
+
+def _n_weights(src: str) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
+
+
+def matmul_flops() -> float:
+    """This machine's float32 matmul rate (FLOP/s) on a layer-sized product, the best of a few runs
+    (about a fifth of a second; the threads torch would use for calibration)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(256, 1024), torch.randn(1024, 1024)
+    a @ b  # warm-up: thread pool, caches
+    best = float("inf")
+    for _ in range(7):
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 4)
+    return 2 * 256 * 1024 * 1024 / best
+
+
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
-             streamed: bool = True, prompts: Optional[Sequence[str]] = None) -> Cost:
+             streamed: bool = True, prompts: Optional[Sequence[str]] = None, rates: Optional[Rates] = None) -> Cost:
     """Time and peak memory of a calibration of `src` (frontier_ratio: a quality budget's max ratio;
-    `prompts`: the calibration prompts, for their lengths; None: every prompt seq_len tokens long)."""
+    `prompts`: the calibration prompts, for their lengths; None: every prompt seq_len tokens long;
+    `rates`: this machine's (measure_rates; None: the reference machine's, no probe, for the memory)."""
+    rates = rates or REFERENCE
+    torch_rate = TORCH_EFFICIENCY * rates.torch_flops
+    slower = REFERENCE.torch_flops / rates.torch_flops  # CPU work without a rate of its own
     shape, sizes, vocab, block = _shape(src)
     n_all = sum(sizes.values())
     n_block = sum(block.values())
@@ -88,32 +155,34 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     kv_width = 2 * shape.n_head_kv * shape.head_dim  # K and V of one layer
     attn_flops = 4 * n_layer * d * (seq_len + response_tokens)  # per token, scores and weighted sum
 
-    st: Dict[str, float] = {"load": LOAD_SECONDS + FILE_SECONDS * file_bytes}
-    st["sampling"] = (tokens * n_all / LLAMA_PREFILL + samples * response_tokens * n_all / LLAMA_DECODE)
-    fwd = tokens * (2 * n_block + attn_flops) / TORCH_FLOPS
-    bwd = 2 * train_tokens * (2 * n_block + attn_flops) / TORCH_FLOPS  # recomputation + backward
-    head = 3 * samples * response_tokens * vocab * d * 2 / TORCH_FLOPS + 2 * vocab * d / DEQUANT_RATE
+    st: Dict[str, float] = {"load": (LOAD_SECONDS + FILE_SECONDS * file_bytes) * slower}
+    st["sampling"] = SAMPLING_OVERHEAD * (tokens * n_all / rates.llama_prefill
+                                          + samples * response_tokens * n_all / rates.llama_decode)
+    fwd = tokens * (2 * n_block + attn_flops) / torch_rate
+    bwd = 2 * train_tokens * (2 * n_block + attn_flops) / torch_rate  # recomputation + backward
+    dequant = DEQUANT_RATE / slower
+    head = 3 * samples * response_tokens * vocab * d * 2 / torch_rate + 2 * vocab * d / dequant
     if streamed:
-        st["forward"] = fwd + n_block / DEQUANT_RATE
-        st["importance"] = bwd + n_block / DEQUANT_RATE + head
+        st["forward"] = fwd + n_block / dequant
+        st["importance"] = bwd + n_block / dequant + head
     else:
-        st["forward"] = n_all / DEQUANT_RATE
+        st["forward"] = n_all / dequant
         st["importance"] = fwd + bwd + head
     if k_max:
         pairs = k_max * (k_max + 1) / 2
         fit_rows = 0.75 * train_tokens  # a quarter of the training samples choose the ridge strength
         if fit_rows < d:  # kv_fit._Dual: an n x n eigendecomposition, products with the rows
-            st["fits"] = pairs * (EIGH_1536 * (fit_rows / 1536) ** 3
-                                  + 8 * train_tokens * (train_tokens + kv_width) * d / TORCH_FLOPS)
+            st["fits"] = pairs * (EIGH_1536 * slower * (fit_rows / 1536) ** 3
+                                  + 8 * train_tokens * (train_tokens + kv_width) * d / torch_rate)
         else:
-            st["fits"] = pairs * EIGH_1536 * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / TORCH_FLOPS
+            st["fits"] = pairs * EIGH_1536 * slower * (d / 1536) ** 3 + pairs * train_tokens * d * d * 2 / torch_rate
         per_layer = n_block / n_layer
         if streamed:  # per pair and held-out sample: own + fitted prefix attention, suffix at full depth
             frontier_flops = pairs * held * 2 * (0.2 * 2 * per_layer * held_len + 2 * per_layer * (response_tokens + 1))
-            st["frontier"] = (frontier_flops / TORCH_FLOPS + (k_max / n_layer) * n_block / DEQUANT_RATE
-                              + k_max * held * 2 * response_tokens * vocab * d * 2 / TORCH_FLOPS)
+            st["frontier"] = (frontier_flops / (FRONTIER_EFFICIENCY * rates.torch_flops) + (k_max / n_layer) * n_block / dequant
+                              + k_max * held * 2 * response_tokens * vocab * d * 2 / torch_rate)
         else:  # every candidate re-runs its block on the whole held-out sample, twice
-            st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / TORCH_FLOPS
+            st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / torch_rate
 
     if streamed:
         layer_bytes = 4 * max(block.values()) if block else 0

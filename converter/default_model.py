@@ -14,7 +14,7 @@ __all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRA
 # The default model is converted with a quality budget (frontier measured and stored), restricted to
 # the layers' own K/V and at most a third of the layers: on this 135M model, deeper sets with fitted
 # K/V match the paper's KL on continuations but garble short chat answers and lose the pass key
-# (README, "Quality-budgeted POP"), so the chat default keeps the paper's quality on every measure.
+# (docs/converter.md, quality budgets), so the chat default keeps the paper's quality on every measure.
 # 16 samples keep the first start near a minute and a half on two cores.
 DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3}

@@ -1,8 +1,19 @@
 import pytest
 
+# fixtures that hand a test a real model (or one made from a real model's weights and tokenizer)
+MODEL_FIXTURES = {"smollm2", "gemma3", "arch_model", "pop_model", "pop_llm", "pop_file", "long_text"}
+
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: loads a real model (run by the README test command too)")
+    config.addinivalue_line("markers", "slow: loads a real model (run by the README test command too; "
+                                       "`pytest -m 'not slow' tests` runs the fast tests, which need no model)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes a model fixture is slow, marked or not: `-m 'not slow'` never loads a model."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

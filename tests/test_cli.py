@@ -213,7 +213,7 @@ def test_without_torch_chat_uses_the_papers_set_and_convert_says_what_to_install
     (["--kv-mode", "mine"], "Invalid value for '--kv-mode'"),
 ])
 def test_bad_settings_are_usage_errors_before_anything_loads(args, message, tmp_path):
-    """The settings are checked as the options are read (pop_local.settings): exit 2, one Error line."""
+    """The settings are checked as the options are read (pop_local.runtime.settings): exit 2, one Error line."""
     for command in ("chat", "serve"):
         r = CliRunner().invoke(cli, [command, str(tmp_path / "never-read.gguf"), *args])
         assert r.exit_code == 2, r.output
@@ -228,7 +228,7 @@ def test_settings_checked_against_the_model_name_the_option(pop_model):
     r = CliRunner().invoke(cli, ["chat", pop_model, "--override-kv", "pop.prefill.skip_layers=str:40"])
     assert r.exit_code == 1 and "pop.prefill.skip_layers: layer 40 is out of range" in r.output
     r = CliRunner().invoke(cli, ["serve", pop_model, "--n-ctx", "100000"])
-    assert r.exit_code == 1 and r.output.strip() == "Error: --n-ctx 100000 is more than smollm2.pop.gguf's context (8192 tokens)"
+    assert r.exit_code == 1 and r.output.strip() == "Error: --n-ctx: 100000 is more than smollm2.pop.gguf's context (8192 tokens)"
 
 
 # --- bench ----------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_bench_json_and_plot(pop_model, tmp_path):
 def test_bench_refuses_contexts_beyond_the_model(pop_model):
     r = CliRunner().invoke(cli, ["bench", pop_model, "--ctx", "512,100000"])
     assert r.exit_code == 1
-    assert "--ctx 100000 is more than" in r.output and "8192 tokens" in r.output
+    assert "--ctx: 100000 is more than" in r.output and "8192 tokens" in r.output
 
 
 def test_bench_without_a_skip_set_says_there_is_nothing_to_compare(smollm2):

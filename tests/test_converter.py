@@ -62,8 +62,8 @@ def test_unsupported_architecture_lists_the_supported_ones():
 
     with pytest.raises(UnsupportedArchitecture, match="supported: gemma2, gemma3, gemma3_text, llama, qwen2, qwen3, qwen3_moe"):
         arch_spec("gpt2")
-    with pytest.raises(UnsupportedArchitecture, match="'gpt2' cannot be calibrated from the GGUF .* --hf-model, or .* "
-                                                      "--layers ... --no-calibrate"):
+    with pytest.raises(UnsupportedArchitecture, match="'gpt2' cannot be calibrated from the GGUF .* `hf_model`, or .* "
+                                                      "`layers=...` `calibrate=False`"):
         check_gguf_architecture("gpt2")
     check_gguf_architecture("llama")
 
@@ -157,11 +157,11 @@ def test_hub_reference_resolves_from_the_cache_offline(smollm2, tmp_path):
     (tmp_path / "models--someone--smol" / "refs").mkdir()
     (tmp_path / "models--someone--smol" / "refs" / "main").write_text("0123abcd")
     env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    code = "from pop_local.hub import resolve_model; print(resolve_model('someone/smol/smol.gguf'))"
+    code = "from pop_local.runtime.models import resolve_model; print(resolve_model('someone/smol/smol.gguf'))"
     r = _run(code, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("snapshots/0123abcd/smol.gguf")
-    code = ("from pop_local.hub import resolve_model\n"
+    code = ("from pop_local.runtime.models import resolve_model\n"
             "try:\n    resolve_model('someone/other/x.gguf')\nexcept Exception as e:\n    print(type(e).__name__, e)")
     r = _run(code, env)
     assert "PopModelNotFound" in r.stdout and "HF_HUB_OFFLINE is set" in r.stdout

@@ -20,7 +20,8 @@ import pytest
 
 from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
                             logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
-from pop_local import PopLlama, _native
+from pop_local import PopLlama
+from pop_local.runtime import native as _native
 from pop_local.runtime.devices import offload_devices
 
 GPUS = offload_devices()

@@ -104,8 +104,9 @@ def test_patch_applies_once_and_is_idempotent(tmp_path):
 
 
 def test_native_and_python_agree_on_the_supported_architectures(tmp_path):
-    """One list (pop_local/architectures.py), compiled into libllama; no edit names a model builder."""
-    from pop_local import _native, architectures
+    """One list (pop_local/format/architectures.py), compiled into libllama; no edit names a model builder."""
+    from pop_local.format import architectures
+    from pop_local.runtime import native as _native
 
     inc = patch_upstream.architectures_inc()
     assert re.findall(r'"([\w-]+)"', inc) == sorted(_native.ARCHITECTURES) == list(architectures.NAMES)

@@ -40,7 +40,7 @@ def test_unsupported_architecture_warns_once_and_runs_full(arch_model):
     """ernie4_5 (SmolLM2's tensors under that name) has no POP graph support: one warning at load, a
     note in Python, the full graph and identical logits."""
     code = f"""
-import numpy as np, llama_cpp
+import numpy as np
 from pop_local import PopLlama
 from pop_local.runtime.models import pop_notes
 llm = PopLlama({arch_model("ernie4_5")!r}, n_ctx=512, verbose=True, kv_overrides={{'pop.prefill.skip_layers': '20-29'}})
@@ -50,7 +50,7 @@ toks = llm.tokenize(b"The keeper wound the clock at eight, at midnight and at fo
 def run(on):
     llm.pop_enabled = on
     llm.reset(); llm.eval(toks)
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context_pointer(llm), -1), shape=(llm.n_vocab(),)).copy()
+    return llm.last_logits()
 assert np.array_equal(run(True), run(False))
 s = llm.pop_stats()
 assert s["pruned_tokens"] == 0 and s["full_tokens"] == 2 * len(toks), s
@@ -84,7 +84,6 @@ VANILLA = _vanilla_lib()
 def test_unpatched_build_raises_with_rebuild_hint(smollm2):
     code = f"""
 from pop_local import PopLlama, PopNativeError
-from pop_local.runtime.upstream import context_pointer
 try:
     PopLlama({smollm2!r})
 except PopNativeError as e:

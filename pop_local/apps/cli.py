@@ -56,7 +56,7 @@ class _Interrupted(click.ClickException):
         self.exit_code = exit_code
 
 
-# what an interruption leaves behind, per command (every write goes through pop_local.atomic)
+# what an interruption leaves behind, per command (every write goes through pop_local.format.atomic)
 _INTERRUPTED = {"convert": "; nothing was written (the output and temporary files are removed)",
                 "bench": "; nothing was written", "eval": "; nothing was written"}
 
@@ -113,28 +113,36 @@ def _fail_cleanly(fn):
     return wrapper
 
 
-def _check_max_kl(ctx, param, value):
-    if value is None or value == "paper":
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not (number > 0 and number != float("inf")):
-        raise click.BadParameter(f'a positive number or "paper", got {value!r}')
-    return number
+def _checked(check):
+    """A click callback that runs the library's own check of an option's value (defined once, there), as a
+    usage error naming the option."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except PopSettingError as e:
+            raise click.BadParameter(_render(e.reason)) from None
+
+    return callback
 
 
-def _check_target_speedup(ctx, param, value):
-    if value is not None and not (1 < value < float("inf")):
-        raise click.BadParameter(f"an ideal speedup above 1, got {value}")
-    return value
+def _max_kl(value):
+    from pop_local.format.frontier import parse_budget
+
+    return parse_budget(value, None).max_kl
 
 
-def _check_max_ratio(ctx, param, value):
-    if not 0 < value < 1:
-        raise click.BadParameter(f"a fraction between 0 and 1, got {value}")
-    return value
+def _target_speedup(value):
+    from pop_local.format.frontier import parse_budget
+
+    return parse_budget(None, value).target_speedup
+
+
+def _max_ratio(value):
+    from pop_local.format.frontier import check_max_ratio
+
+    return check_max_ratio(value)
 
 
 @cli.command()
@@ -153,12 +161,12 @@ def _check_max_ratio(ctx, param, value):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-kl", callback=_check_max_kl,
+@click.option("--max-kl", callback=_checked(_max_kl),
               help='quality budget: the fastest skip set whose held-out KL vs the full model is at most this '
                    '(default "paper": the KL of the paper\'s last third with own K/V on this model)')
-@click.option("--target-speedup", type=float, callback=_check_target_speedup,
+@click.option("--target-speedup", type=float, callback=_checked(_target_speedup),
               help="instead: the most faithful skip set whose ideal prefill speedup at 2048 tokens reaches this")
-@click.option("--max-ratio", type=float, default=0.5, show_default=True, callback=_check_max_ratio,
+@click.option("--max-ratio", type=float, default=0.5, show_default=True, callback=_checked(_max_ratio),
               help="largest fraction of layers a budget may skip")
 @click.option("--kv", type=click.Choice(["auto", "own", "fitted"]), default="auto", show_default=True,
               help="K/V of pruned layers: auto (the budget takes the better of the two per skip set), own "
@@ -297,7 +305,7 @@ def devices(rpc_servers) -> None:
             click.echo("no GPU: Vulkan found none it uses (a software device such as lavapipe is used only when "
                        "selected: GGML_VK_VISIBLE_DEVICES=0)")
         else:
-            click.echo("no GPU: every layer runs on the CPU (README, GPU backends: how to build for CUDA, Metal or Vulkan)")
+            click.echo("no GPU: every layer runs on the CPU (docs/gpu.md: how to build for CUDA, Metal or Vulkan)")
 
 
 @cli.command(name="rpc-server")

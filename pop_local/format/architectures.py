@@ -1,7 +1,7 @@
 """The architectures POP runs on: one table, read by the native build, the runtime, the tests and the docs.
 
 POP needs nothing per architecture in llama.cpp: the shared graph code stores a pruned layer's K/V in
-`build_attn` and redefines the layer's named output ("l_out") as a copy of its input (native/README.md). An
+`build_attn` and redefines the layer's named output ("l_out") as a copy of its input (docs/architecture.md). An
 architecture is listed here only when tests/test_architectures.py passes for it (it runs every row); the
 native build compiles the names into libllama (native/patch_upstream.py writes pop_architectures.inc), so
 any other architecture keeps the full graph with one warning.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import keys
-from pop_local.errors import PopError, PopMetadataError
+from pop_local.errors import PopError, PopMetadataError, PopSettingError
 from .layers import format_layers, parse_layers
 
 __all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "max_skipped", "paper_skip_set", "frontier_fields",
@@ -61,17 +61,24 @@ def parse_budget(max_kl: "Optional[str | float]", target_speedup: Optional[float
         raise PopError("give `max_kl` or `target_speedup`, not both")
     if target_speedup is not None:
         if not (isinstance(target_speedup, (int, float)) and math.isfinite(target_speedup) and target_speedup > 1):
-            raise PopError(f"`target_speedup` must be a number above 1 (an ideal prefill speedup), got {target_speedup}")
+            raise PopSettingError("target_speedup", f"an ideal prefill speedup above 1, got {target_speedup}")
         return Budget(target_speedup=float(target_speedup))
     if max_kl is None or max_kl == "paper":
         return Budget(max_kl="paper")
     try:
         value = float(max_kl)
     except (TypeError, ValueError):
-        raise PopError(f'`max_kl` must be a positive number or "paper", got {max_kl!r}') from None
+        raise PopSettingError("max_kl", f'a positive number or "paper", got {max_kl!r}') from None
     if not (math.isfinite(value) and value > 0):
-        raise PopError(f'`max_kl` must be a positive number or "paper", got {max_kl!r}')
+        raise PopSettingError("max_kl", f'a positive number or "paper", got {max_kl!r}')
     return Budget(max_kl=value)
+
+
+def check_max_ratio(max_ratio: float) -> float:
+    """The largest fraction of layers a budget may skip: PopSettingError unless strictly between 0 and 1."""
+    if not (isinstance(max_ratio, (int, float)) and 0 < max_ratio < 1):
+        raise PopSettingError("max_ratio", f"a fraction between 0 and 1, got {max_ratio}")
+    return float(max_ratio)
 
 
 def max_skipped(n_layer: int, max_ratio: float) -> int:

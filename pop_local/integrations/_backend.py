@@ -32,7 +32,7 @@ MAX_STRING_ARGUMENT = 200      # characters, for tool-call string arguments whos
 
 @dataclass(frozen=True)
 class Target:
-    """A model file and how it is loaded (pop_local.settings.LoadSettings): the key it is shared under."""
+    """A model file and how it is loaded (pop_local.runtime.settings.LoadSettings): the key it is shared under."""
     path: str
     load: LoadSettings
     meta: Any = None  # the file's PopMetadata when already read (not part of the key)

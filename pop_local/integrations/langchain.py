@@ -39,7 +39,7 @@ class ChatPopLocal(BaseChatModel, LoadFields, PopFields):
     SmolLM2-135M-Instruct default), `temperature`, `max_tokens`, `stop`. POP controls: `pop` (None
     follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted" or "own"); they may also be given
     per call. Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`,
-    `chat_format`, `kv_overrides`, `seed`, ...): pop_local.settings.LoadFields, the same as the CLI's
+    `chat_format`, `kv_overrides`, `seed`, ...): pop_local.runtime.settings.LoadFields, the same as the CLI's
     and the server's.
 
     Tool calling: `bind_tools(tools, tool_choice="any" | "required" | name)` produces a grammar-

@@ -44,7 +44,7 @@ class PopLocalLLM(LLM, LoadFields, PopFields):
     default. `chat` uses the model's chat template; `complete` continues the raw text (no template).
     POP controls: `pop` (None follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted"/"own").
     Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`, `chat_format`,
-    `kv_overrides`, `seed`, ...): pop_local.settings.LoadFields, the same as the CLI's and the server's.
+    `kv_overrides`, `seed`, ...): pop_local.runtime.settings.LoadFields, the same as the CLI's and the server's.
     """
 
     model: Optional[str] = Field(default=None, description="GGUF path or hub file; None: the default model")

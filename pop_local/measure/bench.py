@@ -7,7 +7,7 @@ and the spread (min-max) are reported. `run_bench` returns a JSON-ready dict:
     model, skip_layers, n_layer, threads, runs, machine
     prefill: one row per context length:
         n_tokens, full_ms / pop_ms: {median, min, max, n}, speedup (full/pop medians),
-        ideal_speedup (FLOP model, pop_local.flops), pruned_tokens (per POP prefill);
+        ideal_speedup (FLOP model, pop_local.measure.flops), pruned_tokens (per POP prefill);
         when the skip set is not the paper's (e.g. a budgeted file's choice), also paper_ms,
         paper_speedup, paper_ideal_speedup: the paper's last third with own K/V, in the same rounds
     paper_skip_layers: that set, or null

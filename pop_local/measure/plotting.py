@@ -20,7 +20,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    """Write `fig` as a PNG, atomically (pop_local.atomic); the figure is closed either way."""
+    """Write `fig` as a PNG, atomically (pop_local.format.atomic); the figure is closed either way."""
     from pop_local.format.atomic import atomic_path
 
     plt = pyplot()

@@ -111,9 +111,9 @@ def registered() -> List[str]:
 
 def use_servers(endpoints: Iterable[str], timeout_s: float = 300.0) -> None:
     """Register the remote devices of each server (once per process) so the next model load can use
-    them. A server that cannot be reached is a PopError; one that stops answering later ends the
+    them; `endpoints` as LoadSettings.rpc_servers holds them, parsed where they entered. A server that cannot be reached is a PopError; one that stops answering later ends the
     process with a one-line error (ggml cannot recover a model whose layers are gone)."""
-    wanted = parse_endpoints(list(endpoints))
+    wanted = list(endpoints)
     with _lock:
         new = [e for e in wanted if e not in _registered]
         if not new:

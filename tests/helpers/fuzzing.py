@@ -1,7 +1,7 @@
 """Seeded mutation fuzzing of everything that reads pop.* metadata.
 
 Targets
-  reader    pop_local.gguf_kv + pop_local.metadata.read_pop_metadata (the header reader and every
+  reader    pop_local.format.gguf_kv + pop_local.format.metadata.read_pop_metadata (the header reader and every
             pop.* check, the quality frontier's included) on byte-level mutations of a POP file's
             header: truncation, bit flips, huge lengths and counts, wrong value types, spliced bytes;
             every 10th input also through `pop-local inspect`.
