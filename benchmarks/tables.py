@@ -73,10 +73,14 @@ def headline() -> str:
         mode = ev["modes"][ev.get("file_choice", "pop")]
         by = " / ".join(f"{mode['by_context'][str(c)]['kl_to_full']:.3f}" for c in ev["contexts"])
         full = ev["modes"]["full"]
-        key = (f"{mode['passkey_accuracy']:.2f} / {full['passkey_accuracy']:.2f}"
-               if mode.get("passkey_accuracy") is not None else "-")
+
+        def keys_found(m):  # pass-key retrieval over every prompt length
+            acc = m.get("passkey_accuracy") or {}
+            return sum(acc.values()) / len(acc) if acc else None
+
+        key = f"{keys_found(mode):.2f} / {keys_found(full):.2f}" if keys_found(mode) is not None else "-"
         decode = be["decode"]
-        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} ({ev.get('kv') or mode.get('kv', 'own')}) | "
+        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} ({'fitted' if ev.get('file_choice') == 'pop_fitted' else 'own'}) | "
                      f"{cells[0]} | {cells[1]} | {decode['pop_tps']['median'] / decode['full_tps']['median']:.2f}x | "
                      f"{by} | {mode['top1_agreement']:.3f} | {key} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)

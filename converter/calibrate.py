@@ -83,31 +83,14 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
         tok = AutoTokenizer.from_pretrained(hf_model)
         model = AutoModelForCausalLM.from_pretrained(hf_model, dtype=torch_dtype)
     else:
+        from .gguf_model import gguf_config_fixes
+
         folder, name = os.path.split(os.path.abspath(src))
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype,
-                                                     **_gguf_config_fixes(src))
+                                                     **gguf_config_fixes(src))
     model.requires_grad_(False)
     return model.to(device).eval(), tok
-
-
-def _gguf_config_fixes(src: str) -> dict:
-    """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
-    assumes head_dim 128 (right for the released Qwen3 models, wrong for others), and the experts' width."""
-    from pop_local.format.metadata import read_header
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    header = read_header(src)
-    arch = header.get("general.architecture")
-    fixes = {}
-    head_dim = header.get(f"{arch}.attention.key_length")
-    if head_dim is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(arch, {}):
-        fixes["head_dim"] = int(head_dim)
-    # MoE: the experts' width (qwen3moe's mapping misses it and assumes the released models' 768)
-    n_ff_exp = header.get(f"{arch}.expert_feed_forward_length")
-    if n_ff_exp is not None:
-        fixes["moe_intermediate_size"] = int(n_ff_exp)
-    return fixes
 
 
 # held-out prompts are this long (tokens): long enough that POP's pruned K/V weigh as they do in real
@@ -187,13 +170,13 @@ def sample_responses_gguf(src: str, prompt_ids: List[List[int]], response_tokens
                           progress: Optional[Callable[[int], None]] = None) -> List[List[int]]:
     """Like sample_responses, but sampled by llama.cpp from the GGUF itself (the model users will
     run, and several times faster than transformers' generate on a CPU). Full model: POP is off."""
-    import llama_cpp
+    from pop_local.runtime.models import plain_llama
 
     n_ctx = max(len(ids) for ids in prompt_ids) + response_tokens + 8
     # no memory map: llama.cpp's CPU backend repacks quantized weights into a buffer of their own
     # (faster matmuls), and the mapped file's pages would stay resident beside it, doubling the peak
-    llm = llama_cpp.Llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed, use_mmap=False,
-                          kv_overrides={keys.ENABLED: False})
+    llm = plain_llama(src, n_ctx=n_ctx, n_batch=n_ctx, verbose=False, seed=seed, use_mmap=False,
+                      kv_overrides={keys.ENABLED: False})
     try:
         eos = llm.token_eos()
         seqs = []

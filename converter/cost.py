@@ -79,11 +79,11 @@ def measure_rates(src: str) -> Rates:
     a short prompt and a few decoded tokens; a second on a small model, some seconds on an 8B one)."""
     import time
 
-    import llama_cpp
+    from pop_local.runtime.models import plain_llama
 
     torch_flops = matmul_flops()
     n_weights = _n_weights(src)
-    llm = llama_cpp.Llama(src, n_ctx=128, n_batch=64, n_ubatch=64, verbose=False, use_mmap=True)
+    llm = plain_llama(src, n_ctx=128, n_batch=64, n_ubatch=64, verbose=False, use_mmap=True)
     try:
         llm.eval([1] * 8)  # warm-up: graph allocation, pages of the file
         llm.reset()

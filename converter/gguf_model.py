@@ -25,6 +25,26 @@ def _get(obj, path: str):
     return obj
 
 
+def gguf_config_fixes(src: str) -> dict:
+    """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
+    assumes head_dim 128 (right for the released Qwen3 models, wrong for others), and the experts' width."""
+    from pop_local.format.metadata import read_header
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    header = read_header(src)
+    arch = header.get("general.architecture")
+    fixes = {}
+    head_dim = header.get(f"{arch}.attention.key_length")
+    if head_dim is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(arch, {}):
+        fixes["head_dim"] = int(head_dim)
+    # MoE: the experts' width (qwen3moe's mapping misses it and assumes the released models' 768)
+    n_ff_exp = header.get(f"{arch}.expert_feed_forward_length")
+    if n_ff_exp is not None:
+        fixes["moe_intermediate_size"] = int(n_ff_exp)
+    return fixes
+
+
+
 class GGUFModel:
     """`config`, `tokenizer`, the meta-device `model`, and `layer(i)` / `embed(ids)` / `head_chunks()`."""
 
@@ -37,11 +57,9 @@ class GGUFModel:
         from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
                                                                get_gguf_hf_weights_map)
 
-        from .calibrate import _gguf_config_fixes
-
         folder, name = os.path.split(os.path.abspath(src))
         self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        self.config = AutoConfig.from_pretrained(folder, gguf_file=name, **_gguf_config_fixes(src))
+        self.config = AutoConfig.from_pretrained(folder, gguf_file=name, **gguf_config_fixes(src))
         # eager attention: the masks every layer receives are explicit tensors, so a block can be
         # re-run on a slice of positions (converter/streaming.py) with the matching slice of the mask
         with init_empty_weights(include_buffers=False):

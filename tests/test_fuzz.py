@@ -1,6 +1,8 @@
 """Seeded mutation fuzzing (tests/helpers/fuzzing.py, run at scale by benchmarks/fuzz.py) at test size,
 and the bugs it found, pinned."""
 
+import os
+
 import pytest
 
 from helpers import fuzzing as fuzz

@@ -7,6 +7,7 @@ placement error, not arithmetic.
 """
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -170,6 +171,31 @@ def test_a_model_loaded_without_rpc_servers_stays_off_the_registered_ones(models
             assert set(log.take().values()) == {"CPU"}
     finally:
         later.close()
+
+
+def test_plain_models_of_the_converter_stay_off_a_registered_server_that_has_gone(smollm2):
+    """The converter loads plain llama_cpp models (sampling, its speed probe). After an RPC server was
+    registered and has stopped, such a model must still run here: on the server it would end the
+    process (the test suite once died this way in the calibration tests after this module)."""
+    code = f"""
+import subprocess, sys, time
+from pop_local import PopLlama
+from pop_local.runtime.models import plain_llama
+sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)))!r})
+from helpers.serve_process import free_port, wait_until_listening
+port = free_port()
+server = subprocess.Popen([sys.executable, "-m", "pop_local", "rpc-server", "--port", str(port), "--threads", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+wait_until_listening(server, port, 60, "rpc-server")
+split = PopLlama({smollm2!r}, rpc_servers=f"127.0.0.1:{{port}}", n_gpu_layers=8, n_ctx=128, verbose=False)
+split.close()
+server.kill(); server.wait()
+llm = plain_llama({smollm2!r}, n_ctx=128, n_gpu_layers=-1, verbose=False)
+llm.eval(llm.tokenize(b"The keeper wound the clock at eight."))
+print("OK")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-2000:]
 
 
 def test_a_server_that_cannot_be_reached_is_bounded_by_the_connect_timeout():

@@ -64,10 +64,10 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     pop = pop or PopSettings()
     # upstream's settings model carries what its loader reads (context, threads, chat format, ...);
     # its default logits_all=True would run every prompt token at full depth
-    params = {k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"}
+    params = {"logits_all": False, **{k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"},
+              **{k: v for k, v in upstream_settings.items() if v is not None}}
     try:
-        settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, logits_all=False,
-                                 **params, **{k: v for k, v in upstream_settings.items() if v is not None})
+        settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, **params)
     except ValidationError as e:  # the first problem, in one line
         raise PopError(f"serve: {settings_error(e)}") from None
     check_model_settings(settings)

