@@ -23,7 +23,7 @@ __all__ = ["Cost", "Rates", "REFERENCE", "estimate", "measure_rates", "available
 
 BASE_BYTES = 1.5 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves (measured: SmolLM2 2.3 GB peak)
 DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torch rate
-LOAD_SECONDS = 65.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
+LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
 TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
 CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
