@@ -1,19 +1,5 @@
-"""Seeded mutation fuzzing of everything that reads pop.* metadata.
-
-Targets
-  reader    pop_local.format.gguf_kv + pop_local.format.metadata.read_pop_metadata (the header reader and every
-            pop.* check, the quality frontier's included) on byte-level mutations of a POP file's
-            header: truncation, bit flips, huge lengths and counts, wrong value types, spliced bytes;
-            every 10th input also through `pop-local inspect`.
-  keys      the same readers on structured mutations: pop.* keys with malformed skip sets, wrong
-            types, partial or inconsistent frontiers, out-of-range numbers (written with gguf).
-  native    libllama's own key checks (native/pop.cpp), differentially against the Python checks:
-            mutated runtime keys through kv_overrides and through files, loaded by a plain
-            llama_cpp.Llama in a worker process (a crash kills the worker, not the run). Both must
-            accept or reject the same inputs and, when they accept, agree on the skip set.
-
-Oracle: an input is accepted, or rejected with a PopError whose message is one line naming the key or
-the file; anything else is a crash, more than 5 s is a hang, and the input file must be unchanged.
+"""Seeded mutation fuzzing of everything that reads pop.* metadata, at scale (the harness, its targets and
+its oracle: tests/helpers/fuzzing.py; tests/test_fuzz.py runs it at test size).
 
     python benchmarks/fuzz.py --inputs 10000 --seed 0 [--json fuzz.json]
 """

@@ -1,12 +1,5 @@
-"""Soak test of `pop-local serve`: concurrent clients, mixed streaming, abandoned streams, stats polled.
-
-The server runs in its own process on 127.0.0.1. First every distinct request is run alone, one at a
-time (the reference answers, temperature 0); then `--clients` threads send `--requests` requests drawn
-from the same set: chat and plain completions, streaming and not, and a share of the streams read
-for a few chunks and then dropped (the connection closed). A poller reads GET /pop/stats every 0.2 s
-throughout. Reported: failed requests, truncated streams (no finish_reason, or a stream that ended
-early), answers that differ from the reference, /pop/stats failures and slowest poll, and the
-server's RSS after the reference pass and at the end.
+"""Soak test of `pop-local serve` at scale: concurrent clients, mixed streaming, abandoned streams, stats
+polled (the harness and what it reports: tests/helpers/soak.py; tests/test_serving.py runs it at test size).
 
     python benchmarks/soak.py [MODEL] --clients 8 --requests 400 --abandon 0.1 [--json soak.json]
 """

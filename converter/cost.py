@@ -11,6 +11,7 @@ within half either way by tests/test_streaming.py. Memory needs no probe.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -57,6 +58,14 @@ class Cost:
 
 
 def _shape(src: str):
+    """(shape, tensor sizes, vocabulary, weights per block), read once per file version: convert estimates
+    twice (the memory before anything loads, then the time from the probed rates) and the probe counts weights."""
+    st = os.stat(src)
+    return _read_shape(os.path.abspath(src), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_shape(src: str, mtime_ns: int, size: int):
     from gguf import GGUFReader
 
     from pop_local.measure.flops import model_shape
@@ -82,7 +91,7 @@ def measure_rates(src: str) -> Rates:
     from pop_local.runtime.models import plain_llama
 
     torch_flops = matmul_flops()
-    n_weights = _n_weights(src)
+    n_weights = sum(_shape(src)[1].values())
     llm = plain_llama(src, n_ctx=128, n_batch=64, n_ubatch=64, verbose=False, use_mmap=True)
     try:
         llm.eval([1] * 8)  # warm-up: graph allocation, pages of the file
@@ -97,12 +106,6 @@ def measure_rates(src: str) -> Rates:
     finally:
         llm.close()
     return Rates(torch_flops, 64 * n_weights / prefill, n_weights / decode)
-
-
-def _n_weights(src: str) -> int:
-    from gguf import GGUFReader
-
-    return sum(int(t.n_elements) for t in GGUFReader(src, "r").tensors)
 
 
 def matmul_flops() -> float:
