@@ -86,6 +86,26 @@ def headline() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
+def min_tokens() -> str:
+    """Time saved and short answers changed by pruning short prompts (benchmarks/min_tokens.py)."""
+    files = sorted((os.path.basename(p) for p in glob.glob(os.path.join(RESULTS, "min-tokens-*.json"))),
+                   key=lambda n: ORDER.get(n[len("min-tokens-"):-len(".json")], 9))
+    lengths = sorted({row["n_tokens"] for f in files for row in _load(f)["prefill"]})
+    lines = ["| model | skip set | " + " | ".join(f"{n} tokens" for n in lengths)
+             + " | short chat questions pruned: identical replies (F1) |",
+             "|---|---|" + "---|" * len(lengths) + "---|"]
+    for name in files:
+        r = _load(name)
+        by = {row["n_tokens"]: row for row in r["prefill"]}
+        cells = [f"{by[n]['speedup']:.2f}x, {by[n]['saved_ms']:.1f} ms" if n in by else "-" for n in lengths]
+        a = r["short_answers"]
+        toks = r["short_prompt_tokens"]
+        lines.append(f"| {LABELS.get(r['name'], r['name'])} | {_layers(r['skip_layers'])} | " + " | ".join(cells)
+                     + f" | {a['identical']:.2f} ({a['f1']:.2f}) over {a['prompts']} prompts of {toks[0]}-{toks[-1]} tokens |")
+    return ("Each cell: prefill speedup of POP over the full model and the time it saves, with the minimum off.\n\n"
+            + "\n".join(lines) + "\n\n" + _sources(*files))
+
+
 def converter_cost() -> str:
     """Conversion time and memory per model (benchmarks/converter_cost.py)."""
     rows = [(os.path.basename(p), _load(os.path.basename(p))) for p in glob.glob(os.path.join(RESULTS, "convert-*.json"))]
@@ -174,7 +194,7 @@ def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
     return f"```text\n$ pop-local {command} --help\n{out.rstrip()}\n```"
 
 
-TABLES = {"headline": headline, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
+TABLES = {"headline": headline, "min-tokens": min_tokens, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "architectures": architectures, "help": help}
 
 

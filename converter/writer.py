@@ -18,7 +18,7 @@ __all__ = ["write_pop_gguf"]
 
 
 def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
-                extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+                extra: Optional[Dict[str, Any]], min_tokens: Optional[int] = None) -> Dict[str, Any]:
     layers = parse_layers(skip_layers, n_layer)
     if not layers:
         # the gguf package silently drops empty strings: refuse instead of writing a file without the key
@@ -28,6 +28,10 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
         keys.SKIP_LAYERS: format_layers(layers),
         keys.ENABLED: bool(enabled),
     }
+    if min_tokens is not None:
+        from pop_local.format.metadata import check_min_tokens
+
+        fields[keys.MIN_TOKENS] = check_min_tokens(min_tokens, keys.MIN_TOKENS)
     for name, value in (extra or {}).items():
         if not name.startswith(keys.PREFIX) or name in fields:
             raise PopMetadataError(name, f"extra keys must be new pop.* keys")
@@ -38,9 +42,11 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
 
 
 def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", skip_layers: "Iterable[int] | str",
-                   *, enabled: bool = True, extra: Optional[Dict[str, Any]] = None, force: bool = False,
+                   *, enabled: bool = True, min_tokens: Optional[int] = None,
+                   extra: Optional[Dict[str, Any]] = None, force: bool = False,
                    extra_tensors: Optional[Dict[str, Tuple[Any, Any]]] = None) -> str:
-    """Write `dst`: `src` with pop.version, pop.prefill.skip_layers, pop.prefill.enabled (+ `extra`).
+    """Write `dst`: `src` with pop.version, pop.prefill.skip_layers, pop.prefill.enabled (+ `extra`;
+    pop.prefill.min_tokens when `min_tokens` is given, else the runtime's default applies).
 
     Existing pop.* keys and pop tensors (blk.N.attn_k.pop, ...) of `src` are replaced;
     `extra_tensors` ({name: (data, GGMLQuantizationType)}, names ending in ".pop") are appended.
@@ -57,7 +63,7 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         raise PopError(f"{dst}: the output must be a new file, not the input")
     if os.path.exists(dst) and not force:
         raise PopError(f"{dst} exists (use `force=True` to replace it)")
-    fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra)
+    fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra, min_tokens)
 
     reader = GGUFReader(src, "r")
     with atomic_path(dst, ".gguf.part") as tmp:

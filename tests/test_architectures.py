@@ -46,6 +46,7 @@ def load(path, fa=False, type_k=None, type_v=None, **kw):
     kw.setdefault("n_ctx", 2048)
     kw.setdefault("n_batch", 512)
     kw.setdefault("n_ubatch", 512)
+    kw.setdefault("min_tokens", 0)  # these tests check pruning itself, on prompts of every length
     return PopLlama(path, flash_attn=fa, type_k=type_k, type_v=type_v, verbose=False, seed=1, **kw)
 
 

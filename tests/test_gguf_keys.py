@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pop_file(smollm2, tmp_path_factory):
     dst = tmp_path_factory.mktemp("pop") / "smollm2.pop.gguf"
-    write_pop_gguf(smollm2, dst, "20-29", extra={"pop.calibration.note": "written by the test suite"})
+    write_pop_gguf(smollm2, dst, "20-29", min_tokens=0, extra={"pop.calibration.note": "written by the test suite"})
     return str(dst)
 
 
@@ -34,7 +34,7 @@ def test_copy_keeps_keys_and_tensors_identical(smollm2, pop_file):
     b_fields = {k: f.contents() for k, f in b.fields.items() if not k.startswith("GGUF.")}
     added = {k: v for k, v in b_fields.items() if k not in a_fields}
     assert {k: v for k, v in b_fields.items() if k in a_fields} == a_fields
-    assert added == {keys.VERSION: 1, keys.SKIP_LAYERS: "20-29", keys.ENABLED: True,
+    assert added == {keys.VERSION: 1, keys.SKIP_LAYERS: "20-29", keys.ENABLED: True, keys.MIN_TOKENS: 0,
                      "pop.calibration.note": "written by the test suite"}
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
     for t in a.tensors:

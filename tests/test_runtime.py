@@ -24,6 +24,7 @@ def make(path, **kw):
     kw.setdefault("n_ubatch", 512)
     kw.setdefault("verbose", False)
     kw.setdefault("seed", 1)
+    kw.setdefault("min_tokens", 0)  # these tests check pruning itself, on prompts of every length
     return PopLlama(path, **kw)
 
 
@@ -295,3 +296,78 @@ def test_embeddings_run_full(smollm2):
     vec = llm.embed("The lighthouse keeper kept two logbooks.")
     assert len(vec) == 576 or len(vec[0]) == 576
     assert llm.pop_stats()["pruned_tokens"] == 0
+
+
+# --- the prompt-length minimum (pop.prefill.min_tokens) ------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 64])
+def test_min_tokens_boundary_n_minus_one_runs_full_and_n_prunes(pop_llm, prompt512, n):
+    """An evaluation of min_tokens - 1 new tokens is exactly the full model; one of min_tokens prunes."""
+    pop_llm.min_tokens = n
+    try:
+        for length, pruned in ((n - 1, False), (n, True)):
+            toks = prompt512[:length]
+            pop_llm.reset_pop_stats()
+            got = final_logits(pop_llm, toks)
+            s = pop_llm.pop_stats()
+            want = full_logits(pop_llm, toks)
+            if pruned:
+                assert s["pruned_tokens"] == length - 1 and s["short_prompts"] == 0
+                assert not np.array_equal(got, want)
+            else:
+                assert s["pruned_tokens"] == 0 and np.array_equal(got, want)
+                assert s["short_prompts"] == (1 if length > 1 else 0)
+    finally:
+        pop_llm.min_tokens = 0
+    assert pop_llm.pop_stats()["min_tokens"] == 0
+
+
+def test_min_tokens_from_the_file_default_and_overrides(smollm2, tmp_path):
+    from pop_local.converter.writer import write_pop_gguf
+    from pop_local.format import keys
+
+    with_key = str(tmp_path / "m.pop.gguf")
+    write_pop_gguf(smollm2, with_key, "20-29", min_tokens=200)
+    llm = PopLlama(with_key, n_ctx=256, verbose=False)
+    assert llm.min_tokens == 200 and llm.pop_stats()["min_tokens"] == 200
+    assert PopLlama(with_key, n_ctx=256, verbose=False, min_tokens=7).min_tokens == 7  # the argument wins
+    over = PopLlama(with_key, n_ctx=256, verbose=False, kv_overrides={keys.MIN_TOKENS: 300})
+    assert over.min_tokens == 300
+    plain = PopLlama(smollm2, n_ctx=256, verbose=False, skip_layers="20-29")  # no key: the default
+    assert plain.min_tokens == keys.DEFAULT_MIN_TOKENS
+    # a chat turn under the minimum runs full; the statistics line says why
+    from pop_local.apps.chat import ChatSession
+
+    session = ChatSession(llm, max_tokens=4, temperature=0.0)
+    "".join(session.reply("Hi"))
+    assert session.last.pruned_tokens == 0 and session.last.short
+    assert "under the 200-token minimum" in session.last.summary()
+
+
+@pytest.mark.parametrize("value, message", [(-1, "from 0 to"), (1 << 25, "from 0 to"), ("12", "from 0 to"),
+                                            (True, "from 0 to")])
+def test_bad_min_tokens_are_rejected_naming_the_key(smollm2, value, message):
+    from pop_local.format import keys
+    from pop_local.errors import PopSettingError
+
+    with pytest.raises(PopMetadataError, match=r"pop\.prefill\.min_tokens: .*" + message):
+        make(smollm2, kv_overrides={keys.MIN_TOKENS: value})
+    if type(value) is int:  # the argument is a pydantic int field: "12" and True convert, as for n_ctx
+        with pytest.raises(PopSettingError, match="min_tokens"):
+            make(smollm2, min_tokens=value)
+
+
+def test_short_evaluations_keep_the_settings_cache_label(pop_llm, prompt512):
+    """A short evaluation under a minimum ran full because the settings say so: the next request under the
+    same settings reuses it (a chat's short turns do not force the conversation to be evaluated again)."""
+    pop_llm.min_tokens = 100
+    try:
+        pop_llm.reset()
+        pop_llm.eval(prompt512[:300])  # pruned
+        pop_llm.eval(prompt512[300:340])  # 40 new tokens: full
+        assert pop_llm.reusable_prefix() == 340
+        pop_llm.min_tokens = 50  # other settings: the positions the old minimum computed are not reused
+        assert pop_llm.reusable_prefix() == 0
+    finally:
+        pop_llm.min_tokens = 0
+        pop_llm.reset()

@@ -18,6 +18,8 @@ class ReplyStats:
     prompt_tokens: int = 0      # the whole rendered conversation
     reused_tokens: int = 0      # of those, already in the KV cache from earlier turns
     pruned_tokens: int = 0      # evaluated this turn with the skip set pruned
+    short: bool = False         # this turn's new tokens were under the prompt minimum: the full model ran
+    min_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float = 0.0         # request to first streamed text
     decode_tps: float = 0.0     # generated tokens per second after the first
@@ -30,7 +32,8 @@ class ReplyStats:
     def summary(self) -> str:
         return (f"{self.ttft_s * 1000:.0f} ms to first token, {self.decode_tps:.1f} tok/s, "
                 f"prompt {self.prompt_tokens} tokens ({self.reused_tokens} cached, {self.evaluated_tokens} evaluated, "
-                f"{self.pruned_tokens} pruned)")
+                f"{self.pruned_tokens} pruned" + (f": under the {self.min_tokens}-token minimum, full model" if self.short
+                                                  else "") + ")")
 
 
 @dataclass
@@ -81,6 +84,8 @@ class ChatSession:
                     stats.prompt_tokens = prompt_len
                     stats.reused_tokens = max(0, prompt_len - evaluated)
                     stats.pruned_tokens = now["pruned_tokens"] - before["pruned_tokens"]
+                    stats.short = now["short_prompts"] > before["short_prompts"]
+                    stats.min_tokens = now["min_tokens"]
                 if text:
                     parts.append(text)
                     yield text

@@ -64,7 +64,8 @@ _INTERRUPTED = {"convert": "; nothing was written (the output and temporary file
 # The one place where the library's names for settings and arguments become option names. The library
 # names a field in its messages as `field` or `field=value` (Python's spelling); the CLI shows the option.
 _FLAGS = {"rpc_servers": "--rpc", "pop": "--pop/--no-pop", "n_threads": "--threads", "kv_overrides": "--override-kv",
-          "reuse_cache_across_settings": "--reuse-cache", "llama_log": "-v/--verbose", "passkey_lengths": "--passkey"}
+          "reuse_cache_across_settings": "--reuse-cache", "llama_log": "-v/--verbose", "passkey_lengths": "--passkey",
+          "min_tokens": "--pop-min-tokens"}
 _FALSE_FLAGS = {"calibrate": "--no-calibrate", "pop": "--no-pop"}  # `field=False` as its option
 
 
@@ -576,45 +577,78 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> Non
 @click.option("--passkey", "passkey_lengths", default="512,1024", show_default=True,
               help="passkey prompt lengths, comma separated (\"\" to skip)")
 @click.option("--trials", type=int, default=4, show_default=True, help="passkey trials per length (key depths spread)")
-@click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 text file to evaluate on (default: the bundled passage)")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="UTF-8 text file to evaluate on (default: the bundled passage); with --answers, a .jsonl file "
+                   "replaces the built-in prompt set (docs/commands.md)")
+@click.option("--answers", is_flag=True,
+              help="also compare greedy replies with the full model's: short chat questions and long-document "
+                   "questions (identical replies, first difference, F1, answer found)")
+@click.option("--answer-tokens", type=click.IntRange(1, 4096), default=48, show_default=True,
+              help="reply length for --answers")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for the pass keys")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
 @_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch", "seed"))
 @_fail_cleanly
-def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, data, seed, json_path, **options) -> None:
-    """Quality of POP on long contexts: full model, POP, POP without boundary handling, static removal.
+def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, data, answers, answer_tokens, seed,
+                 json_path, **options) -> None:
+    """Quality of POP: full model, POP, POP without boundary handling, static removal; and answers.
 
     Perplexity of a continuation given the context, top-1 agreement and KL divergence against the
-    full model, and passkey-retrieval accuracy, all in one run on one loaded model.
+    full model, and passkey-retrieval accuracy, all in one run on one loaded model. --answers adds
+    greedy replies to a prompt set compared with the full model's (--ctx "" --passkey "" --answers:
+    the replies only).
 
     \b
     Examples:
       pop-local eval model.pop.gguf
       pop-local eval model.pop.gguf --ctx 1024,4096 --passkey 1024,4096 --data essay.txt --json eval.json
+      pop-local eval model.pop.gguf --answers --json eval.json
+      pop-local eval model.pop.gguf --ctx "" --passkey "" --answers --data my-prompts.jsonl
     """
     from pop_local.format.atomic import write_json
     from pop_local.measure.provenance import provenance
     from pop_local.measure.evaluate import format_eval_table, run_eval
     from pop_local.runtime.models import check_context
 
-    ctx_list = _parse_ctx(ctx)
+    ctx_list = _parse_ctx(ctx) if ctx.strip() or not answers else []
     load, pop = _settings(options)
     passkeys = _parse_ctx(passkey_lengths, "--passkey") if passkey_lengths.strip() else []
-    text = None
-    if data:
+    if not ctx_list and passkeys:
+        raise click.BadParameter('--ctx "" (replies only) needs --passkey "" too', param_hint="--ctx")
+    text, answer_items = None, None
+    if data and answers and data.endswith(".jsonl"):
+        from pop_local.measure.answers import load_answer_set
+
+        answer_items = load_answer_set(data)  # checked before the model loads
+    elif data:
         try:
             with open(data, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise PopError(f"{data}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
     meta = _model_meta(model)
-    longest = max([c + continuation for c in ctx_list] + passkeys)
-    check_context(meta, longest, "ctx")  # the longest context plus the continuation, or a passkey prompt
-    loaded = _open(meta, load.model_copy(update={"n_ctx": longest + 16, "n_batch": 512}), pop)
-    result = run_eval(loaded.llm, ctx=ctx_list, continuation=continuation, windows=windows, passkey_lengths=passkeys,
-                      passkey_trials=trials, text=text, text_name=os.path.basename(data) if data else "bundled passage",
-                      seed=seed, progress=_progress_printer("step"))
-    click.echo(format_eval_table(result))
+    longest = max([c + continuation for c in ctx_list] + passkeys + [0])
+    if longest:
+        check_context(meta, longest, "ctx")  # the longest context plus the continuation, or a passkey prompt
+    # the built-in long prompts are under 2,100 tokens with the chat template (SmolLM2 and Gemma tokenizers)
+    n_ctx = max(longest + 16, 2304 + answer_tokens if answers else 0)
+    if answers and meta.context_length:
+        n_ctx = min(n_ctx, max(longest + 16, meta.context_length))
+    loaded = _open(meta, load.model_copy(update={"n_ctx": n_ctx, "n_batch": 512}), pop)
+    result: dict = {}
+    if ctx_list:
+        result = run_eval(loaded.llm, ctx=ctx_list, continuation=continuation, windows=windows,
+                          passkey_lengths=passkeys, passkey_trials=trials, text=text,
+                          text_name=os.path.basename(data) if text is not None else "bundled passage",
+                          seed=seed, progress=_progress_printer("step"))
+        click.echo(format_eval_table(result))
+    if answers:
+        from pop_local.measure.answers import format_answers_table, run_answers
+
+        result["answers"] = run_answers(loaded.llm, answer_items, max_tokens=answer_tokens,
+                                        data_name=os.path.basename(data) if answer_items else "built-in set",
+                                        progress=_progress_printer("reply"))
+        click.echo(format_answers_table(result["answers"]))
     if json_path:
         write_json(json_path, {**result, **provenance()})
         click.echo(f"saved {json_path}", err=True)

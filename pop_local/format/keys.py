@@ -4,7 +4,8 @@ native/pop.cpp mirrors the runtime keys; tests/test_layers_keys.py checks that t
 """
 
 __all__ = [
-    "SCHEMA_VERSION", "VERSION", "SKIP_LAYERS", "ENABLED", "RUNTIME_KEYS", "PREFIX",
+    "SCHEMA_VERSION", "VERSION", "SKIP_LAYERS", "ENABLED", "MIN_TOKENS", "DEFAULT_MIN_TOKENS", "MAX_MIN_TOKENS",
+    "RUNTIME_KEYS", "PYTHON_RUNTIME_KEYS", "PREFIX",
     "IMPORTANCE_PREFILL", "IMPORTANCE_DECODE", "STRATEGY", "TOOL_VERSION",
     "CALIB_SOURCE", "CALIB_DATA", "CALIB_SAMPLES", "CALIB_SEQ_LEN", "CALIB_RESPONSE_TOKENS", "CALIB_SEED",
     "KV_INPUT", "KV_K_TENSORS", "KV_V_TENSORS", "KV_METHOD", "KV_FIT_ALPHA_K", "KV_FIT_ALPHA_V",
@@ -22,8 +23,17 @@ VERSION = "pop.version"                    # u32: schema version of the pop.* ke
 SKIP_LAYERS = "pop.prefill.skip_layers"    # string: layers skipped in prefill, "20-29" or "20,21,28"
 ENABLED = "pop.prefill.enabled"            # bool: POP on at load (default true)
 
+# u32: a prompt evaluation of fewer new tokens than this runs the full model (pruning a short prompt saves
+# almost nothing and is where answers change most; docs/measurements.md has the numbers behind the default)
+MIN_TOKENS = "pop.prefill.min_tokens"
+DEFAULT_MIN_TOKENS = 128  # when the file has no MIN_TOKENS key
+MAX_MIN_TOKENS = 1 << 24
+
 # keys the native runtime reads at model load
 RUNTIME_KEYS = (VERSION, SKIP_LAYERS, ENABLED)
+# keys the Python runtime (PopLlama) reads: the prompt-length rule is applied per evaluation call, where
+# the length of a prompt is known (native sees micro-batches)
+PYTHON_RUNTIME_KEYS = (MIN_TOKENS,)
 
 # written by the converter (informational; the runtime does not read them)
 IMPORTANCE_PREFILL = "pop.importance.prefill"  # f32 array [n_layer]: E[(dL/dg)^2] of the prefill gates

@@ -12,7 +12,7 @@ from pop_local.errors import PopMetadataError, PopModelNotFound
 from .frontier import Frontier, read_frontier
 from .layers import format_layers, parse_layers
 
-__all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata"]
+__all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata", "check_min_tokens"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class PopMetadata:
     extra: Dict[str, Any] = field(default_factory=dict)  # other pop.* keys, as read
     frontier: Optional["Frontier"] = None  # the quality/speed frontier of a budgeted conversion
     context_length: int = 0  # the trained context ({arch}.context_length); 0 when the file does not say
+    min_tokens: int = keys.DEFAULT_MIN_TOKENS  # prompt evaluations shorter than this run full (pop.prefill.min_tokens)
 
     @property
     def skip_layers_text(self) -> str:
@@ -79,9 +80,15 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     if enabled_raw is not None and not isinstance(enabled_raw, bool):
         raise PopMetadataError(keys.ENABLED, f"expected a bool, got {enabled_raw!r}"[:200])
 
+    min_tokens = header.get(keys.MIN_TOKENS)
+    if min_tokens is not None:
+        if types.get(keys.MIN_TOKENS) != U32:
+            raise PopMetadataError(keys.MIN_TOKENS, f"expected a u32, got {min_tokens!r}"[:200])
+        check_min_tokens(min_tokens, keys.MIN_TOKENS)
+
     extra = {}
     for name, value in header.items():
-        if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS:
+        if name.startswith(keys.PREFIX) and name not in keys.RUNTIME_KEYS + keys.PYTHON_RUNTIME_KEYS:
             extra[name] = value
 
     context = header.get(f"{arch}.context_length")
@@ -96,14 +103,26 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         extra=extra,
         frontier=read_frontier(extra, n_layer, skip),
         context_length=max(0, context) if type(context) is int else 0,
+        min_tokens=keys.DEFAULT_MIN_TOKENS if min_tokens is None else min_tokens,
     )
 
 
+def check_min_tokens(value: Any, key: str = "min_tokens") -> int:
+    """A prompt-length minimum: a whole number of tokens, 0 (prune every prompt) to keys.MAX_MIN_TOKENS."""
+    if type(value) is not int or not 0 <= value <= keys.MAX_MIN_TOKENS:
+        raise PopMetadataError(key, f"expected a whole number of tokens from 0 to {keys.MAX_MIN_TOKENS}, "
+                                    f"got {value!r}"[:200])
+    return value
+
+
 def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[str, Any]]) -> PopMetadata:
-    """The skip set and switch the runtime will use once `kv_overrides` are applied (same checks as native)."""
+    """The skip set, switch and prompt minimum the runtime will use once `kv_overrides` are applied (same
+    checks as native for its keys)."""
     if not kv_overrides:
         return meta
-    skip, enabled = meta.skip_layers, meta.enabled
+    skip, enabled, min_tokens = meta.skip_layers, meta.enabled, meta.min_tokens
+    if keys.MIN_TOKENS in kv_overrides:
+        min_tokens = check_min_tokens(kv_overrides[keys.MIN_TOKENS], keys.MIN_TOKENS)
     if keys.SKIP_LAYERS in kv_overrides:
         value = kv_overrides[keys.SKIP_LAYERS]
         if not isinstance(value, str):
@@ -114,4 +133,4 @@ def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[s
         if not isinstance(value, bool):
             raise PopMetadataError(keys.ENABLED, f"the override must be a bool, got {value!r}"[:200])
         enabled = value
-    return dataclasses.replace(meta, skip_layers=skip, enabled=enabled)
+    return dataclasses.replace(meta, skip_layers=skip, enabled=enabled, min_tokens=min_tokens)

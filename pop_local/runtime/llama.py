@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from pop_local.errors import PopSettingError
 from pop_local.format.layers import check_range, parse_layers
-from pop_local.format.metadata import PopMetadata, read_pop_metadata, resolve_runtime_metadata
+from pop_local.format.metadata import PopMetadata, check_min_tokens, read_pop_metadata, resolve_runtime_metadata
 
 from . import native as _native
 from . import upstream
@@ -38,6 +38,8 @@ class PopLlama(llama_cpp.Llama):
         pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
         skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
         kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
+        min_tokens: None follows the file (pop.prefill.min_tokens, else 128); a prompt evaluation of fewer
+            new tokens than this runs the full model (0: prune every prompt of two tokens or more).
         exact_prefill: KV-sharing models (gemma4): skip the layers that store no K/V of their own for
             prompt tokens without outputs, with identical results (default True; independent of `pop`).
         reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
@@ -59,14 +61,15 @@ class PopLlama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
                  skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
-                 exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
+                 min_tokens: Optional[int] = None, exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
                  rpc_servers: "Optional[str | Sequence[str]]" = None, rpc_timeout: int = 300,
                  settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None, **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         if settings is None:  # the library's own entry point: the arguments are checked here, once
             load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout,
                                         "reuse_cache_across_settings": reuse_cache_across_settings})
-            pop_settings = build(PopSettings, {"pop": pop, "skip_layers": skip_layers, "kv_mode": kv_mode})
+            pop_settings = build(PopSettings, {"pop": pop, "skip_layers": skip_layers, "kv_mode": kv_mode,
+                                               "min_tokens": min_tokens})
         else:  # from_settings: checked where they entered
             load, pop_settings = settings
         if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
@@ -77,6 +80,8 @@ class PopLlama(llama_cpp.Llama):
             check_range(pop_settings.skip_layers, self.pop_metadata.n_layer, key="skip_layers")
         self._last_prefill_ms: Optional[float] = None
         self._last_prefill_tokens = 0
+        self._min_tokens = self.pop_metadata.min_tokens if pop_settings.min_tokens is None else pop_settings.min_tokens
+        self._short_prompts = self._short_prompt_tokens = 0  # evaluations run full for being short
         self.reuse_cache_across_settings = load.reuse_cache_across_settings
         # the POP settings each cached position was computed under (_cache_label); see generate()
         self._position_labels: List[Hashable] = []
@@ -156,6 +161,16 @@ class PopLlama(llama_cpp.Llama):
     def skip_layers(self, layers: "Iterable[int] | str") -> None:
         self._set_skip_layers(parse_layers(layers, self.pop_metadata.n_layer, key="skip_layers"))
 
+    @property
+    def min_tokens(self) -> int:
+        """Prompt evaluations of fewer new tokens than this run the full model (settable; 0: prune all)."""
+        return self._min_tokens
+
+    @min_tokens.setter
+    def min_tokens(self, value: int) -> None:
+        self._min_tokens = check_min_tokens(value)
+        self.pop_stats()
+
     def apply_pop_settings(self, pop: PopSettings) -> None:
         """Typed POP settings (checked where they entered), e.g. per request; None follows the file."""
         meta = self.pop_metadata
@@ -164,6 +179,7 @@ class PopLlama(llama_cpp.Llama):
         self._set_skip_layers(skip)
         self.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
         self.kv_mode = pop.kv_mode or "fitted"  # "fitted" uses fitted K/V only where the file has them
+        self.min_tokens = pop.min_tokens if pop.min_tokens is not None else meta.min_tokens
 
     def _set_skip_layers(self, layers: Tuple[int, ...]) -> None:
         """A parsed skip set, in range, to the runtime."""
@@ -233,6 +249,9 @@ class PopLlama(llama_cpp.Llama):
             "skip_layers": self.skip_layers,
             "kv": "fitted" if self.fitted_active else "own",
             "exact_layers": self.exact_layers if self.exact_prefill else (),
+            "min_tokens": self._min_tokens,
+            "short_prompts": self._short_prompts,
+            "short_prompt_tokens": self._short_prompt_tokens,
         }
         return dict(snapshot)
 
@@ -245,21 +264,24 @@ class PopLlama(llama_cpp.Llama):
         self._pop.pop_llama_reset_stats(self._ctx_ptr)
         self._last_prefill_ms = None
         self._last_prefill_tokens = 0
+        self._short_prompts = self._short_prompt_tokens = 0
         self.pop_stats()
 
     # --- which cached prefix a request may reuse ----------------------------------------------------
 
     def _cache_label(self) -> Hashable:
-        """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration."""
+        """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration (the
+        prompt minimum included: under it, a short evaluation runs full and keeps this label)."""
         if not self.pop_active:
             return "full"
-        return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)))
+        return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)),
+                self._min_tokens)
 
-    def _label_positions(self, start: int, end: int) -> None:
+    def _label_positions(self, start: int, end: int, label: Hashable = None) -> None:
         labels = self._position_labels
         del labels[start:]
         labels.extend([_UNKNOWN] * (start - len(labels)))  # positions filled by a path that did not label
-        labels.extend([self._cache_label()] * (end - start))
+        labels.extend([self._cache_label() if label is None else label] * (end - start))
 
     def reusable_prefix(self) -> int:
         """How many cached tokens a request under the current settings may reuse: the leading
@@ -311,20 +333,32 @@ class PopLlama(llama_cpp.Llama):
             return
         start = time.perf_counter()
         upstream.forget_after(self, self.n_tokens)
-        for i in range(0, len(tokens), self.n_batch):
-            chunk = tokens[i: min(len(tokens), i + self.n_batch)]
-            self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens))
+        # a short evaluation runs the full model, under the settings' own cache label (the settings say so)
+        short = len(tokens) < self._min_tokens and self.pop_active
+        label = self._cache_label()
+        if short:
+            self._pop.pop_llama_set_enabled(self._ctx_ptr, False)
+            self._short_prompts += 1
+            self._short_prompt_tokens += len(tokens)
+        try:
+            for i in range(0, len(tokens), self.n_batch):
+                chunk = tokens[i: min(len(tokens), i + self.n_batch)]
+                self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens), label=label)
+        finally:
+            if short:
+                self._pop.pop_llama_set_enabled(self._ctx_ptr, True)
         self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
         self._last_prefill_tokens = len(tokens)
         self.pop_stats()
 
-    def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False) -> None:
+    def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False,
+                      label: Hashable = None) -> None:
         """llama_decode one chunk (at most n_batch tokens) after the cache; outputs: all, the last, or none."""
         n_past = self.n_tokens
         upstream.decode(self, chunk, n_past, outputs="all" if all_outputs else "last" if last_is_output else "none")
         self.input_ids[n_past: n_past + len(chunk)] = chunk
         self.n_tokens += len(chunk)
-        self._label_positions(n_past, self.n_tokens)
+        self._label_positions(n_past, self.n_tokens, label)
 
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Evaluate tokens after the cache with every token an output (so each runs at full depth, like

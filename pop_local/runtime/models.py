@@ -122,7 +122,10 @@ def check_context(meta: PopMetadata, n_tokens: int, field: str = "n_ctx") -> int
 
 def pop_state_text(llm) -> str:
     """How prompts will run, in a few words (start-up lines of chat and serve)."""
-    return f"POP on, skipping layers {format_layers(llm.skip_layers)}" if llm.pop_active else "full model"
+    if not llm.pop_active:
+        return "full model"
+    short = f"; prompts under {llm.min_tokens} new tokens run full" if llm.min_tokens > 1 else ""
+    return f"POP on, skipping layers {format_layers(llm.skip_layers)}{short}"
 
 
 def open_model(meta: PopMetadata, load: Optional[LoadSettings] = None, pop: Optional[PopSettings] = None,

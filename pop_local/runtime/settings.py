@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pop_local.errors import PopSettingError
+from pop_local.format.keys import DEFAULT_MIN_TOKENS, MAX_MIN_TOKENS
 from pop_local.format.layers import parse_layers
 
 from .rpc import parse_endpoints
@@ -99,6 +100,10 @@ class PopFields(BaseModel):
     skip_layers: Optional[Tuple[int, ...]] = Field(
         None, description='prefill skip set instead of the file\'s, e.g. "20-29"')
     kv_mode: Optional[str] = Field(None, description='K/V of pruned layers: "fitted" (where the file has them) or "own"')
+    min_tokens: Optional[int] = Field(
+        None, ge=0, le=MAX_MIN_TOKENS,
+        description=f"prompts with fewer new tokens than this run the full model (default: the file's "
+                    f"pop.prefill.min_tokens, else {DEFAULT_MIN_TOKENS}; 0: prune every prompt)")
 
     @field_validator("skip_layers", mode="before")
     @classmethod

@@ -128,7 +128,7 @@ def reader_seed(folder: str) -> str:
           "llama.embedding_length": 576, "llama.attention.head_count": 9, "llama.rope.freq_base": 10000.0,
           "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [f"t{i}" for i in range(64)],
           "tokenizer.ggml.token_type": [1] * 64, keys.VERSION: keys.SCHEMA_VERSION, keys.ENABLED: True,
-          keys.KV_METHOD: "own", keys.IMPORTANCE_PREFILL: [0.1 * i for i in range(30)], **_frontier_keys(30)}
+          keys.MIN_TOKENS: keys.DEFAULT_MIN_TOKENS, keys.KV_METHOD: "own", keys.IMPORTANCE_PREFILL: [0.1 * i for i in range(30)], **_frontier_keys(30)}
     path = os.path.join(folder, "seed.pop.gguf")
     write_gguf(path, "llama", kv, tensors={"token_embd.weight": np.zeros((4, 8), np.float32)})
     return path
@@ -387,6 +387,23 @@ def mutate_keys(base: Dict[str, Any], rng: random.Random, runtime_only: bool = F
     return kv, typed
 
 
+def _check_python_override(path: str, tally: Tally, label: str, rng: random.Random) -> None:
+    """pop.prefill.min_tokens as a kv_override (read by PopLlama only, so there is no native verdict to
+    compare with): accepted exactly when it is a whole number in range, else one line naming the key."""
+    if python_verdict(path)[0] != "ok":
+        return
+    value = rng.choice([0, 1, 128, keys.MAX_MIN_TOKENS, keys.MAX_MIN_TOKENS + 1, -1, 2**40, True, 1.0, "128", None])
+    verdict, detail = python_verdict(path, {keys.MIN_TOKENS: value})
+    valid = type(value) is int and 0 <= value <= keys.MAX_MIN_TOKENS
+    tally.inputs += 1
+    if verdict == "ok" and valid and detail.min_tokens == value:
+        tally.accepted += 1
+    elif verdict == "rejected" and not valid and detail.startswith(keys.MIN_TOKENS + ":") and "\n" not in detail:
+        tally.rejected += 1
+    else:
+        tally.disagreements.append(f"{label}: min_tokens override {value!r}: {verdict} {str(detail)[:200]}")
+
+
 def fuzz_keys(seed_path: str, n: int, rng: random.Random, folder: str, tally: Tally, cli_every: int = 10) -> None:
     import numpy as np
 
@@ -406,6 +423,7 @@ def fuzz_keys(seed_path: str, n: int, rng: random.Random, folder: str, tally: Ta
         except Exception:  # noqa: BLE001 - gguf refuses some (e.g. empty arrays): draw another
             continue
         check_python(path, tally, f"keys #{i}", cli=cli_every > 0 and i % cli_every == 0)
+        _check_python_override(path, tally, f"keys #{i}", rng)
         i += 1
     tally.seconds += time.time() - started
 
