@@ -86,6 +86,42 @@ def headline() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
+def answers() -> str:
+    """What POP does to answers, per model: the paper's set and the default setting (benchmarks/answers.py)."""
+    names = sorted({os.path.basename(p)[len("answers-"):-len(".json")] for p in glob.glob(os.path.join(RESULTS, "answers-*.json"))},
+                   key=lambda n: ORDER.get(n, 9))
+    lines = ["| model | setting | skip set (K/V) | converter held-out KL | same replies short / long | first difference "
+             "(long, token) | reply F1 vs full (long) | answer found long: POP / full | lm-eval MC acc / gen exact "
+             "(full) | prefill @512 | prefill @2048 |", "|---" * 11 + "|"]
+    files = []
+    for name in names:
+        ans_f, lm_f, be_f = f"answers-{name}.json", f"lmeval-{name}.json", f"headline-{name}-bench.json"
+        files += [ans_f, lm_f, be_f]
+        ans, lm, be = _load(ans_f)["answers"], _load(lm_f), _load(be_f)
+        speed = {row["n_tokens"]: row for row in be["prefill"]}
+        full = ans["settings"]["full"]
+        scores = lm["settings"]
+        # the default setting is the paper's on some models: one row then
+        settings = ["pop"] if lm["paper_is_default"] else ["paper", "pop"]
+        for setting in settings:
+            a = ans["settings"][setting]
+            prefix = "paper_" if setting == "paper" else ""
+            cells = [f"{speed[n][prefix + 'speedup']:.2f}x" if n in speed else "-" for n in (512, 2048)]
+            diff = "-" if a["long"]["first_diff"] is None else f"{a['long']['first_diff']:.1f}"
+            lm_set, lm_full = scores[setting], scores["full"]
+            label = {"paper": "paper (last third)", "pop": "**default**"}[setting]
+            if lm["paper_is_default"]:
+                label = "**default** = paper (last third)"
+            lines.append(
+                f"| {LABELS.get(name, name)} | {label} | {lm['skip'][setting]} ({lm['kv'][setting]}) | "
+                f"{lm['held_out_kl'][setting]:.3f} | {a['short']['identical']:.2f} / {a['long']['identical']:.2f} | {diff} | "
+                f"{a['long']['f1']:.2f} | {a['long']['found']:.2f} / {full['long']['found']:.2f} | "
+                f"{lm_set['pop_local_mc']['acc,none']:.2f} / {lm_set['pop_local_gen']['exact_match,none']:.2f} "
+                f"({lm_full['pop_local_mc']['acc,none']:.2f} / {lm_full['pop_local_gen']['exact_match,none']:.2f}) | "
+                f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
 def min_tokens() -> str:
     """Time saved and short answers changed by pruning short prompts (benchmarks/min_tokens.py)."""
     files = sorted((os.path.basename(p) for p in glob.glob(os.path.join(RESULTS, "min-tokens-*.json"))),
@@ -194,7 +230,7 @@ def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
     return f"```text\n$ pop-local {command} --help\n{out.rstrip()}\n```"
 
 
-TABLES = {"headline": headline, "min-tokens": min_tokens, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
+TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "architectures": architectures, "help": help}
 
 

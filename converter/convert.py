@@ -87,7 +87,7 @@ def _check_output(output: str, force: bool) -> None:
         raise PopError(f"{out_dir}: cannot write there ({e.strerror})") from None
 
 
-def _kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
+def kv_metadata(skip: Sequence[int]) -> Dict[str, Any]:
     """Which tensors produce each skipped layer's K and V, and from which hidden state."""
     return {
         keys.KV_INPUT: "layer_input",  # the residual entering the layer, after the layer's attn_norm
@@ -142,7 +142,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
             device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "auto",
             kv_type: str = "auto", max_kl: "Optional[float | str]" = None, target_speedup: Optional[float] = None,
             max_ratio: float = 0.5, max_memory: Optional[float] = None, in_memory: bool = False,
-            progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+            answer_check: bool = True, progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
     """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles).
 
     By default the skip set comes from a quality budget: the converter measures every candidate
@@ -150,7 +150,10 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     layers first) on held-out calibration samples, with the layers' own and with fitted K/V, and
     picks the fastest within `max_kl` (default "paper": the held-out KL of the paper's last third
     with own K/V on this model), or the most faithful reaching `target_speedup` (FLOP-ideal at 2048
-    tokens). The frontier, budget and choice go into the file. `kv` "own"/"fitted" restricts the
+    tokens). With the default budget (`max_kl` "paper") and `answer_check`, a candidate is kept only
+    if its greedy replies to held-out long prompts equal the full model's at least as often as the
+    paper's set's do (converter/answer_check.py, measured in llama.cpp; fastest first, until one passes).
+    The frontier, budget and choice go into the file. `kv` "own"/"fitted" restricts the
     budget to that K/V; without a budget option they (like `layers`, `ratio`) give the paper's
     recipe: the last third (or the given set), own or fitted K/V.
 
@@ -177,20 +180,22 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     extra: Dict[str, Any] = {keys.TOOL_VERSION: __version__}
     if calibrate:
         out = _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data, dataset, samples, seq_len,
-                         response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, progress)
+                         response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, answer_check, progress)
         imp, fitted = out.importance, out.fitted
         extra[keys.IMPORTANCE_PREFILL] = [float(x) for x in imp.prefill]
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
         extra.update(out.provenance)
     if budget is not None:
-        skip, kv, fitted, frontier_extra = _choose_from_frontier(out, budget, kv, meta.n_layer)
+        skip, kv, fitted, frontier_extra = _choose_from_frontier(out, budget, kv, meta,
+                                                                 src if answer_check and budget.max_kl == "paper" else None,
+                                                                 progress)
         extra.update(frontier_extra)
         extra[keys.STRATEGY] = strategy
     else:
         skip = explicit if explicit is not None else choose_skip_layers(
             meta.n_layer, ratio=ratio, strategy=strategy, prefill_importance=imp.prefill if imp else None)
         extra[keys.STRATEGY] = "explicit" if explicit is not None else strategy
-    extra.update(_kv_metadata(skip))
+    extra.update(kv_metadata(skip))
     tensors = None
     if kv == "fitted" and fitted is not None:
         from .kv_tensors import fitted_kv_tensors
@@ -237,7 +242,7 @@ def _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, ta
 
 
 def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data, dataset, samples, seq_len,
-               response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, progress):
+               response_tokens, device, dtype, seed, max_ratio, max_memory, in_memory, answer_check, progress):
     """The calibration's result (importance, fitted K/V, frontier), after its cost is checked against memory."""
     from .arch import check_gguf_architecture
     from .calibrate import FrontierPlan, calibrate as run_calibration, can_stream, load_prompts
@@ -256,7 +261,8 @@ def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data,
                           streamed=streamed, prompts=prompts), max_memory)  # before anything loads
     # the time from this machine's own rates (a short probe of torch and of llama.cpp on the model)
     cost = estimate(src, samples, seq_len, response_tokens, frontier_ratio=max_ratio if budget else None,
-                    streamed=streamed, prompts=prompts, rates=measure_rates(src))
+                    streamed=streamed, prompts=prompts, rates=measure_rates(src),
+                    answer_check=answer_check and budget is not None and budget.max_kl == "paper")
     if progress:
         progress(f"calibrating {meta.architecture} ({meta.n_layer} layers) on {samples} samples"
                  f"{' and measuring skip sets' if budget else ''}"
@@ -272,16 +278,70 @@ def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data,
                            frontier=plan, streamed=streamed, fit_contiguous=fit_contiguous)
 
 
-def _choose_from_frontier(out, budget, kv: str, n_layer: int):
-    """(skip set, K/V method, (skip, FittedKV) or None, frontier keys) picked by `budget`."""
+def _choose_from_frontier(out, budget, kv: str, meta, answers_src: Optional[str], progress):
+    """(skip set, K/V method, (skip, FittedKV) or None, frontier keys) picked by `budget`; with
+    `answers_src` (the model file), the KL choice is checked against greedy answers (_answer_choice)."""
     from pop_local.format.frontier import FrontierRow, choose, frontier_fields, paper_skip_set
 
     rows = [FrontierRow(c.skip, c.kl_own, c.kl_fitted, c.top1_own, c.top1_fitted, c.speedup[512], c.speedup[2048])
             for c in out.frontier]
-    paper = paper_skip_set(n_layer)
+    paper = paper_skip_set(meta.n_layer)
     paper_kl = next((r.kl_own for r in rows if r.skip == paper), None)
     chosen = choose(rows, budget, kv, paper_kl)
+    method = rows[chosen].kv_for(kv)
+    answer_fields = {}
+    if answers_src is not None:
+        from .answer_check import fits
+
+        if not fits(meta):
+            answers_src = None
+            if progress:
+                progress(f"answer check skipped: the model's context ({meta.context_length} tokens) is shorter "
+                         "than its prompts; the choice is by held-out KL", 0, 0)
+    if answers_src is not None:
+        rows, chosen, method, answer_fields = _answer_choice(out, rows, budget, kv, paper_kl, meta, answers_src,
+                                                             progress)
     row, cand = rows[chosen], out.frontier[chosen]
-    method = row.kv_for(kv)
-    fields = frontier_fields(rows, chosen, budget, paper_kl, (out.held_out["samples"], out.held_out["tokens"]))
+    fields = frontier_fields(rows, chosen, budget, paper_kl, (out.held_out["samples"], out.held_out["tokens"]),
+                             **answer_fields)
     return row.skip, method, ((row.skip, cand.fitted) if method == "fitted" else None), fields
+
+
+def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progress):
+    """The fastest row within the KL budget whose greedy replies equal the full model's at least as often
+    as the paper's set's (own K/V) do, and agree with them at least as long (the mean share of reply tokens
+    before the first difference: on a small model even the paper's set rarely repeats a whole reply, and
+    the share alone would tie at zero); the paper's set itself when none does. Rows gain what was measured."""
+    import dataclasses
+
+    from pop_local.format.frontier import first_answering, paper_skip_set, within_budget
+
+    from .answer_check import AnswerCheck
+
+    paper = paper_skip_set(meta.n_layer)
+    paper_i = next(i for i, r in enumerate(rows) if r.skip == paper)
+    tick = (lambda stage: (lambda n, total: progress(stage, n, total))) if progress else (lambda stage: None)
+    check = AnswerCheck(src, meta, progress=tick("answers: the full model"))
+    measured = {}
+    try:
+        def score(i: int, method: str):
+            fitted = out.frontier[i].fitted if method == "fitted" else None
+            check.progress = tick(f"answers: {format_layers(rows[i].skip)} ({method} K/V)")
+            measured[(i, method)] = s = check.score(rows[i].skip, fitted)
+            return s
+
+        reference = score(paper_i, "own")
+        found = first_answering(within_budget(rows, budget, kv, paper_kl),
+                                lambda i: tuple(dataclasses.astuple(score(i, rows[i].kv_for(kv)))),
+                                (reference.identical, reference.agree))
+        if found is None:  # the paper's set, with a requested K/V kept
+            chosen, method = paper_i, ("own" if kv == "auto" else kv)
+        else:
+            chosen, method = found, rows[found].kv_for(kv)
+    finally:
+        check.close()
+    new_rows = list(rows)
+    for (i, m), s in measured.items():
+        new_rows[i] = dataclasses.replace(new_rows[i], **{f"answers_{m}": s.identical, f"agree_{m}": s.agree})
+    return new_rows, chosen, method, {"paper_answers": reference.identical,
+                                      "answer_prompts": (len(check.prompts), check.reply_tokens)}

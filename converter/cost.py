@@ -27,6 +27,7 @@ DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torc
 LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
 TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
+ANSWER_RUNS = 4            # the answer check's passes over its prompts: the full model, the paper's set, two more
 CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
 
 
@@ -127,8 +128,10 @@ def matmul_flops() -> float:
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
-             streamed: bool = True, prompts: Optional[Sequence[str]] = None, rates: Optional[Rates] = None) -> Cost:
+             streamed: bool = True, prompts: Optional[Sequence[str]] = None, rates: Optional[Rates] = None,
+             answer_check: bool = False) -> Cost:
     """Time and peak memory of a calibration of `src` (frontier_ratio: a quality budget's max ratio;
+    answer_check: the default budget's answer check runs after it (converter/answer_check.py);
     `prompts`: the calibration prompts, for their lengths; None: every prompt seq_len tokens long;
     `rates`: this machine's (measure_rates; None: the reference machine's, no probe, for the memory)."""
     rates = rates or REFERENCE
@@ -186,6 +189,15 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
                               + k_max * held * 2 * response_tokens * vocab * d * 2 / torch_rate)
         else:  # every candidate re-runs its block on the whole held-out sample, twice
             st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / torch_rate
+
+    if answer_check:
+        from .answer_check import ANSWER_TOKENS, answer_prompts
+
+        asked = answer_prompts()
+        prompt_total = sum(TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN for p in asked)
+        st["answers"] = ANSWER_RUNS * (prompt_total * n_all / rates.llama_prefill
+                                       + len(asked) * ANSWER_TOKENS * n_all / rates.llama_decode) \
+            + (ANSWER_RUNS - 2) * FILE_SECONDS * file_bytes  # fitted candidates' temporary copies
 
     if streamed:
         layer_bytes = 4 * max(block.values()) if block else 0

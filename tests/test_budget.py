@@ -103,6 +103,50 @@ def test_frontier_keys_round_trip(smollm2, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
+def test_the_answer_rule_keeps_the_fastest_set_answering_like_the_papers():
+    from pop_local.format.frontier import first_answering
+
+    scores = {3: (0.0, 0.30), 2: (0.25, 0.50), 1: (0.25, 0.61), 0: (0.5, 0.9)}
+    seen = []
+
+    def score(i):
+        seen.append(i)
+        return scores[i]
+
+    assert first_answering([3, 2, 1, 0], score, (0.25, 0.55)) == 1 and seen == [3, 2, 1]  # stops at the first
+    assert first_answering([3, 2], score, (0.25, 0.55)) is None
+    assert first_answering([3], score, (0.0, 0.30)) == 3  # ties pass: the paper's set passes against itself
+
+
+@pytest.mark.slow
+def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2, tmp_path):
+    import dataclasses
+    import math
+
+    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5),
+            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6)]
+    rows = [ROWS[0], rows[0], ROWS[2], rows[1]]
+    fields = frontier_fields(rows, 3, Budget(max_kl="paper"), 0.09, (4, 192), paper_answers=0.25,
+                             answer_prompts=(8, 32))
+    f = _write(smollm2, tmp_path / "a.gguf", fields).frontier
+    assert f.answer_prompts == (8, 32) and f.paper_answers == pytest.approx(0.25)
+    assert f.rows[1].answers_own == pytest.approx(0.25) and math.isnan(f.rows[1].answers_fitted)
+    assert f.choice.answers("fitted") == pytest.approx(0.375) and f.choice.agree_fitted == pytest.approx(0.6)
+    assert all(math.isnan(r.answers_own) for r in (f.rows[0], f.rows[2], f.rows[3]))
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
+    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 | chosen |" in r.output
+    assert "Answers: the share of 8 held-out long prompts" in r.output
+    old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
+    assert old.frontier.answer_prompts is None and math.isnan(old.frontier.choice.answers())
+    bad = {**fields, keys.FRONTIER_ANSWERS_OWN: [0.1, 2.0, 0.1, 0.1]}
+    with pytest.raises(PopMetadataError, match="answers_own: 2.0 is not a share"):
+        _write(smollm2, tmp_path / "b.gguf", bad)
+    partial = dict(fields)
+    del partial[keys.FRONTIER_AGREE_FITTED]
+    with pytest.raises(PopMetadataError, match="agree_fitted: missing"):
+        _write(smollm2, tmp_path / "c.gguf", partial)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({keys.FRONTIER_KL_OWN: [0.1, 0.2]}, "entries"),
@@ -226,7 +270,7 @@ def test_fitted_kv_prediction_on_gemma3(gemma3, tmp_path):
     from pop_local.measure.evaluate import run_eval
 
     out = str(tmp_path / "gemma.pop.gguf")
-    r = CliRunner().invoke(cli, ["convert", gemma3, "-o", out, "--samples", "16"])
+    r = CliRunner().invoke(cli, ["convert", gemma3, "-o", out, "--samples", "16", "--no-answer-check"])
     assert r.exit_code == 0, r.output
     meta = read_pop_metadata(out)
     assert meta.extra[keys.KV_METHOD] == "fitted"

@@ -82,9 +82,9 @@ class TestChatPopLocalIntegration(ChatModelIntegrationTests):
 def test_instances_share_one_loaded_model_and_keep_their_own_pop_settings():
     from pop_local.integrations import _backend
 
-    on = ChatPopLocal(temperature=0, max_tokens=4)
+    on = ChatPopLocal(temperature=0, max_tokens=4, min_tokens=0)  # these short prompts pruned too
     off = ChatPopLocal(temperature=0, max_tokens=4, pop=False)
-    fewer = ChatPopLocal(temperature=0, max_tokens=4, skip_layers="25-29")
+    fewer = ChatPopLocal(temperature=0, max_tokens=4, skip_layers="25-29", min_tokens=0)
     prompt = "The lighthouse keeper kept two logbooks. In the first she wrote"
     a = on.invoke(prompt + " the weather.").response_metadata["pop"]
     b = off.invoke(prompt + " the ships.").response_metadata["pop"]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def llm():
-    return PopLocalLLM(temperature=0, max_tokens=32, seed=0)
+    return PopLocalLLM(temperature=0, max_tokens=32, seed=0, min_tokens=0)  # short test prompts pruned too
 
 
 def test_construction_is_cheap_and_metadata_describes_the_model():
@@ -66,7 +66,7 @@ def test_pop_controls(llm):
     off = PopLocalLLM(temperature=0, max_tokens=8, pop=False)
     out = off.complete("The lighthouse keeper kept two logbooks. In the first she wrote")
     assert out.raw["pop"]["pruned_tokens"] == 0 and not out.raw["pop"]["active"]
-    fewer = PopLocalLLM(temperature=0, max_tokens=8, skip_layers="25-29")
+    fewer = PopLocalLLM(temperature=0, max_tokens=8, skip_layers="25-29", min_tokens=0)
     out = fewer.complete("The lighthouse keeper kept two logbooks. In the second she wrote")
     assert out.raw["pop"]["skip_layers"] == [25, 26, 27, 28, 29] and out.raw["pop"]["pruned_tokens"] > 0
     # a shared model: the next request with file settings runs the file's skip set again

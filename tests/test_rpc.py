@@ -53,7 +53,7 @@ def servers():
 @pytest.fixture(scope="module")
 def models(smollm2, servers):
     """(local, split): the same POP model on the CPU alone and over CPU + two remote devices."""
-    common = dict(skip_layers="20-29", n_ctx=1024, n_batch=512, n_ubatch=512, verbose=False, seed=1)
+    common = dict(skip_layers="20-29", n_ctx=1024, n_batch=512, n_ubatch=512, verbose=False, seed=1, min_tokens=0)
     local = PopLlama(smollm2, n_gpu_layers=0, **common)
     # llama.cpp counts the output layer in n_gpu_layers: 21 puts layers 10-29 on the devices
     split = PopLlama(smollm2, rpc_servers=",".join(servers), n_gpu_layers=30 - N_LOCAL_LAYERS + 1,

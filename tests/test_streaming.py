@@ -93,9 +93,20 @@ def test_the_printed_estimate_is_within_half_of_the_measured_time_and_memory(smo
 
     # the printed time is rounded to minutes: the same estimate, from this machine's rates measured again now
     # (the machine's speed varies by 1.5x between runs an hour apart, which is why the estimate probes it)
-    cost = estimate(smollm2, 16, 256, 48, frontier_ratio=0.5, prompts=BUILTIN_PROMPTS, rates=measure_rates(smollm2))
+    cost = estimate(smollm2, 16, 256, 48, frontier_ratio=0.5, prompts=BUILTIN_PROMPTS, rates=measure_rates(smollm2),
+                    answer_check=True)
     assert f"{cost.peak_bytes / 2**30:.1f}" == m.group(2)
     assert 0.5 * seconds <= cost.seconds <= 1.5 * seconds, (cost.stages, seconds)
+    # the default budget checked answers: the choice answers at least as the paper's set does
+    from pop_local import read_pop_metadata
+    from pop_local.format.frontier import paper_skip_set
+
+    f = read_pop_metadata(str(out)).frontier
+    paper = next(r for r in f.rows if r.skip == paper_skip_set(30))
+    assert f.answer_prompts[1] == 32 and paper.answers_own == f.paper_answers
+    kv = "fitted" if "fitted" in proc.stdout.split("skip layers")[1].split(";")[0] else "own"
+    assert f.choice.answers(kv) >= paper.answers_own and getattr(f.choice, f"agree_{kv}") >= paper.agree_own
+    assert "same replies as the full model on" in proc.stdout
     if peak is not None:  # the largest child so far: this conversion, unless an earlier child was larger
         assert 0.5 * peak <= cost.peak_bytes <= 1.5 * peak, (cost.peak_bytes, peak)
 

@@ -180,15 +180,19 @@ def _max_ratio(value):
                    "estimate is higher")
 @click.option("--in-memory", is_flag=True,
               help="calibrate with the whole model in memory (float32) instead of one layer at a time; for comparisons")
+@click.option("--answer-check/--no-answer-check", default=True, show_default=True,
+              help="with the default budget, keep a skip set only if its greedy replies to held-out long prompts "
+                   "equal the full model's at least as often as the paper's set's do (measured in llama.cpp)")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 @_fail_cleanly
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
-            seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, force) -> None:
+            seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, answer_check, force) -> None:
     """Make MODEL.gguf POP-ready: measure what each skip set costs, pick one, write a new GGUF.
 
     By default every candidate (the last 1 .. half of the layers) is measured on held-out
     calibration samples, with the layers' own and with fitted K/V, and the fastest one at least as
-    faithful as the paper's setting (last third, own K/V) is written, with the whole frontier.
+    faithful as the paper's setting (last third, own K/V) is written, with the whole frontier: as
+    faithful in held-out KL, and in greedy answers to held-out long prompts (--answer-check).
 
     MODEL is a local GGUF file or a hub reference org/repo/file.gguf (downloaded with
     huggingface_hub into its cache; HF_HUB_OFFLINE=1 uses the cache only).
@@ -210,7 +214,7 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
                          hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
                          dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, max_kl=max_kl,
                          target_speedup=target_speedup, max_ratio=max_ratio, max_memory=max_memory, in_memory=in_memory,
-                         progress=_progress_printer("step"))
+                         answer_check=answer_check, progress=_progress_printer("step"))
     from pop_local.format import keys
     from pop_local.format.layers import format_layers
 
@@ -222,6 +226,10 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         kl = row[keys.FRONTIER_KL_FITTED if kv_used == "fitted" else keys.FRONTIER_KL_OWN][i]
         how = (f", {kv_used} K/V; held-out KL {kl:.4f}, ideal speedup {row[keys.FRONTIER_SPEEDUP_2048][i]:.2f}x at "
                f"2048 tokens ({row[keys.BUDGET]})")
+        if keys.FRONTIER_ANSWER_PROMPTS in row:
+            same = row[keys.FRONTIER_ANSWERS_FITTED if kv_used == "fitted" else keys.FRONTIER_ANSWERS_OWN][i]
+            how += (f"; same replies as the full model on {same:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][0]} long "
+                    f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%})")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 

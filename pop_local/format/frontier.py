@@ -13,7 +13,7 @@ from . import keys
 from pop_local.errors import PopError, PopMetadataError, PopSettingError
 from .layers import format_layers, parse_layers
 
-__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "max_skipped", "paper_skip_set", "frontier_fields",
+__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "first_answering", "max_skipped", "paper_skip_set", "frontier_fields",
            "read_frontier", "frontier_table", "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
@@ -28,6 +28,14 @@ class FrontierRow:
     top1_fitted: float
     speedup_512: float
     speedup_2048: float
+    # greedy answer agreement (converter/answer_check.py), NaN where the budget did not measure it
+    answers_own: float = math.nan
+    answers_fitted: float = math.nan
+    agree_own: float = math.nan
+    agree_fitted: float = math.nan
+
+    def answers(self, kv: str = "auto") -> float:
+        return self.answers_fitted if self.kv_for(kv) == "fitted" else self.answers_own
 
     def kv_for(self, kv: str = "auto") -> str:
         """The K/V a budget uses for this set: the requested one, or (auto) the lower held-out KL."""
@@ -106,6 +114,12 @@ def choose(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
                            f"fastest measured is {best.speedup_2048:.2f}x ({format_layers(best.skip)}): "
                            "lower `target_speedup` or raise `max_ratio`")
         return min(ok, key=lambda i: (rows[i].kl(kv), -rows[i].speedup_2048))
+    return within_budget(rows, budget, kv, paper_kl)[0]
+
+
+def within_budget(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
+                  paper_kl: Optional[float] = None) -> List[int]:
+    """The rows whose held-out KL is within a max_kl budget, fastest first (then the lower KL); PopError if none."""
     limit = paper_kl if budget.max_kl == "paper" else budget.max_kl
     if limit is None:
         raise PopError("the paper's setting was not measured, so `max_kl=paper` has no reference")
@@ -115,12 +129,24 @@ def choose(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
         raise PopError(f"no skip set keeps the held-out KL within {limit:.4g}; the best reached is "
                        f"{best.kl(kv):.4g} ({format_layers(best.skip)}, {best.kv_for(kv)} K/V): "
                        "raise `max_kl` or calibrate on more `samples`")
-    return max(ok, key=lambda i: (rows[i].speedup_2048, -rows[i].kl(kv)))
+    return sorted(ok, key=lambda i: (-rows[i].speedup_2048, rows[i].kl(kv)))
+
+
+def first_answering(order: Sequence[int], score, reference: Tuple[float, float]) -> Optional[int]:
+    """The first row of `order` (fastest first) whose answers, score(i) -> (identical share, agreeing share),
+    are at least `reference`'s on both (the paper's set); None when none is. Rows after it are not scored."""
+    for i in order:
+        identical, agree = score(i)
+        if identical >= reference[0] and agree >= reference[1]:
+            return i
+    return None
 
 
 def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
-                    held_out: Tuple[int, int]) -> Dict[str, Any]:
-    """The pop.* keys that store a frontier (see pop_local/keys.py)."""
+                    held_out: Tuple[int, int], paper_answers: Optional[float] = None,
+                    answer_prompts: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """The pop.* keys that store a frontier (see pop_local/format/keys.py); the answer arrays when the
+    budget checked answers (`answer_prompts`: prompts, reply tokens)."""
     fields = {
         keys.BUDGET: budget.text(),
         keys.FRONTIER_SKIP_LAYERS: [format_layers(r.skip) for r in rows],
@@ -135,6 +161,12 @@ def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, pa
     }
     if paper_kl is not None:
         fields[keys.FRONTIER_PAPER_KL] = float(paper_kl)
+    if answer_prompts is not None:
+        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS, ("answers_own", "answers_fitted", "agree_own", "agree_fitted")):
+            fields[name] = [float(getattr(r, attr)) for r in rows]
+        fields[keys.FRONTIER_ANSWER_PROMPTS] = [int(answer_prompts[0]), int(answer_prompts[1])]
+        if paper_answers is not None:
+            fields[keys.FRONTIER_PAPER_ANSWERS] = float(paper_answers)
     return fields
 
 
@@ -145,6 +177,8 @@ class Frontier:
     budget: str
     paper_kl: Optional[float]
     held_out: Tuple[int, int]
+    paper_answers: Optional[float] = None              # identical-reply share of the paper's set
+    answer_prompts: Optional[Tuple[int, int]] = None   # prompts, reply tokens (None: answers not checked)
 
     @property
     def choice(self) -> FrontierRow:
@@ -201,20 +235,64 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
     held = extra.get(keys.FRONTIER_HELD_OUT, [0, 0])
     if not (isinstance(held, list) and len(held) == 2 and all(isinstance(x, int) and x >= 0 for x in held)):
         raise PopMetadataError(keys.FRONTIER_HELD_OUT, f"expected two counts, got {held!r}"[:200])
+    answers, paper_answers, answer_prompts = _read_answers(extra, n)
     rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]), float(columns[keys.FRONTIER_KL_FITTED][i]),
                              float(columns[keys.FRONTIER_TOP1_OWN][i]), float(columns[keys.FRONTIER_TOP1_FITTED][i]),
-                             float(columns[keys.FRONTIER_SPEEDUP_512][i]), float(columns[keys.FRONTIER_SPEEDUP_2048][i]))
+                             float(columns[keys.FRONTIER_SPEEDUP_512][i]), float(columns[keys.FRONTIER_SPEEDUP_2048][i]),
+                             *(float(answers[name][i]) for name in keys.FRONTIER_ANSWER_ARRAYS))
                  for i in range(n))
-    return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]))
+    return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]),
+                    paper_answers, answer_prompts)
+
+
+def _read_answers(extra: Mapping[str, Any], n: int):
+    """The answer-check keys: all four arrays (shares in [0, 1] or NaN = not measured) with their prompt
+    count, or none of them (files converted before the check, or with another budget)."""
+    present = [k for k in keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,) if k in extra]
+    if not present:
+        return {name: [math.nan] * n for name in keys.FRONTIER_ANSWER_ARRAYS}, None, None
+    missing = [k for k in keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,) if k not in extra]
+    if missing:
+        raise PopMetadataError(missing[0], "missing (the file has a partial answer check)")
+    answers = {}
+    for name in keys.FRONTIER_ANSWER_ARRAYS:
+        value = extra[name]
+        if not isinstance(value, list) or len(value) != n:
+            raise PopMetadataError(name, f"expected {n} entries, one per candidate, got {value!r}"[:200])
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isnan(v) or 0 <= v <= 1):
+                raise PopMetadataError(name, f"{v!r} is not a share in [0, 1] (or NaN: not measured)")
+        answers[name] = value
+    prompts = extra[keys.FRONTIER_ANSWER_PROMPTS]
+    if not (isinstance(prompts, list) and len(prompts) == 2 and all(type(x) is int and x > 0 for x in prompts)):
+        raise PopMetadataError(keys.FRONTIER_ANSWER_PROMPTS, f"expected two positive counts, got {prompts!r}"[:200])
+    paper = extra.get(keys.FRONTIER_PAPER_ANSWERS)
+    if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float)) or not 0 <= paper <= 1):
+        raise PopMetadataError(keys.FRONTIER_PAPER_ANSWERS, f"{paper!r} is not a share in [0, 1]")
+    return answers, None if paper is None else float(paper), (prompts[0], prompts[1])
 
 
 def frontier_table(frontier: Frontier, n_layer: int) -> str:
-    """A Markdown table of the frontier, the chosen row and the paper's row marked."""
+    """A Markdown table of the frontier, the chosen row and the paper's row marked (with the answer check's
+    identical-reply shares where the budget measured them)."""
     paper = paper_skip_set(n_layer)
-    lines = ["| skip set | layers | KL own | KL fitted | top-1 own | top-1 fitted | ideal @512 | ideal @2048 | |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    checked = frontier.answer_prompts is not None
+    head = "| skip set | layers | KL own | KL fitted | top-1 own | top-1 fitted | ideal @512 | ideal @2048 |"
+    head += " answers own | answers fitted | |" if checked else " |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+
+    def share(same, agree):
+        return "-" if math.isnan(same) else f"{same:.2f} / {agree:.2f}"
+
     for i, r in enumerate(frontier.rows):
         mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
+        answers = f" {share(r.answers_own, r.agree_own)} | {share(r.answers_fitted, r.agree_fitted)} |" if checked else ""
         lines.append(f"| {format_layers(r.skip)} | {len(r.skip)} | {r.kl_own:.4f} | {r.kl_fitted:.4f} | "
-                     f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x | {mark} |")
+                     f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x |"
+                     f"{answers} {mark} |")
+    if checked:
+        lines.append(f"\nAnswers: the share of {frontier.answer_prompts[0]} held-out long prompts whose first "
+                     f"{frontier.answer_prompts[1]} greedy reply tokens equal the full model's / the mean share of "
+                     "reply tokens before the first difference (- : not measured; the budget keeps the fastest set "
+                     "at least as good as the paper's on both).")
     return "\n".join(lines)

@@ -12,7 +12,9 @@ __all__ = [
     "KV_FIT_ERR_OWN_K", "KV_FIT_ERR_OWN_V", "KV_FIT_ERR_K", "KV_FIT_ERR_V", "KV_FIT_ROWS", "POP_TENSOR_SUFFIX",
     "fitted_tensor_name", "BUDGET", "FRONTIER_SKIP_LAYERS", "FRONTIER_KL_OWN", "FRONTIER_KL_FITTED",
     "FRONTIER_TOP1_OWN", "FRONTIER_TOP1_FITTED", "FRONTIER_SPEEDUP_512", "FRONTIER_SPEEDUP_2048", "FRONTIER_CHOSEN",
-    "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS",
+    "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS", "FRONTIER_ANSWERS_OWN", "FRONTIER_ANSWERS_FITTED",
+    "FRONTIER_AGREE_OWN", "FRONTIER_AGREE_FITTED", "FRONTIER_PAPER_ANSWERS", "FRONTIER_ANSWER_PROMPTS",
+    "FRONTIER_ANSWER_ARRAYS",
 ]
 
 PREFIX = "pop."
@@ -75,6 +77,15 @@ FRONTIER_SPEEDUP_2048 = "pop.frontier.speedup_2048"  # f32 array: the same at 20
 FRONTIER_CHOSEN = "pop.frontier.chosen"              # u32: index of the candidate written as the skip set
 FRONTIER_PAPER_KL = "pop.frontier.paper_kl"          # f32: held-out KL of the paper's set (last 1/3, own K/V)
 FRONTIER_HELD_OUT = "pop.frontier.held_out"          # u32 array [2]: held-out samples, response tokens
+# the default budget's answer check (converter/answer_check.py): greedy replies to held-out long prompts,
+# measured for the candidates the rule reached (NaN: not measured), with the K/V that candidate would use
+FRONTIER_ANSWERS_OWN = "pop.frontier.answers_own"        # f32 array: share of replies identical to the full model's
+FRONTIER_ANSWERS_FITTED = "pop.frontier.answers_fitted"  # f32 array: the same with fitted K/V
+FRONTIER_AGREE_OWN = "pop.frontier.agree_own"            # f32 array: mean share of reply tokens before the first difference
+FRONTIER_AGREE_FITTED = "pop.frontier.agree_fitted"
+FRONTIER_PAPER_ANSWERS = "pop.frontier.paper_answers"    # f32: identical share of the paper's set (own K/V)
+FRONTIER_ANSWER_PROMPTS = "pop.frontier.answer_prompts"  # u32 array [2]: prompts, reply tokens compared
+FRONTIER_ANSWER_ARRAYS = (FRONTIER_ANSWERS_OWN, FRONTIER_ANSWERS_FITTED, FRONTIER_AGREE_OWN, FRONTIER_AGREE_FITTED)
 FRONTIER_ARRAYS = (FRONTIER_SKIP_LAYERS, FRONTIER_KL_OWN, FRONTIER_KL_FITTED, FRONTIER_TOP1_OWN, FRONTIER_TOP1_FITTED,
                    FRONTIER_SPEEDUP_512, FRONTIER_SPEEDUP_2048)
 

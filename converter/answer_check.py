@@ -1,0 +1,134 @@
+"""Greedy answer agreement of candidate skip sets, for the budget's choice (pop_local.format.frontier.choose).
+
+KL over teacher-forced responses can rank a skip set above the paper's while its replies fall apart
+(SmolLM2-135M, 13 of 30 layers with fitted K/V: lower KL, garbled chat answers). So the default
+budget also asks each candidate it would pick to answer as the full model does: held-out long-context
+prompts (converter/data/answer_prompts.jsonl: documents with a question whose answer they state,
+written for the project; disjoint from the calibration prompts and from `pop-local eval --answers`'s
+set), answered greedily in llama.cpp as users run the model (POP prefill, full decode), each reply
+compared token by token with the full model's reply.
+
+Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
+of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["AnswerScore", "AnswerCheck", "ANSWER_TOKENS", "answer_prompts", "fits"]
+
+ANSWER_TOKENS = 32  # reply tokens compared per prompt
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "answer_prompts.jsonl")
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    identical: float  # share of prompts whose greedy reply equals the full model's
+    agree: float      # mean share of reply tokens before the first difference (1.0: identical)
+
+
+def answer_prompts() -> List[str]:
+    from pop_local.measure.answers import load_answer_set
+
+    return [item.prompt for item in load_answer_set(_DATA)]
+
+
+def _agreeing(reply: Sequence[int], reference: Sequence[int]) -> int:
+    """Leading tokens the two replies share."""
+    n = 0
+    for a, b in zip(reply, reference):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def fits(meta, prompts: Optional[Sequence[str]] = None) -> bool:
+    """Whether the model's trained context holds the longest prompt and its reply (about 4 characters
+    per token, generously; a file that does not say its context is assumed to hold it)."""
+    longest = max(len(p) for p in (prompts if prompts is not None else answer_prompts()))
+    return not meta.context_length or longest / 4 + 64 + ANSWER_TOKENS <= meta.context_length
+
+
+class AnswerCheck:
+    """Full-model replies to the held-out prompts, once; then `score(skip, fitted)` per candidate."""
+
+    def __init__(self, src: str, meta, prompts: Optional[Sequence[str]] = None, reply_tokens: int = ANSWER_TOKENS,
+                 progress: Optional[Callable[[int, int], None]] = None):
+        from pop_local.runtime.llama import PopLlama
+
+        self.src, self.meta, self.reply_tokens = src, meta, reply_tokens
+        self.prompts = list(prompts) if prompts is not None else answer_prompts()
+        self.progress = progress
+        self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
+        # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
+        self.llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
+        self.reference = []
+        for n, prompt in enumerate(self.prompts):
+            self.reference.append(self._reply(self.llm, prompt))
+            if progress:
+                progress(n + 1, len(self.prompts))
+        self.scores: Dict[Tuple[Tuple[int, ...], str], AnswerScore] = {}
+
+    def _load(self) -> dict:
+        n_ctx = 4096 if not self.meta.context_length else min(4096, self.meta.context_length)
+        return {"n_ctx": n_ctx, "n_batch": 512, "verbose": False, "seed": 0}
+
+    def _reply(self, llm, prompt: str) -> List[int]:
+        llm.reset()
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=self.reply_tokens,
+                                         temperature=0.0, top_k=1, seed=0)
+        text = out["choices"][0]["message"]["content"] or ""
+        return llm.tokenize(text.encode(), add_bos=False, special=False)
+
+    def score(self, skip: Tuple[int, ...], fitted=None) -> AnswerScore:
+        """How often `skip` (with `fitted` K/V: a FittedKV, else the layers' own) answers as the full model."""
+        kv = "own" if fitted is None else "fitted"
+        key = (tuple(skip), kv)
+        if key in self.scores:
+            return self.scores[key]
+        from pop_local.runtime.llama import PopLlama
+
+        if fitted is None:
+            llm, owned = self.llm, False
+            llm.skip_layers = skip
+            llm.kv_mode = "own"
+        else:
+            path = self._fitted_copy(skip, fitted)
+            llm, owned = PopLlama(path, min_tokens=0, **self._load()), True
+        llm.pop_enabled = True
+        try:
+            identical, agree = 0, 0.0
+            for n, (prompt, ref) in enumerate(zip(self.prompts, self.reference)):
+                reply = self._reply(llm, prompt)
+                same = _agreeing(reply, ref)
+                identical += reply == ref
+                agree += 1.0 if reply == ref else same / max(1, len(ref))
+                if self.progress:
+                    self.progress(n + 1, len(self.prompts))
+        finally:
+            llm.pop_enabled = False
+            if owned:
+                llm.close()
+                os.remove(path)
+        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts))
+        self.scores[key] = result
+        return result
+
+    def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
+        from .convert import kv_metadata
+        from .kv_tensors import fitted_kv_tensors
+        from .writer import write_pop_gguf
+
+        tensors, extra = fitted_kv_tensors(self.src, self.meta, skip, fitted)
+        path = os.path.join(self._temp.name, "candidate.pop.gguf")
+        write_pop_gguf(self.src, path, skip, extra={**kv_metadata(skip), **extra}, force=True, extra_tensors=tensors)
+        return path
+
+    def close(self) -> None:
+        self.llm.close()
+        self._temp.cleanup()
