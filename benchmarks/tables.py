@@ -137,7 +137,8 @@ def min_tokens() -> str:
         a = r["short_answers"]
         toks = r["short_prompt_tokens"]
         lines.append(f"| {LABELS.get(r['name'], r['name'])} | {_layers(r['skip_layers'])} | " + " | ".join(cells)
-                     + f" | {a['identical']:.2f} ({a['f1']:.2f}) over {a['prompts']} prompts of {toks[0]}-{toks[-1]} tokens |")
+                     + f" | {a['identical']:.2f} ({a['f1']:.2f}) over {a['prompts']} questions of {toks[0]}-{toks[-1]} tokens "
+                     "before the chat template |")
     return ("Each cell: prefill speedup of POP over the full model and the time it saves, with the minimum off.\n\n"
             + "\n".join(lines) + "\n\n" + _sources(*files))
 

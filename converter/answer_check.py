@@ -1,12 +1,14 @@
 """Greedy answer agreement of candidate skip sets, for the budget's choice (pop_local.format.frontier.choose).
 
 KL over teacher-forced responses can rank a skip set above the paper's while its replies fall apart
-(SmolLM2-135M, 13 of 30 layers with fitted K/V: lower KL, garbled chat answers). So the default
-budget also asks each candidate it would pick to answer as the full model does: held-out long-context
-prompts (converter/data/answer_prompts.jsonl: documents with a question whose answer they state,
-written for the project; disjoint from the calibration prompts and from `pop-local eval --answers`'s
-set), answered greedily in llama.cpp as users run the model (POP prefill, full decode), each reply
-compared token by token with the full model's reply.
+(SmolLM2-135M, 13 of 30 layers with fitted K/V: lower KL than the paper's set, but no pass key found
+where the paper's set finds 7 of 8). So the default budget also asks each candidate it would pick to
+answer as the full model does, greedily in llama.cpp as users run the model (POP prefill, full decode):
+- held-out long-context prompts (converter/data/answer_prompts.jsonl: documents with a question whose
+  answer they state, written for the project; disjoint from the calibration prompts and from `pop-local
+  eval --answers`'s set), each reply compared token by token with the full model's reply;
+- pass-key retrieval: a five-digit key hidden at several depths of 512 tokens of filler (sentences of
+  its own, keys of its own seed: not the prompts `pop-local eval` scores).
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
 of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
@@ -22,6 +24,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 __all__ = ["AnswerScore", "AnswerCheck", "ANSWER_TOKENS", "answer_prompts", "fits"]
 
 ANSWER_TOKENS = 32  # reply tokens compared per prompt
+PASSKEY_TOKENS = 512  # pass-key prompt length (capped by the model's context)
+PASSKEY_TRIALS = 4    # keys, at depths spread over the filler
+PASSKEY_SEED = 7919   # not `pop-local eval`'s seed
+_FILLER = ("The tram stops twice at the market. A kettle whistles in the kitchen upstairs. Gulls circle over the "
+           "harbour wall. The clock above the station is five minutes fast. Leaves gather under the bench. ")
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "answer_prompts.jsonl")
 
 
@@ -29,6 +36,7 @@ _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "answer
 class AnswerScore:
     identical: float  # share of prompts whose greedy reply equals the full model's
     agree: float      # mean share of reply tokens before the first difference (1.0: identical)
+    passkeys: float   # share of pass keys retrieved
 
 
 def answer_prompts() -> List[str]:
@@ -67,6 +75,7 @@ class AnswerCheck:
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
         self.llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
+        self.passkeys = self._passkey_prompts()
         self.reference = []
         for n, prompt in enumerate(self.prompts):
             self.reference.append(self._reply(self.llm, prompt))
@@ -77,6 +86,28 @@ class AnswerCheck:
     def _load(self) -> dict:
         n_ctx = 4096 if not self.meta.context_length else min(4096, self.meta.context_length)
         return {"n_ctx": n_ctx, "n_batch": 512, "verbose": False, "seed": 0}
+
+    def _passkey_prompts(self) -> List[Tuple[List[int], str]]:
+        import random
+
+        from pop_local.measure.evaluate import passkey_prompt
+
+        rng = random.Random(PASSKEY_SEED)
+        n = min(PASSKEY_TOKENS, self.llm.n_ctx() - 16)
+        out = []
+        for t in range(PASSKEY_TRIALS):
+            key = f"{rng.randrange(10000, 100000)}"
+            out.append((passkey_prompt(self.llm, n, key, (t + 0.5) / PASSKEY_TRIALS, _FILLER), key))
+        return out
+
+    @staticmethod
+    def _finds_key(llm, prompt: List[int], key: str) -> bool:
+        import re
+
+        llm.reset()
+        out = llm.create_completion(prompt, max_tokens=8, temperature=0.0, top_k=1, seed=0)
+        found = re.search(r"\d+", out["choices"][0]["text"])
+        return bool(found) and found.group(0) == key
 
     def _reply(self, llm, prompt: str) -> List[int]:
         llm.reset()
@@ -101,6 +132,7 @@ class AnswerCheck:
             path = self._fitted_copy(skip, fitted)
             llm, owned = PopLlama(path, min_tokens=0, **self._load()), True
         llm.pop_enabled = True
+        total = len(self.prompts) + len(self.passkeys)
         try:
             identical, agree = 0, 0.0
             for n, (prompt, ref) in enumerate(zip(self.prompts, self.reference)):
@@ -109,13 +141,18 @@ class AnswerCheck:
                 identical += reply == ref
                 agree += 1.0 if reply == ref else same / max(1, len(ref))
                 if self.progress:
-                    self.progress(n + 1, len(self.prompts))
+                    self.progress(n + 1, total)
+            keys = 0
+            for n, (prompt, key) in enumerate(self.passkeys):
+                keys += self._finds_key(llm, prompt, key)
+                if self.progress:
+                    self.progress(len(self.prompts) + n + 1, total)
         finally:
             llm.pop_enabled = False
             if owned:
                 llm.close()
                 os.remove(path)
-        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts))
+        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts), keys / len(self.passkeys))
         self.scores[key] = result
         return result
 

@@ -314,7 +314,7 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
     the share alone would tie at zero); the paper's set itself when none does. Rows gain what was measured."""
     import dataclasses
 
-    from pop_local.format.frontier import first_answering, paper_skip_set, within_budget
+    from pop_local.format.frontier import budget_options, first_answering, paper_skip_set
 
     from .answer_check import AnswerCheck
 
@@ -331,17 +331,17 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
             return s
 
         reference = score(paper_i, "own")
-        found = first_answering(within_budget(rows, budget, kv, paper_kl),
-                                lambda i: tuple(dataclasses.astuple(score(i, rows[i].kv_for(kv)))),
-                                (reference.identical, reference.agree))
-        if found is None:  # the paper's set, with a requested K/V kept
-            chosen, method = paper_i, ("own" if kv == "auto" else kv)
-        else:
-            chosen, method = found, rows[found].kv_for(kv)
+        # fastest first, both K/V of a set where both are within the KL budget: the paper's set with own
+        # K/V passes against itself, so the choice is never slower than the paper's set (kv "auto")
+        found = first_answering(budget_options(rows, budget, kv, paper_kl),
+                                lambda option: dataclasses.astuple(score(*option)), dataclasses.astuple(reference))
+        # none (a K/V restricted to fitted): the paper's set with the requested K/V
+        chosen, method = found if found is not None else (paper_i, "own" if kv == "auto" else kv)
     finally:
         check.close()
     new_rows = list(rows)
     for (i, m), s in measured.items():
-        new_rows[i] = dataclasses.replace(new_rows[i], **{f"answers_{m}": s.identical, f"agree_{m}": s.agree})
+        new_rows[i] = dataclasses.replace(new_rows[i], **{f"answers_{m}": s.identical, f"agree_{m}": s.agree,
+                                                          f"passkeys_{m}": s.passkeys})
     return new_rows, chosen, method, {"paper_answers": reference.identical,
-                                      "answer_prompts": (len(check.prompts), check.reply_tokens)}
+                                      "answer_prompts": (len(check.prompts), check.reply_tokens, len(check.passkeys))}

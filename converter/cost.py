@@ -127,6 +127,18 @@ def matmul_flops() -> float:
     return 2 * 256 * 1024 * 1024 / best
 
 
+def _answer_seconds(n_all: int, file_bytes: int, rates: Rates) -> float:
+    """The default budget's answer check: llama.cpp passes over its prompts and pass keys, and the
+    fitted candidates' temporary copies of the model."""
+    from .answer_check import ANSWER_TOKENS, PASSKEY_TOKENS, PASSKEY_TRIALS, answer_prompts
+
+    asked = answer_prompts()
+    prompt_total = sum(TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN for p in asked) + PASSKEY_TRIALS * PASSKEY_TOKENS
+    replies = len(asked) * ANSWER_TOKENS + PASSKEY_TRIALS * 8
+    return (ANSWER_RUNS * (prompt_total * n_all / rates.llama_prefill + replies * n_all / rates.llama_decode)
+            + (ANSWER_RUNS - 2) * FILE_SECONDS * file_bytes)
+
+
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
              streamed: bool = True, prompts: Optional[Sequence[str]] = None, rates: Optional[Rates] = None,
              answer_check: bool = False) -> Cost:
@@ -134,6 +146,8 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
     answer_check: the default budget's answer check runs after it (converter/answer_check.py);
     `prompts`: the calibration prompts, for their lengths; None: every prompt seq_len tokens long;
     `rates`: this machine's (measure_rates; None: the reference machine's, no probe, for the memory)."""
+    # Long: one cost model, stage by stage, over shared quantities (token counts, shapes, rates); split,
+    # every stage would take the same dozen values back as arguments.
     rates = rates or REFERENCE
     torch_rate = TORCH_EFFICIENCY * rates.torch_flops
     slower = REFERENCE.torch_flops / rates.torch_flops  # CPU work without a rate of its own
@@ -191,13 +205,7 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
             st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / torch_rate
 
     if answer_check:
-        from .answer_check import ANSWER_TOKENS, answer_prompts
-
-        asked = answer_prompts()
-        prompt_total = sum(TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN for p in asked)
-        st["answers"] = ANSWER_RUNS * (prompt_total * n_all / rates.llama_prefill
-                                       + len(asked) * ANSWER_TOKENS * n_all / rates.llama_decode) \
-            + (ANSWER_RUNS - 2) * FILE_SECONDS * file_bytes  # fitted candidates' temporary copies
+        st["answers"] = _answer_seconds(n_all, file_bytes, rates)
 
     if streamed:
         layer_bytes = 4 * max(block.values()) if block else 0

@@ -106,16 +106,17 @@ def test_frontier_keys_round_trip(smollm2, tmp_path):
 def test_the_answer_rule_keeps_the_fastest_set_answering_like_the_papers():
     from pop_local.format.frontier import first_answering
 
-    scores = {3: (0.0, 0.30), 2: (0.25, 0.50), 1: (0.25, 0.61), 0: (0.5, 0.9)}
+    scores = {3: (0.0, 0.30, 1.0), 2: (0.25, 0.50, 1.0), 1: (0.25, 0.61, 1.0), 0: (0.5, 0.9, 1.0)}
     seen = []
 
     def score(i):
         seen.append(i)
         return scores[i]
 
-    assert first_answering([3, 2, 1, 0], score, (0.25, 0.55)) == 1 and seen == [3, 2, 1]  # stops at the first
-    assert first_answering([3, 2], score, (0.25, 0.55)) is None
-    assert first_answering([3], score, (0.0, 0.30)) == 3  # ties pass: the paper's set passes against itself
+    assert first_answering([3, 2, 1, 0], score, (0.25, 0.55, 0.75)) == 1 and seen == [3, 2, 1]  # stops at the first
+    assert first_answering([3, 2], score, (0.25, 0.55, 0.75)) is None
+    assert first_answering([3], score, (0.0, 0.30, 1.0)) == 3  # ties pass: the paper's set passes against itself
+    assert first_answering([0], score, (0.0, 0.0, 1.01)) is None  # every measure counts: a lost pass key too
 
 
 @pytest.mark.slow
@@ -123,18 +124,19 @@ def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2
     import dataclasses
     import math
 
-    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5),
-            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6)]
+    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5, passkeys_own=1.0),
+            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6, passkeys_fitted=0.75)]
     rows = [ROWS[0], rows[0], ROWS[2], rows[1]]
     fields = frontier_fields(rows, 3, Budget(max_kl="paper"), 0.09, (4, 192), paper_answers=0.25,
-                             answer_prompts=(8, 32))
+                             answer_prompts=(8, 32, 4))
     f = _write(smollm2, tmp_path / "a.gguf", fields).frontier
-    assert f.answer_prompts == (8, 32) and f.paper_answers == pytest.approx(0.25)
+    assert f.answer_prompts == (8, 32, 4) and f.paper_answers == pytest.approx(0.25)
+    assert f.choice.passkeys_fitted == pytest.approx(0.75)
     assert f.rows[1].answers_own == pytest.approx(0.25) and math.isnan(f.rows[1].answers_fitted)
     assert f.choice.answers("fitted") == pytest.approx(0.375) and f.choice.agree_fitted == pytest.approx(0.6)
     assert all(math.isnan(r.answers_own) for r in (f.rows[0], f.rows[2], f.rows[3]))
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
-    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 | chosen |" in r.output
+    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 | chosen |" in r.output
     assert "Answers: the share of 8 held-out long prompts" in r.output
     old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
     assert old.frontier.answer_prompts is None and math.isnan(old.frontier.choice.answers())
@@ -310,3 +312,14 @@ def test_score_strategy_measures_importance_ordered_sets_and_the_papers(smollm2,
     order = sorted(range(30), key=lambda i: (prefill[i], -i))
     assert sets[:3] == [tuple(sorted(order[:k])) for k in (1, 2, 3)]
     assert meta.skip_layers == sets[-1] and meta.extra[keys.STRATEGY] == "score"  # the fastest within KL 1
+
+
+def test_budget_options_offer_both_kv_of_a_set_within_the_budget_fastest_first():
+    from pop_local.format.frontier import budget_options
+
+    rows = ROWS + [FrontierRow((25, 26, 27, 28, 29), 0.08, 0.05, 0.9, 0.93, 1.19, 1.19)]
+    # limit 0.09: row 4 (both K/V within), row 3 (fitted only), row 2 (both), row 1, row 0
+    assert budget_options(rows, Budget(max_kl=0.09)) == [(4, "fitted"), (4, "own"), (3, "fitted"), (2, "fitted"),
+                                                          (2, "own"), (1, "fitted"), (1, "own"), (0, "own"),
+                                                          (0, "fitted")]  # equal KL: the row's own choice first
+    assert budget_options(rows, Budget(max_kl=0.09), kv="own")[:2] == [(4, "own"), (2, "own")]

@@ -326,6 +326,7 @@ def test_serve_with_the_openai_client(server):
 
     stats = client.get("/../pop/stats", cast_to=object)  # the extra route, through the same auth
     assert stats["active"] and stats["skip_layers"] == list(range(20, 30)) and stats["pruned_tokens"] > 20
+    assert stats["min_tokens"] == 0 and stats["short_prompts"] == 0  # the file's minimum (written as 0 above)
 
 
 def test_serve_requires_the_api_key_and_binds_localhost(server):

@@ -227,9 +227,12 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         how = (f", {kv_used} K/V; held-out KL {kl:.4f}, ideal speedup {row[keys.FRONTIER_SPEEDUP_2048][i]:.2f}x at "
                f"2048 tokens ({row[keys.BUDGET]})")
         if keys.FRONTIER_ANSWER_PROMPTS in row:
-            same = row[keys.FRONTIER_ANSWERS_FITTED if kv_used == "fitted" else keys.FRONTIER_ANSWERS_OWN][i]
+            fitted = kv_used == "fitted"
+            same = row[keys.FRONTIER_ANSWERS_FITTED if fitted else keys.FRONTIER_ANSWERS_OWN][i]
+            found = row[keys.FRONTIER_KEYS_FITTED if fitted else keys.FRONTIER_KEYS_OWN][i]
             how += (f"; same replies as the full model on {same:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][0]} long "
-                    f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%})")
+                    f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%}), "
+                    f"{found:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][2]} pass keys found")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 

@@ -13,7 +13,7 @@ from . import keys
 from pop_local.errors import PopError, PopMetadataError, PopSettingError
 from .layers import format_layers, parse_layers
 
-__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "first_answering", "max_skipped", "paper_skip_set", "frontier_fields",
+__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "budget_options", "first_answering", "max_skipped", "paper_skip_set", "frontier_fields",
            "read_frontier", "frontier_table", "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
@@ -33,6 +33,8 @@ class FrontierRow:
     answers_fitted: float = math.nan
     agree_own: float = math.nan
     agree_fitted: float = math.nan
+    passkeys_own: float = math.nan
+    passkeys_fitted: float = math.nan
 
     def answers(self, kv: str = "auto") -> float:
         return self.answers_fitted if self.kv_for(kv) == "fitted" else self.answers_own
@@ -132,21 +134,40 @@ def within_budget(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
     return sorted(ok, key=lambda i: (-rows[i].speedup_2048, rows[i].kl(kv)))
 
 
-def first_answering(order: Sequence[int], score, reference: Tuple[float, float]) -> Optional[int]:
-    """The first row of `order` (fastest first) whose answers, score(i) -> (identical share, agreeing share),
-    are at least `reference`'s on both (the paper's set); None when none is. Rows after it are not scored."""
+def budget_options(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto",
+                   paper_kl: Optional[float] = None) -> List[Tuple[int, str]]:
+    """(row, K/V) pairs within a max_kl budget, fastest row first and, per row, the lower-KL K/V first:
+    with kv "auto" both K/V of a row are options when both are within the budget (the answer check may
+    reject the one with the lower KL). PopError if none."""
+    limit = paper_kl if budget.max_kl == "paper" else budget.max_kl
+    kinds = ("own", "fitted") if kv == "auto" else (kv,)
+    out = []
+    for i in within_budget(rows, budget, kv, paper_kl):
+        r = rows[i]
+        options = sorted((k for k in kinds if (r.kl_fitted if k == "fitted" else r.kl_own) <= limit),
+                         key=lambda k: (r.kl_fitted if k == "fitted" else r.kl_own, k != r.kv_for(kv)))
+        out += [(i, k) for k in options]
+    return out
+
+
+def first_answering(order: Sequence[int], score, reference: Sequence[float]) -> Optional[int]:
+    """The first row of `order` (fastest first) whose answer scores, score(i) -> (identical share, agreeing
+    share, pass keys retrieved), are each at least `reference`'s (the paper's set); None when none is.
+    Rows after it are not scored."""
     for i in order:
-        identical, agree = score(i)
-        if identical >= reference[0] and agree >= reference[1]:
+        if all(got >= want for got, want in zip(score(i), reference)):
             return i
     return None
 
 
+_ANSWER_ATTRS = ("answers_own", "answers_fitted", "agree_own", "agree_fitted", "passkeys_own", "passkeys_fitted")
+
+
 def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
                     held_out: Tuple[int, int], paper_answers: Optional[float] = None,
-                    answer_prompts: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+                    answer_prompts: Optional[Tuple[int, int, int]] = None) -> Dict[str, Any]:
     """The pop.* keys that store a frontier (see pop_local/format/keys.py); the answer arrays when the
-    budget checked answers (`answer_prompts`: prompts, reply tokens)."""
+    budget checked answers (`answer_prompts`: prompts, reply tokens, pass-key prompts)."""
     fields = {
         keys.BUDGET: budget.text(),
         keys.FRONTIER_SKIP_LAYERS: [format_layers(r.skip) for r in rows],
@@ -162,9 +183,9 @@ def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, pa
     if paper_kl is not None:
         fields[keys.FRONTIER_PAPER_KL] = float(paper_kl)
     if answer_prompts is not None:
-        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS, ("answers_own", "answers_fitted", "agree_own", "agree_fitted")):
+        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS, _ANSWER_ATTRS):
             fields[name] = [float(getattr(r, attr)) for r in rows]
-        fields[keys.FRONTIER_ANSWER_PROMPTS] = [int(answer_prompts[0]), int(answer_prompts[1])]
+        fields[keys.FRONTIER_ANSWER_PROMPTS] = [int(x) for x in answer_prompts]
         if paper_answers is not None:
             fields[keys.FRONTIER_PAPER_ANSWERS] = float(paper_answers)
     return fields
@@ -178,7 +199,7 @@ class Frontier:
     paper_kl: Optional[float]
     held_out: Tuple[int, int]
     paper_answers: Optional[float] = None              # identical-reply share of the paper's set
-    answer_prompts: Optional[Tuple[int, int]] = None   # prompts, reply tokens (None: answers not checked)
+    answer_prompts: Optional[Tuple[int, int, int]] = None  # prompts, reply tokens, pass keys (None: not checked)
 
     @property
     def choice(self) -> FrontierRow:
@@ -264,12 +285,12 @@ def _read_answers(extra: Mapping[str, Any], n: int):
                 raise PopMetadataError(name, f"{v!r} is not a share in [0, 1] (or NaN: not measured)")
         answers[name] = value
     prompts = extra[keys.FRONTIER_ANSWER_PROMPTS]
-    if not (isinstance(prompts, list) and len(prompts) == 2 and all(type(x) is int and x > 0 for x in prompts)):
-        raise PopMetadataError(keys.FRONTIER_ANSWER_PROMPTS, f"expected two positive counts, got {prompts!r}"[:200])
+    if not (isinstance(prompts, list) and len(prompts) == 3 and all(type(x) is int and x > 0 for x in prompts)):
+        raise PopMetadataError(keys.FRONTIER_ANSWER_PROMPTS, f"expected three positive counts, got {prompts!r}"[:200])
     paper = extra.get(keys.FRONTIER_PAPER_ANSWERS)
     if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float)) or not 0 <= paper <= 1):
         raise PopMetadataError(keys.FRONTIER_PAPER_ANSWERS, f"{paper!r} is not a share in [0, 1]")
-    return answers, None if paper is None else float(paper), (prompts[0], prompts[1])
+    return answers, None if paper is None else float(paper), tuple(prompts)
 
 
 def frontier_table(frontier: Frontier, n_layer: int) -> str:
@@ -281,18 +302,20 @@ def frontier_table(frontier: Frontier, n_layer: int) -> str:
     head += " answers own | answers fitted | |" if checked else " |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
 
-    def share(same, agree):
-        return "-" if math.isnan(same) else f"{same:.2f} / {agree:.2f}"
+    def share(same, agree, found):
+        return "-" if math.isnan(same) else f"{same:.2f} / {agree:.2f} / {found:.2f}"
 
     for i, r in enumerate(frontier.rows):
         mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
-        answers = f" {share(r.answers_own, r.agree_own)} | {share(r.answers_fitted, r.agree_fitted)} |" if checked else ""
+        answers = (f" {share(r.answers_own, r.agree_own, r.passkeys_own)} | "
+                   f"{share(r.answers_fitted, r.agree_fitted, r.passkeys_fitted)} |") if checked else ""
         lines.append(f"| {format_layers(r.skip)} | {len(r.skip)} | {r.kl_own:.4f} | {r.kl_fitted:.4f} | "
                      f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x |"
                      f"{answers} {mark} |")
     if checked:
         lines.append(f"\nAnswers: the share of {frontier.answer_prompts[0]} held-out long prompts whose first "
                      f"{frontier.answer_prompts[1]} greedy reply tokens equal the full model's / the mean share of "
-                     "reply tokens before the first difference (- : not measured; the budget keeps the fastest set "
-                     "at least as good as the paper's on both).")
+                     f"reply tokens before the first difference / the share of {frontier.answer_prompts[2]} pass keys "
+                     "retrieved (- : not measured; the budget keeps the fastest set at least as good as the paper's "
+                     "on all three).")
     return "\n".join(lines)

@@ -75,11 +75,12 @@ def continuation_logprobs(llm, mode: str, context: Sequence[int], continuation: 
     return _log_softmax(np.concatenate([first[None, :], rest]))
 
 
-def passkey_prompt(llm, n_tokens: int, key: str, depth: float) -> List[int]:
-    """About n_tokens tokens: intro, filler with the key at `depth` (0..1), then the question."""
+def passkey_prompt(llm, n_tokens: int, key: str, depth: float, filler_text: str = _FILLER) -> List[int]:
+    """About n_tokens tokens: intro, filler with the key at `depth` (0..1), then the question
+    (`filler_text`: other sentences to hide the key in; the converter's own check uses its own)."""
     tok = lambda s: llm.tokenize(s.encode(), add_bos=False)  # noqa: E731
     needle = tok(f" The pass key is {key}. Remember it: {key} is the pass key. ")
-    head, question, filler = tok(_INTRO), tok(_QUESTION), tok(_FILLER)
+    head, question, filler = tok(_INTRO), tok(_QUESTION), tok(filler_text)
     room = n_tokens - 1 - len(head) - len(needle) - len(question)
     if room < len(filler):
         raise PopError(f"passkey length {n_tokens} is too short (at least {n_tokens - room + len(filler)} tokens)")
