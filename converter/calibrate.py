@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,13 +29,9 @@ def load_prompts(data: Optional[str]) -> List[str]:
         raw = f.read()
     prompts: List[str] = []
     if data.endswith(".jsonl"):
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PopError(f"{data}:{n}: not JSON ({e.msg})") from None
+        from pop_local.measure.texts import json_lines
+
+        for n, obj in json_lines(raw, data):
             text = next((obj[k] for k in ("prompt", "instruction", "text") if isinstance(obj, dict) and k in obj), None)
             if not isinstance(text, str):
                 raise PopError(f'{data}:{n}: expected an object with a "prompt", "instruction" or "text" string')

@@ -15,7 +15,6 @@ chat turn, greedily, by the full model and by each POP setting; per group and se
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import string
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local.errors import PopError
+
+from .texts import json_lines
 
 __all__ = ["AnswerItem", "load_answer_set", "builtin_answer_set", "run_answers", "format_answers_table",
            "token_f1", "first_difference"]
@@ -45,16 +46,10 @@ def load_answer_set(path: str) -> List[AnswerItem]:
     items: List[AnswerItem] = []
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise PopError(f"{path}: cannot read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PopError(f"{path}:{number}: not JSON ({e.msg})") from None
+    for number, row in json_lines(text, path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise PopError(f"{path}:{number}: expected an object with a non-empty \"prompt\" string")
         group = row.get("group", "short")
@@ -154,7 +149,8 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
     unknown = [s for s in names if s not in ("full", "pop", "paper")]
     if unknown:
         raise PopError(f"unknown answer settings {unknown}: use pop and paper")
-    longest = max(len(llm.tokenize(i.prompt.encode(), add_bos=True)) for i in items)
+    lengths = [len(llm.tokenize(i.prompt.encode(), add_bos=True)) for i in items]  # tokenized once
+    longest = max(lengths)
     if longest + max_tokens + 64 > llm.n_ctx():  # 64: the chat template around the prompt
         raise PopError(f"the longest prompt has {longest} tokens; with {max_tokens} reply tokens it needs a context "
                        f"of {longest + max_tokens + 64}, the model was opened with {llm.n_ctx()}")
@@ -201,8 +197,7 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
         "data": data_name,
         "max_tokens": max_tokens,
         "settings": results,
-        "prompt_tokens": {g: sorted(len(llm.tokenize(i.prompt.encode(), add_bos=True)) for i in items
-                                    if i.group == g) for g in groups},
+        "prompt_tokens": {g: sorted(n for n, i in zip(lengths, items) if i.group == g) for g in groups},
         "replies": {name: {items[k].id: replies[name][k] for k in range(len(items))} for name in names},
     }
 
