@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -142,6 +143,19 @@ def restore_patched(sdist: Path, src: Path) -> None:
     stamp.write_text(want + "\n")
 
 
+def no_amx_flags(user_args: str) -> list[str]:
+    """Compile ggml's CPU backend without its AMX kernels on x86-64 Linux: on Sapphire Rapids machines
+    llama.cpp 0.3.36's AMX matmul segfaults on the first prompt (ggml-org/llama.cpp#20824; reproduced
+    here with the unpatched build and SmolLM2 Q4_1), and the native build turns it on wherever the CPU
+    has it. GCC and Clang honour an explicit -mno-amx-int8 after -march=native. A user who sets compiler
+    flags or an AMX option in CMAKE_ARGS gets exactly those (-DCMAKE_CXX_FLAGS= brings AMX back)."""
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    if any(word in user_args for word in ("CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS", "AMX")):
+        return []
+    return ["-DCMAKE_C_FLAGS=-mno-amx-int8", "-DCMAKE_CXX_FLAGS=-mno-amx-int8"]
+
+
 def cmake_args(user_args: str, patched: bool) -> str:
     """Our hook first, the user's CMAKE_ARGS after it (later -D wins in CMake), ccache if present."""
     ours = []
@@ -151,6 +165,7 @@ def cmake_args(user_args: str, patched: bool) -> str:
         ours.append("-DGGML_RPC=ON")
     else:
         ours.append("-DLLAVA_BUILD=OFF")  # same as the hook's default, so the baseline is built the same way
+    ours += no_amx_flags(user_args)
     if shutil.which("ccache") and "COMPILER_LAUNCHER" not in user_args:
         ours += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
                  "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]

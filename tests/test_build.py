@@ -68,3 +68,28 @@ def test_an_up_to_date_library_folder_is_not_rebuilt(tmp_path, monkeypatch, caps
         pass  # it tried to build: the stamp did not match
     else:
         raise AssertionError("a stale stamp was taken as up to date")
+
+
+def test_amx_kernels_are_left_out_on_x86_linux_unless_the_user_sets_flags(monkeypatch):
+    monkeypatch.setattr(build.sys, "platform", "linux")
+    monkeypatch.setattr(build.platform, "machine", lambda: "x86_64")
+    for patched in (True, False):  # the baseline is built the same way, or it crashes where ours does not
+        assert "-DCMAKE_CXX_FLAGS=-mno-amx-int8" in build.cmake_args("", patched=patched).split()
+    for user in ("-DCMAKE_CXX_FLAGS=-O3", "-DGGML_NATIVE=OFF -DGGML_AMX_INT8=ON"):
+        assert "-mno-amx-int8" not in build.cmake_args(user, patched=True)
+    monkeypatch.setattr(build.platform, "machine", lambda: "aarch64")
+    assert "amx" not in build.cmake_args("", patched=True)
+
+
+def test_the_installed_library_has_no_amx_kernels_where_the_cpu_has_them():
+    """ggml-org/llama.cpp#20824: the AMX matmul of llama.cpp 0.3.36 segfaults on the first prompt on some
+    Sapphire Rapids machines (this project's CI machine among them); native/build.py compiles it out."""
+    import platform
+
+    import pytest
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64" or "AMX" in os.environ.get("CMAKE_ARGS", ""):
+        pytest.skip("AMX is compiled out on x86-64 Linux builds only")
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AMX_INT8 = 1" not in info, info

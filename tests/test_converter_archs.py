@@ -101,7 +101,7 @@ def test_layers_without_calibration_on_any_architecture(tmp_path, arch):
     r = CliRunner().invoke(cli, ["convert", src, "-o", str(out), "--layers", "3-5", "--no-calibrate"])
     assert r.exit_code == 0, r.output
     assert read_pop_metadata(str(out)).skip_layers == (3, 4, 5)
-    llm = PopLlama(str(out), n_ctx=512, verbose=False)
+    llm = PopLlama(str(out), n_ctx=512, verbose=False, min_tokens=0)  # TEXT is under the default minimum for some tokenizers
     try:
         assert llm.skip_layers == (3, 4, 5) and llm.pop_active
         llm.eval(llm.tokenize(TEXT.encode(), add_bos=True))

@@ -193,7 +193,7 @@ def test_fitted_tensor_in_a_gemma3_file(tmp_path, gemma3):
     def logits(path, pop, kv="fitted"):
         import llama_cpp
 
-        llm = PopLlama(str(path), n_ctx=256, verbose=False, pop=pop)
+        llm = PopLlama(str(path), n_ctx=256, verbose=False, pop=pop, min_tokens=0)
         try:
             llm.kv_mode = kv
             llm.eval(llm.tokenize(b"The keeper wound the clock at eight, at midnight and at four.", add_bos=True))
