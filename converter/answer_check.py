@@ -110,10 +110,9 @@ class AnswerCheck:
         return bool(found) and found.group(0) == key
 
     def _reply(self, llm, prompt: str) -> List[int]:
-        llm.reset()
-        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=self.reply_tokens,
-                                         temperature=0.0, top_k=1, seed=0)
-        text = out["choices"][0]["message"]["content"] or ""
+        from pop_local.measure.answers import greedy_reply
+
+        text = greedy_reply(llm, prompt, self.reply_tokens)
         return llm.tokenize(text.encode(), add_bos=False, special=False)
 
     def score(self, skip: Tuple[int, ...], fitted=None) -> AnswerScore:

@@ -111,3 +111,19 @@ def test_answer_found_matches_whole_words():
     assert not _found("It opened in 18990.", "1899") and not _found("Gold is Au79", "Au")
     assert _found("The answer: an expired TLS certificate.", "an expired TLS certificate")
     assert not _found("anything", "")
+
+
+def test_a_model_without_a_chat_template_is_asked_in_plain_text(gemma3, smollm2):
+    """Gemma-3-270M's file has no chat template: in the [INST] format llama-cpp-python would guess, it
+    replies nothing to a short question (every reply "identical" to the full model's empty one); asked in
+    plain text it answers. SmolLM2's file has a template and keeps it."""
+    from pop_local import PopLlama
+    from pop_local.measure.answers import greedy_reply, has_chat_template
+
+    for path, templated in ((gemma3, False), (smollm2, True)):
+        llm = PopLlama(path, n_ctx=512, verbose=False, pop=False)
+        try:
+            assert has_chat_template(llm) == templated
+            assert greedy_reply(llm, "What is the capital of France?", 8).strip()
+        finally:
+            llm.close()

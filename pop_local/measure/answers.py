@@ -102,11 +102,24 @@ def _found(reply: str, answer: str) -> bool:
     return bool(want) and any(got[i:i + len(want)] == want for i in range(len(got) - len(want) + 1))
 
 
-def _reply(llm, item: AnswerItem, max_tokens: int) -> str:
-    llm.reset()  # every reply from a fresh cache: no mode reuses another's prompt
-    out = llm.create_chat_completion(messages=[{"role": "user", "content": item.prompt}], max_tokens=max_tokens,
-                                     temperature=0.0, top_k=1, seed=0)
-    return out["choices"][0]["message"]["content"] or ""
+def has_chat_template(llm) -> bool:
+    """Whether replies go through a chat template: the file's own, a chat handler or a chosen format
+    (without any, llama-cpp-python guesses Llama 2's [INST] format)."""
+    return ("tokenizer.chat_template" in llm.metadata or llm.chat_handler is not None
+            or (llm.chat_format or "llama-2") != "llama-2")
+
+
+def greedy_reply(llm, prompt: str, max_tokens: int) -> str:
+    """The greedy reply to one user message, from a fresh cache (no setting reuses another's prompt).
+    A file without a chat template (a base model) gets the plain prompt and an "Answer:" line instead of
+    the guessed [INST] format, to which Gemma-3-270M replies nothing at all to a short question."""
+    llm.reset()
+    if has_chat_template(llm):
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                         temperature=0.0, top_k=1, seed=0)
+        return out["choices"][0]["message"]["content"] or ""
+    out = llm.create_completion(f"{prompt}\nAnswer:", max_tokens=max_tokens, temperature=0.0, top_k=1, seed=0)
+    return out["choices"][0]["text"]
 
 
 def _setting_switch(llm, name: str, skip: Sequence[int]):
@@ -162,7 +175,7 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
         for item in items:
             for name in names:
                 switches[name]()
-                replies[name].append(_reply(llm, item, max_tokens))
+                replies[name].append(greedy_reply(llm, item.prompt, max_tokens))
                 done += 1
                 if progress:
                     progress("answering", done, total)
