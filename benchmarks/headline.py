@@ -4,7 +4,8 @@
 
 For each model: the POP file made with the default settings (the embedded default model for smollm2,
 `pop-local convert MODEL` for the others, cached in ~/.cache/pop-local/models), then `pop-local bench
---json` and `pop-local eval --json` on it, into results/headline-NAME-{bench,eval}.json (each records
+--json` and `pop-local eval --json` on it, into results/headline-NAME-{bench,eval}.json, and the
+file's frontier keys (what the converter's budget and answer check measured) into headline-NAME-frontier.json (each records
 its commit, machine, date and command). benchmarks/tables.py makes the table from them.
 """
 
@@ -30,6 +31,17 @@ def pop_file(name: str) -> "str | None":
     return out
 
 
+def write_frontier(model: str, path: str) -> None:
+    """The converter's frontier keys of `model` (what its budget and answer check measured), with provenance."""
+    from pop_local.format.atomic import write_json
+    from pop_local.format.metadata import read_pop_metadata
+    from pop_local.measure.provenance import provenance
+
+    extra = read_pop_metadata(model).extra
+    keys = {k: v for k, v in extra.items() if k.startswith(("pop.frontier.", "pop.budget", "pop.prefill.kv_method"))}
+    write_json(path, {"model": os.path.basename(model), "keys": keys, **provenance()})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="+", help="smollm2, gemma3, qwen2.5-coder-1.5b")
@@ -37,6 +49,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     for name in a.names:
         model = pop_file(name)
+        if model:
+            write_frontier(model, os.path.join(a.out, f"headline-{name}-frontier.json"))
         for command in ("bench", "eval"):
             args = [sys.executable, "-m", "pop_local", command] + ([model] if model else [])
             path = os.path.join(a.out, f"headline-{name}-{command}.json")
