@@ -6,7 +6,10 @@ where the paper's set finds 7 of 8). So the default budget also asks each candid
 answer as the full model does, greedily in llama.cpp as users run the model (POP prefill, full decode):
 - held-out long-context prompts (converter/data/answer_prompts.jsonl: documents with a question whose
   answer they state, written for the project; disjoint from the calibration prompts and from `pop-local
-  eval --answers`'s set), each reply compared token by token with the full model's reply;
+  eval --answers`'s set), each reply compared token by token with the full model's reply, and searched
+  for the reference answer (a set can keep the full model's meaning in other words, or keep its first
+  tokens and lose the answer: on Qwen2.5-Coder-1.5B, 14-27 fitted matched the wording of more replies
+  than the paper's set but found the answer in fewer);
 - pass-key retrieval: a five-digit key hidden at several depths of 512 tokens of filler (sentences of
   its own, keys of its own seed: not the prompts `pop-local eval` scores).
 
@@ -16,12 +19,13 @@ of the model with that set's projections (removed afterwards). Own-K/V candidate
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["AnswerScore", "AnswerCheck", "ANSWER_TOKENS", "answer_prompts", "fits"]
+__all__ = ["AnswerScore", "AnswerCheck", "ANSWER_TOKENS", "answer_prompts", "answer_references", "fits"]
 
 ANSWER_TOKENS = 32  # reply tokens compared per prompt
 PASSKEY_TOKENS = 512  # pass-key prompt length (capped by the model's context)
@@ -37,12 +41,22 @@ class AnswerScore:
     identical: float  # share of prompts whose greedy reply equals the full model's
     agree: float      # mean share of reply tokens before the first difference (1.0: identical)
     passkeys: float   # share of pass keys retrieved
+    found: float      # share of replies that contain the prompt's reference answer (NaN: no prompt has one)
 
 
 def answer_prompts() -> List[str]:
+    return [item.prompt for item in _answer_items()]
+
+
+def answer_references() -> List[str]:
+    """The reference answer of each of answer_prompts() ("" where an item has none)."""
+    return [item.answer for item in _answer_items()]
+
+
+def _answer_items():
     from pop_local.measure.answers import load_answer_set
 
-    return [item.prompt for item in load_answer_set(_DATA)]
+    return load_answer_set(_DATA)
 
 
 def _agreeing(reply: Sequence[int], reference: Sequence[int]) -> int:
@@ -66,11 +80,16 @@ class AnswerCheck:
     """Full-model replies to the held-out prompts, once; then `score(skip, fitted)` per candidate."""
 
     def __init__(self, src: str, meta, prompts: Optional[Sequence[str]] = None, reply_tokens: int = ANSWER_TOKENS,
-                 progress: Optional[Callable[[int, int], None]] = None):
+                 progress: Optional[Callable[[int, int], None]] = None, answers: Optional[Sequence[str]] = None):
         from pop_local.runtime.llama import PopLlama
 
         self.src, self.meta, self.reply_tokens = src, meta, reply_tokens
         self.prompts = list(prompts) if prompts is not None else answer_prompts()
+        # reference answers, one per prompt ("" = none); the bundled prompts' own when they are used
+        self.answers = list(answers) if answers is not None else (answer_references() if prompts is None
+                                                                  else [""] * len(self.prompts))
+        if len(self.answers) != len(self.prompts):
+            raise ValueError(f"{len(self.answers)} reference answers for {len(self.prompts)} prompts")
         self.progress = progress
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
@@ -78,7 +97,7 @@ class AnswerCheck:
         self.passkeys = self._passkey_prompts()
         self.reference = []
         for n, prompt in enumerate(self.prompts):
-            self.reference.append(self._reply(self.llm, prompt))
+            self.reference.append(self._reply(self.llm, prompt)[0])
             if progress:
                 progress(n + 1, len(self.prompts))
         self.scores: Dict[Tuple[Tuple[int, ...], str], AnswerScore] = {}
@@ -109,18 +128,19 @@ class AnswerCheck:
         found = re.search(r"\d+", out["choices"][0]["text"])
         return bool(found) and found.group(0) == key
 
-    def _reply(self, llm, prompt: str) -> List[int]:
+    def _reply(self, llm, prompt: str) -> Tuple[List[int], str]:
         from pop_local.measure.answers import greedy_reply
 
         text = greedy_reply(llm, prompt, self.reply_tokens)
-        return llm.tokenize(text.encode(), add_bos=False, special=False)
+        return llm.tokenize(text.encode(), add_bos=False, special=False), text
 
     def score(self, skip: Tuple[int, ...], fitted=None) -> AnswerScore:
         """How often `skip` (with `fitted` K/V: a FittedKV, else the layers' own) answers as the full model."""
         kv = "own" if fitted is None else "fitted"
-        key = (tuple(skip), kv)
-        if key in self.scores:
-            return self.scores[key]
+        measured = (tuple(skip), kv)
+        if measured in self.scores:
+            return self.scores[measured]
+        from pop_local.measure.answers import answer_found
         from pop_local.runtime.llama import PopLlama
 
         if fitted is None:
@@ -133,12 +153,13 @@ class AnswerCheck:
         llm.pop_enabled = True
         total = len(self.prompts) + len(self.passkeys)
         try:
-            identical, agree = 0, 0.0
-            for n, (prompt, ref) in enumerate(zip(self.prompts, self.reference)):
-                reply = self._reply(llm, prompt)
+            identical, agree, found = 0, 0.0, 0
+            for n, (prompt, ref, answer) in enumerate(zip(self.prompts, self.reference, self.answers)):
+                reply, text = self._reply(llm, prompt)
                 same = _agreeing(reply, ref)
                 identical += reply == ref
                 agree += 1.0 if reply == ref else same / max(1, len(ref))
+                found += bool(answer) and answer_found(text, answer)
                 if self.progress:
                     self.progress(n + 1, total)
             keys = 0
@@ -151,8 +172,10 @@ class AnswerCheck:
             if owned:
                 llm.close()
                 os.remove(path)
-        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts), keys / len(self.passkeys))
-        self.scores[key] = result
+        with_answer = sum(1 for a in self.answers if a)
+        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts), keys / len(self.passkeys),
+                             found / with_answer if with_answer else math.nan)
+        self.scores[measured] = result
         return result
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:

@@ -309,9 +309,10 @@ def _choose_from_frontier(out, budget, kv: str, meta, answers_src: Optional[str]
 
 def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progress):
     """The fastest row within the KL budget whose greedy replies equal the full model's at least as often
-    as the paper's set's (own K/V) do, and agree with them at least as long (the mean share of reply tokens
+    as the paper's set's (own K/V) do, agree with them at least as long (the mean share of reply tokens
     before the first difference: on a small model even the paper's set rarely repeats a whole reply, and
-    the share alone would tie at zero); the paper's set itself when none does. Rows gain what was measured."""
+    the share alone would tie at zero), find as many pass keys and contain the reference answer at least
+    as often; the paper's set itself when none does. Rows gain what was measured."""
     import dataclasses
 
     from pop_local.format.frontier import budget_options, first_answering, paper_skip_set
@@ -342,6 +343,6 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
     new_rows = list(rows)
     for (i, m), s in measured.items():
         new_rows[i] = dataclasses.replace(new_rows[i], **{f"answers_{m}": s.identical, f"agree_{m}": s.agree,
-                                                          f"passkeys_{m}": s.passkeys})
+                                                          f"passkeys_{m}": s.passkeys, f"found_{m}": s.found})
     return new_rows, chosen, method, {"paper_answers": reference.identical,
                                       "answer_prompts": (len(check.prompts), check.reply_tokens, len(check.passkeys))}

@@ -79,6 +79,7 @@ def test_eval_answers_on_a_real_model(tmp_path, long_text):
     result = json.loads(out.read_text())
     answers = result["answers"]
     assert result["commit"] and answers["min_tokens"] == 128
+    assert answers["kv"] == "own"  # the embedded default has no fitted tensors (its kv_mode still reads "fitted")
     pop = answers["settings"]["pop"]
     assert pop["short"]["identical"] == 1.0 and pop["short"]["f1"] == 1.0
     assert answers["prompt_tokens"]["short"][-1] < 128 <= answers["prompt_tokens"]["long"][0]
@@ -105,12 +106,12 @@ def test_eval_answers_bad_input_is_one_line(tmp_path):
 
 
 def test_answer_found_matches_whole_words():
-    from pop_local.measure.answers import _found
+    from pop_local.measure.answers import answer_found
 
-    assert _found("It opened in 1899, after the flood.", "1899")
-    assert not _found("It opened in 18990.", "1899") and not _found("Gold is Au79", "Au")
-    assert _found("The answer: an expired TLS certificate.", "an expired TLS certificate")
-    assert not _found("anything", "")
+    assert answer_found("It opened in 1899, after the flood.", "1899")
+    assert not answer_found("It opened in 18990.", "1899") and not answer_found("Gold is Au79", "Au")
+    assert answer_found("The answer: an expired TLS certificate.", "an expired TLS certificate")
+    assert not answer_found("anything", "")
 
 
 def test_a_model_without_a_chat_template_is_asked_in_plain_text(gemma3, smollm2):
@@ -127,3 +128,51 @@ def test_a_model_without_a_chat_template_is_asked_in_plain_text(gemma3, smollm2)
             assert greedy_reply(llm, "What is the capital of France?", 8).strip()
         finally:
             llm.close()
+
+
+def test_the_converters_answer_prompts_state_their_reference_answers():
+    """The answer check counts a reply as finding the answer by the item's reference: each document
+    must state it (else no set could find it), and each question must ask for it."""
+    from pop_local.converter.answer_check import answer_prompts, answer_references
+    from pop_local.measure.answers import answer_found
+
+    prompts, answers = answer_prompts(), answer_references()
+    assert len(prompts) == len(answers) >= 6 and all(answers)
+    for prompt, answer in zip(prompts, answers):
+        document, question = prompt.rsplit("Question:", 1)
+        assert answer_found(document, answer), answer
+        assert not answer_found(question, answer), answer  # the question does not give it away
+
+
+@pytest.mark.slow
+def test_the_answer_check_scores_the_full_graph_as_the_full_model(smollm2):
+    """A candidate that skips nothing (POP on, empty set) replies exactly as the full model: identical
+    replies, agreement 1, the full model's pass keys and answers found; the paper's set is measured on
+    the same scale, and a prompt without a reference answer is not counted as found."""
+    import math
+
+    from pop_local import read_pop_metadata
+    from pop_local.converter.answer_check import AnswerCheck, answer_prompts, answer_references
+    from pop_local.format.frontier import paper_skip_set
+    from pop_local.measure.answers import answer_found
+
+    meta = read_pop_metadata(smollm2)
+    prompts, answers = answer_prompts()[:3], answer_references()[:3]
+    check = AnswerCheck(smollm2, meta, prompts=prompts, answers=answers, reply_tokens=24)
+    try:
+        full_found = sum(answer_found(check.llm.detokenize(r).decode(errors="ignore"), a)
+                         for r, a in zip(check.reference, answers)) / 3
+        same = check.score(())
+        assert (same.identical, same.agree) == (1.0, 1.0) and same.found == pytest.approx(full_found)
+        paper = check.score(paper_skip_set(meta.n_layer))
+        assert 0 <= paper.identical <= paper.agree <= 1 and 0 <= paper.found <= 1 and 0 <= paper.passkeys <= 1
+        assert check.score(paper_skip_set(meta.n_layer)) is paper  # measured once per set
+    finally:
+        check.close()
+    check = AnswerCheck(smollm2, meta, prompts=prompts[:1], reply_tokens=8)
+    try:
+        assert math.isnan(check.score(()).found)  # no reference answers given: not measured
+    finally:
+        check.close()
+    with pytest.raises(ValueError, match="2 reference answers for 1 prompts"):
+        AnswerCheck(smollm2, meta, prompts=prompts[:1], answers=answers[:2])

@@ -117,6 +117,9 @@ def test_the_answer_rule_keeps_the_fastest_set_answering_like_the_papers():
     assert first_answering([3, 2], score, (0.25, 0.55, 0.75)) is None
     assert first_answering([3], score, (0.0, 0.30, 1.0)) == 3  # ties pass: the paper's set passes against itself
     assert first_answering([0], score, (0.0, 0.0, 1.01)) is None  # every measure counts: a lost pass key too
+    scores[4] = (0.5, 0.9, 1.0, 0.5)
+    assert first_answering([4], score, (0.0, 0.0, 0.0, 0.6)) is None  # and an answer lost in other words
+    assert first_answering([4], score, (0.0, 0.0, 0.0, float("nan"))) == 4  # no reference answers: not compared
 
 
 @pytest.mark.slow
@@ -124,22 +127,35 @@ def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2
     import dataclasses
     import math
 
-    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5, passkeys_own=1.0),
-            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6, passkeys_fitted=0.75)]
+    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5, passkeys_own=1.0, found_own=0.5),
+            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6, passkeys_fitted=0.75,
+                                found_fitted=0.625)]
     rows = [ROWS[0], rows[0], ROWS[2], rows[1]]
     fields = frontier_fields(rows, 3, Budget(max_kl="paper"), 0.09, (4, 192), paper_answers=0.25,
                              answer_prompts=(8, 32, 4))
     f = _write(smollm2, tmp_path / "a.gguf", fields).frontier
     assert f.answer_prompts == (8, 32, 4) and f.paper_answers == pytest.approx(0.25)
-    assert f.choice.passkeys_fitted == pytest.approx(0.75)
+    assert f.choice.passkeys_fitted == pytest.approx(0.75) and f.choice.found_fitted == pytest.approx(0.625)
+    assert f.rows[1].found_own == pytest.approx(0.5) and math.isnan(f.rows[1].found_fitted)
     assert f.rows[1].answers_own == pytest.approx(0.25) and math.isnan(f.rows[1].answers_fitted)
     assert f.choice.answers("fitted") == pytest.approx(0.375) and f.choice.agree_fitted == pytest.approx(0.6)
     assert all(math.isnan(r.answers_own) for r in (f.rows[0], f.rows[2], f.rows[3]))
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
-    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 | chosen |" in r.output
+    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 / 0.62 | chosen |" in r.output
     assert "Answers: the share of 8 held-out long prompts" in r.output
     old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
     assert old.frontier.answer_prompts is None and math.isnan(old.frontier.choice.answers())
+    # a file converted before the check looked for answers: the other answer keys, without the found pair
+    earlier = {k: v for k, v in fields.items() if k not in keys.FRONTIER_FOUND_ARRAYS}
+    f = _write(smollm2, tmp_path / "earlier.gguf", earlier).frontier
+    assert f.choice.answers_fitted == pytest.approx(0.375) and math.isnan(f.choice.found_fitted)
+    assert "| - | 0.38 / 0.60 / 0.75 | chosen |" in CliRunner().invoke(cli, ["inspect", str(tmp_path / "earlier.gguf")]).output
+    half = {k: v for k, v in fields.items() if k != keys.FRONTIER_FOUND_FITTED}
+    with pytest.raises(PopMetadataError, match="found_fitted: missing"):
+        _write(smollm2, tmp_path / "half.gguf", half)
+    bad = {**fields, keys.FRONTIER_FOUND_OWN: [0.1, 1.5, 0.1, 0.1]}
+    with pytest.raises(PopMetadataError, match="found_own: 1.5 is not a share"):
+        _write(smollm2, tmp_path / "b2.gguf", bad)
     bad = {**fields, keys.FRONTIER_ANSWERS_OWN: [0.1, 2.0, 0.1, 0.1]}
     with pytest.raises(PopMetadataError, match="answers_own: 2.0 is not a share"):
         _write(smollm2, tmp_path / "b.gguf", bad)
@@ -202,7 +218,8 @@ def test_budgeted_conversion_is_reproducible(budgeted):
     from gguf import GGUFReader
 
     a, b = (read_pop_metadata(p) for p in budgeted)
-    assert a.frontier == b.frontier and a.skip_layers == b.skip_layers
+    assert a.skip_layers == b.skip_layers and a.frontier.chosen == b.frontier.chosen
+    assert a.frontier == b.frontier, [(x, y) for x, y in zip(a.frontier.rows, b.frontier.rows) if x != y]
     assert len(a.frontier.rows) == 6 and a.frontier.held_out[0] == 2
     tensors = [{t.name: t.data.tobytes() for t in GGUFReader(p, "r").tensors if t.name.endswith(".pop")}
                for p in budgeted]

@@ -107,6 +107,7 @@ def test_the_printed_estimate_is_within_half_of_the_measured_time_and_memory(smo
     kv = "fitted" if "fitted" in proc.stdout.split("skip layers")[1].split(";")[0] else "own"
     assert f.choice.answers(kv) >= paper.answers_own and getattr(f.choice, f"agree_{kv}") >= paper.agree_own
     assert getattr(f.choice, f"passkeys_{kv}") >= paper.passkeys_own and f.answer_prompts[2] == 4
+    assert getattr(f.choice, f"found_{kv}") >= paper.found_own >= 0  # measured: the bundled prompts have answers
     assert "same replies as the full model on" in proc.stdout
     if peak is not None:  # the largest child so far: this conversion, unless an earlier child was larger
         assert 0.5 * peak <= cost.peak_bytes <= 1.5 * peak, (cost.peak_bytes, peak)

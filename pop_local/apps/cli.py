@@ -229,10 +229,11 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         if keys.FRONTIER_ANSWER_PROMPTS in row:
             fitted = kv_used == "fitted"
             same = row[keys.FRONTIER_ANSWERS_FITTED if fitted else keys.FRONTIER_ANSWERS_OWN][i]
-            found = row[keys.FRONTIER_KEYS_FITTED if fitted else keys.FRONTIER_KEYS_OWN][i]
+            keys_found = row[keys.FRONTIER_KEYS_FITTED if fitted else keys.FRONTIER_KEYS_OWN][i]
+            found = row[keys.FRONTIER_FOUND_FITTED if fitted else keys.FRONTIER_FOUND_OWN][i]
             how += (f"; same replies as the full model on {same:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][0]} long "
-                    f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%}), "
-                    f"{found:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][2]} pass keys found")
+                    f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%}), the answer "
+                    f"in {found:.0%} of them, {keys_found:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][2]} pass keys found")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 

@@ -35,6 +35,8 @@ class FrontierRow:
     agree_fitted: float = math.nan
     passkeys_own: float = math.nan
     passkeys_fitted: float = math.nan
+    found_own: float = math.nan      # share of replies containing the reference answer
+    found_fitted: float = math.nan
 
     def answers(self, kv: str = "auto") -> float:
         return self.answers_fitted if self.kv_for(kv) == "fitted" else self.answers_own
@@ -152,15 +154,17 @@ def budget_options(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto"
 
 def first_answering(order: Sequence[int], score, reference: Sequence[float]) -> Optional[int]:
     """The first row of `order` (fastest first) whose answer scores, score(i) -> (identical share, agreeing
-    share, pass keys retrieved), are each at least `reference`'s (the paper's set); None when none is.
+    share, pass keys retrieved, answers found), are each at least `reference`'s (the paper's set); None
+    when none is. A measure the reference lacks (NaN: no prompt has a reference answer) is not compared.
     Rows after it are not scored."""
     for i in order:
-        if all(got >= want for got, want in zip(score(i), reference)):
+        if all(math.isnan(want) or got >= want for got, want in zip(score(i), reference)):
             return i
     return None
 
 
-_ANSWER_ATTRS = ("answers_own", "answers_fitted", "agree_own", "agree_fitted", "passkeys_own", "passkeys_fitted")
+_ANSWER_ATTRS = ("answers_own", "answers_fitted", "agree_own", "agree_fitted", "passkeys_own", "passkeys_fitted",
+                 "found_own", "found_fitted")
 
 
 def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
@@ -183,7 +187,7 @@ def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, pa
     if paper_kl is not None:
         fields[keys.FRONTIER_PAPER_KL] = float(paper_kl)
     if answer_prompts is not None:
-        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS, _ANSWER_ATTRS):
+        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS, _ANSWER_ATTRS):
             fields[name] = [float(getattr(r, attr)) for r in rows]
         fields[keys.FRONTIER_ANSWER_PROMPTS] = [int(x) for x in answer_prompts]
         if paper_answers is not None:
@@ -260,23 +264,29 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
     rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]), float(columns[keys.FRONTIER_KL_FITTED][i]),
                              float(columns[keys.FRONTIER_TOP1_OWN][i]), float(columns[keys.FRONTIER_TOP1_FITTED][i]),
                              float(columns[keys.FRONTIER_SPEEDUP_512][i]), float(columns[keys.FRONTIER_SPEEDUP_2048][i]),
-                             *(float(answers[name][i]) for name in keys.FRONTIER_ANSWER_ARRAYS))
+                             *(float(answers[name][i]) for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS))
                  for i in range(n))
     return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]),
                     paper_answers, answer_prompts)
 
 
 def _read_answers(extra: Mapping[str, Any], n: int):
-    """The answer-check keys: all four arrays (shares in [0, 1] or NaN = not measured) with their prompt
-    count, or none of them (files converted before the check, or with another budget)."""
-    present = [k for k in keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,) if k in extra]
+    """The answer-check keys: all six arrays (shares in [0, 1] or NaN = not measured) with their prompt
+    count, or none of them (files converted before the check, or with another budget); the two arrays of
+    answers found, or neither (files converted before the check looked for answers: NaN)."""
+    nan = [math.nan] * n
+    present = [k for k in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
+               if k in extra]
     if not present:
-        return {name: [math.nan] * n for name in keys.FRONTIER_ANSWER_ARRAYS}, None, None
-    missing = [k for k in keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,) if k not in extra]
+        return {name: nan for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS}, None, None
+    required = keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
+    if any(k in extra for k in keys.FRONTIER_FOUND_ARRAYS):
+        required += keys.FRONTIER_FOUND_ARRAYS
+    missing = [k for k in required if k not in extra]
     if missing:
         raise PopMetadataError(missing[0], "missing (the file has a partial answer check)")
-    answers = {}
-    for name in keys.FRONTIER_ANSWER_ARRAYS:
+    answers = {name: nan for name in keys.FRONTIER_FOUND_ARRAYS}
+    for name in (k for k in required if k != keys.FRONTIER_ANSWER_PROMPTS):
         value = extra[name]
         if not isinstance(value, list) or len(value) != n:
             raise PopMetadataError(name, f"expected {n} entries, one per candidate, got {value!r}"[:200])
@@ -302,13 +312,15 @@ def frontier_table(frontier: Frontier, n_layer: int) -> str:
     head += " answers own | answers fitted | |" if checked else " |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
 
-    def share(same, agree, found):
-        return "-" if math.isnan(same) else f"{same:.2f} / {agree:.2f} / {found:.2f}"
+    def share(same, agree, keys_found, found):
+        if math.isnan(same):
+            return "-"
+        return f"{same:.2f} / {agree:.2f} / {keys_found:.2f}" + ("" if math.isnan(found) else f" / {found:.2f}")
 
     for i, r in enumerate(frontier.rows):
         mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
-        answers = (f" {share(r.answers_own, r.agree_own, r.passkeys_own)} | "
-                   f"{share(r.answers_fitted, r.agree_fitted, r.passkeys_fitted)} |") if checked else ""
+        answers = (f" {share(r.answers_own, r.agree_own, r.passkeys_own, r.found_own)} | "
+                   f"{share(r.answers_fitted, r.agree_fitted, r.passkeys_fitted, r.found_fitted)} |") if checked else ""
         lines.append(f"| {format_layers(r.skip)} | {len(r.skip)} | {r.kl_own:.4f} | {r.kl_fitted:.4f} | "
                      f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x |"
                      f"{answers} {mark} |")
@@ -316,6 +328,6 @@ def frontier_table(frontier: Frontier, n_layer: int) -> str:
         lines.append(f"\nAnswers: the share of {frontier.answer_prompts[0]} held-out long prompts whose first "
                      f"{frontier.answer_prompts[1]} greedy reply tokens equal the full model's / the mean share of "
                      f"reply tokens before the first difference / the share of {frontier.answer_prompts[2]} pass keys "
-                     "retrieved (- : not measured; the budget keeps the fastest set at least as good as the paper's "
-                     "on all three).")
+                     "retrieved / the share of replies containing the reference answer (- : not measured; the budget "
+                     "keeps the fastest set at least as good as the paper's on each).")
     return "\n".join(lines)

@@ -85,10 +85,13 @@ FRONTIER_AGREE_OWN = "pop.frontier.agree_own"            # f32 array: mean share
 FRONTIER_AGREE_FITTED = "pop.frontier.agree_fitted"
 FRONTIER_KEYS_OWN = "pop.frontier.passkeys_own"          # f32 array: share of held-out pass keys retrieved
 FRONTIER_KEYS_FITTED = "pop.frontier.passkeys_fitted"
+FRONTIER_FOUND_OWN = "pop.frontier.found_own"            # f32 array: share of replies containing the reference answer
+FRONTIER_FOUND_FITTED = "pop.frontier.found_fitted"      # (optional pair: files converted before it was measured lack it)
 FRONTIER_PAPER_ANSWERS = "pop.frontier.paper_answers"    # f32: identical share of the paper's set (own K/V)
 FRONTIER_ANSWER_PROMPTS = "pop.frontier.answer_prompts"  # u32 array [3]: prompts, reply tokens compared, pass keys
 FRONTIER_ANSWER_ARRAYS = (FRONTIER_ANSWERS_OWN, FRONTIER_ANSWERS_FITTED, FRONTIER_AGREE_OWN, FRONTIER_AGREE_FITTED,
                           FRONTIER_KEYS_OWN, FRONTIER_KEYS_FITTED)
+FRONTIER_FOUND_ARRAYS = (FRONTIER_FOUND_OWN, FRONTIER_FOUND_FITTED)
 FRONTIER_ARRAYS = (FRONTIER_SKIP_LAYERS, FRONTIER_KL_OWN, FRONTIER_KL_FITTED, FRONTIER_TOP1_OWN, FRONTIER_TOP1_FITTED,
                    FRONTIER_SPEEDUP_512, FRONTIER_SPEEDUP_2048)
 

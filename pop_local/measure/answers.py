@@ -26,7 +26,7 @@ from pop_local.errors import PopError
 
 from .texts import json_lines
 
-__all__ = ["AnswerItem", "load_answer_set", "builtin_answer_set", "run_answers", "format_answers_table",
+__all__ = ["AnswerItem", "load_answer_set", "builtin_answer_set", "run_answers", "format_answers_table", "answer_found",
            "token_f1", "first_difference"]
 
 GROUPS = ("short", "long")
@@ -96,7 +96,7 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> Optional[int]:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _found(reply: str, answer: str) -> bool:
+def answer_found(reply: str, answer: str) -> bool:
     """Whether the reference answer's words appear in the reply, in order and as whole words."""
     want, got = _words(answer), _words(reply)
     return bool(want) and any(got[i:i + len(want)] == want for i in range(len(got) - len(want) + 1))
@@ -199,13 +199,13 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
                 "identical": sum(d is None for d in diffs) / len(rows),
                 "first_diff": sum(differing) / len(differing) if differing else None,
                 "f1": sum(token_f1(replies[name][k], replies["full"][k]) for k in rows) / len(rows),
-                "found": (sum(_found(replies[name][k], items[k].answer) for k in with_answer) / len(with_answer)
+                "found": (sum(answer_found(replies[name][k], items[k].answer) for k in with_answer) / len(with_answer)
                           if with_answer else None),
             }
     return {
         "model": os.path.basename(llm.model_path),
         "skip_layers": format_layers(skip),
-        "kv": llm.kv_mode,
+        "kv": "fitted" if llm.fitted_active else "own",  # what the "pop" setting's pruned layers used
         "min_tokens": llm.min_tokens,
         "data": data_name,
         "max_tokens": max_tokens,
