@@ -103,6 +103,8 @@ def answers() -> str:
         scores = lm["settings"]
         # the default setting is the paper's on some models: one row then
         settings = ["pop"] if lm["paper_is_default"] else ["paper", "pop"]
+        # eval --answers leaves the paper's setting out where the default has its skip set (other K/V)
+        settings = [s for s in settings if s in ans["settings"]]
         for setting in settings:
             a = ans["settings"][setting]
             prefix = "paper_" if setting == "paper" else ""
