@@ -84,10 +84,14 @@ class AnswerCheck:
         from pop_local.runtime.llama import PopLlama
 
         self.src, self.meta, self.reply_tokens = src, meta, reply_tokens
-        self.prompts = list(prompts) if prompts is not None else answer_prompts()
-        # reference answers, one per prompt ("" = none); the bundled prompts' own when they are used
-        self.answers = list(answers) if answers is not None else (answer_references() if prompts is None
-                                                                  else [""] * len(self.prompts))
+        if prompts is None:  # the bundled prompts, with their reference answers
+            items = _answer_items()
+            prompts = [i.prompt for i in items]
+            if answers is None:
+                answers = [i.answer for i in items]
+        self.prompts = list(prompts)
+        # reference answers, one per prompt ("" = none)
+        self.answers = list(answers) if answers is not None else [""] * len(self.prompts)
         if len(self.answers) != len(self.prompts):
             raise ValueError(f"{len(self.answers)} reference answers for {len(self.prompts)} prompts")
         self.progress = progress

@@ -205,7 +205,7 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
     return {
         "model": os.path.basename(llm.model_path),
         "skip_layers": format_layers(skip),
-        "kv": "fitted" if llm.fitted_active else "own",  # what the "pop" setting's pruned layers used
+        "kv": llm.kv_used,  # what the "pop" setting's pruned layers used (kv_mode says what was asked)
         "min_tokens": llm.min_tokens,
         "data": data_name,
         "max_tokens": max_tokens,
