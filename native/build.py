@@ -164,7 +164,7 @@ def cmake_args(user_args: str, patched: bool) -> str:
         # llama.cpp's RPC backend (pop-local rpc-server, --rpc): a small library; -DGGML_RPC=OFF drops it
         ours.append("-DGGML_RPC=ON")
     else:
-        ours.append("-DLLAVA_BUILD=OFF")  # same as the hook's default, so the baseline is built the same way
+        ours.append("-DLLAVA_BUILD=OFF")  # the baseline serves text comparisons only: no multimodal library
     ours += no_amx_flags(user_args)
     if shutil.which("ccache") and "COMPILER_LAUNCHER" not in user_args:
         ours += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
@@ -197,6 +197,12 @@ def check_installed(python: str) -> None:
         detail = (result.stderr.strip().splitlines() or [""])[-1]
         raise BuildError(f"the installed llama_cpp has no POP symbols; the build did not take the patch ({detail})")
     print(f"pop-local: libllama with POP (ABI {result.stdout.strip()}) installed for {python}")
+    if "LLAVA_BUILD=OFF" not in os.environ.get("CMAKE_ARGS", "").replace(" ", ""):
+        # the multimodal library (chat --mmproj), linked against the patched libllama
+        result = subprocess.run([python, "-c", "import llama_cpp.mtmd_cpp"], capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or [""])[-1]
+            raise BuildError(f"the installed llama_cpp has no multimodal library (libmtmd): {detail}")
 
 
 def build_fingerprint(args: str) -> str:

@@ -10,10 +10,8 @@
 
 set(POP_NATIVE_DIR "${CMAKE_CURRENT_LIST_DIR}")
 
-# the multimodal library is not used by pop-local and costs minutes to compile; -DLLAVA_BUILD=ON brings it back
-if (NOT DEFINED CACHE{LLAVA_BUILD})
-    set(LLAVA_BUILD OFF CACHE BOOL "Build llava shared library and install alongside python package")
-endif()
+# the multimodal library (mtmd, upstream's LLAVA_BUILD, on by default) is built too: `chat --mmproj`
+# decodes images through it into the patched libllama; -DLLAVA_BUILD=OFF leaves it out (images then fail)
 
 if (DEFINED Python_EXECUTABLE)
     set(POP_PYTHON "${Python_EXECUTABLE}")

@@ -6,9 +6,11 @@ decides per micro-batch which graph runs (non-output prompt tokens pruned, outpu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import llama_cpp
@@ -20,7 +22,7 @@ from pop_local.errors import PopSettingError
 from pop_local.format.layers import check_range, parse_layers
 from pop_local.format.metadata import PopMetadata, check_min_tokens, read_pop_metadata, resolve_runtime_metadata
 
-from . import native as _native
+from . import multimodal, native as _native
 from . import upstream
 from .rpc import devices_for_load, use_servers
 from .settings import LoadSettings, PopSettings, build
@@ -28,6 +30,15 @@ from .settings import LoadSettings, PopSettings, build
 __all__ = ["PopLlama"]
 
 _UNKNOWN = object()  # the label of a cached position whose settings are not known: reusable by none
+
+
+@dataclass
+class _MultimodalPrompt:
+    """One multimodal prompt while its chunks are evaluated: what the settings decided for all of them."""
+    plan: "multimodal.PromptPlan"
+    started: float   # when its chunks were planned (image encoding counts as prefill)
+    short: bool      # under the prompt minimum: the full model runs every chunk
+    label: Hashable  # the cache label of its positions
 
 
 class PopLlama(llama_cpp.Llama):
@@ -49,6 +60,10 @@ class PopLlama(llama_cpp.Llama):
         metadata: the file's PopMetadata when the caller has read it already (the header is read once).
         rpc_servers: "HOST:PORT[,HOST:PORT...]" (or a list) of `pop-local rpc-server`s whose devices the
             model is split over too (runtime/rpc.py); rpc_timeout: seconds each may take to answer.
+        mmproj: a multimodal projector GGUF (llama.cpp's clip format) for image_url parts in chat messages:
+            upstream's MTMDChatHandler on the model's own chat template (or the multimodal handler
+            `chat_format` names). A chat_handler passed in is used as it is; either way image tokens are
+            pruned like prompt text (runtime/multimodal.py).
         settings: (LoadSettings, PopSettings) already checked, instead of the arguments above (use
             PopLlama.from_settings).
         **llama_kwargs: passed to llama_cpp.Llama unchanged (n_ctx, n_batch, kv_overrides, ...).
@@ -63,10 +78,10 @@ class PopLlama(llama_cpp.Llama):
                  skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
                  min_tokens: Optional[int] = None, exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
                  rpc_servers: "Optional[str | Sequence[str]]" = None, rpc_timeout: int = 300,
-                 settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None, **llama_kwargs: Any):
+                 mmproj: Optional[str] = None, settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None, **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         if settings is None:  # the library's own entry point: the arguments are checked here, once
-            load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout,
+            load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout, "mmproj": mmproj,
                                         "reuse_cache_across_settings": reuse_cache_across_settings})
             pop_settings = build(PopSettings, {"pop": pop, "skip_layers": skip_layers, "kv_mode": kv_mode,
                                                "min_tokens": min_tokens})
@@ -82,6 +97,8 @@ class PopLlama(llama_cpp.Llama):
         self._last_prefill_tokens = 0
         self._min_tokens = self.pop_metadata.min_tokens if pop_settings.min_tokens is None else pop_settings.min_tokens
         self._short_prompts = self._short_prompt_tokens = 0  # evaluations run full for being short
+        self._image_tokens = self._image_pruned_tokens = 0  # image (or audio) chunks' tokens, and those run pruned
+        self._prompt: Optional[_MultimodalPrompt] = None  # the multimodal prompt being evaluated
         self.reuse_cache_across_settings = load.reuse_cache_across_settings
         # the POP settings each cached position was computed under (_cache_label); see generate()
         self._position_labels: List[Hashable] = []
@@ -91,8 +108,16 @@ class PopLlama(llama_cpp.Llama):
         endpoints = list(load.rpc_servers or ())
         if endpoints:
             use_servers(endpoints, timeout_s=load.rpc_timeout)
+        if load.mmproj and llama_kwargs.get("chat_handler") is None:
+            llama_kwargs["chat_handler"] = upstream.multimodal_chat_handler(
+                load.mmproj, llama_kwargs.get("chat_format"), verbose=bool(llama_kwargs.get("verbose")))
+        if llama_kwargs.get("chat_handler") is not None and (llama_kwargs.get("chat_format") or "mtmd") in upstream.MULTIMODAL_CHAT_FORMATS:
+            llama_kwargs["chat_format"] = None  # a handler's name, not a text template llama_cpp.Llama knows
         with devices_for_load(endpoints):  # only this model's servers, once any is registered
             super().__init__(model_path=model_path, **llama_kwargs)
+        self.multimodal = self.chat_handler is not None and multimodal.attach(self, self.chat_handler)
+        if load.mmproj:  # load the projector now, so that a bad file fails here and not at the first image
+            upstream.load_projector(self.chat_handler, self, load.mmproj)
 
         if pop_settings.skip_layers is not None:
             self._set_skip_layers(pop_settings.skip_layers)
@@ -224,6 +249,11 @@ class PopLlama(llama_cpp.Llama):
         """True when pruned prompts use fitted K/V: kv_mode "fitted", the file's skip set, tensors present."""
         return bool(self._pop.pop_llama_fitted_active(self._ctx_ptr))
 
+    @property
+    def kv_used(self) -> str:
+        """The K/V pruned prompts use: "fitted" (fitted_active) or "own" (whatever kv_mode asks)."""
+        return "fitted" if self.fitted_active else "own"
+
     def _set_stage_mode(self, mode: int) -> None:
         """Evaluation baselines only (see native/pop_api.h); not a product feature."""
         if self._pop.pop_llama_set_stage_mode(self._ctx_ptr, int(mode)) != 0:
@@ -247,11 +277,13 @@ class PopLlama(llama_cpp.Llama):
             "enabled": self.pop_enabled,
             "active": self.pop_active,
             "skip_layers": self.skip_layers,
-            "kv": "fitted" if self.fitted_active else "own",
+            "kv": self.kv_used,
             "exact_layers": self.exact_layers if self.exact_prefill else (),
             "min_tokens": self._min_tokens,
             "short_prompts": self._short_prompts,
             "short_prompt_tokens": self._short_prompt_tokens,
+            "image_tokens": self._image_tokens,
+            "image_pruned_tokens": self._image_pruned_tokens,
         }
         return dict(snapshot)
 
@@ -265,6 +297,7 @@ class PopLlama(llama_cpp.Llama):
         self._last_prefill_ms = None
         self._last_prefill_tokens = 0
         self._short_prompts = self._short_prompt_tokens = 0
+        self._image_tokens = self._image_pruned_tokens = 0
         self.pop_stats()
 
     # --- which cached prefix a request may reuse ----------------------------------------------------
@@ -299,6 +332,7 @@ class PopLlama(llama_cpp.Llama):
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
         """llama_cpp.Llama.generate, reusing only the cached prefix computed under the current POP
         settings (upstream reuses any matching prefix, whatever computed it)."""
+        self._prompt = None  # a multimodal prompt ends where generation starts
         if kwargs.get("reset", True) and self.n_tokens > 0:
             valid = self.reusable_prefix()
             if valid < self.n_tokens:
@@ -323,33 +357,82 @@ class PopLlama(llama_cpp.Llama):
 
         llama_cpp.Llama.eval requests logits for the last token of every n_batch chunk, which would
         run those tokens at full depth; without logits_all nothing reads them, so here only the very
-        last token is an output. The KV cache then matches one POP pass over the whole prompt.
+        last token is an output. The KV cache then matches one POP pass over the whole prompt. Within a
+        multimodal prompt (runtime/multimodal.py) the prompt is all of its chunks: only the chunk that
+        ends it has an output, and the prompt minimum weighs all of its tokens.
         """
-        if upstream.logits_all(self) or len(tokens) <= 1:
+        prompt = self._prompt
+        if upstream.logits_all(self) or (len(tokens) <= 1 and prompt is None):
             start = self.n_tokens
             super().eval(tokens)
             self._label_positions(start, self.n_tokens)
             self.pop_stats()
             return
-        start = time.perf_counter()
+        if prompt is None:
+            started = time.perf_counter()
+            short = self._count_short(len(tokens))
+            ends, label = True, self._cache_label()
+        else:
+            started, short, label = prompt.started, prompt.short, prompt.label
+            ends = self.n_tokens + len(tokens) >= prompt.plan.positions
         upstream.forget_after(self, self.n_tokens)
-        # a short evaluation runs the full model, under the settings' own cache label (the settings say so)
-        short = len(tokens) < self._min_tokens and self.pop_active
-        label = self._cache_label()
-        if short:
-            self._pop.pop_llama_set_enabled(self._ctx_ptr, False)
-            self._short_prompts += 1
-            self._short_prompt_tokens += len(tokens)
-        try:
+        with self._full_model_if(short):
             for i in range(0, len(tokens), self.n_batch):
                 chunk = tokens[i: min(len(tokens), i + self.n_batch)]
-                self._decode_chunk(chunk, last_is_output=i + len(chunk) == len(tokens), label=label)
-        finally:
-            if short:
-                self._pop.pop_llama_set_enabled(self._ctx_ptr, True)
-        self._last_prefill_ms = (time.perf_counter() - start) * 1000.0
-        self._last_prefill_tokens = len(tokens)
+                self._decode_chunk(chunk, last_is_output=ends and i + len(chunk) == len(tokens), label=label)
+        if ends:
+            self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
+            self._last_prefill_tokens = len(tokens) if prompt is None else prompt.plan.tokens
+            self._prompt = None
         self.pop_stats()
+
+    def _count_short(self, n_tokens: int) -> bool:
+        """Whether a prompt evaluation of n_tokens new tokens runs the full model (under the minimum,
+        with POP active), counted as a short prompt when it does."""
+        short = n_tokens < self._min_tokens and self.pop_active
+        if short:
+            self._short_prompts += 1
+            self._short_prompt_tokens += n_tokens
+        return short
+
+    @contextlib.contextmanager
+    def _full_model_if(self, short: bool):
+        """POP off for the evaluations inside (a short prompt runs the full model, under the settings'
+        own cache label: the settings say so)."""
+        if not short:
+            yield
+            return
+        self._pop.pop_llama_set_enabled(self._ctx_ptr, False)
+        try:
+            yield
+        finally:
+            self._pop.pop_llama_set_enabled(self._ctx_ptr, True)
+
+    # --- multimodal prompts (runtime/multimodal.py calls these from a chat handler's mtmd calls) ------
+
+    def _begin_multimodal_prompt(self, plan: "multimodal.PromptPlan") -> None:
+        """A chat handler has split a prompt into chunks; it evaluates them from position 0 next."""
+        self._prompt = _MultimodalPrompt(plan, time.perf_counter(), self._count_short(plan.tokens), self._cache_label())
+
+    def _eval_image_chunk(self, run, *, n_tokens: int, start: int, end) -> int:
+        """Run one image chunk's evaluation (`run`: mtmd's encode + llama_decode, no outputs, returns its
+        status); `end()` is the position after it once it ran."""
+        prompt = self._prompt
+        pruned_before = self.pop_stats()["pruned_tokens"]
+        upstream.forget_after(self, start)
+        with self._full_model_if(prompt is not None and prompt.short):
+            status = run()
+        if status == 0:
+            stop = end()
+            self._label_positions(start, stop, None if prompt is None else prompt.label)
+            self._image_tokens += n_tokens
+            self._image_pruned_tokens += self.pop_stats()["pruned_tokens"] - pruned_before
+            if prompt is not None and stop >= prompt.plan.positions:  # an image ends the prompt (no logits)
+                self._last_prefill_ms = (time.perf_counter() - prompt.started) * 1000.0
+                self._last_prefill_tokens = prompt.plan.tokens
+                self._prompt = None
+        self.pop_stats()
+        return status
 
     def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False,
                       label: Hashable = None) -> None:

@@ -11,6 +11,7 @@ is a PopSettingError naming the field, which each front end words in its own ter
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -51,6 +52,8 @@ class LoadFields(BaseModel):
         None, description='share of the offloaded layers per device, in `pop-local devices` order, e.g. "1,1,2" '
                           '(default: by free memory)')
     rpc_timeout: int = Field(300, ge=1, le=86400, description="seconds an RPC server may take to answer")
+    mmproj: Optional[str] = Field(
+        None, description="multimodal projector GGUF (llama.cpp's mmproj file for this model): images in chat messages")
     # not "verbose": LangChain models have a field of that name (their own callback printing)
     llama_log: bool = Field(False, description="show llama.cpp's log")
 
@@ -59,6 +62,13 @@ class LoadFields(BaseModel):
     def _check_rpc(cls, value: Any) -> Optional[Tuple[str, ...]]:
         """"HOST:PORT,..." or a list of them -> the endpoints, checked, duplicates dropped."""
         return None if value is None else tuple(parse_endpoints(value))
+
+    @field_validator("mmproj")
+    @classmethod
+    def _check_mmproj(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not os.path.isfile(os.path.expanduser(value)):
+            raise ValueError(f"{value}: no such file")
+        return None if value is None else os.path.expanduser(value)
 
     @field_validator("tensor_split", mode="before")
     @classmethod

@@ -22,7 +22,8 @@ from pop_local.errors import PopNativeError
 
 __all__ = ["VERSION", "check_version", "libllama", "ggml", "ggml_base", "ggml_rpc", "context_pointer", "model_pointer",
            "initialised", "logits_all", "forget_after", "decode", "output_logits", "model_devices",
-           "server_app_with_llama"]
+           "server_app_with_llama", "MULTIMODAL_CHAT_FORMATS", "multimodal_chat_handler", "observe_mtmd",
+           "load_projector"]
 
 VERSION = "0.3.36"  # setup.py and native/build.py pin the same release
 REBUILD_HINT = ("rebuild llama-cpp-python with pop-local's patch: `python native/build.py` from the pop-local "
@@ -261,3 +262,92 @@ def server_app_with_llama(server_settings, model_settings, make_llama):
     app = _with_names(server_app.create_app, set_llama_proxy=set_llama_proxy)(
         server_settings=server_settings, model_settings=[model_settings])
     return app, proxy()
+
+
+# --- llama-cpp-python's multimodal chat handlers (mtmd) ---------------------------------------------
+
+# chat_format names of upstream's multimodal handlers (as its server spells them) -> the class in
+# llama_cpp.llama_chat_format; None (or "mtmd") is MTMDChatHandler, which renders the model's own template
+MULTIMODAL_CHAT_FORMATS = {
+    "mtmd": "MTMDChatHandler", "gemma4": "Gemma4ChatHandler", "llava-1-5": "Llava15ChatHandler",
+    "llava-1-6": "Llava16ChatHandler", "obsidian": "ObsidianChatHandler", "moondream": "MoondreamChatHandler",
+    "nanollava": "NanoLlavaChatHandler", "llama-3-vision-alpha": "Llama3VisionAlphaChatHandler",
+    "minicpm-v-2.6": "MiniCPMv26ChatHandler", "qwen2.5-vl": "Qwen25VLChatHandler",
+}
+
+
+def multimodal_chat_handler(mmproj: str, chat_format: Optional[str] = None, verbose: bool = False):
+    """Upstream's chat handler for images through the projector file `mmproj`: the model's own chat
+    template (MTMDChatHandler, falling back to plain-text message content for a template that renders
+    text only) unless chat_format names one of MULTIMODAL_CHAT_FORMATS."""
+    import llama_cpp.llama_chat_format as formats
+
+    check_version()
+    if chat_format not in (None, "mtmd"):
+        return getattr(formats, MULTIMODAL_CHAT_FORMATS[chat_format])(clip_model_path=mmproj, verbose=verbose)
+
+    class TemplateChatHandler(formats.MTMDChatHandler):
+        """MTMDChatHandler hands the template each message's content as a list of text parts (an image
+        becomes a part holding mtmd's media marker). A text model's template (SmolLM2's) concatenates
+        content as a string and fails on a list: then the parts are joined into that string, as
+        list-aware templates join them."""
+
+        flat = False
+
+        def _convert_message_for_template(self, message, media_marker):
+            converted = super()._convert_message_for_template(message, media_marker)
+            content = converted.get("content")
+            if self.flat and isinstance(content, list):
+                converted["content"] = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+            return converted
+
+        def __call__(self, **kwargs):
+            try:
+                return super().__call__(**kwargs)
+            except TypeError:  # raised while rendering, before anything was evaluated
+                if self.flat:
+                    raise
+                self.flat = True
+                return super().__call__(**kwargs)
+
+    return TemplateChatHandler(clip_model_path=mmproj, verbose=verbose)
+
+
+def observe_mtmd(handler, wrap) -> bool:
+    """Let `wrap(bindings)` stand between a multimodal chat handler and the mtmd bindings it calls
+    (upstream's handlers call every mtmd function through their `_mtmd_cpp` attribute); False when
+    `handler` is not one of them."""
+    bindings = getattr(handler, "_mtmd_cpp", None)
+    if bindings is None:
+        return False
+    handler._mtmd_cpp = wrap(getattr(bindings, "__wrapped__", bindings))
+    return True
+
+
+def load_projector(handler, llm, mmproj: str) -> None:
+    """Create the handler's mtmd context on `llm`'s model now (upstream creates it at the first chat
+    request); PopSettingError naming mmproj when the projector does not load or does not fit the model."""
+    from pop_local.errors import PopSettingError
+
+    init = getattr(handler, "_init_mtmd_context", None)
+    if init is None:
+        return
+    _mtmd_logs_like_llama()
+    try:
+        init(llm)
+    except ValueError as e:
+        raise PopSettingError("mmproj", f"{mmproj}: {e} (a llama.cpp projector GGUF made for this model? "
+                                        f"llama_log=True shows llama.cpp's reason)") from None
+
+
+@lru_cache(maxsize=1)
+def _mtmd_logs_like_llama() -> None:
+    """mtmd (projector, image decoding) logs through llama-cpp-python's callback, so it is as quiet as
+    the model's verbose setting (upstream leaves mtmd printing every image batch)."""
+    import ctypes
+
+    import llama_cpp._logger as logs
+    import llama_cpp.mtmd_cpp as mtmd
+
+    mtmd.mtmd_log_set(logs.llama_log_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(logs.llama_log_callback, ctypes.c_void_p(0))

@@ -1,0 +1,193 @@
+"""Images through llama.cpp's mtmd with POP: image tokens run pruned like prompt text, the last prompt
+token at full depth, the KV cache of the layers POP keeps equal to the full model's.
+
+No vision-language GGUF with its projector is installable offline, so real language models (SmolLM2-135M,
+llama; Gemma-3-270M, gemma3 with non-causal image batches) and a tiny generated qwen2vl model (M-RoPE)
+are paired with random-weight projectors (tests/helpers/mmproj.py): the mechanics are real, the image
+"content" is noise.
+"""
+
+import numpy as np
+import pytest
+
+from helpers.llama_contexts import cache_layers
+from helpers.mmproj import image_tokens, mmproj, png_bytes, write_png
+
+from pop_local.errors import PopError, PopSettingError
+from pop_local.runtime import upstream
+from pop_local.runtime.multimodal import image_content, image_url
+
+SIDE, PATCH = 48, 4             # the mlp projector: (48/4)^2 = 144 image tokens
+N_UBATCH = 64                   # smaller than one image: it is decoded in three ubatches
+
+
+def ask(llm, *images, text="Describe the picture in one word."):
+    """One chat request with `images` in the user message; returns (counter deltas, reply text)."""
+    before = llm.pop_stats()
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": image_content(text, list(images))}],
+                                     max_tokens=1, temperature=0)
+    after = llm.pop_stats()
+    delta = {k: after[k] - before[k] for k in ("pruned_tokens", "full_tokens", "image_tokens", "image_pruned_tokens",
+                                               "short_prompts")}
+    return delta, out["choices"][0]["message"]["content"]
+
+
+def kv_of(llm, *images, pop: bool):
+    """{layer: (K, V)} of the prompt's cells but its last (the boundary token, which runs alone at full
+    depth under POP and inside its chunk without: float rounding may differ there; the next test
+    checks it), after a one-token reply to a prompt with `images`, POP on or off. F16 cache, V transposed."""
+    llm.pop_enabled = pop
+    try:
+        ask(llm, *images)
+        cells = llm.n_tokens  # the prompt's positions: one cell each (no sliding window is full here)
+        out = {}
+        for il, (k, v) in cache_layers(llm.ctx).items():
+            k, v = np.frombuffer(k, np.uint16), np.frombuffer(v, np.uint16)
+            assert k.size % cells == 0 and v.size % cells == 0
+            out[il] = (k.reshape(cells, -1)[:-1].tobytes(), v.reshape(-1, cells)[:, :-1].tobytes())
+        return out
+    finally:
+        llm.pop_enabled = True
+
+
+def check_kv_against_full(llm, *images):
+    """Layers up to the first skipped one hold exactly the full model's K/V (their inputs are exact); a
+    deeper one differs (it really was skipped)."""
+    first = min(llm.skip_layers)
+    pop, full = kv_of(llm, *images, pop=True), kv_of(llm, *images, pop=False)
+    for il in range(first + 1):
+        assert pop[il] == full[il], f"layer {il}"
+    assert any(pop[il] != full[il] for il in pop if il > first)
+
+
+@pytest.fixture(scope="module")
+def smol_vlm(smollm2):
+    """SmolLM2-135M with a random mlp projector, n_batch = n_ubatch = 64, POP on 20-29, no prompt minimum."""
+    from pop_local import PopLlama
+
+    llm = PopLlama(smollm2, skip_layers="20-29", min_tokens=0, n_ctx=2048, n_batch=N_UBATCH, n_ubatch=N_UBATCH,
+                   mmproj=mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH), verbose=False)
+    yield llm
+    llm.close()
+
+
+def test_image_tokens_run_pruned_and_only_the_last_prompt_token_runs_full(smol_vlm):
+    delta, reply = ask(smol_vlm, png_bytes())
+    n_image = image_tokens("mlp", SIDE, PATCH)
+    stats = smol_vlm.pop_stats()
+    assert delta["image_tokens"] == delta["image_pruned_tokens"] == n_image
+    # the whole prompt (text before and after the image, the image) ran pruned but its last token
+    assert delta["full_tokens"] == 1 and delta["pruned_tokens"] == stats["last_prefill_tokens"] - 1
+    assert stats["last_prefill_tokens"] > n_image and stats["last_prefill_ms"] > 0 and reply
+
+
+def test_the_first_answer_token_is_exact_on_the_pruned_cache(smol_vlm):
+    """The last prompt token ran at full depth: its logits equal a single full decode step of that token
+    on the cache the pruned prompt left."""
+    import llama_cpp
+
+    ask(smol_vlm, png_bytes())
+    got = upstream.output_logits(smol_vlm)
+    n = smol_vlm.n_tokens
+    last = int(smol_vlm.input_ids[n - 1])
+    upstream.forget_after(smol_vlm, n - 1)
+    batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(last), 1)
+    # llama_batch_get_one takes positions from the cache: the next one is n - 1
+    assert llama_cpp.llama_decode(smol_vlm.ctx, batch) == 0
+    want = upstream.output_logits(smol_vlm)
+    assert np.array_equal(got, want)
+
+
+def test_kept_layers_hold_the_full_models_kv_for_an_image_larger_than_a_ubatch(smol_vlm):
+    assert image_tokens("mlp", SIDE, PATCH) > N_UBATCH
+    check_kv_against_full(smol_vlm, png_bytes())
+
+
+def test_two_images_in_one_message_and_a_second_turn(smol_vlm):
+    a, b = png_bytes(seed=1), png_bytes(seed=2)
+    n_image = image_tokens("mlp", SIDE, PATCH)
+    delta, _ = ask(smol_vlm, a, b)
+    assert delta["image_tokens"] == delta["image_pruned_tokens"] == 2 * n_image and delta["full_tokens"] == 1
+    # a conversation: the handler evaluates it whole every turn (upstream keeps no prefix across images)
+    messages = [{"role": "user", "content": image_content("What is this?", [a])},
+                {"role": "assistant", "content": "Colours."},
+                {"role": "user", "content": image_content("And this one?", [b])}]
+    before = smol_vlm.pop_stats()
+    smol_vlm.create_chat_completion(messages=messages, max_tokens=1, temperature=0)
+    after = smol_vlm.pop_stats()
+    assert after["image_pruned_tokens"] - before["image_pruned_tokens"] == 2 * n_image
+    assert after["full_tokens"] - before["full_tokens"] == 1
+    check_kv_against_full(smol_vlm, a, b)
+
+
+def test_a_prompt_under_the_minimum_runs_the_full_model_images_included(smol_vlm):
+    _, _ = ask(smol_vlm, png_bytes())
+    n_prompt = smol_vlm.pop_stats()["last_prefill_tokens"]
+    smol_vlm.min_tokens = n_prompt + 1
+    try:
+        delta, _ = ask(smol_vlm, png_bytes())
+        assert delta["short_prompts"] == 1 and delta["pruned_tokens"] == 0 and delta["image_pruned_tokens"] == 0
+        assert delta["image_tokens"] == image_tokens("mlp", SIDE, PATCH)
+        smol_vlm.min_tokens = n_prompt  # N tokens: pruned
+        delta, _ = ask(smol_vlm, png_bytes())
+        assert delta["short_prompts"] == 0 and delta["pruned_tokens"] == n_prompt - 1
+    finally:
+        smol_vlm.min_tokens = 0
+
+
+def test_a_text_request_after_an_image_request_is_a_plain_prompt(smol_vlm):
+    ask(smol_vlm, png_bytes())
+    before = smol_vlm.pop_stats()
+    smol_vlm.create_chat_completion(messages=[{"role": "user", "content": "Say hello."}], max_tokens=1)
+    after = smol_vlm.pop_stats()
+    assert after["image_tokens"] == before["image_tokens"]
+    assert after["full_tokens"] - before["full_tokens"] == 1
+
+
+def test_gemma3_non_causal_image_batch_is_pruned_as_a_whole(gemma3):
+    """Gemma 3's image tokens attend to each other both ways (mtmd turns causal attention off for the
+    chunk, which must then fit one ubatch): with no outputs in it, the whole batch runs pruned."""
+    from pop_local import PopLlama
+
+    llm = PopLlama(gemma3, skip_layers="12-17", min_tokens=0, n_ctx=1024, chat_format="llava-1-5",
+                   mmproj=mmproj("gemma3", 640, image_size=32, patch_size=4), verbose=False)
+    try:
+        delta, _ = ask(llm, png_bytes())
+        assert delta["image_tokens"] == delta["image_pruned_tokens"] == image_tokens("gemma3", 32, 4) == 16
+        assert delta["full_tokens"] == 1
+        check_kv_against_full(llm, png_bytes())
+    finally:
+        llm.close()
+
+
+def test_qwen2vl_mrope_positions_are_unchanged():
+    """A generated qwen2vl model (M-RoPE: mtmd gives image tokens 4-wide positions): the kept layers' K,
+    rotated by those positions, equal the full model's."""
+    from helpers.tiny_models import tiny_model
+
+    from pop_local import PopLlama
+
+    llm = PopLlama(tiny_model("qwen2vl"), skip_layers="2-3", min_tokens=0, n_ctx=1024,
+                   mmproj=mmproj("mlp", 128, image_size=SIDE, patch_size=PATCH), verbose=False)
+    try:
+        delta, _ = ask(llm, png_bytes())
+        assert delta["image_tokens"] == delta["image_pruned_tokens"] == image_tokens("mlp", SIDE, PATCH)
+        check_kv_against_full(llm, png_bytes())
+    finally:
+        llm.close()
+
+
+def test_bad_projector_and_images_are_one_clear_error(smollm2, tmp_path):
+    from pop_local import PopLlama
+
+    with pytest.raises(PopSettingError, match="mmproj: .*no such file"):
+        PopLlama(smollm2, mmproj=str(tmp_path / "missing.gguf"), verbose=False)
+    wrong_width = mmproj("mlp", 128, image_size=SIDE, patch_size=PATCH)  # made for a 128-wide model
+    with pytest.raises(PopSettingError, match="mmproj: "):
+        PopLlama(smollm2, mmproj=wrong_width, n_ctx=512, verbose=False)
+    with pytest.raises(PopError, match="cannot read the image"):
+        image_url(tmp_path / "missing.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(PopError, match="not a PNG, JPEG, GIF or BMP image"):
+        image_url(tmp_path / "notes.txt")
+    assert image_url(write_png(tmp_path / "a.png")).startswith("data:image/png;base64,")
