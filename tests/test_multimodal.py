@@ -191,3 +191,73 @@ def test_bad_projector_and_images_are_one_clear_error(smollm2, tmp_path):
     with pytest.raises(PopError, match="not a PNG, JPEG, GIF or BMP image"):
         image_url(tmp_path / "notes.txt")
     assert image_url(write_png(tmp_path / "a.png")).startswith("data:image/png;base64,")
+
+
+def test_chat_command_takes_images_and_reports_image_tokens(smollm2, tmp_path):
+    from click.testing import CliRunner
+
+    from pop_local.apps.cli import cli
+
+    picture = write_png(tmp_path / "a.png")
+    proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
+    args = ["chat", smollm2, "--skip-layers", "20-29", "--pop-min-tokens", "0", "--mmproj", proj, "--max-tokens", "2",
+            "--temperature", "0", "--image", picture]
+    lines = f"What is this?\n/image {tmp_path / 'missing.png'}\n/image {picture}\nAnd this?\n"
+    result = CliRunner().invoke(cli, args, input=lines)
+    assert result.exit_code == 0, result.output
+    n = image_tokens("mlp", SIDE, PATCH)
+    assert f"{n} of {n} image tokens pruned" in result.output  # the first turn
+    assert f"{2 * n} of {2 * n} image tokens pruned" in result.output  # the second: both images, re-evaluated
+    assert "missing.png: cannot read the image" in result.output
+    # without a projector, --image is a usage error before anything loads; a bad image is one line
+    result = CliRunner().invoke(cli, ["chat", smollm2, "--image", picture], input="")
+    assert result.exit_code == 2 and "--mmproj" in result.output
+    result = CliRunner().invoke(cli, ["chat", smollm2, "--mmproj", proj, "--image", str(tmp_path / "x.png")], input="")
+    assert result.exit_code == 1 and "x.png: cannot read the image" in result.output
+
+
+def test_server_takes_image_url_parts(smollm2):
+    import json
+    import urllib.request
+
+    from helpers.serve_process import serving
+
+    proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
+    body = {"messages": [{"role": "user", "content": image_content("What is this?", [png_bytes()])}],
+            "max_tokens": 2, "temperature": 0}
+    with serving(smollm2, "--skip-layers", "20-29", "--pop-min-tokens", "0", "--mmproj", proj) as (port, _):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        reply = json.load(urllib.request.urlopen(request, timeout=300))
+        stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/pop/stats", timeout=60))
+    n = image_tokens("mlp", SIDE, PATCH)
+    assert reply["choices"][0]["message"]["content"] is not None
+    assert stats["image_tokens"] == stats["image_pruned_tokens"] == n
+    assert reply["usage"]["prompt_tokens"] > n
+
+
+def test_langchain_and_llama_index_pass_image_blocks(smollm2, tmp_path):
+    from langchain_core.messages import HumanMessage
+    from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
+
+    from pop_local.integrations.langchain import ChatPopLocal
+    from pop_local.integrations.llama_index import PopLocalLLM
+
+    proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
+    n = image_tokens("mlp", SIDE, PATCH)
+    settings = dict(model=smollm2, skip_layers="20-29", min_tokens=0, mmproj=proj, temperature=0, max_tokens=1)
+    import base64
+
+    picture = base64.b64encode(png_bytes()).decode()
+    message = HumanMessage(content=[{"type": "image", "source_type": "base64", "data": picture, "mime_type": "image/png"},
+                                    {"type": "text", "text": "What is this?"}])
+    pop = ChatPopLocal(**settings).invoke([message]).response_metadata["pop"]
+    assert pop["image_tokens"] == pop["image_pruned_tokens"] == n and pop["full_tokens"] == 1
+
+    path = write_png(tmp_path / "b.png", seed=3)
+    raw = PopLocalLLM(**settings).chat([ChatMessage(role="user", blocks=[ImageBlock(path=path), TextBlock(text="And this?")])]).raw
+    assert raw["pop"]["image_tokens"] == raw["pop"]["image_pruned_tokens"] == n
+
+    # a model loaded without a projector: one clear error, nothing runs
+    with pytest.raises(PopError, match="without a projector: set mmproj"):
+        ChatPopLocal(model=smollm2, temperature=0, max_tokens=2).invoke([message])

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from pop_local.runtime.multimodal import image_content
 
 __all__ = ["ChatSession", "ReplyStats"]
 
@@ -19,6 +21,8 @@ class ReplyStats:
     reused_tokens: int = 0      # of those, already in the KV cache from earlier turns
     pruned_tokens: int = 0      # evaluated this turn with the skip set pruned
     short: bool = False         # this turn's new tokens were under the prompt minimum: the full model ran
+    image_tokens: int = 0       # of the evaluated tokens, image tokens (the projector's output)
+    image_pruned_tokens: int = 0
     min_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float = 0.0         # request to first streamed text
@@ -30,10 +34,12 @@ class ReplyStats:
         return self.prompt_tokens - self.reused_tokens
 
     def summary(self) -> str:
+        images = (f", {self.image_pruned_tokens} of {self.image_tokens} image tokens pruned" if self.image_tokens
+                  else "")
         return (f"{self.ttft_s * 1000:.0f} ms to first token, {self.decode_tps:.1f} tok/s, "
                 f"prompt {self.prompt_tokens} tokens ({self.reused_tokens} cached, {self.evaluated_tokens} evaluated, "
-                f"{self.pruned_tokens} pruned" + (f": under the {self.min_tokens}-token minimum, full model" if self.short
-                                                  else "") + ")")
+                f"{self.pruned_tokens} pruned" + images + (f": under the {self.min_tokens}-token minimum, full model"
+                                                            if self.short else "") + ")")
 
 
 @dataclass
@@ -43,7 +49,7 @@ class ChatSession:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
-    messages: List[Dict[str, str]] = field(default_factory=list)
+    messages: List[Dict[str, Any]] = field(default_factory=list)
     history: List[ReplyStats] = field(default_factory=list)
     last: Optional[ReplyStats] = None
 
@@ -51,12 +57,14 @@ class ChatSession:
         """Forget the conversation (the system prompt stays)."""
         self.messages.clear()
 
-    def _prompt_messages(self, user_text: str) -> List[Dict[str, str]]:
+    def _prompt_messages(self, user_content: Any) -> List[Dict[str, Any]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.messages + [{"role": "user", "content": user_text}]
+        return head + self.messages + [{"role": "user", "content": user_content}]
 
-    def reply(self, user_text: str) -> Iterator[str]:
-        """Stream the assistant's reply to `user_text`; `last` holds its ReplyStats afterwards.
+    def reply(self, user_text: str, images: Sequence[Any] = ()) -> Iterator[str]:
+        """Stream the assistant's reply to `user_text` (after `images`: paths, URLs or bytes, for a model
+        loaded with a projector); `last` holds its ReplyStats afterwards. The images stay in the
+        conversation, so later turns see them too.
 
         Closing the iterator early (Ctrl-C in the REPL) ends the reply: the partial text stays in the
         conversation and finish_reason is "interrupted".
@@ -69,7 +77,8 @@ class ChatSession:
         parts: List[str] = []
         prompt_len = 0
         finished = False
-        stream = llm.create_chat_completion(messages=self._prompt_messages(user_text), stream=True,
+        content = image_content(user_text, images)  # a bad image fails here, before anything runs
+        stream = llm.create_chat_completion(messages=self._prompt_messages(content), stream=True,
                                             max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p)
         try:
             for chunk in stream:
@@ -85,6 +94,8 @@ class ChatSession:
                     stats.reused_tokens = max(0, prompt_len - evaluated)
                     stats.pruned_tokens = now["pruned_tokens"] - before["pruned_tokens"]
                     stats.short = now["short_prompts"] > before["short_prompts"]
+                    stats.image_tokens = now["image_tokens"] - before["image_tokens"]
+                    stats.image_pruned_tokens = now["image_pruned_tokens"] - before["image_pruned_tokens"]
                     stats.min_tokens = now["min_tokens"]
                 if text:
                     parts.append(text)
@@ -104,7 +115,7 @@ class ChatSession:
                 stats.completion_tokens = max(0, generated)
                 if stats.completion_tokens > 1 and end > first_at:
                     stats.decode_tps = (stats.completion_tokens - 1) / (end - first_at)
-            self.messages.append({"role": "user", "content": user_text})
+            self.messages.append({"role": "user", "content": content})
             self.messages.append({"role": "assistant", "content": "".join(parts)})
             self.last = stats
             self.history.append(stats)
@@ -117,6 +128,8 @@ class ChatSession:
             "prompt_tokens_evaluated": sum(s.evaluated_tokens for s in self.history),
             "prompt_tokens_cached": sum(s.reused_tokens for s in self.history),
             "pruned_tokens": sum(s.pruned_tokens for s in self.history),
+            "image_tokens": sum(s.image_tokens for s in self.history),
+            "image_pruned_tokens": sum(s.image_pruned_tokens for s in self.history),
             "completion_tokens": sum(s.completion_tokens for s in self.history),
             "mean_ttft_ms": (sum(s.ttft_s for s in self.history) / turns * 1000) if turns else 0.0,
         }

@@ -487,9 +487,11 @@ def _print_notes(notes) -> None:
 @click.option("--system", "system_prompt", help="system prompt")
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="longest reply, in tokens")
 @click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="an image for the first message (repeatable; needs --mmproj); in the chat: /image PATH")
 @_settings_options()
 @_fail_cleanly
-def chat(model, system_prompt, max_tokens, temperature, **options) -> None:
+def chat(model, system_prompt, max_tokens, temperature, images, **options) -> None:
     """Chat with MODEL (default: SmolLM2-135M-Instruct, made POP-ready on first use).
 
     Prompts run pruned, replies stream from the full model. After each reply: time to first
@@ -498,12 +500,18 @@ def chat(model, system_prompt, max_tokens, temperature, **options) -> None:
     conversation is re-evaluated, so replies equal a fresh run with the new setting (--reuse-cache
     keeps the earlier turns' cache instead).
 
+    Images: with --mmproj (the model's projector GGUF), /image PATH attaches an image to the next
+    message (--image PATH to the first); image tokens run pruned like prompt text.
+
     \b
     Examples:
       pop-local chat
       pop-local chat model.pop.gguf --system "You are terse."
       printf 'Hi\\nWhat is 2+2?\\n' | pop-local chat model.pop.gguf
+      echo 'What is in the picture?' | pop-local chat vlm.pop.gguf --mmproj mmproj.gguf --image cat.png
     """
+    from pop_local.runtime.multimodal import image_url
+
     from .chat import ChatSession
     from .repl import run_repl
 
@@ -512,9 +520,12 @@ def chat(model, system_prompt, max_tokens, temperature, **options) -> None:
     if not 0 <= temperature < float("inf"):
         raise click.BadParameter(f"a number of at least 0, got {temperature}", param_hint="--temperature")
     load, pop = _settings(options)
+    if images and not load.mmproj:
+        raise click.BadParameter("images need the model's projector: add --mmproj PROJECTOR.gguf", param_hint="--image")
+    urls = [image_url(path) for path in images]  # read now: a bad image fails before the model loads
     loaded = _open(_model_meta(model), load, pop)
     session = ChatSession(loaded.llm, system=system_prompt, max_tokens=max_tokens, temperature=temperature)
-    run_repl(session, loaded, interactive=sys.stdin.isatty())
+    run_repl(session, loaded, interactive=sys.stdin.isatty(), images=urls)
 
 
 # bench and eval run POP on and off, with each K/V mode, themselves

@@ -66,6 +66,8 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     # its default logits_all=True would run every prompt token at full depth
     params = {"logits_all": False, **{k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"},
               **{k: v for k, v in upstream_settings.items() if v is not None}}
+    if load.mmproj:  # upstream's loader builds the multimodal handler a --chat-format names from it
+        params["clip_model_path"] = load.mmproj
     try:
         settings = ModelSettings(model=meta.path, model_alias=model_alias or meta.path, **params)
     except ValidationError as e:  # the first problem, in one line

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from pop_local.errors import PopError
 from pop_local.runtime.settings import LoadSettings, PopSettings
 
 __all__ = ["Target", "shared_model", "chat", "stream_chat", "complete", "stream_complete",
@@ -181,6 +182,7 @@ def chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optio
          tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Dict[str, Any]:
     """One chat completion: {"content", "tool_calls", "finish_reason", "usage", "pop", "model"}."""
     llm, lock = shared_model(target)
+    _check_images(llm, messages)
     forced = forced_tool(tools, tool_choice)
     kwargs = _sampling(params)
     with lock:
@@ -215,6 +217,7 @@ def stream_chat(target: Target, pop: PopSettings, messages: List[dict], *, tools
         yield chat(target, pop, messages, tools=tools, tool_choice=tool_choice, **params)
         return
     llm, lock = shared_model(target)
+    _check_images(llm, messages)
     with lock:
         _apply(llm, pop)
         before = llm.pop_stats()
@@ -274,7 +277,18 @@ def stream_complete(target: Target, pop: PopSettings, prompt: str, **params: Any
     yield {"content": "", "finish_reason": finish, "pop": _pop_delta(before, after), "model": llm.pop_metadata.path}
 
 
+def _check_images(llm, messages: List[dict]) -> None:
+    """PopError before anything runs when messages carry images and the model has no projector."""
+    has_image = any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "image_url"
+                                                               for p in m["content"]) for m in messages)
+    if has_image and not llm.multimodal:
+        raise PopError("the messages have images, and the model was loaded without a projector: set mmproj "
+                       "to the model's projector GGUF")
+
+
 def _pop_delta(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
     return {"pruned_tokens": after["pruned_tokens"] - before["pruned_tokens"],
             "full_tokens": after["full_tokens"] - before["full_tokens"],
+            "image_tokens": after["image_tokens"] - before["image_tokens"],
+            "image_pruned_tokens": after["image_pruned_tokens"] - before["image_pruned_tokens"],
             "active": after["active"], "skip_layers": list(after["skip_layers"]), "kv": after["kv"]}

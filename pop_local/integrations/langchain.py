@@ -38,7 +38,9 @@ class ChatPopLocal(BaseChatModel, LoadFields, PopFields):
     Standard parameters: `model` (a GGUF path or hub file `org/repo/file.gguf`; None: the embedded
     SmolLM2-135M-Instruct default), `temperature`, `max_tokens`, `stop`. POP controls: `pop` (None
     follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted" or "own"); they may also be given
-    per call. Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`,
+    per call. Images: with `mmproj` (the model's projector GGUF), image blocks of a message (LangChain's
+    standard image blocks or OpenAI image_url parts) go to the model, their tokens pruned like prompt text.
+    Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`, `mmproj`,
     `chat_format`, `kv_overrides`, `seed`, ...): pop_local.runtime.settings.LoadFields, the same as the CLI's
     and the server's.
 
@@ -140,8 +142,10 @@ def _to_openai(messages: List[BaseMessage]) -> List[dict]:
     out = []
     for m in convert_to_openai_messages(messages):
         content = m.get("content")
-        if isinstance(content, list):  # text blocks only: these models read text
-            m["content"] = "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        if isinstance(content, list):  # text, and images for a model with a projector (mmproj)
+            parts = [b for b in content if isinstance(b, dict) and b.get("type") in ("text", "image_url")]
+            m["content"] = (parts if any(b["type"] == "image_url" for b in parts)
+                            else "".join(b.get("text", "") for b in parts))
         if m.get("content") is None:
             m["content"] = ""
         out.append(m)

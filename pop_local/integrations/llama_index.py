@@ -22,8 +22,10 @@ try:
         CompletionResponse,
         CompletionResponseAsyncGen,
         CompletionResponseGen,
+        ImageBlock,
         LLMMetadata,
         MessageRole,
+        TextBlock,
     )
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -31,6 +33,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('PopLocalLLM needs llama-index-core: pip install "pop-local[llama-index]"') from e
 
+from pop_local.runtime.multimodal import image_url
 from pop_local.runtime.settings import LoadFields, PopFields, PopSettings
 from . import _backend
 
@@ -43,6 +46,8 @@ class PopLocalLLM(LLM, LoadFields, PopFields):
     `model`: a GGUF path or hub file `org/repo/file.gguf`; None: the embedded SmolLM2-135M-Instruct
     default. `chat` uses the model's chat template; `complete` continues the raw text (no template).
     POP controls: `pop` (None follows the file), `skip_layers` ("20-29"), `kv_mode` ("fitted"/"own").
+    Images: with `mmproj` (the model's projector GGUF), a ChatMessage's ImageBlocks (bytes, path or URL)
+    go to the model, their tokens pruned like prompt text.
     Load settings (`n_ctx`, `n_batch`, `n_threads`, `n_gpu_layers`, `flash_attn`, `chat_format`,
     `kv_overrides`, `seed`, ...): pop_local.runtime.settings.LoadFields, the same as the CLI's and the server's.
     """
@@ -86,7 +91,8 @@ class PopLocalLLM(LLM, LoadFields, PopFields):
 
     @staticmethod
     def _messages(messages: Sequence[ChatMessage]) -> list:
-        return [{"role": m.role.value, "content": m.content or ""} for m in messages]
+        """OpenAI-style messages; a message with image blocks gets image_url parts (for a model with mmproj)."""
+        return [{"role": m.role.value, "content": _content(m)} for m in messages]
 
     @staticmethod
     def _raw(out: Dict[str, Any]) -> Dict[str, Any]:
@@ -160,3 +166,18 @@ async def _aiter(make: Any) -> AsyncIterator[Any]:
         if item is done:
             return
         yield item
+
+
+def _content(message: ChatMessage) -> Any:
+    """A message's text, or its blocks as text and image_url parts when it has images (in block order)."""
+    if not any(isinstance(b, ImageBlock) for b in message.blocks):
+        return message.content or ""
+    parts = []
+    for block in message.blocks:
+        if isinstance(block, ImageBlock):
+            source = str(block.url) if block.url is not None and block.image is None and block.path is None else (
+                block.resolve_image().read())
+            parts.append({"type": "image_url", "image_url": {"url": image_url(source)}})
+        elif isinstance(block, TextBlock):
+            parts.append({"type": "text", "text": block.text})
+    return parts

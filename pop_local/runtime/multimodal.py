@@ -21,7 +21,7 @@ import base64
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 from pop_local.errors import PopError
 
@@ -127,5 +127,3 @@ def attach(llm, handler) -> bool:
 
     return upstream.observe_mtmd(handler, lambda bindings: MtmdBindings(bindings, llm))
 
-
-EvalFn = Callable[[], int]
