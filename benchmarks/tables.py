@@ -215,6 +215,22 @@ def arch_bench() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
+def images() -> str:
+    """Image prefill on real language models with generated projectors (benchmarks/image_prefill.py)."""
+    lines = ["| language model (real) + projector (random weights) | skip set | image tokens (pruned) | prompt tokens "
+             "| full ms | POP ms | speedup | FLOP ideal (language model) |", "|---|---|---|---|---|---|---|---|"]
+    files = sorted((os.path.basename(p) for p in glob.glob(os.path.join(RESULTS, "image-*.json"))),
+                   key=lambda n: ORDER.get(n[len("image-"):-len(".json")], 99))
+    for name in files:
+        r = _load(name)
+        label = LABELS.get(name[len("image-"):-len(".json")], r["model"])
+        f, p = r["full_ms"], r["pop_ms"]
+        lines.append(f"| {label} + {r['mmproj'].split('-')[1]} projector | {r['skip_layers']} | {r['image_tokens']} "
+                     f"({r['image_pruned_tokens']}) | {r['prompt_tokens']} | {f['median']:.0f} ({f['min']:.0f}-{f['max']:.0f}) | "
+                     f"{p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f}) | **{r['speedup']:.2f}x** | {r['ideal_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
 def architectures() -> str:
     """The supported-architectures table, from the one list (pop_local/format/architectures.py)."""
     from pop_local.converter.arch import calibrated_architectures
@@ -234,7 +250,7 @@ def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
 
 
 TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
-          "arch-bench": arch_bench, "architectures": architectures, "help": help}
+          "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 
 def render(key: str) -> str:

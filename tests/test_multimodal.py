@@ -261,3 +261,53 @@ def test_langchain_and_llama_index_pass_image_blocks(smollm2, tmp_path):
     # a model loaded without a projector: one clear error, nothing runs
     with pytest.raises(PopError, match="without a projector: set mmproj"):
         ChatPopLocal(model=smollm2, temperature=0, max_tokens=2).invoke([message])
+
+
+def test_eval_answers_with_images(smollm2, tmp_path):
+    """An answer set whose items carry images (relative to the set's file): the command a real VLM would
+    be evaluated with, run here on the generated projector (mechanics only)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pop_local.apps.cli import cli
+
+    write_png(tmp_path / "one.png", seed=4)
+    data = tmp_path / "vqa.jsonl"
+    data.write_text(json.dumps({"group": "short", "id": "a", "prompt": "What colour dominates?", "images": ["one.png"]})
+                    + "\n" + json.dumps({"group": "long", "id": "b", "prompt": "Describe it.", "images": ["one.png"]}) + "\n")
+    proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
+    out = tmp_path / "eval.json"
+    args = ["eval", smollm2, "--skip-layers", "20-29", "--pop-min-tokens", "0", "--ctx", "", "--passkey", "",
+            "--answers", "--data", str(data), "--answer-tokens", "4", "--json", str(out)]
+    result = CliRunner().invoke(cli, args + ["--mmproj", proj])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(out.read_text())["answers"]
+    assert answers["settings"]["full"]["short"]["identical"] == 1.0 and set(answers["replies"]["pop"]) == {"a", "b"}
+    result = CliRunner().invoke(cli, args)  # no projector: one line, exit 1
+    assert result.exit_code == 1 and "without a projector" in result.output
+    data.write_text(json.dumps({"prompt": "What?", "images": ["missing.png"]}) + "\n")
+    result = CliRunner().invoke(cli, args + ["--mmproj", proj])
+    assert result.exit_code == 1 and "vqa.jsonl:1: no such image file" in result.output
+
+
+def test_bench_image_measures_an_image_prefill(smollm2, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pop_local.apps.cli import cli
+
+    proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
+    out = tmp_path / "image.json"
+    args = ["bench", smollm2, "--skip-layers", "20-29", "--pop-min-tokens", "0", "--repeats", "1", "--image", "64x48"]
+    result = CliRunner().invoke(cli, args + ["--mmproj", proj, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    n = image_tokens("mlp", SIDE, PATCH)
+    assert r["image_tokens"] == r["image_pruned_tokens"] == n and r["pruned_tokens"] == r["prompt_tokens"] - 1
+    assert r["full_ms"]["n"] == r["pop_ms"]["n"] == 1 and r["speedup"] > 0 and 1 < r["ideal_speedup"] < 2
+    assert r["commit"] and r["machine"] and r["command"]  # provenance (under CliRunner the command is pytest's argv)
+    assert "| 64x48 | 144 (144 pruned) |" in result.output
+    result = CliRunner().invoke(cli, args)  # no projector: a usage error before anything loads
+    assert result.exit_code == 2 and "--mmproj" in result.output

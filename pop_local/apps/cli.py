@@ -551,27 +551,35 @@ def _parse_ctx(value: str, option: str = "--ctx"):
 @click.option("--decode-tokens", type=int, default=64, show_default=True, help="tokens for the decode measurement")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
 @click.option("--plot", type=click.Path(dir_okay=False), help="save speedup against prompt length as a PNG")
+@click.option("--image", help="instead: prefill of this image and --question (a file, or WIDTHxHEIGHT for a "
+                              "synthetic picture; needs --mmproj)")
+@click.option("--question", default=None, help="the question after --image  [default: Describe this picture in detail.]")
 @_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch", "seed"))
 @_fail_cleanly
-def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> None:
+def bench(model, ctx, repeats, decode_tokens, json_path, plot, image, question, **options) -> None:
     """Prefill time full vs POP, decode speed both ways, measured and FLOP-ideal speedup.
 
     Full and POP alternate in one process on one loaded model, after a warm-up; the table shows
     medians and the spread (min-max). MODEL defaults to the embedded SmolLM2-135M-Instruct.
+    With --image (and --mmproj): the prefill of an image and a question instead, with its image
+    token count (image encoding included in both times).
 
     \b
     Examples:
       pop-local bench model.pop.gguf
       pop-local bench model.pop.gguf --ctx 256,1024,4096 --json bench.json --plot speedup.png
       pop-local bench model.gguf --skip-layers 20-29
+      pop-local bench vlm.pop.gguf --mmproj mmproj.gguf --image photo.jpg
     """
     from pop_local.format.atomic import write_json
     from pop_local.measure.provenance import provenance
     from pop_local.measure.bench import format_table, run_bench, save_speedup_plot
     from pop_local.runtime.models import check_context
 
-    ctx_list = _parse_ctx(ctx)
     load, pop = _settings(options)
+    if image is not None or question is not None:
+        return _bench_image(model, image, question, repeats, json_path, plot, load, pop)
+    ctx_list = _parse_ctx(ctx)
     meta = _model_meta(model)
     trained = check_context(meta, max(ctx_list), "ctx")
     decode_ctx = min(ctx_list)
@@ -588,6 +596,28 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, **options) -> Non
     if plot:
         save_speedup_plot(result, plot)
         click.echo(f"saved {plot}", err=True)
+
+
+def _bench_image(model, image, question, repeats, json_path, plot, load, pop) -> None:
+    from pop_local.format.atomic import write_json
+    from pop_local.measure.image_bench import DEFAULT_QUESTION, format_image_table, run_image_bench
+    from pop_local.measure.provenance import provenance
+    from pop_local.runtime.multimodal import image_url, parse_image_arg
+
+    if image is None:
+        raise click.BadParameter("--question goes with --image", param_hint="--question")
+    if not load.mmproj:
+        raise click.BadParameter("an image needs the model's projector: add --mmproj PROJECTOR.gguf", param_hint="--image")
+    if plot:
+        raise click.BadParameter("the image benchmark has one row: no plot", param_hint="--plot")
+    picture = image_url(parse_image_arg(image))  # read now: a bad image fails before the model loads
+    loaded = _open(_model_meta(model), load, pop)
+    result = run_image_bench(loaded.llm, picture, image_label=os.path.basename(image), repeats=repeats,
+                             question=question or DEFAULT_QUESTION, progress=_progress_printer("step"))
+    click.echo(format_image_table(result))
+    if json_path:
+        write_json(json_path, {**result, **provenance()})
+        click.echo(f"saved {json_path}", err=True)
 
 
 # --- eval ----------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ chat turn, greedily, by the full model and by each POP setting; per group and se
     f1            token-level F1 of the reply against the full model's reply (SQuAD-style words)
     found         share of replies containing the reference answer, where the item has one (the full
                   model's own share is reported too: it bounds what POP can keep)
+
+An item may carry images (a vision-language model loaded with its projector, mmproj): they go before
+the question in the user message, and their tokens run pruned like the prompt's text.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pop_local.errors import PopError
 
@@ -39,10 +42,12 @@ class AnswerItem:
     id: str
     prompt: str
     answer: str = ""  # the reference answer, where one exists ("" otherwise)
+    images: Tuple[str, ...] = ()  # image files (absolute paths) or URLs, before the question
 
 
 def load_answer_set(path: str) -> List[AnswerItem]:
-    """A JSON Lines file of {"group": "short"|"long", "id", "prompt", "answer"?}: one clear error per bad line."""
+    """A JSON Lines file of {"group": "short"|"long", "id", "prompt", "answer"?, "images"?: [file or URL, ...]}
+    (image files relative to the set's folder): one clear error per bad line."""
     items: List[AnswerItem] = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -58,7 +63,15 @@ def load_answer_set(path: str) -> List[AnswerItem]:
         answer = row.get("answer", "")
         if not isinstance(answer, str):
             raise PopError(f"{path}:{number}: \"answer\" must be a string")
-        items.append(AnswerItem(group, str(row.get("id", number)), row["prompt"], answer))
+        images = row.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+            raise PopError(f"{path}:{number}: \"images\" must be a list of image files or URLs")
+        images = [i if "://" in i or i.startswith("data:") else os.path.join(os.path.dirname(os.path.abspath(path)), i)
+                  for i in images]
+        missing = [i for i in images if "://" not in i and not i.startswith("data:") and not os.path.isfile(i)]
+        if missing:
+            raise PopError(f"{path}:{number}: no such image file {missing[0]}")
+        items.append(AnswerItem(group, str(row.get("id", number)), row["prompt"], answer, tuple(images)))
     if not items:
         raise PopError(f"{path}: no prompts")
     return items
@@ -109,14 +122,19 @@ def has_chat_template(llm) -> bool:
             or (llm.chat_format or "llama-2") != "llama-2")
 
 
-def greedy_reply(llm, prompt: str, max_tokens: int) -> str:
-    """The greedy reply to one user message, from a fresh cache (no setting reuses another's prompt).
-    A file without a chat template (a base model) gets the plain prompt and an "Answer:" line instead of
-    the guessed [INST] format, to which Gemma-3-270M replies nothing at all to a short question."""
+def greedy_reply(llm, prompt: str, max_tokens: int, images: Sequence[str] = ()) -> str:
+    """The greedy reply to one user message (after `images`, for a model with a projector), from a fresh
+    cache (no setting reuses another's prompt). A file without a chat template (a base model) gets the
+    plain prompt and an "Answer:" line instead of the guessed [INST] format, to which Gemma-3-270M replies
+    nothing at all to a short question."""
+    from pop_local.runtime.multimodal import image_content
+
     llm.reset()
-    if has_chat_template(llm):
-        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                         temperature=0.0, top_k=1, seed=0)
+    if images and not llm.multimodal:
+        raise PopError("the answer set has images, and the model was loaded without a projector: give its mmproj file")
+    if has_chat_template(llm) or images:
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": image_content(prompt, images)}],
+                                         max_tokens=max_tokens, temperature=0.0, top_k=1, seed=0)
         return out["choices"][0]["message"]["content"] or ""
     out = llm.create_completion(f"{prompt}\nAnswer:", max_tokens=max_tokens, temperature=0.0, top_k=1, seed=0)
     return out["choices"][0]["text"]
@@ -175,7 +193,7 @@ def run_answers(llm, items: Optional[Sequence[AnswerItem]] = None, *, max_tokens
         for item in items:
             for name in names:
                 switches[name]()
-                replies[name].append(greedy_reply(llm, item.prompt, max_tokens))
+                replies[name].append(greedy_reply(llm, item.prompt, max_tokens, item.images))
                 done += 1
                 if progress:
                     progress("answering", done, total)

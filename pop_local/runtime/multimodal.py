@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import re
+import struct
 import weakref
+import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pop_local.errors import PopError
 
-__all__ = ["PromptPlan", "MtmdBindings", "image_url", "image_content", "IMAGE_TYPES"]
+__all__ = ["PromptPlan", "MtmdBindings", "image_url", "image_content", "synthetic_png", "parse_image_arg", "IMAGE_TYPES"]
 
 # magic bytes of the formats mtmd decodes (stb_image) -> MIME type
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
@@ -119,6 +123,30 @@ def image_content(text: str, images: Sequence["str | os.PathLike[str] | bytes"])
     if not images:
         return text
     return [{"type": "image_url", "image_url": {"url": image_url(i)}} for i in images] + [{"type": "text", "text": text}]
+
+
+def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A PNG of seeded random colours, `width` x `height` (for benchmarks without a picture at hand:
+    the projector resizes every image to its own input size, so the content sets no token count)."""
+    rng = random.Random(seed)
+    rows = b"".join(b"\x00" + rng.randbytes(3 * width) for _ in range(height))  # filter byte 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def parse_image_arg(text: str) -> "str | bytes":
+    """A command line's image: a file, a URL, or WIDTHxHEIGHT for a synthetic picture (synthetic_png)."""
+    size = re.fullmatch(r"(\d{1,5})x(\d{1,5})", text.strip())
+    if size and not os.path.exists(text):
+        width, height = int(size.group(1)), int(size.group(2))
+        if not (1 <= width <= 8192 and 1 <= height <= 8192):
+            raise PopError(f"{text}: a synthetic image is 1x1 to 8192x8192 pixels")
+        return synthetic_png(width, height)
+    return text
 
 
 def attach(llm, handler) -> bool:

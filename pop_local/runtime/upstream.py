@@ -276,6 +276,12 @@ MULTIMODAL_CHAT_FORMATS = {
 }
 
 
+# the chat of a model without a template: the plain prompt and an "Answer:" line, as `eval --answers` asks
+# base models (pop_local/measure/answers.py)
+PLAIN_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}Answer: {{ m['content'] }}\n"
+                  "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}")
+
+
 def multimodal_chat_handler(mmproj: str, chat_format: Optional[str] = None, verbose: bool = False):
     """Upstream's chat handler for images through the projector file `mmproj`: the model's own chat
     template (MTMDChatHandler, falling back to plain-text message content for a template that renders
@@ -290,9 +296,17 @@ def multimodal_chat_handler(mmproj: str, chat_format: Optional[str] = None, verb
         """MTMDChatHandler hands the template each message's content as a list of text parts (an image
         becomes a part holding mtmd's media marker). A text model's template (SmolLM2's) concatenates
         content as a string and fails on a list: then the parts are joined into that string, as
-        list-aware templates join them."""
+        list-aware templates join them. A file without a template (a base model) gets PLAIN_TEMPLATE
+        (upstream refuses it)."""
 
         flat = False
+
+        def _get_chat_template(self, llama_model) -> str:
+            template = llama_model.metadata.get("tokenizer.chat_template")
+            if isinstance(template, str) and template:
+                return template
+            self.flat = True
+            return PLAIN_TEMPLATE
 
         def _convert_message_for_template(self, message, media_marker):
             converted = super()._convert_message_for_template(message, media_marker)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +114,9 @@ def mmproj(kind: str, n_embd_lm: int, *, image_size: int = 32, patch_size: int =
 
 def png_bytes(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
     """A PNG of seeded random colours (each seed a different image)."""
-    from PIL import Image
+    from pop_local.runtime.multimodal import synthetic_png
 
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, format="PNG")
-    return out.getvalue()
+    return synthetic_png(width, height, seed)
 
 
 def write_png(path, width: int = 48, height: int = 40, seed: int = 0) -> str:
