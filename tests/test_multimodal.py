@@ -311,3 +311,20 @@ def test_bench_image_measures_an_image_prefill(smollm2, tmp_path):
     assert "| 64x48 | 144 (144 pruned) |" in result.output
     result = CliRunner().invoke(cli, args)  # no projector: a usage error before anything loads
     assert result.exit_code == 2 and "--mmproj" in result.output
+
+
+def test_a_chat_handler_passed_in_is_observed_too(smollm2):
+    """PopLlama(chat_handler=one of upstream's multimodal handlers): used as it is, image tokens pruned."""
+    from llama_cpp.llama_chat_format import Llava15ChatHandler
+
+    from pop_local import PopLlama
+
+    handler = Llava15ChatHandler(clip_model_path=mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH), verbose=False)
+    llm = PopLlama(smollm2, skip_layers="20-29", min_tokens=0, n_ctx=1024, chat_handler=handler, verbose=False)
+    try:
+        assert llm.multimodal and llm.chat_handler is handler
+        delta, _ = ask(llm, png_bytes())
+        n = image_tokens("mlp", SIDE, PATCH)
+        assert delta["image_tokens"] == delta["image_pruned_tokens"] == n and delta["full_tokens"] == 1
+    finally:
+        llm.close()

@@ -381,10 +381,14 @@ class PopLlama(llama_cpp.Llama):
                 chunk = tokens[i: min(len(tokens), i + self.n_batch)]
                 self._decode_chunk(chunk, last_is_output=ends and i + len(chunk) == len(tokens), label=label)
         if ends:
-            self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
-            self._last_prefill_tokens = len(tokens) if prompt is None else prompt.plan.tokens
-            self._prompt = None
+            self._prompt_done(started, len(tokens) if prompt is None else prompt.plan.tokens)
         self.pop_stats()
+
+    def _prompt_done(self, started: float, n_tokens: int) -> None:
+        """A prompt's last token is in: its prefill time and size for pop_stats()."""
+        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
+        self._last_prefill_tokens = n_tokens
+        self._prompt = None
 
     def _count_short(self, n_tokens: int) -> bool:
         """Whether a prompt evaluation of n_tokens new tokens runs the full model (under the minimum,
@@ -428,9 +432,7 @@ class PopLlama(llama_cpp.Llama):
             self._image_tokens += n_tokens
             self._image_pruned_tokens += self.pop_stats()["pruned_tokens"] - pruned_before
             if prompt is not None and stop >= prompt.plan.positions:  # an image ends the prompt (no logits)
-                self._last_prefill_ms = (time.perf_counter() - prompt.started) * 1000.0
-                self._last_prefill_tokens = prompt.plan.tokens
-                self._prompt = None
+                self._prompt_done(prompt.started, prompt.plan.tokens)
         self.pop_stats()
         return status
 
