@@ -176,3 +176,19 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     alone, batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], skip)
     assert np.array_equal(batched[0], alone[0])
     np.testing.assert_allclose(batched[1], alone[1], atol=0.5, rtol=0)
+
+
+def test_image_tokens_run_pruned_on_the_device(smollm2):
+    """An image through llama.cpp's mtmd (a generated projector, random weights) with every layer and the
+    projector on the device: image tokens run pruned, the kept layers' K/V equal the full model's."""
+    from helpers.mmproj import ask, check_kv_against_full, image_tokens, mmproj, png_bytes
+
+    llm = PopLlama(smollm2, skip_layers="20-29", min_tokens=0, n_gpu_layers=-1, n_ctx=512, verbose=False,
+                   mmproj=mmproj("mlp", 576, image_size=32, patch_size=4))
+    try:
+        delta, _ = ask(llm, png_bytes())
+        assert delta["image_tokens"] == delta["image_pruned_tokens"] == image_tokens("mlp", 32, 4)
+        assert delta["full_tokens"] == 1
+        check_kv_against_full(llm, png_bytes())
+    finally:
+        llm.close()

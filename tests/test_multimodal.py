@@ -10,8 +10,7 @@ are paired with random-weight projectors (tests/helpers/mmproj.py): the mechanic
 import numpy as np
 import pytest
 
-from helpers.llama_contexts import cache_layers
-from helpers.mmproj import image_tokens, mmproj, png_bytes, write_png
+from helpers.mmproj import ask, check_kv_against_full, image_tokens, mmproj, png_bytes, write_png
 
 from pop_local.errors import PopError, PopSettingError
 from pop_local.runtime import upstream
@@ -19,45 +18,6 @@ from pop_local.runtime.multimodal import image_content, image_url
 
 SIDE, PATCH = 48, 4             # the mlp projector: (48/4)^2 = 144 image tokens
 N_UBATCH = 64                   # smaller than one image: it is decoded in three ubatches
-
-
-def ask(llm, *images, text="Describe the picture in one word."):
-    """One chat request with `images` in the user message; returns (counter deltas, reply text)."""
-    before = llm.pop_stats()
-    out = llm.create_chat_completion(messages=[{"role": "user", "content": image_content(text, list(images))}],
-                                     max_tokens=1, temperature=0)
-    after = llm.pop_stats()
-    delta = {k: after[k] - before[k] for k in ("pruned_tokens", "full_tokens", "image_tokens", "image_pruned_tokens",
-                                               "short_prompts")}
-    return delta, out["choices"][0]["message"]["content"]
-
-
-def kv_of(llm, *images, pop: bool):
-    """{layer: (K, V)} of the prompt's cells but its last (the boundary token, which runs alone at full
-    depth under POP and inside its chunk without: float rounding may differ there; the next test
-    checks it), after a one-token reply to a prompt with `images`, POP on or off. F16 cache, V transposed."""
-    llm.pop_enabled = pop
-    try:
-        ask(llm, *images)
-        cells = llm.n_tokens  # the prompt's positions: one cell each (no sliding window is full here)
-        out = {}
-        for il, (k, v) in cache_layers(llm.ctx).items():
-            k, v = np.frombuffer(k, np.uint16), np.frombuffer(v, np.uint16)
-            assert k.size % cells == 0 and v.size % cells == 0
-            out[il] = (k.reshape(cells, -1)[:-1].tobytes(), v.reshape(-1, cells)[:, :-1].tobytes())
-        return out
-    finally:
-        llm.pop_enabled = True
-
-
-def check_kv_against_full(llm, *images):
-    """Layers up to the first skipped one hold exactly the full model's K/V (their inputs are exact); a
-    deeper one differs (it really was skipped)."""
-    first = min(llm.skip_layers)
-    pop, full = kv_of(llm, *images, pop=True), kv_of(llm, *images, pop=False)
-    for il in range(first + 1):
-        assert pop[il] == full[il], f"layer {il}"
-    assert any(pop[il] != full[il] for il in pop if il > first)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ start=$(date +%s)
 build_s=$(( $(date +%s) - start ))
 LLAMA_CPP_LIB_PATH=$("$PY" -c 'import sys; sys.path.insert(0, "native"); import build; print(build.gpu_lib_dir(sys.argv[1]))' "$backend")
 export LLAMA_CPP_LIB_PATH
+export MTMD_CPP_LIB=$LLAMA_CPP_LIB_PATH  # the multimodal library of the same build
 
 "$PY" -m pop_local devices
 "$PY" -c 'import sys; from pop_local.runtime.devices import offload_devices; sys.exit(0 if offload_devices() else 1)' 2>/dev/null \
@@ -64,9 +65,10 @@ else
 fi
 
 # --quick: where every node ran for all four architectures, partial offload in every cache
-# configuration, full offload byte-exact for llama and gemma3 (~4 minutes on lavapipe, 2 cores)
+# configuration, full offload byte-exact for llama and gemma3, an image through mtmd (~4 minutes on
+# lavapipe, 2 cores)
 select=()
-[ $quick = 1 ] && select=(-k "runs_on_the_device or partial or (exactly_the_full and fa-off-f16 and (llama or gemma3))")
+[ $quick = 1 ] && select=(-k "runs_on_the_device or partial or (exactly_the_full and fa-off-f16 and (llama or gemma3)) or image")
 start=$(date +%s)
 "$PY" -m pytest tests/test_gpu_offload.py -q -p no:cacheprovider --junitxml="$results/tests.xml" ${select[@]+"${select[@]}"} "$@"
 tests_rc=$?

@@ -25,7 +25,7 @@ import numpy as np
 
 from .tiny_models import cache_dir
 
-__all__ = ["mmproj", "image_tokens", "png_bytes", "write_png"]
+__all__ = ["mmproj", "image_tokens", "png_bytes", "write_png", "ask", "kv_of", "check_kv_against_full"]
 
 _VISION = dict(n_embd=32, n_head=2, n_ff=64, n_layer=2)
 
@@ -122,3 +122,49 @@ def png_bytes(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
 def write_png(path, width: int = 48, height: int = 40, seed: int = 0) -> str:
     Path(path).write_bytes(png_bytes(width, height, seed))
     return str(path)
+
+
+# --- requests and their KV cache (tests/test_multimodal.py, tests/test_gpu_offload.py) ----------------
+
+def ask(llm, *images, text="Describe the picture in one word."):
+    """One chat request with `images` in the user message; returns (counter deltas, reply text)."""
+    from pop_local.runtime.multimodal import image_content
+
+    before = llm.pop_stats()
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": image_content(text, list(images))}],
+                                     max_tokens=1, temperature=0)
+    after = llm.pop_stats()
+    delta = {k: after[k] - before[k] for k in ("pruned_tokens", "full_tokens", "image_tokens", "image_pruned_tokens",
+                                               "short_prompts")}
+    return delta, out["choices"][0]["message"]["content"]
+
+
+def kv_of(llm, *images, pop: bool):
+    """{layer: (K, V)} of the prompt's cells but its last (the boundary token, which runs alone at full
+    depth under POP and inside its chunk without: float rounding may differ there; test_multimodal's
+    exact-first-token test checks it), after a one-token reply to a prompt with `images`, POP on or off.
+    F16 cache, V transposed."""
+    from .llama_contexts import cache_layers
+
+    llm.pop_enabled = pop
+    try:
+        ask(llm, *images)
+        cells = llm.n_tokens  # the prompt's positions: one cell each (no sliding window is full here)
+        out = {}
+        for il, (k, v) in cache_layers(llm.ctx).items():
+            k, v = np.frombuffer(k, np.uint16), np.frombuffer(v, np.uint16)
+            assert k.size % cells == 0 and v.size % cells == 0
+            out[il] = (k.reshape(cells, -1)[:-1].tobytes(), v.reshape(-1, cells)[:, :-1].tobytes())
+        return out
+    finally:
+        llm.pop_enabled = True
+
+
+def check_kv_against_full(llm, *images):
+    """Layers up to the first skipped one hold exactly the full model's K/V (their inputs are exact); a
+    deeper one differs (it really was skipped)."""
+    first = min(llm.skip_layers)
+    pop, full = kv_of(llm, *images, pop=True), kv_of(llm, *images, pop=False)
+    for il in range(first + 1):
+        assert pop[il] == full[il], f"layer {il}"
+    assert any(pop[il] != full[il] for il in pop if il > first)
