@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import sys
 import threading
+import traceback
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -318,8 +319,8 @@ def multimodal_chat_handler(mmproj: str, chat_format: Optional[str] = None, verb
         def __call__(self, **kwargs):
             try:
                 return super().__call__(**kwargs)
-            except TypeError:  # raised while rendering, before anything was evaluated
-                if self.flat:
+            except TypeError as e:  # from the template (jinja names its frames "<template>"): nothing ran yet
+                if self.flat or not any(f.filename == "<template>" for f in traceback.extract_tb(e.__traceback__)):
                     raise
                 self.flat = True
                 return super().__call__(**kwargs)
@@ -334,6 +335,7 @@ def observe_mtmd(handler, wrap) -> bool:
     bindings = getattr(handler, "_mtmd_cpp", None)
     if bindings is None:
         return False
+    _mtmd_logs_like_llama()
     handler._mtmd_cpp = wrap(getattr(bindings, "__wrapped__", bindings))
     return True
 
@@ -346,7 +348,6 @@ def load_projector(handler, llm, mmproj: str) -> None:
     init = getattr(handler, "_init_mtmd_context", None)
     if init is None:
         return
-    _mtmd_logs_like_llama()
     try:
         init(llm)
     except ValueError as e:
