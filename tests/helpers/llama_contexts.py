@@ -227,16 +227,22 @@ def cache_layers(ctx, seq=0):
 
 
 def chunked_and_single(llm, entries, skip):
-    """The last prompt token's logits with POP on `skip`: (one 1024-token ubatch, 64-token ubatches),
-    with the sliding-window cache at its small size (swa_full off), so a long prompt reuses cells."""
+    """The last prompt token's logits with POP on `skip` (empty: the full model): (one 1024-token ubatch,
+    64-token ubatches), with the sliding-window cache at its small size (swa_full off), so a long prompt
+    reuses cells."""
     n = len(entries)
     with contexts(llm, 1, n_batch=1024, n_ubatch=1024, swa_full=False) as (single,), \
             contexts(llm, 1, n_batch=1024, n_ubatch=64, swa_full=False) as (chunked,):
         for ctx in (single, chunked):
             set_skip(ctx, skip)
+            if not skip:  # the full model: KV-sharing models' exact skip off too
+                _native.lib().pop_llama_set_exact_prefill(ctx, False)
         want = decode(single, entries)[n - 1]
         got = decode(chunked, entries)[n - 1]
-        assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
+        if skip:
+            assert stats(chunked).pruned_tokens == n - 1 and stats(chunked).full_tokens == 1
+        else:  # the full model, cut the same way
+            assert stats(chunked).pruned_tokens == 0
     return want, got
 
 
