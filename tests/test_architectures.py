@@ -232,10 +232,12 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     n = 700 if any(k & _native.LAYER_SWA for k in layer_kinds(model_pointer(llm))) else N_PROMPT
     toks = tokens(llm, long_text, n)
     want, got = chunked_and_single(llm, prompt_entries(toks), skip)
-    # other ubatch sizes run other kernels: the full model itself moves under the same re-chunking (gemma2's
-    # 700 tokens: 0.0088 on an AMD EPYC machine, where 5e-3 alone failed), so POP may move by that much more
-    full_want, full_got = chunked_and_single(llm, prompt_entries(toks), [])
-    np.testing.assert_allclose(got, want, atol=5e-3 + float(np.abs(full_got - full_want).max()), rtol=0)
+    moved = float(np.abs(got - want).max())
+    if moved > 5e-3:
+        # other ubatch sizes run other kernels: the full model itself moves under the same re-chunking (gemma2's
+        # 700 tokens: 0.0088 on an AMD EPYC machine), so POP may move by that much more
+        full_want, full_got = chunked_and_single(llm, prompt_entries(toks), [])
+        assert moved <= 5e-3 + float(np.abs(full_got - full_want).max()), moved
 
     alone, batched = two_sequences(llm, toks[:150], toks[:1] + toks[150:290], skip)
     assert np.array_equal(batched[0], alone[0]) and np.array_equal(batched[1], alone[1])
