@@ -164,8 +164,13 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     want, got = chunked_and_single(llm, prompt_entries(toks), skip)
     # 64-token ubatches take other matrix-multiply and attention kernels than one 1024-token
     # ubatch (f16 accumulation, other tiling): the same tolerance as the CPU test, on logits of
-    # magnitude ~10-30; a skipped layer done wrong moves them by whole units
-    np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
+    # magnitude ~10-30; a skipped layer done wrong moves them by whole units. Where POP moves more, the
+    # full model's own movement under the same re-chunking is allowed on top (gemma3's partial offload
+    # on a 2-core AMD EPYC machine, as gemma2's on its CPU: test_architectures.py)
+    moved = float(np.abs(got - want).max())
+    if moved > 5e-3:
+        full_want, full_got = chunked_and_single(llm, prompt_entries(toks), [])
+        assert moved <= 5e-3 + float(np.abs(full_got - full_want).max()), moved
 
     # Two sequences in one batch against each alone. The first sequence's logits are exact. The second's
     # are not on every backend, even for the full model: on lavapipe, batching the two moves the full
@@ -173,9 +178,14 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # cache streams), POP's by 0.06-0.15 (measured on llama, qwen2, qwen3, gemma3). Hence 0.5 for it:
     # a boundary token left in a pruned ubatch moves them by ~70, a skipped layer's K/V in the wrong
     # stream by whole units.
+    # Where POP's moves more, the full model's own movement under the same batching is allowed on top
+    # (gemma3's partial offload moved POP's by 0.57 on a 2-core AMD EPYC machine).
     alone, batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], skip)
     assert np.array_equal(batched[0], alone[0])
-    np.testing.assert_allclose(batched[1], alone[1], atol=0.5, rtol=0)
+    moved = float(np.abs(batched[1] - alone[1]).max())
+    if moved > 0.5:
+        full_alone, full_batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], [])
+        assert moved <= 0.5 + float(np.abs(full_batched[1] - full_alone[1]).max()), moved
 
 
 def test_image_tokens_run_pruned_on_the_device(smollm2):

@@ -247,13 +247,17 @@ def chunked_and_single(llm, entries, skip):
 
 
 def two_sequences(llm, a, b, skip):
-    """Prompts `a` (sequence 0) and `b` (sequence 1) with POP on `skip`, each alone and both in one
-    batch (a cache stream per sequence): ((a alone, b alone), (a batched, b batched)) last-token logits."""
+    """Prompts `a` (sequence 0) and `b` (sequence 1) with POP on `skip` (empty: the full model), each alone
+    and both in one batch (a cache stream per sequence): ((a alone, b alone), (a batched, b batched))
+    last-token logits."""
     ea, eb = prompt_entries(a), prompt_entries(b, seq=1)
     with contexts(llm, 2, n_seq_max=2, kv_unified=False) as (ref, both):
         for ctx in (ref, both):
             set_skip(ctx, skip)
+            if not skip:  # the full model: KV-sharing models' exact skip off too
+                _native.lib().pop_llama_set_exact_prefill(ctx, False)
         alone = decode(ref, ea, 2)[len(a) - 1], decode(ref, eb, 2)[len(b) - 1]
         out = decode(both, ea + eb, 2)
-        assert stats(both).pruned_tokens == len(a) + len(b) - 2 and stats(both).full_tokens == 2
+        pruned = len(a) + len(b) - 2 if skip else 0
+        assert stats(both).pruned_tokens == pruned and stats(both).full_tokens == len(a) + len(b) - pruned
     return alone, (out[len(a) - 1], out[len(a) + len(b) - 1])
