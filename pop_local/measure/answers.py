@@ -66,15 +66,19 @@ def load_answer_set(path: str) -> List[AnswerItem]:
         images = row.get("images", [])
         if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
             raise PopError(f"{path}:{number}: \"images\" must be a list of image files or URLs")
-        images = [i if "://" in i or i.startswith("data:") else os.path.join(os.path.dirname(os.path.abspath(path)), i)
-                  for i in images]
-        missing = [i for i in images if "://" not in i and not i.startswith("data:") and not os.path.isfile(i)]
+        images = [i if _is_url(i) else os.path.join(os.path.dirname(os.path.abspath(path)), i) for i in images]
+        missing = [i for i in images if not _is_url(i) and not os.path.isfile(i)]
         if missing:
             raise PopError(f"{path}:{number}: no such image file {missing[0]}")
         items.append(AnswerItem(group, str(row.get("id", number)), row["prompt"], answer, tuple(images)))
     if not items:
         raise PopError(f"{path}: no prompts")
     return items
+
+
+def _is_url(image: str) -> bool:
+    """An answer set's image given as a URL (kept as it is) rather than a file relative to the set."""
+    return "://" in image or image.startswith("data:")
 
 
 def builtin_answer_set() -> List[AnswerItem]:
