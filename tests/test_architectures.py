@@ -5,10 +5,14 @@ random-weight models of the others (tests/tiny_models.py: dense, MoE, MLA, hybri
 window, KV sharing), under flash attention on and off, a q8_0 KV cache, chunked and multi-sequence
 batches and embedding contexts, on the CPU (test_gpu_offload.py runs the same checks on a GPU backend).
 
-The central check reads the cache back (llama_state_seq_get_data) and compares it byte for byte with
-the full model's: with one layer L skipped, every layer up to and including L must hold exactly what the
-full model stores (K/V, or a recurrent layer's states), because L's input is the full model's; the
-layers after L that store anything must differ.
+The central check reads the cache back (llama_state_seq_get_data) and compares it byte for byte, at
+every layer and prompt position, with an exact reference: the full model whose skipped layers pass their
+input through (their output node overwritten with their input while the prompt runs; everything else of
+them, their K/V or recurrent states included, computed as usual: helpers.llama_contexts.PassThrough).
+That is POP's definition (x_{l+1} = x_l, K/V from x_l), so nothing is left to a tolerance: a
+pass-through that fed the wrong tensor onward, or K/V from the wrong input, changes later layers' bytes.
+KV-sharing layers (gemma4) store nothing and are covered by the logits, which must be equal too; hybrid
+models' recurrent layers are compared by their conv and recurrent states.
 """
 
 import ctypes
@@ -18,8 +22,9 @@ import pytest
 
 import llama_cpp
 
-from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
-                            logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
+from helpers.llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop,
+                            logged_context, pass_through_reference, prompt_entries, set_skip, stats, tokens,
+                            two_sequences)
 from helpers.llama_contexts import layer_kinds
 from pop_local import PopLlama
 from pop_local.runtime import native as _native
@@ -78,32 +83,34 @@ def test_architecture_is_supported(arch_model, arch):
 
 @pytest.mark.parametrize("config", list(CACHE_CONFIGS))
 @pytest.mark.parametrize("arch", ARCHES)
-def test_skipped_layer_stores_exactly_the_full_layers_kv(arch_model, long_text, arch, config):
+def test_pop_cache_is_the_pass_through_reference(arch_model, long_text, arch, config):
+    """POP's cache equals, byte for byte at every layer and prompt position, the cache of the full model
+    whose skipped layers pass their input through (helpers.llama_contexts.PassThrough), and the first
+    answer token's logits equal the reference's: one layer in the middle, and the default tail block.
+    The reference itself differs from the full model after the first skipped layer (wherever a later
+    layer stores anything), so the check cannot pass by POP doing nothing."""
     if config == "fa-off-k-q8_0" and layer_kinds(model_pointer(model(arch_model, arch)))[-1] & _native.LAYER_K_ONLY:
         pytest.skip("a K-only (MLA) cache: llama.cpp refuses a K cache type different from V's")
     llm = model(arch_model, arch, config)
     n_layer = llm.pop_metadata.n_layer
     toks = tokens(llm, long_text, N_PROMPT)
     entries = prompt_entries(toks)
-    for skipped in (n_layer // 2, n_layer - 3):
+    for skip in ([n_layer // 2], default_skip(n_layer)):
+        want, want_logits = pass_through_reference(llm, entries, skip)
         with contexts(llm, 2) as (full, pop):
-            full_logits = full_cut_like_pop(full, entries)
-            set_skip(pop, [skipped])
-            pop_logits = decode(pop, entries)[len(toks) - 1]
+            full_cut_like_pop(full, entries)
+            set_skip(pop, skip)
+            got_logits = decode(pop, entries)[len(toks) - 1]
             assert stats(pop).pruned_tokens == len(toks) - 1 and stats(pop).full_tokens == 1
-            assert stats(full).pruned_tokens == 0
-
-            want, got = cache_layers(full), cache_layers(pop)
-            assert want.keys() == got.keys()
-            for il in (il for il in want if il <= skipped):
-                assert got[il][0] == want[il][0], f"layer {il}: K differs (skipped layer {skipped})"
-                assert got[il][1] == want[il][1], f"layer {il}: V differs (skipped layer {skipped})"
-            later = [il for il in want if il > skipped]
-            for il in later:
-                assert got[il][0] != want[il][0], f"layer {il}: K unchanged, so layer {skipped} was not skipped"
-            # the last prompt token ran at full depth, over a cache that differs after the skipped layer;
-            # where no later layer stores anything (KV sharing) nothing can differ: POP is exact there
-            assert np.array_equal(pop_logits, full_logits) == (not later)
+            got, plain = cache_layers(pop), cache_layers(full)
+        assert got.keys() == want.keys() == plain.keys()
+        for il in want:
+            assert got[il][0] == want[il][0], f"layer {il}: K differs from the reference (skip {skip})"
+            assert got[il][1] == want[il][1], f"layer {il}: V differs from the reference (skip {skip})"
+        assert np.array_equal(got_logits, want_logits)
+        assert all(want[il] == plain[il] for il in want if il <= skip[0])  # the input of the first one is the full model's
+        later = [il for il in want if il > skip[0]]
+        assert all(want[il][0] != plain[il][0] for il in later), "the reference passed nothing through"
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -224,20 +231,26 @@ def test_kv_sharing_layers_are_skipped_exactly(arch_model, long_text, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_text, arch):
+def test_chunked_and_two_sequence_batches_are_exact(arch_model, long_text, arch):
+    """A prompt in 64-token ubatches stores exactly the pass-through reference cut the same way (no
+    tolerance: the same kernels run on the same shapes), and two sequences in one batch give each
+    sequence's logits alone."""
     llm = model(arch_model, arch)
     skip = default_skip(llm.pop_metadata.n_layer)
-    # gemma3: longer than its 512-token sliding window, with the small SWA cache (swa_full off; the
-    # llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
+    # sliding-window models: longer than gemma3's 512-token window, with the small SWA cache (swa_full off;
+    # the llama_cpp.Llama default is the full-size one), so sliding-window cells are reused mid-prompt
     n = 700 if any(k & _native.LAYER_SWA for k in layer_kinds(model_pointer(llm))) else N_PROMPT
     toks = tokens(llm, long_text, n)
-    want, got = chunked_and_single(llm, prompt_entries(toks), skip)
-    moved = float(np.abs(got - want).max())
-    if moved > 5e-3:
-        # other ubatch sizes run other kernels: the full model itself moves under the same re-chunking (gemma2's
-        # 700 tokens: 0.0088 on an AMD EPYC machine), so POP may move by that much more
-        full_want, full_got = chunked_and_single(llm, prompt_entries(toks), [])
-        assert moved <= 5e-3 + float(np.abs(full_got - full_want).max()), moved
+    entries = prompt_entries(toks)
+    chunked = {"n_batch": 1024, "n_ubatch": 64, "swa_full": False}
+    want, want_logits = pass_through_reference(llm, entries, skip, **chunked)
+    with contexts(llm, 1, **chunked) as (ctx,):
+        set_skip(ctx, skip)
+        got_logits = decode(ctx, entries)[n - 1]
+        assert stats(ctx).pruned_tokens == n - 1 and stats(ctx).full_tokens == 1
+        got = cache_layers(ctx)
+    assert got == want
+    assert np.array_equal(got_logits, want_logits)
 
     alone, batched = two_sequences(llm, toks[:150], toks[:1] + toks[150:290], skip)
     assert np.array_equal(batched[0], alone[0]) and np.array_equal(batched[1], alone[1])

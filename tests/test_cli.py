@@ -359,9 +359,10 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(*args):
+def _start(*args, env=None):
     return subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
+                            env={**os.environ, **(env or {})})
 
 
 def _wait_for(predicate, seconds=300, step=0.01):
@@ -398,19 +399,40 @@ def test_convert_interrupted_while_calibrating_leaves_nothing(smollm2, tmp_path,
     assert os.listdir(tmp_path) == []
 
 
+# sitecustomize for the child: the GGUF writer stops before its first tensor until a signal arrives (the
+# handlers pop-local installs raise, which ends the sleep), so the signal always lands mid-write
+_PAUSE_WRITE = """import os, time
+import gguf
+_write = gguf.GGUFWriter.write_tensor_data
+def _paused(self, *args, **kwargs):
+    if not getattr(self, "_pop_test_paused", False):
+        self._pop_test_paused = True
+        open(os.environ["POP_TEST_WRITING"], "w").close()
+        time.sleep(600)
+    return _write(self, *args, **kwargs)
+gguf.GGUFWriter.write_tensor_data = _paused
+"""
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_convert_interrupted_while_writing_leaves_no_partial_file(smollm2, tmp_path, sig, code):
-    """Signalled as soon as the temporary file appears (the write of ~100 MB has begun)."""
-    out = tmp_path / "out.pop.gguf"
-    proc = _start("convert", smollm2, "-o", str(out), "--layers", "20-29", "--no-calibrate")
-    assert _wait_for(lambda: any(n.startswith(".pop-") for n in os.listdir(tmp_path)) or proc.poll() is not None)
-    if proc.poll() is not None:
-        pytest.skip("the write finished before the signal could be sent")
+    """Signalled while the temporary file is being written (header and metadata out, tensors not)."""
+    hook, work = tmp_path / "hook", tmp_path / "out"
+    hook.mkdir()
+    work.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_WRITE)
+    writing = tmp_path / "writing"
+    out = work / "out.pop.gguf"
+    proc = _start("convert", smollm2, "-o", str(out), "--layers", "20-29", "--no-calibrate",
+                  env={"PYTHONPATH": str(hook), "POP_TEST_WRITING": str(writing)})
+    assert _wait_for(lambda: writing.exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert [n for n in os.listdir(work) if n.startswith(".pop-")], os.listdir(work)  # the temporary file
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     assert "nothing was written" in err.strip().splitlines()[-1]
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(work) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -10,8 +10,8 @@ from pop_local.apps.cli import cli
 from pop_local.converter import choose_skip_layers
 from pop_local.converter.arch import UnsupportedArchitecture, arch_spec
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
 

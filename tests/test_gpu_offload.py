@@ -33,6 +33,12 @@ ARCHES = ("llama", "qwen2", "qwen3", "gemma3")
 # short prompts: a software device runs SmolLM2 at ~15 tokens/s on 2 cores
 N_PROMPT = 48
 
+# Caps on the two tolerances that allow the full model's own movement on top (see their test): twice the
+# largest allowance measured (0.0088 on the CPU under re-chunking, 0.57 on lavapipe under batching), still
+# far below what a wrong skip does (whole units; ~70 for a boundary token left in a pruned ubatch)
+CHUNKED_CAP = 0.02
+TWO_SEQUENCE_CAP = 1.2
+
 CACHE_CONFIGS = {  # as in test_architectures.py: (flash attention, K cache type, V cache type)
     "fa-off-f16": (False, None, None),
     "fa-on-f16": (True, None, None),
@@ -167,10 +173,11 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # magnitude ~10-30; a skipped layer done wrong moves them by whole units. Where POP moves more, the
     # full model's own movement under the same re-chunking is allowed on top (gemma3's partial offload
     # on a 2-core AMD EPYC machine, as gemma2's on its CPU: test_architectures.py)
+    # Capped at CHUNKED_CAP whatever the full model does: a skipped layer done wrong moves them by whole units.
     moved = float(np.abs(got - want).max())
     if moved > 5e-3:
         full_want, full_got = chunked_and_single(llm, prompt_entries(toks), [])
-        assert moved <= 5e-3 + float(np.abs(full_got - full_want).max()), moved
+        assert moved <= min(CHUNKED_CAP, 5e-3 + float(np.abs(full_got - full_want).max())), moved
 
     # Two sequences in one batch against each alone. The first sequence's logits are exact. The second's
     # are not on every backend, even for the full model: on lavapipe, batching the two moves the full
@@ -182,10 +189,11 @@ def test_chunked_and_two_sequence_batches_match_single_pass(arch_model, long_tex
     # (gemma3's partial offload moved POP's by 0.57 on a 2-core AMD EPYC machine).
     alone, batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], skip)
     assert np.array_equal(batched[0], alone[0])
+    # Capped at TWO_SEQUENCE_CAP whatever the full model does.
     moved = float(np.abs(batched[1] - alone[1]).max())
     if moved > 0.5:
         full_alone, full_batched = two_sequences(llm, toks[:40], toks[:1] + toks[40:80], [])
-        assert moved <= 0.5 + float(np.abs(full_batched[1] - full_alone[1]).max()), moved
+        assert moved <= min(TWO_SEQUENCE_CAP, 0.5 + float(np.abs(full_batched[1] - full_alone[1]).max())), moved
 
 
 def test_image_tokens_run_pruned_on_the_device(smollm2):

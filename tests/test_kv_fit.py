@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from pop_local.format import keys
 from pop_local.apps.cli import cli
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
 from pop_local.runtime.upstream import context_pointer

@@ -211,7 +211,6 @@ def test_a_server_that_cannot_be_reached_is_bounded_by_the_connect_timeout():
 def test_the_server_app_splits_its_model_too(smollm2):
     """`pop-local serve --rpc`: the settings reach upstream's ModelSettings (rpc_servers, tensor_split),
     its loader hands them to PopLlama, which registers the server before the load."""
-    pytest.importorskip("fastapi")
     from pop_local.apps.server import create_pop_app
     from pop_local.runtime.settings import LoadSettings
 

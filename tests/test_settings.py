@@ -30,8 +30,6 @@ def test_bench_and_eval_take_the_load_settings_they_do_not_set_themselves():
 
 
 def test_the_integrations_inherit_the_same_fields():
-    pytest.importorskip("langchain_core")
-    pytest.importorskip("llama_index.core")
     from pop_local.integrations.langchain import ChatPopLocal
     from pop_local.integrations.llama_index import PopLocalLLM
 
@@ -146,7 +144,6 @@ def test_a_command_reads_the_model_header_once(monkeypatch, smollm2, tmp_path):
     assert r.exit_code == 0, r.output
     assert reads == [model]
 
-    pytest.importorskip("fastapi")
     from pop_local.apps.server import create_pop_app
 
     reads.clear()

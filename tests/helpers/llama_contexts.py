@@ -106,6 +106,73 @@ def full_cut_like_pop(ctx, entries):
     return decode(ctx, entries[-1:])[0]
 
 
+class PassThrough:
+    """The exact reference for POP's cache: a scheduler callback that makes the full model pass each
+    layer of `skip` through while `active` (the prompt's tokens without outputs): when the node named
+    "l_out-L" (the layer's output, which every builder on the list names after its residual adds) has
+    been computed, its bytes are overwritten with the layer's input ("l_out-(L-1)", saved when it was
+    computed). Everything else of the layer runs as in the full model, so its K/V (or recurrent states)
+    come from the same input. POP's pruned graph must store exactly what this stores, byte for byte.
+
+    ggml's scheduler computes the nodes up to the one a callback asked for, calls it with the data, and
+    only then goes on (ggml_backend_sched_compute_splits), so the overwrite is what later nodes read.
+    The skipped layers' own output rows are selected for outputs on the last layer (0 rows here)."""
+
+    def __init__(self, skip):
+        from pop_local.runtime.upstream import _load_beside_llama
+
+        self.skip, self.active = set(skip), True
+        self.saved, self.replaced = {}, []
+        assert 0 not in self.skip, "layer 0's input is the embeddings, not a named l_out"
+        base = ctypes.CDLL(_load_beside_llama("ggml-base")._name)  # own prototypes, not the product's
+        for name, restype in (("ggml_get_name", ctypes.c_char_p), ("ggml_nbytes", ctypes.c_size_t),
+                              ("ggml_is_contiguous", ctypes.c_bool)):
+            fn = getattr(base, name)
+            fn.restype, fn.argtypes = restype, [ctypes.c_void_p]
+        for name in ("ggml_backend_tensor_get", "ggml_backend_tensor_set"):  # any backend's buffer
+            fn = getattr(base, name)
+            fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+
+        def seen(tensor, ask, _user_data):
+            name = (base.ggml_get_name(tensor) or b"").decode()
+            if not (self.active and name.startswith("l_out-")):
+                return False
+            if ask:
+                return True
+            il = int(name[len("l_out-"):])
+            size = base.ggml_nbytes(tensor)
+            if il in self.skip:
+                self.replaced.append(il)
+                if size:
+                    assert base.ggml_is_contiguous(tensor) and ctypes.sizeof(self.saved[il - 1]) == size, (il, size)
+                    base.ggml_backend_tensor_set(tensor, self.saved[il - 1], 0, size)
+            if il + 1 in self.skip:
+                buf = ctypes.create_string_buffer(size)
+                base.ggml_backend_tensor_get(tensor, buf, 0, size)
+                self.saved[il] = buf
+            return True
+
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(seen)  # kept alive with the object
+
+
+def pass_through_reference(llm, entries, skip, **params):
+    """(cache_layers, last-token logits) of the full model on a new context (context(llm, **params)) cut
+    the way POP cuts the prompt (full_cut_like_pop), with the layers of `skip` passing their input
+    through for the tokens without outputs (PassThrough) and the last token at full depth."""
+    ref = PassThrough(skip)
+    ctx = context(llm, cb_eval=ref.callback, cb_eval_user_data=None, **params)
+    try:
+        _native.lib().pop_llama_set_enabled(ctx, False)
+        _native.lib().pop_llama_set_exact_prefill(ctx, False)
+        decode(ctx, entries[:-1])
+        assert set(ref.replaced) == set(skip), "a skipped layer's output was never seen"
+        ref.active = False
+        logits = decode(ctx, entries[-1:])[0]
+        return cache_layers(ctx), logits
+    finally:
+        llama_cpp.llama_free(ctx)
+
+
 def default_skip(n_layer):
     return list(range(n_layer - round(n_layer / 3), n_layer))
 
