@@ -13,19 +13,30 @@ layers after L that store anything must differ.
 
 import ctypes
 
+import llama_cpp
 import numpy as np
 import pytest
 
-import llama_cpp
-
-from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
-                            logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
-from helpers.llama_contexts import layer_kinds
-from pop_local import PopLlama
-from pop_local.runtime import native as _native
-from pop_local.format.architectures import ARCHITECTURES, NAMES
+from helpers.llama_contexts import (
+    cache_layers,
+    chunked_and_single,
+    contexts,
+    decode,
+    default_skip,
+    full_cut_like_pop,
+    layer_kinds,
+    logged_context,
+    prompt_entries,
+    set_skip,
+    stats,
+    tokens,
+    two_sequences,
+)
 from helpers.tiny_models import Dims, tiny_model
 from helpers.tiny_specs import SPECS
+from pop_local import PopLlama
+from pop_local.format.architectures import ARCHITECTURES, NAMES
+from pop_local.runtime import native as _native
 from pop_local.runtime.upstream import model_pointer
 
 pytestmark = pytest.mark.slow

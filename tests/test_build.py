@@ -49,7 +49,8 @@ def test_gpu_variants_get_their_own_folder_and_backend_flag(tmp_path, monkeypatc
     assert build.gpu_lib_dir("vulkan") == tmp_path / "vulkan-lib"
     assert build.GPU_BACKENDS == {"vulkan": "-DGGML_VULKAN=on", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
     vulkan = build.cmake_args(build.GPU_BACKENDS["vulkan"], patched=True)
-    assert build.build_dir_for(tmp_path, "vulkan", vulkan) != build.build_dir_for(tmp_path, "vulkan", build.cmake_args("", True))
+    assert build.build_dir_for(tmp_path, "vulkan", vulkan) != build.build_dir_for(tmp_path, "vulkan",
+                                                                                  build.cmake_args("", True))
 
 
 def test_an_up_to_date_library_folder_is_not_rebuilt(tmp_path, monkeypatch, capsys):

@@ -120,11 +120,12 @@ def _plain_score(llm, ctx, cont):
 # --- fast: settings and the hook, no model --------------------------------------------------------
 
 def test_model_args_take_every_settings_field_by_name():
-    from pop_local.runtime.settings import LoadFields, PopFields
     from pop_local.integrations.lm_eval import split_model_args
+    from pop_local.runtime.settings import LoadFields, PopFields
 
     load, pop = split_model_args({"n_ctx": 2048, "n_threads": 1, "pop": True, "skip_layers": "20-29", "kv_mode": "own"})
-    assert (load.n_ctx, load.n_threads, pop.pop, pop.skip_layers, pop.kv_mode) == (2048, 1, True, tuple(range(20, 30)), "own")
+    assert (load.n_ctx, load.n_threads, pop.pop, pop.skip_layers, pop.kv_mode) == (2048, 1, True,
+                                                                                   tuple(range(20, 30)), "own")
     # lm_eval reads "25" as a number; a one-layer set is still a set
     assert split_model_args({"skip_layers": 25})[1].skip_layers == (25,)
     assert split_model_args({"skip_layers": ""})[1].skip_layers == ()
@@ -159,6 +160,7 @@ def test_a_skip_set_the_model_lacks_is_an_error_naming_it(smollm2):
 
 def test_the_hook_registers_lazily_and_keeps_lm_evals_own_models():
     import lm_eval.api.registry as registry
+
     from pop_local.integrations import lm_eval_hook
 
     lm_eval_hook.register(registry)  # idempotent: already registered (by the hook or the adapter)
@@ -225,6 +227,7 @@ def test_pop_on_reaches_the_model_and_scores_as_pop_local_eval(pop_on, pop_off):
 @pytest.mark.slow
 def test_without_a_model_the_pop_ready_default_runs_and_prunes(offline, long_text):
     from lm_eval.api.instance import Instance
+
     from pop_local.converter.default_model import model_meta
     from pop_local.integrations.lm_eval import PopLocalLM
 
@@ -250,8 +253,9 @@ def test_chat_template_is_the_models_own(pop_on):
 
 @pytest.mark.slow
 def test_rolling_loglikelihood_and_a_shared_context_are_exact(offline, smollm2, long_text):
-    from lm_eval.api.instance import Instance
     from lm_eval import utils as lm_utils
+    from lm_eval.api.instance import Instance
+
     from pop_local.integrations.lm_eval import PopLocalLM
     from pop_local.runtime.models import plain_llama
 
