@@ -47,7 +47,8 @@ def lm_eval_scores(path: str) -> dict:
     try:
         for name, extra in settings.items():
             args = {"model": path, "n_ctx": 2048, "min_tokens": 0, **extra}
-            result = lm_eval.simple_evaluate(model="pop-local", model_args=args, tasks=["pop_local_mc", "pop_local_gen"],
+            result = lm_eval.simple_evaluate(model="pop-local", model_args=args,
+                                             tasks=["pop_local_mc", "pop_local_gen"],
                                              task_manager=TaskManager(include_path=TASKS), log_samples=False)
             out[name] = {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                          for task, metrics in result["results"].items()}

@@ -39,7 +39,6 @@ CASES = {
 
 def run_case(name: str, ctx, repeats: int, threads) -> dict:
     from helpers.tiny_models import Dims, tiny_model
-
     from pop_local import PopLlama
     from pop_local.measure.bench import format_table, run_bench
 
@@ -67,7 +66,8 @@ def main(argv=None) -> int:
     ctx = [int(x) for x in a.ctx.split(",")]
     for name in a.only or sorted(CASES):
         result = run_case(name, ctx, a.repeats, a.threads)
-        result.update(provenance("python benchmarks/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:])))
+        result.update(provenance("python benchmarks/architectures.py "
+                                 + " ".join(argv if argv is not None else sys.argv[1:])))
         os.makedirs(a.out, exist_ok=True)
         write_json(os.path.join(a.out, f"arch-{name}.json"), result)
     return 0

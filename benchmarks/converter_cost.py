@@ -91,9 +91,10 @@ def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" =
 
         meta = read_pop_metadata(out)
         stages = re.findall(r"^([^:\n]+): 100%\|.*?\[([\d:]+)<", stderr.replace("\r", "\n"), flags=re.M)
-        return {"seconds": round(seconds, 1), "peak_rss_bytes": int(peak), "estimate_min": int(m.group(1)) if m else None,
-                "estimate_gb": float(m.group(2)) if m else None, "skip_layers": list(meta.skip_layers),
-                "kv_method": meta.extra.get(keys.KV_METHOD), "frontier": _frontier(meta),
+        return {"seconds": round(seconds, 1), "peak_rss_bytes": int(peak),
+                "estimate_min": int(m.group(1)) if m else None, "estimate_gb": float(m.group(2)) if m else None,
+                "skip_layers": list(meta.skip_layers), "kv_method": meta.extra.get(keys.KV_METHOD),
+                "frontier": _frontier(meta),
                 "stages": {name.strip(): t for name, t in stages}, "stdout": stdout.strip().splitlines()[-3:]}
 
 
@@ -114,7 +115,8 @@ def _frontier(meta) -> "dict | None":
 
 
 LABELS = {"smollm2": "SmolLM2-135M Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
-          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B Q4_K_M", "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
+          "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B Q4_K_M",
+          "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
 
 
 def main(argv=None) -> int:
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
         path = "in-memory" if a.in_memory else "streamed"
         r.update({"name": name, "label": LABELS.get(name, name), "file_bytes": os.path.getsize(src),
                   "samples": a.samples, "path": path,
-                  **provenance("python benchmarks/converter_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]))})
+                  **provenance("python benchmarks/converter_cost.py "
+                               + " ".join(argv if argv is not None else sys.argv[1:]))})
         print(json.dumps({k: v for k, v in r.items() if k != "stdout"}, indent=1), flush=True)
         os.makedirs(a.out, exist_ok=True)
         write_json(os.path.join(a.out, f"convert-{name}-{path}.json"), r)

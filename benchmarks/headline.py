@@ -5,8 +5,8 @@
 For each model: the POP file made with the default settings (the embedded default model for smollm2,
 `pop-local convert MODEL` for the others, cached in ~/.cache/pop-local/models), then `pop-local bench
 --json` and `pop-local eval --json` on it, into results/headline-NAME-{bench,eval}.json, and the
-file's frontier keys (what the converter's budget and answer check measured) into headline-NAME-frontier.json (each records
-its commit, machine, date and command). benchmarks/tables.py makes the table from them.
+file's frontier keys (what the converter's budget and answer check measured) into headline-NAME-frontier.json
+(each records its commit, machine, date and command). benchmarks/tables.py makes the table from them.
 """
 
 import argparse

@@ -6,9 +6,10 @@
 
 Llama-3.1-8B's shape: 32 layers, hidden 4096, FFN 14336, 32 query / 8 KV heads (head 128);
 SmolLM2's tokenizer (49152 tokens, so the embedding is smaller than Llama 3's 128256) with the head
-tied to it as in SmolLM2 (tests/tiny_specs.py's llama). llama.cpp's Q4_0 keeps that tensor in Q6_K. The weights are random (seeded, tests/tiny_models.py): the
-conversion's time and memory and the prefill speed are real; its KL, top-1 and chosen skip set say
-nothing about any real model, and every result is labelled so.
+tied to it as in SmolLM2 (tests/tiny_specs.py's llama). llama.cpp's Q4_0 keeps that tensor in Q6_K.
+The weights are random (seeded, tests/tiny_models.py): the conversion's time and memory and the
+prefill speed are real; its KL, top-1 and chosen skip set say nothing about any real model, and
+every result is labelled so.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
 from converter_cost import MODELS_DIR  # noqa: E402
-from pop_local.measure.provenance import provenance  # noqa: E402
 
 from pop_local.format.atomic import write_json  # noqa: E402
+from pop_local.measure.provenance import provenance  # noqa: E402
 
 NAME = "llama-3.1-8b-shape"
 PATH = os.path.join(MODELS_DIR, f"{NAME}-random-q4_0.gguf")
@@ -39,6 +40,7 @@ def write(threads: int) -> str:
     import ctypes
 
     import llama_cpp
+
     from helpers.tiny_models import Dims, write_unquantized
 
     os.makedirs(MODELS_DIR, exist_ok=True)

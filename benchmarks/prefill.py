@@ -26,7 +26,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from pop_local.format.atomic import write_json  # noqa: E402
 
-
 # --- worker: one model, commands on stdin, one JSON line per answer --------------------------------
 
 def worker(args) -> None:
@@ -93,7 +92,7 @@ class Worker:
 
 def run_rounds(variants, command, repeats, key, samples):
     """Warm-up, then `repeats` rounds over all variants; the order flips every round."""
-    for name, w, mode in variants:
+    for _name, w, mode in variants:
         w.ask(f"{command} {mode}")
     last = {}
     for r in range(repeats):
@@ -106,9 +105,9 @@ def run_rounds(variants, command, repeats, key, samples):
 
 
 def measure(args) -> dict:
+    from pop_local.format.layers import parse_layers
     from pop_local.measure.bench import summarize
     from pop_local.measure.flops import ideal_speedup, model_shape
-    from pop_local.format.layers import parse_layers
 
     shape = model_shape(args.model)
     skip = parse_layers(args.skip, shape.n_layer)
@@ -149,7 +148,8 @@ def measure(args) -> dict:
         if args.baseline_lib:
             row["pop_off_vs_unpatched"] = row["full_prefill_ms"]["median"] / row["unpatched_prefill_ms"]["median"]
         rows.append(row)
-        print(f"prefill {n}: full {row['full_prefill_ms']['median']:.1f} ms, pop {row['pop_prefill_ms']['median']:.1f} ms, "
+        print(f"prefill {n}: full {row['full_prefill_ms']['median']:.1f} ms, "
+              f"pop {row['pop_prefill_ms']['median']:.1f} ms, "
               f"speedup {row['speedup']:.3f}x (ideal {row['ideal_speedup']:.3f}x)", file=sys.stderr, flush=True)
     dec = {name: summarize(values) for name, values in decode.items()}
     dec["pop_vs_full"] = dec["pop"]["median"] / dec["full"]["median"]
@@ -177,14 +177,16 @@ def markdown(result: dict) -> str:
     for r in result["prefill"]:
         f, p = r["full_prefill_ms"], r["pop_prefill_ms"]
         line = (f"| {r['n_tokens']} | {f['median']:.1f} ({f['min']:.1f}-{f['max']:.1f}) | "
-                f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | {r['ideal_speedup']:.2f}x |")
+                f"{p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | **{r['speedup']:.2f}x** | "
+                f"{r['ideal_speedup']:.2f}x |")
         if has_base:
             u = r["unpatched_prefill_ms"]
             line += f" {u['median']:.1f} ({u['min']:.1f}-{u['max']:.1f}) | {r['pop_off_vs_unpatched']:.3f} |"
         lines.append(line)
     d = result["decode"]
     lines.append("")
-    lines.append(f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full']['median']:.1f} tok/s, "
+    lines.append(f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): "
+                 f"full {d['full']['median']:.1f} tok/s, "
                  f"POP {d['pop']['median']:.1f} tok/s (POP/full {d['pop_vs_full']:.3f})"
                  + (f", unpatched {d['unpatched']['median']:.1f} tok/s" if "unpatched" in d else "") + ".")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ def start_server(threads: int):
                 return f"127.0.0.1:{port}", proc
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("rpc-server did not start")
+                raise SystemExit("rpc-server did not start") from None
             time.sleep(0.2)
 
 
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
               f"**{sp['speedup']:.2f}x** | {sp['full_ms']['median'] / lo['full_ms']['median']:.2f}x |")
     ld, sd = local["decode"], split["decode"]
     print(f"\nDecode ({ld['tokens']} tokens after {ld['context']}): local full {ld['full_tps']['median']:.1f} tok/s, "
-          f"POP {ld['pop_tps']['median']:.1f}; RPC full {sd['full_tps']['median']:.1f}, POP {sd['pop_tps']['median']:.1f}")
+          f"POP {ld['pop_tps']['median']:.1f}; RPC full {sd['full_tps']['median']:.1f}, "
+          f"POP {sd['pop_tps']['median']:.1f}")
     if a.json:
         write_json(a.json, {"local": local, "rpc_split_3_ways": split, "threads": a.threads})
     return 0

@@ -50,7 +50,8 @@ def main() -> int:
         from pop_local.format.atomic import write_json
 
         write_json(args.json, result)
-    return 1 if result["failed"] or result["truncated"] or result["differ_from_alone"] or result["stats_failures"] else 0
+    return 1 if (result["failed"] or result["truncated"] or result["differ_from_alone"]
+                 or result["stats_failures"]) else 0
 
 
 if __name__ == "__main__":

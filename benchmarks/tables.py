@@ -15,7 +15,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,7 +79,8 @@ def headline() -> str:
 
         key = f"{keys_found(mode):.2f} / {keys_found(full):.2f}" if keys_found(mode) is not None else "-"
         decode = be["decode"]
-        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} ({'fitted' if ev.get('file_choice') == 'pop_fitted' else 'own'}) | "
+        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} "
+                     f"({'fitted' if ev.get('file_choice') == 'pop_fitted' else 'own'}) | "
                      f"{cells[0]} | {cells[1]} | {decode['pop_tps']['median'] / decode['full_tps']['median']:.2f}x | "
                      f"{by} | {mode['top1_agreement']:.3f} | {key} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
@@ -88,11 +88,12 @@ def headline() -> str:
 
 def answers() -> str:
     """What POP does to answers, per model: the paper's set and the default setting (benchmarks/answers.py)."""
-    names = sorted({os.path.basename(p)[len("answers-"):-len(".json")] for p in glob.glob(os.path.join(RESULTS, "answers-*.json"))},
+    names = sorted({os.path.basename(p)[len("answers-"):-len(".json")]
+                    for p in glob.glob(os.path.join(RESULTS, "answers-*.json"))},
                    key=lambda n: ORDER.get(n, 9))
-    lines = ["| model | setting | skip set (K/V) | converter held-out KL | same replies short / long | first difference "
-             "(long, token) | reply F1 vs full (long) | answer found long: POP / full | lm-eval MC acc / gen exact "
-             "(full) | prefill @512 | prefill @2048 |", "|---" * 11 + "|"]
+    lines = ["| model | setting | skip set (K/V) | converter held-out KL | same replies short / long "
+             "| first difference (long, token) | reply F1 vs full (long) | answer found long: POP / full "
+             "| lm-eval MC acc / gen exact (full) | prefill @512 | prefill @2048 |", "|---" * 11 + "|"]
     files = []
     for name in names:
         ans_f, lm_f, be_f = f"answers-{name}.json", f"lmeval-{name}.json", f"headline-{name}-bench.json"
@@ -116,7 +117,8 @@ def answers() -> str:
                 label = "**default** = paper (last third)"
             lines.append(
                 f"| {LABELS.get(name, name)} | {label} | {lm['skip'][setting]} ({lm['kv'][setting]}) | "
-                f"{lm['held_out_kl'][setting]:.3f} | {a['short']['identical']:.2f} / {a['long']['identical']:.2f} | {diff} | "
+                f"{lm['held_out_kl'][setting]:.3f} | {a['short']['identical']:.2f} / {a['long']['identical']:.2f} | "
+                f"{diff} | "
                 f"{a['long']['f1']:.2f} | {a['long']['found']:.2f} / {full['long']['found']:.2f} | "
                 f"{lm_set['pop_local_mc']['acc,none']:.2f} / {lm_set['pop_local_gen']['exact_match,none']:.2f} "
                 f"({lm_full['pop_local_mc']['acc,none']:.2f} / {lm_full['pop_local_gen']['exact_match,none']:.2f}) | "
@@ -139,17 +141,19 @@ def min_tokens() -> str:
         a = r["short_answers"]
         toks = r["short_prompt_tokens"]
         lines.append(f"| {LABELS.get(r['name'], r['name'])} | {_layers(r['skip_layers'])} | " + " | ".join(cells)
-                     + f" | {a['identical']:.2f} ({a['f1']:.2f}) over {a['prompts']} questions of {toks[0]}-{toks[-1]} tokens "
-                     "before the chat template |")
+                     + f" | {a['identical']:.2f} ({a['f1']:.2f}) over {a['prompts']} questions of "
+                     f"{toks[0]}-{toks[-1]} tokens before the chat template |")
     return ("Each cell: prefill speedup of POP over the full model and the time it saves, with the minimum off.\n\n"
             + "\n".join(lines) + "\n\n" + _sources(*files))
 
 
 def converter_cost() -> str:
     """Conversion time and memory per model (benchmarks/converter_cost.py)."""
-    rows = [(os.path.basename(p), _load(os.path.basename(p))) for p in glob.glob(os.path.join(RESULTS, "convert-*.json"))]
+    rows = [(os.path.basename(p), _load(os.path.basename(p)))
+            for p in glob.glob(os.path.join(RESULTS, "convert-*.json"))]
     rows.sort(key=lambda x: (ORDER.get(x[1]["name"], 9), x[1]["name"], x[1]["path"] != "in-memory"))
-    lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate | skip set |",
+    lines = ["| model | GGUF | samples | calibration | wall time | peak RSS | RSS - file | printed estimate "
+             "| skip set |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows:
         gb, peak = r["file_bytes"] / 2**30, r["peak_rss_bytes"] / 2**30
@@ -166,16 +170,18 @@ def budget(name: str) -> str:
     fr = conv["frontier"]
     ctx = [str(c) for c in ev["contexts"]]
     speed = {row["n_tokens"]: row for row in be["prefill"]}
-    lines = ["| model | setting | skip set | K/V | converter held-out KL | eval KL (" + " / ".join(ctx) + ") | eval top-1 "
-             "| prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | setting | skip set | K/V | converter held-out KL | eval KL (" + " / ".join(ctx)
+             + ") | eval top-1 | prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, mode, skip, kv, kl, prefix in (
             ("paper (last third)", "paper", be["paper_skip_layers"], "own", fr["paper_kl"], "paper_"),
             ("**default budget**", ev["file_choice"], be["skip_layers"], conv["kv_method"], fr["kl"], "")):
         m = ev["modes"][mode]
         by = " / ".join(f"{m['by_context'][c]['kl_to_full']:.3f}" for c in ctx)
-        cells = [f"{speed[n][prefix + 'speedup']:.2f}x ({speed[n][prefix + 'ideal_speedup']:.2f}x)" for n in (512, 2048)]
-        lines.append(f"| {LABELS.get(name, name)} | {label} | {skip} | {kv} | {kl:.3f} | {m['kl_to_full']:.3f} ({by}) | "
-                     f"{m['top1_agreement']:.3f} | {cells[0]} | {cells[1]} |")
+        cells = [f"{speed[n][prefix + 'speedup']:.2f}x ({speed[n][prefix + 'ideal_speedup']:.2f}x)"
+                 for n in (512, 2048)]
+        lines.append(f"| {LABELS.get(name, name)} | {label} | {skip} | {kv} | {kl:.3f} | "
+                     f"{m['kl_to_full']:.3f} ({by}) | {m['top1_agreement']:.3f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n\n" + _sources(conv_f, ev_f, be_f)
 
 
@@ -207,9 +213,10 @@ def arch_bench() -> str:
                  + (f", {d['n_expert']} experts top-{d['n_expert_used']}" if "n_expert" in d else "")
                  + (f", last {d['n_kv_shared']} layers share K/V" if "n_kv_shared" in d else ""))
         for row in r["prefill"]:
-            pop = f"{row['pop_ms']['median']:.0f} ({r['skip_layers']}" + (f" + exact {r['exact_layers']})" if r.get("exact_layers") else ")")
-            exact = (f"{row['exact_ms']['median']:.0f} | **{row['exact_speedup']:.2f}x** | {row['exact_ideal_speedup']:.2f}x"
-                     if "exact_ms" in row else "- | - | -")
+            pop = (f"{row['pop_ms']['median']:.0f} ({r['skip_layers']}"
+                   + (f" + exact {r['exact_layers']})" if r.get("exact_layers") else ")"))
+            exact = (f"{row['exact_ms']['median']:.0f} | **{row['exact_speedup']:.2f}x** | "
+                     f"{row['exact_ideal_speedup']:.2f}x" if "exact_ms" in row else "- | - | -")
             lines.append(f"| {r['case']}: {shape} | {row['n_tokens']} | {row['full_ms']['median']:.0f} | {pop} | "
                          f"**{row['speedup']:.2f}x** | {row['ideal_speedup']:.2f}x | {exact} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
@@ -226,8 +233,10 @@ def images() -> str:
         label = LABELS.get(name[len("image-"):-len(".json")], r["model"])
         f, p = r["full_ms"], r["pop_ms"]
         lines.append(f"| {label} + {r['mmproj'].split('-')[1]} projector | {r['skip_layers']} | {r['image_tokens']} "
-                     f"({r['image_pruned_tokens']}) | {r['prompt_tokens']} | {f['median']:.0f} ({f['min']:.0f}-{f['max']:.0f}) | "
-                     f"{p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f}) | **{r['speedup']:.2f}x** | {r['ideal_speedup']:.2f}x |")
+                     f"({r['image_pruned_tokens']}) | {r['prompt_tokens']} | "
+                     f"{f['median']:.0f} ({f['min']:.0f}-{f['max']:.0f}) | "
+                     f"{p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f}) | **{r['speedup']:.2f}x** | "
+                     f"{r['ideal_speedup']:.2f}x |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
@@ -239,7 +248,7 @@ def architectures() -> str:
     return markdown_table(calibrated_architectures())
 
 
-def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
+def help(command: str) -> str:  # shadows the builtin on purpose: the block key is "help COMMAND"
     """`pop-local COMMAND --help`, as the command prints it."""
     from click.testing import CliRunner
 
@@ -249,7 +258,8 @@ def help(command: str) -> str:  # noqa: A001 - the block key is "help COMMAND"
     return f"```text\n$ pop-local {command} --help\n{out.rstrip()}\n```"
 
 
-TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost, "budget": budget, "llama8b-shape": llama8b_shape,
+TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost,
+          "budget": budget, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 
@@ -280,9 +290,9 @@ def main(argv=None) -> int:
 
         def fill(m):
             key = m.group("key").strip()
-            made[key] = body = "\n" + made.get(key, render(key)) + "\n"
+            made[key] = body = "\n" + made.get(key, render(key)) + "\n"  # noqa: B023 - BLOCK.sub() calls fill() within this iteration
             if m.group("body") != body:
-                stale.append(f"{os.path.relpath(path, ROOT)}: {key}")
+                stale.append(f"{os.path.relpath(path, ROOT)}: {key}")  # noqa: B023 - BLOCK.sub() calls fill() within this iteration
             return m.group(1) + body + m.group(4)
 
         new = BLOCK.sub(fill, text)

@@ -38,7 +38,8 @@ ARCHITECTURES: Dict[str, ArchSpec] = {
     "qwen2": ArchSpec("model.layers", "self_attn", "mlp", "qwen2"),
     "qwen3": ArchSpec("model.layers", "self_attn", "mlp", "qwen3"),
     "gemma3_text": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
-    "gemma3": ArchSpec("model.language_model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma3"),
+    "gemma3": ArchSpec("model.language_model.layers", "post_attention_layernorm", "post_feedforward_layernorm",
+                       "gemma3"),
     "gemma2": ArchSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "gemma2"),
     "qwen3_moe": ArchSpec("model.layers", "self_attn", "mlp", "qwen3moe"),  # the gate scales the whole MoE block
 }

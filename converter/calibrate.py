@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from pop_local.format import keys
 from pop_local.errors import PopError
+from pop_local.format import keys
 from pop_local.format.metadata import PopMetadata
 
 from .arch import arch_spec
@@ -56,7 +56,8 @@ def load_dataset_prompts(name: str, limit: int) -> List[str]:
         raise PopError(f"`dataset` {name}: cannot load it ({type(e).__name__}: {e})") from None
     prompts: List[str] = []
     for row in rows:
-        text = next((row[k] for k in ("prompt", "instruction", "question", "text") if isinstance(row.get(k), str)), None)
+        text = next((row[k] for k in ("prompt", "instruction", "question", "text") if isinstance(row.get(k), str)),
+                    None)
         if text and text.strip():
             prompts.append(text)
         if len(prompts) >= limit:
@@ -327,8 +328,8 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
         stats = collect_kv_stats(model, spec, meta.n_layer, skip, seqs, progress=tick_kv)
         result.fitted = (skip, fit_kv(stats))
     if capture is not None:
-        from pop_local.measure.flops import model_shape
         from pop_local.format.frontier import paper_skip_set
+        from pop_local.measure.flops import model_shape
 
         from .candidates import candidate_sets
 
@@ -344,9 +345,9 @@ def _in_memory(model, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, 
 def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_kv_for, frontier, *, device: str,
               dtype: str) -> Calibration:
     """One layer at a time from the GGUF (converter/streaming.py): tail candidates, contiguous fits."""
-    from pop_local.measure.flops import ideal_speedup, model_shape
     from pop_local.format.frontier import max_skipped
     from pop_local.format.layers import is_block
+    from pop_local.measure.flops import ideal_speedup, model_shape
 
     from .candidates import SPEEDUP_TOKENS, Candidate, candidate_sets
     from .streaming import StreamedCalibration, release_memory
@@ -381,7 +382,8 @@ def _streamed(gm, spec, meta, src, seqs, lens, eval_idx, lam_idx, progress, fit_
             release_memory()
             scores = run.frontier(starts, fits, progress=tick("measuring skip sets (layers)"))
             shape = model_shape(src)
-            result.frontier = [Candidate(c, *scores[c[0]], {t: float(ideal_speedup(shape, t, c)) for t in SPEEDUP_TOKENS},
+            result.frontier = [Candidate(c, *scores[c[0]],
+                                         {t: float(ideal_speedup(shape, t, c)) for t in SPEEDUP_TOKENS},
                                          fits[c[0]]) for c in sets]
             result.held_out = {"samples": len(run.eval_idx), "tokens": run.eval_tokens}
         return result

@@ -229,7 +229,8 @@ class FrontierCapture:
                 continue  # no response to measure on
             ids = torch.tensor([list(self.seqs[i])], dtype=torch.long)
             with torch.no_grad():
-                logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - self.lens[i] + 1).logits
+                logits = self.model(input_ids=ids, use_cache=False,
+                                    logits_to_keep=ids.shape[1] - self.lens[i] + 1).logits
             # observe() slices from the last prompt token: hand it logits aligned with the whole sequence
             self.observe(i, logits, offset=self.lens[i] - 1)
 
@@ -267,8 +268,10 @@ class FrontierCapture:
         out = {part: {il: _Moments.empty(d, self.w0[il]["k"].shape[1], self.w0[il]["v"].shape[1]) for il in skip}
                for part in ("fit", "lam")}
         xs: Dict[int, object] = {}
+        # B023 below is a false positive: the outer lambda binds il for each hook
         handles = [self.proj[il]["k"].register_forward_hook(
-            (lambda il: lambda _m, inputs, _o: xs.__setitem__(il, inputs[0].detach()))(il)) for il in skip]
+            (lambda il: lambda _m, inputs, _o: xs.__setitem__(il, inputs[0].detach()))(il))  # noqa: B023
+            for il in skip]
         try:
             for i, y in self._targets.items():
                 ids = torch.tensor([list(self.seqs[i])], dtype=torch.long)

@@ -8,15 +8,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from pop_local.format import keys
 from pop_local.errors import PopError, PopSettingError
-from pop_local.format.layers import format_layers, parse_layers, is_block
+from pop_local.format import keys
+from pop_local.format.layers import format_layers, is_block, parse_layers
 from pop_local.format.metadata import read_pop_metadata
 
 from .writer import write_pop_gguf
 
-__all__ = ["convert", "check_calibration_installed", "ConvertResult", "choose_skip_layers", "STRATEGIES", "KV_METHODS", "KV_TYPES",
-           "resolve_kv_type"]
+__all__ = ["convert", "check_calibration_installed", "ConvertResult", "choose_skip_layers", "STRATEGIES", "KV_METHODS",
+           "KV_TYPES", "resolve_kv_type"]
 
 STRATEGIES = ("tail", "score")
 KV_METHODS = ("own", "fitted")
@@ -102,7 +102,7 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
 
     A budget applies unless the set is given (--layers, --ratio) or --kv own/fitted asks for the
     paper's recipe without one; any budget option asks for one."""
-    from pop_local.format.frontier import check_max_ratio, max_skipped, parse_budget, paper_skip_set
+    from pop_local.format.frontier import check_max_ratio, max_skipped, paper_skip_set, parse_budget
 
     asked = max_kl is not None or target_speedup is not None
     check_max_ratio(max_ratio)
@@ -138,7 +138,8 @@ def _budget_request(src: str, explicit, ratio, kv: str, calibrate: bool, max_kl,
 
 def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" = None, ratio: Optional[float] = None,
             strategy: str = "tail", calibrate: bool = True, hf_model: Optional[str] = None,
-            data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256, response_tokens: int = 48,
+            data: Optional[str] = None, dataset: Optional[str] = None, samples: int = 64, seq_len: int = 256,
+            response_tokens: int = 48,
             device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "auto",
             kv_type: str = "auto", max_kl: "Optional[float | str]" = None, target_speedup: Optional[float] = None,
             max_ratio: float = 0.5, max_memory: Optional[float] = None, in_memory: bool = False,
@@ -186,9 +187,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         extra[keys.IMPORTANCE_DECODE] = [float(x) for x in imp.decode]
         extra.update(out.provenance)
     if budget is not None:
-        skip, kv, fitted, frontier_extra = _choose_from_frontier(out, budget, kv, meta,
-                                                                 src if answer_check and budget.max_kl == "paper" else None,
-                                                                 progress)
+        skip, kv, fitted, frontier_extra = _choose_from_frontier(
+            out, budget, kv, meta, src if answer_check and budget.max_kl == "paper" else None, progress)
         extra.update(frontier_extra)
         extra[keys.STRATEGY] = strategy
     else:
@@ -227,8 +227,8 @@ def _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, ta
         # fitted K/V fit the GGUF's own weights: with another checkpoint, a budget weighs own K/V only,
         # and without a budget option the paper's recipe applies
         kv = "own"
-    budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer, strategy,
-                             samples)
+    budget = _budget_request(src, explicit, ratio, kv, calibrate, max_kl, target_speedup, max_ratio, meta.n_layer,
+                             strategy, samples)
     if budget is None and kv == "auto":
         kv = "own"
     if kv == "fitted" and not calibrate:

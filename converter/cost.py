@@ -22,7 +22,8 @@ from .calibrate import HELD_OUT_TOKENS
 
 __all__ = ["Cost", "Rates", "REFERENCE", "estimate", "measure_rates", "available_memory", "check_memory", "BASE_BYTES"]
 
-BASE_BYTES = 1.5 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves (measured: SmolLM2 2.3 GB peak)
+BASE_BYTES = 1.5 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves
+                           # (measured: SmolLM2 2.3 GB peak)
 DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torch rate
 LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
@@ -199,7 +200,8 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
         per_layer = n_block / n_layer
         if streamed:  # per pair and held-out sample: own + fitted prefix attention, suffix at full depth
             frontier_flops = pairs * held * 2 * (0.2 * 2 * per_layer * held_len + 2 * per_layer * (response_tokens + 1))
-            st["frontier"] = (frontier_flops / (FRONTIER_EFFICIENCY * rates.torch_flops) + (k_max / n_layer) * n_block / dequant
+            st["frontier"] = (frontier_flops / (FRONTIER_EFFICIENCY * rates.torch_flops)
+                              + (k_max / n_layer) * n_block / dequant
                               + k_max * held * 2 * response_tokens * vocab * d * 2 / torch_rate)
         else:  # every candidate re-runs its block on the whole held-out sample, twice
             st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / torch_rate

@@ -59,8 +59,9 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
         except Exception:  # an unreadable cache entry is rebuilt below
             pass
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    from .convert import check_calibration_installed, convert
     from pop_local.errors import PopError
+
+    from .convert import check_calibration_installed, convert
 
     try:
         check_calibration_installed()

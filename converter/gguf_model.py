@@ -28,8 +28,9 @@ def _get(obj, path: str):
 def gguf_config_fixes(src: str) -> dict:
     """Config values transformers' GGUF reader misses: it ignores qwen3's attention.key_length and
     assumes head_dim 128 (right for the released Qwen3 models, wrong for others), and the experts' width."""
-    from pop_local.format.metadata import read_header
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from pop_local.format.metadata import read_header
 
     header = read_header(src)
     arch = header.get("general.architecture")
@@ -54,8 +55,7 @@ class GGUFModel:
         from accelerate import init_empty_weights
         from gguf import GGUFReader
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
-                                                               get_gguf_hf_weights_map)
+        from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
         folder, name = os.path.split(os.path.abspath(src))
         self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

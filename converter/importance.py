@@ -50,7 +50,6 @@ class VirtualGates:
         self.boundary: Optional[int] = None  # position of the last prompt token
 
     def _hook(self, layer: int) -> Callable:
-        import torch
 
         def hook(_module, _inputs, output):
             if self.boundary is None:

@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "fit_layer", "fit_layer_rows", "FittedKV", "LAMBDA_GRID", "llama_permute_k"]
+__all__ = ["KVStats", "collect_kv_stats", "fit_kv", "fit_layer", "fit_layer_rows", "FittedKV", "LAMBDA_GRID",
+           "llama_permute_k"]
 
 # lam = alpha * mean(diag(X^T X)): scale-free ridge strengths tried on the held-out samples
 LAMBDA_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 100.0)
@@ -45,7 +46,8 @@ class _Moments:
 
     @classmethod
     def empty(cls, d_in: int, d_k: int, d_v: int) -> "_Moments":
-        return cls(np.zeros((d_in, d_in)), {"k": np.zeros((d_in, d_k)), "v": np.zeros((d_in, d_v))}, {"k": 0.0, "v": 0.0})
+        return cls(np.zeros((d_in, d_in)), {"k": np.zeros((d_in, d_k)), "v": np.zeros((d_in, d_v))},
+                   {"k": 0.0, "v": 0.0})
 
     def add(self, x: np.ndarray, y: Dict[str, np.ndarray]) -> None:
         self.xtx += x.T @ x

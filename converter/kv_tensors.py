@@ -23,8 +23,7 @@ def _writable():
 
 def encode_tensor(w: np.ndarray, qtype) -> np.ndarray:
     """w (out x in, float32) as the bytes or values GGUFWriter stores for `qtype`."""
-    from gguf import GGMLQuantizationType as T
-    from gguf import quants
+    from gguf import GGMLQuantizationType as T, quants
 
     if qtype == T.F32:
         return np.ascontiguousarray(w, dtype=np.float32)
@@ -42,8 +41,7 @@ def fitted_kv_tensors(src: str, meta, skip: Sequence[int], fit: FittedKV,
     the gguf package does not have). A layer whose fit did not beat its own projection on held-out
     samples keeps the own projection and gets no tensor.
     """
-    from gguf import GGMLQuantizationType as T
-    from gguf import GGUFReader
+    from gguf import GGMLQuantizationType as T, GGUFReader
 
     from pop_local.format.metadata import read_header
 

@@ -230,10 +230,10 @@ class StreamedCalibration:
                         bias = proj.bias
 
                         def hook(_m, _inp, out, kv=kv, bias=bias):
-                            i = current["i"]
+                            i = current["i"]  # noqa: B023 - hooks are removed before the next layer
                             if i in self.train:
                                 y = out[0, :-1] - (bias if bias is not None else 0)
-                                outs[kv][i] = y.float().cpu().numpy()
+                                outs[kv][i] = y.float().cpu().numpy()  # noqa: B023 - hooks are removed before the next layer
                         handles.append(proj.register_forward_hook(hook))
                 try:
                     for i in everyone:

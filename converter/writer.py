@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
+from pop_local.errors import PopError, PopMetadataError
 from pop_local.format import keys
 from pop_local.format.atomic import atomic_path
-from pop_local.errors import PopError, PopMetadataError
 from pop_local.format.layers import format_layers, parse_layers
 
 __all__ = ["write_pop_gguf"]
@@ -22,7 +22,7 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
     layers = parse_layers(skip_layers, n_layer)
     if not layers:
         # the gguf package silently drops empty strings: refuse instead of writing a file without the key
-        raise PopMetadataError(keys.SKIP_LAYERS, f"refusing to write an empty skip set")
+        raise PopMetadataError(keys.SKIP_LAYERS, "refusing to write an empty skip set")
     fields: Dict[str, Any] = {
         keys.VERSION: keys.SCHEMA_VERSION,
         keys.SKIP_LAYERS: format_layers(layers),
@@ -34,9 +34,9 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
         fields[keys.MIN_TOKENS] = check_min_tokens(min_tokens, keys.MIN_TOKENS)
     for name, value in (extra or {}).items():
         if not name.startswith(keys.PREFIX) or name in fields:
-            raise PopMetadataError(name, f"extra keys must be new pop.* keys")
+            raise PopMetadataError(name, "extra keys must be new pop.* keys")
         if value is None or (hasattr(value, "__len__") and len(value) == 0):
-            raise PopMetadataError(name, f"refusing to write an empty value")
+            raise PopMetadataError(name, "refusing to write an empty value")
         fields[name] = value
     return fields
 
@@ -70,7 +70,7 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         writer = GGUFWriter(tmp, meta.architecture)
         for field in reader.fields.values():
             name = field.name
-            if name.startswith("GGUF.") or name == gguf.Keys.General.ARCHITECTURE or name.startswith(keys.PREFIX):
+            if name.startswith(("GGUF.", keys.PREFIX)) or name == gguf.Keys.General.ARCHITECTURE:
                 continue
             if name == gguf.Keys.General.ALIGNMENT:
                 writer.data_alignment = int(field.contents())
@@ -84,7 +84,8 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
                 writer.add_uint32(name, value)
             else:
                 writer.add_key_value(name, value, GGUFValueType.get_type(value),
-                                     sub_type=GGUFValueType.get_type(value[0]) if isinstance(value, (list, tuple)) else None)
+                                     sub_type=GGUFValueType.get_type(value[0]) if isinstance(value, (list, tuple))
+                                     else None)
         kept = [t for t in reader.tensors if not t.name.endswith(keys.POP_TENSOR_SUFFIX)]
         for t in kept:
             writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)

@@ -216,7 +216,8 @@ def build_fingerprint(args: str) -> str:
 
 
 def installed_stamp(python: str) -> Path | None:
-    code = "import importlib.util, os; s = importlib.util.find_spec('llama_cpp'); print(os.path.dirname(s.origin) if s else '')"
+    code = ("import importlib.util, os; s = importlib.util.find_spec('llama_cpp'); "
+            "print(os.path.dirname(s.origin) if s else '')")
     result = subprocess.run([python, "-c", code], capture_output=True, text=True)
     where = result.stdout.strip()
     return Path(where) / "lib" / ".pop-build" if result.returncode == 0 and where else None

@@ -30,7 +30,8 @@ EDITS = [
      '#include "llama-adapter.h"\n@@',
      '#include "pop.h" // pop-local'),
     ("llama-graph.h",
-     "    llm_graph_result * res;\n@@\n    // return true if the \"other\" params would result in a graph with the same topology",
+     "    llm_graph_result * res;\n@@\n"
+     "    // return true if the \"other\" params would result in a graph with the same topology",
      "    pop_graph_plan pop; // pop-local"),
     ("llama-graph.h",
      "        if (n_outputs != other.n_outputs) {\n            return false;\n        }\n@@",
@@ -43,11 +44,13 @@ EDITS = [
      "        /*.res         =*/ res,\n@@",
      "        /*.pop         =*/ pop_plan_for(pop, gtype, ubatch.n_tokens, n_outputs), // pop-local"),
     ("llama-context.cpp",
-     "@@    llama_memory_context_ptr mctx;\n\n    while (true) {\n        mctx = memory->init_batch(*balloc, cparams.n_ubatch, output_all);",
+     "@@    llama_memory_context_ptr mctx;\n\n    while (true) {\n"
+     "        mctx = memory->init_batch(*balloc, cparams.n_ubatch, output_all);",
      "    pop_context_prepare(pop, model); balloc->pop_split_by_output = pop_split_by_output(pop); // pop-local"),
     ("llama-context.cpp",
      "            // needs to happen before the graph is built\n            n_outputs = n_outputs_new;\n        }\n@@",
-     "        pop_count_ubatch(pop, ctx_type_to_graph_type(cparams.ctx_type), ubatch.n_tokens, n_outputs); // pop-local"),
+     "        pop_count_ubatch(pop, ctx_type_to_graph_type(cparams.ctx_type), ubatch.n_tokens, n_outputs); "
+     "// pop-local"),
     # ubatches never mix tokens with and without requested outputs
     ("llama-batch.h",
      "    llama_ubatch split_seq(uint32_t n_ubatch);\n@@",
@@ -61,7 +64,8 @@ EDITS = [
      "    int pop_mode = -1; seq_set_t pop_rejected; // pop-local"),
     ("llama-batch.cpp",
      "@@        if (add) {\n            cur_seq_set.push_back(seq_set[i]);",
-     "        if (pop_split_by_output && add) { if ((pop_rejected & seq_set[i]).any() || (pop_mode >= 0 && output[i] != pop_mode)) "
+     "        if (pop_split_by_output && add) { "
+     "if ((pop_rejected & seq_set[i]).any() || (pop_mode >= 0 && output[i] != pop_mode)) "
      "{ pop_rejected |= seq_set[i]; add = false; } else { pop_mode = output[i]; } } // pop-local"),
     ("llama-batch.cpp",
      "            if (cur_idx[s] >= (int32_t) seq_set_map[cur_seq_set[s]].size()) {\n"
@@ -87,7 +91,8 @@ EDITS = [
     ("llama-model.cpp",
      "@@    ml.done_getting_tensors();\n\n    if (per_layer_tok_embd",
      "    pop_create_fitted_tensors(*this, [&](int il, bool is_v, int64_t n_in, int64_t n_out) { return create_tensor("
-     "LLM_TN(arch)(is_v ? LLM_TENSOR_ATTN_V : LLM_TENSOR_ATTN_K, \"pop\", il), {n_in, n_out}, TENSOR_NOT_REQUIRED); }); // pop-local"),
+     "LLM_TN(arch)(is_v ? LLM_TENSOR_ATTN_V : LLM_TENSOR_ATTN_K, \"pop\", il), {n_in, n_out}, TENSOR_NOT_REQUIRED); "
+     "}); // pop-local"),
     # model load reads and validates the pop.* keys
     ("llama.cpp",
      "        model->load_stats(ml);\n@@",
@@ -214,7 +219,8 @@ def patch_tree(source_dir: str) -> int:
     return changed
 
 
-ARCHITECTURES_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pop_local", "format", "architectures.py")
+ARCHITECTURES_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pop_local", "format",
+                                "architectures.py")
 
 
 def architectures_inc() -> str:

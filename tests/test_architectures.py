@@ -17,20 +17,30 @@ models' recurrent layers are compared by their conv and recurrent states.
 
 import ctypes
 
+import llama_cpp
 import numpy as np
 import pytest
 
-import llama_cpp
-
-from helpers.llama_contexts import (cache_layers, contexts, decode, default_skip, full_cut_like_pop,
-                            logged_context, pass_through_reference, prompt_entries, set_skip, stats, tokens,
-                            two_sequences)
-from helpers.llama_contexts import layer_kinds
-from pop_local import PopLlama
-from pop_local.runtime import native as _native
-from pop_local.format.architectures import ARCHITECTURES, NAMES
+from helpers.llama_contexts import (
+    cache_layers,
+    contexts,
+    decode,
+    default_skip,
+    full_cut_like_pop,
+    layer_kinds,
+    logged_context,
+    pass_through_reference,
+    prompt_entries,
+    set_skip,
+    stats,
+    tokens,
+    two_sequences,
+)
 from helpers.tiny_models import Dims, tiny_model
 from helpers.tiny_specs import SPECS
+from pop_local import PopLlama
+from pop_local.format.architectures import ARCHITECTURES, NAMES
+from pop_local.runtime import native as _native
 from pop_local.runtime.upstream import model_pointer
 
 pytestmark = pytest.mark.slow
@@ -108,7 +118,8 @@ def test_pop_cache_is_the_pass_through_reference(arch_model, long_text, arch, co
             assert got[il][0] == want[il][0], f"layer {il}: K differs from the reference (skip {skip})"
             assert got[il][1] == want[il][1], f"layer {il}: V differs from the reference (skip {skip})"
         assert np.array_equal(got_logits, want_logits)
-        assert all(want[il] == plain[il] for il in want if il <= skip[0])  # the input of the first one is the full model's
+        # up to the first skipped layer, whose input is the full model's, the reference is the full model
+        assert all(want[il] == plain[il] for il in want if il <= skip[0])
         later = [il for il in want if il > skip[0]]
         assert all(want[il][0] != plain[il][0] for il in later), "the reference passed nothing through"
 

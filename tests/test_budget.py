@@ -141,7 +141,8 @@ def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2
     assert f.choice.answers("fitted") == pytest.approx(0.375) and f.choice.agree_fitted == pytest.approx(0.6)
     assert all(math.isnan(r.answers_own) for r in (f.rows[0], f.rows[2], f.rows[3]))
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
-    assert "| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 / 0.62 | chosen |" in r.output
+    assert ("| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 / 0.62 "
+            "| chosen |") in r.output
     assert "Answers: the share of 8 held-out long prompts" in r.output
     old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
     assert old.frontier.answer_prompts is None and math.isnan(old.frontier.choice.answers())
@@ -149,7 +150,8 @@ def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2
     earlier = {k: v for k, v in fields.items() if k not in keys.FRONTIER_FOUND_ARRAYS}
     f = _write(smollm2, tmp_path / "earlier.gguf", earlier).frontier
     assert f.choice.answers_fitted == pytest.approx(0.375) and math.isnan(f.choice.found_fitted)
-    assert "| - | 0.38 / 0.60 / 0.75 | chosen |" in CliRunner().invoke(cli, ["inspect", str(tmp_path / "earlier.gguf")]).output
+    assert "| - | 0.38 / 0.60 / 0.75 | chosen |" in CliRunner().invoke(
+        cli, ["inspect", str(tmp_path / "earlier.gguf")]).output
     half = {k: v for k, v in fields.items() if k != keys.FRONTIER_FOUND_FITTED}
     with pytest.raises(PopMetadataError, match="found_fitted: missing"):
         _write(smollm2, tmp_path / "half.gguf", half)
@@ -262,8 +264,8 @@ def test_held_out_kl_predicts_eval_on_the_bundled_passage():
     """The default model's converter KL (512-token held-out prompts) against `pop-local eval` on text
     the converter never saw, at 512-token contexts, for the chosen set: within 35%."""
     from pop_local import PopLlama
-    from pop_local.measure.evaluate import run_eval
     from pop_local.converter.default_model import default_model_path
+    from pop_local.measure.evaluate import run_eval
 
     path = default_model_path()
     meta = read_pop_metadata(path)

@@ -49,7 +49,8 @@ def test_gpu_variants_get_their_own_folder_and_backend_flag(tmp_path, monkeypatc
     assert build.gpu_lib_dir("vulkan") == tmp_path / "vulkan-lib"
     assert build.GPU_BACKENDS == {"vulkan": "-DGGML_VULKAN=on", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
     vulkan = build.cmake_args(build.GPU_BACKENDS["vulkan"], patched=True)
-    assert build.build_dir_for(tmp_path, "vulkan", vulkan) != build.build_dir_for(tmp_path, "vulkan", build.cmake_args("", True))
+    assert build.build_dir_for(tmp_path, "vulkan", vulkan) != build.build_dir_for(tmp_path, "vulkan",
+                                                                                  build.cmake_args("", True))
 
 
 def test_an_up_to_date_library_folder_is_not_rebuilt(tmp_path, monkeypatch, capsys):
@@ -84,9 +85,8 @@ def test_amx_kernels_are_left_out_on_x86_linux_unless_the_user_sets_flags(monkey
 def test_the_installed_library_has_no_amx_kernels_where_the_cpu_has_them():
     """ggml-org/llama.cpp#20824: the AMX matmul of llama.cpp 0.3.36 segfaults on the first prompt on some
     Sapphire Rapids machines (this project's CI machine among them); native/build.py compiles it out."""
-    import pytest
-
     import llama_cpp
+    import pytest
     if not build.no_amx_flags(os.environ.get("CMAKE_ARGS", "").strip()):
         pytest.skip("this build keeps AMX (not x86-64 Linux, or the user's CMAKE_ARGS set the flags)")
     info = llama_cpp.llama_print_system_info().decode()

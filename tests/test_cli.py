@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pop_local.apps.cli import cli
 from helpers.serve_process import serving
+from pop_local.apps.cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +29,8 @@ def pop_model(smollm2, tmp_path_factory):
 
 def pop_local(*args, stdin=None, env=None, timeout=600):
     """Run the installed command line in a fresh process (its own signals, stdin and exit code)."""
-    return subprocess.run([sys.executable, "-m", "pop_local.apps.cli", *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pop_local.apps.cli", *args], input=stdin, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 # --- help and usage ---------------------------------------------------------------------------------
@@ -229,7 +229,8 @@ def test_settings_checked_against_the_model_name_the_option(pop_model):
     r = CliRunner().invoke(cli, ["chat", pop_model, "--override-kv", "pop.prefill.skip_layers=str:40"])
     assert r.exit_code == 1 and "pop.prefill.skip_layers: layer 40 is out of range" in r.output
     r = CliRunner().invoke(cli, ["serve", pop_model, "--n-ctx", "100000"])
-    assert r.exit_code == 1 and r.output.strip() == "Error: --n-ctx: 100000 is more than smollm2.pop.gguf's context (8192 tokens)"
+    assert r.exit_code == 1 and r.output.strip() == ("Error: --n-ctx: 100000 is more than smollm2.pop.gguf's context "
+                                                     "(8192 tokens)")
 
 
 # --- bench ----------------------------------------------------------------------------------------
@@ -448,7 +449,8 @@ def test_serve_stops_cleanly_on_a_signal(pop_model, tmp_path, sig):
 def test_a_hub_reference_that_fails_is_one_line(tmp_path):
     env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     for command in ("chat", "convert"):
-        args = [command, "someone/missing/model.gguf"] + (["-o", str(tmp_path / "o.gguf")] if command == "convert" else [])
+        args = ([command, "someone/missing/model.gguf"]
+                + (["-o", str(tmp_path / "o.gguf")] if command == "convert" else []))
         r = pop_local(*args, env=env, timeout=120)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
         lines = r.stderr.strip().splitlines()

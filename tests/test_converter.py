@@ -3,17 +3,15 @@
 import os
 
 import pytest
+import torch
+import transformers
 from click.testing import CliRunner
 
+from helpers.calibration_models import sample, tiny_gemma3, tiny_llama
 from pop_local import keys, read_pop_metadata
 from pop_local.apps.cli import cli
 from pop_local.converter import choose_skip_layers
 from pop_local.converter.arch import UnsupportedArchitecture, arch_spec
-
-import torch
-import transformers
-
-from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
@@ -60,7 +58,8 @@ def test_layer_with_zeroed_outputs_has_zero_importance(make, branches):
 def test_unsupported_architecture_lists_the_supported_ones():
     from pop_local.converter.arch import check_gguf_architecture
 
-    with pytest.raises(UnsupportedArchitecture, match="supported: gemma2, gemma3, gemma3_text, llama, qwen2, qwen3, qwen3_moe"):
+    with pytest.raises(UnsupportedArchitecture,
+                       match="supported: gemma2, gemma3, gemma3_text, llama, qwen2, qwen3, qwen3_moe"):
         arch_spec("gpt2")
     with pytest.raises(UnsupportedArchitecture, match="'gpt2' cannot be calibrated from the GGUF .* `hf_model`, or .* "
                                                       "`layers=...` `calibrate=False`"):
@@ -126,7 +125,8 @@ def test_real_calibration_of_smollm2(smollm2, tmp_path):
     """A small real calibration on CPU, the paper's recipe (--kv own without a budget): profiles in the
     file, the last third as skip set, runtime picks it up."""
     out = tmp_path / "smol.pop.gguf"
-    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "3", "--seq-len", "64", "--kv", "own"])
+    r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--samples", "3", "--seq-len", "64",
+                                 "--kv", "own"])
     assert r.exit_code == 0, r.output
     meta = read_pop_metadata(out)
     pre, dec = meta.extra[keys.IMPORTANCE_PREFILL], meta.extra[keys.IMPORTANCE_DECODE]

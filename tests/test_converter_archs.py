@@ -4,13 +4,12 @@ architecture with Q/K/V biases (qwen2) and one with a K norm (qwen3)."""
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from pop_local.format import keys
-from pop_local.apps.cli import cli
-
 import torch
 import transformers  # noqa: F401  (the calibration model)
+from click.testing import CliRunner
+
+from pop_local.apps.cli import cli
+from pop_local.format import keys
 
 pytestmark = pytest.mark.slow
 
@@ -94,14 +93,14 @@ NO_CALIBRATION = ["qwen35", "deepseek2", "gemma4", "gpt-oss", "phi3"]
 def test_layers_without_calibration_on_any_architecture(tmp_path, arch):
     """--layers ... --no-calibrate writes the keys for any architecture; the runtime prunes that set."""
     from helpers.tiny_models import Dims, tiny_model
-
     from pop_local import PopLlama, read_pop_metadata
 
     src, out = tiny_model(arch, Dims(n_layer=6)), tmp_path / "out.gguf"
     r = CliRunner().invoke(cli, ["convert", src, "-o", str(out), "--layers", "3-5", "--no-calibrate"])
     assert r.exit_code == 0, r.output
     assert read_pop_metadata(str(out)).skip_layers == (3, 4, 5)
-    llm = PopLlama(str(out), n_ctx=512, verbose=False, min_tokens=0)  # TEXT is under the default minimum for some tokenizers
+    # min_tokens=0: TEXT is under the default minimum for some tokenizers
+    llm = PopLlama(str(out), n_ctx=512, verbose=False, min_tokens=0)
     try:
         assert llm.skip_layers == (3, 4, 5) and llm.pop_active
         llm.eval(llm.tokenize(TEXT.encode(), add_bos=True))
@@ -131,4 +130,5 @@ def test_calibration_model_is_the_runtime_model_on_generated_weights(arch):
     ours, theirs = _runtime_and_calibration_logits(path)
     # llama.cpp quantizes activations for its Q8_0 matmuls, transformers runs dequantized float32
     corr = np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]
-    assert corr > 0.995 and np.abs(ours - theirs).max() < 0.5 * ours.std(), (corr, np.abs(ours - theirs).max(), ours.std())
+    assert corr > 0.995 and np.abs(ours - theirs).max() < 0.5 * ours.std(), \
+        (corr, np.abs(ours - theirs).max(), ours.std())

@@ -6,10 +6,9 @@ import os
 import pytest
 
 from helpers import fuzzing as fuzz
-
-from pop_local import keys  # noqa: E402
-from pop_local.errors import PopMetadataError  # noqa: E402
-from pop_local.format.metadata import read_pop_metadata  # noqa: E402
+from pop_local import keys
+from pop_local.errors import PopMetadataError
+from pop_local.format.metadata import read_pop_metadata
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
         if name.startswith("GGUF."):
             continue
         if f.types[0] == GGUFValueType.ARRAY and f.types[-1] == GGUFValueType.STRING and not (
-                name.startswith("pop.") or name.startswith("general.")):
+                name.startswith(("pop.", "general."))):
             continue
         expected[name] = f.contents()
     got = read_gguf_kv(path)

@@ -18,8 +18,20 @@ picks (matrix-multiply tiling, flash-attention split): there a tolerance, see th
 import numpy as np
 import pytest
 
-from helpers.llama_contexts import (cache_layers, chunked_and_single, contexts, decode, default_skip, full_cut_like_pop,
-                            logged_context, prompt_entries, set_skip, stats, tokens, two_sequences)
+from helpers.llama_contexts import (
+    cache_layers,
+    chunked_and_single,
+    contexts,
+    decode,
+    default_skip,
+    full_cut_like_pop,
+    logged_context,
+    prompt_entries,
+    set_skip,
+    stats,
+    tokens,
+    two_sequences,
+)
 from pop_local import PopLlama
 from pop_local.runtime import native as _native
 from pop_local.runtime.devices import offload_devices
@@ -78,7 +90,8 @@ def model(arch_model, arch, offload, config="fa-off-f16"):
     if key not in _models:
         fa, tk, tv = CACHE_CONFIGS[config]
         llm = PopLlama(arch_model(arch), n_gpu_layers=n_gpu_layers(offload, N_LAYER[arch]), flash_attn=fa,
-                       type_k=tk, type_v=tv, op_offload=offload == "full", n_ctx=1024, n_batch=512, n_ubatch=512, verbose=False, seed=1)
+                       type_k=tk, type_v=tv, op_offload=offload == "full", n_ctx=1024, n_batch=512, n_ubatch=512,
+                       verbose=False, seed=1)
         assert llm.pop_metadata.n_layer == N_LAYER[arch]
         _models[key] = llm
     return _models[key]

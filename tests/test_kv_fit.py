@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pop_local.format import keys
+from helpers.calibration_models import sample, tiny_gemma3, tiny_llama
 from pop_local.apps.cli import cli
-
-import torch
-import transformers
-
-from helpers.calibration_models import sample, tiny_gemma3, tiny_llama  # noqa: E402
+from pop_local.format import keys
 from pop_local.runtime.upstream import context_pointer
 
 
@@ -100,7 +96,7 @@ def own_file(smollm2, tmp_path_factory):
 
 @pytest.mark.slow
 def test_fitted_file_has_tensors_and_keys(fitted_file):
-    from gguf import GGUFReader, GGMLQuantizationType
+    from gguf import GGMLQuantizationType, GGUFReader
 
     from pop_local import read_pop_metadata
 
@@ -228,8 +224,8 @@ def test_the_dual_ridge_is_the_primal_one_when_rows_are_fewer_than_inputs():
     yh = {kv: xh @ truth[kv] + 0.1 * rng.standard_normal((n_held, 16)) for kv in ("k", "v")}
 
     def moments(x, y):
-        return _Moments(x.T @ x, {kv: x.T @ y[kv] for kv in ("k", "v")}, {kv: float((y[kv] ** 2).sum()) for kv in ("k", "v")},
-                        x.shape[0])
+        return _Moments(x.T @ x, {kv: x.T @ y[kv] for kv in ("k", "v")},
+                        {kv: float((y[kv] ** 2).sum()) for kv in ("k", "v")}, x.shape[0])
 
     primal = fit_layer(moments(xf, yf), moments(xh, yh), w0)
     dual = fit_layer_rows(xf, yf, xh, yh, w0)

@@ -1,15 +1,13 @@
 """ChatPopLocal against LangChain's own standard test suites, on the real SmolLM2 model."""
 
-import pytest
-
 import langchain_core  # noqa: F401  (a broken install fails here, never skips)
 import langchain_tests  # noqa: F401
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
-
-from pop_local.integrations.langchain import ChatPopLocal  # noqa: E402
-from helpers.waiting import finishes  # noqa: E402
+from helpers.waiting import finishes
+from pop_local.integrations.langchain import ChatPopLocal
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +167,7 @@ def test_an_abandoned_stream_releases_the_model():
     import asyncio
 
     chat = ChatPopLocal(temperature=0, max_tokens=64)
-    for chunk in chat.stream("Tell me a long story about a lighthouse."):
+    for _chunk in chat.stream("Tell me a long story about a lighthouse."):
         break  # the generator is dropped here
     stream = chat.stream("Tell me a long story about a canal.")
     next(stream)

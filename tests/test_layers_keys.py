@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pop_local.format import keys
 from pop_local.errors import PopMetadataError
+from pop_local.format import keys
 from pop_local.format.layers import format_layers, parse_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -72,12 +72,12 @@ def test_layers_import_only_downwards(module, path):
         if name.startswith("pop_local.") and _layer(name) is not None:
             assert LAYERS[_layer(name)] <= LAYERS[own], f"{path}:{line}: {own} imports {name} (a higher layer)"
         if own == "format":
-            assert not name.split(".")[0] in FORBIDDEN_IN_FORMAT, f"{path}:{line}: format imports {name}"
+            assert name.split(".")[0] not in FORBIDDEN_IN_FORMAT, f"{path}:{line}: format imports {name}"
 
 
 def test_llama_cpp_internals_are_touched_in_one_module():
     touched = {}
-    for module, path in MODULES:
+    for _module, path in MODULES:
         for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Attribute) and node.attr in UPSTREAM_INTERNALS:
                 touched.setdefault(os.path.relpath(path, ROOT), []).append(f"{node.attr}@{node.lineno}")
@@ -86,9 +86,10 @@ def test_llama_cpp_internals_are_touched_in_one_module():
 
 def test_ggml_functions_are_declared_in_one_module():
     declared = set()
-    for module, path in MODULES:
+    for _module, path in MODULES:
         for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("ggml_backend_"):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and node.value.startswith("ggml_backend_")):
                 declared.add(os.path.relpath(path, ROOT))
     assert declared <= {os.path.join("pop_local", "runtime", "upstream.py")}, declared
 
@@ -96,7 +97,7 @@ def test_ggml_functions_are_declared_in_one_module():
 def test_a_skip_set_is_parsed_in_one_place():
     """format/layers.py has the parser; everything else calls it (no second regex or split of "20-29")."""
     parsers = set()
-    for module, path in MODULES:
+    for _module, path in MODULES:
         for node in ast.walk(_tree(path)):
             if isinstance(node, ast.FunctionDef) and ("parse" in node.name and "layer" in node.name or
                                                       node.name in ("_check_layers", "as_layers")):
@@ -127,7 +128,7 @@ def test_no_test_module_imports_another_or_the_benchmarks():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.split(".")[0].startswith("test_"), f"{path}:{node.lineno}: imports {name}"
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("insert", "append")
-                    and ast.unparse(node.func.value) == "sys.path"):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("insert", "append") and ast.unparse(node.func.value) == "sys.path"):
                 strings = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
                 assert "benchmarks" not in strings, f"{path}:{node.lineno}: puts benchmarks/ on the import path"

@@ -2,14 +2,12 @@
 
 import asyncio
 
-import pytest
-
 import llama_index.core  # noqa: F401  (a broken install fails here, never skips)
+import pytest
+from llama_index.core.llms import ChatMessage
 
-from llama_index.core.llms import ChatMessage  # noqa: E402
-
-from pop_local.integrations.llama_index import PopLocalLLM  # noqa: E402
-from helpers.waiting import finishes  # noqa: E402
+from helpers.waiting import finishes
+from pop_local.integrations.llama_index import PopLocalLLM
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +103,7 @@ def default_skip_set():
 def test_an_abandoned_stream_releases_the_model(llm):
     """A client that stops reading a stream (sync or async) must not keep the model."""
     user = [ChatMessage(role="user", content="Tell me a long story about a lighthouse.")]
-    for chunk in llm.stream_chat(user):
+    for _chunk in llm.stream_chat(user):
         break
     stream = llm.stream_complete("Once upon a time")
     next(stream)

@@ -16,10 +16,9 @@ import subprocess
 import sys
 import sysconfig
 
+import lm_eval
 import numpy as np
 import pytest
-
-import lm_eval  # noqa: F401  (a broken install fails here, never skips)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS_DIR = os.path.join(ROOT, "tests", "data", "lm_eval")
@@ -41,7 +40,6 @@ def offline():
 
 
 def _evaluate(model, model_args=None):
-    import lm_eval
     from lm_eval.tasks import TaskManager
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=TASKS, bootstrap_iters=0,
@@ -120,11 +118,12 @@ def _plain_score(llm, ctx, cont):
 # --- fast: settings and the hook, no model --------------------------------------------------------
 
 def test_model_args_take_every_settings_field_by_name():
-    from pop_local.runtime.settings import LoadFields, PopFields
     from pop_local.integrations.lm_eval import split_model_args
+    from pop_local.runtime.settings import LoadFields, PopFields
 
     load, pop = split_model_args({"n_ctx": 2048, "n_threads": 1, "pop": True, "skip_layers": "20-29", "kv_mode": "own"})
-    assert (load.n_ctx, load.n_threads, pop.pop, pop.skip_layers, pop.kv_mode) == (2048, 1, True, tuple(range(20, 30)), "own")
+    assert (load.n_ctx, load.n_threads, pop.pop, pop.skip_layers, pop.kv_mode) == (2048, 1, True,
+                                                                                   tuple(range(20, 30)), "own")
     # lm_eval reads "25" as a number; a one-layer set is still a set
     assert split_model_args({"skip_layers": 25})[1].skip_layers == (25,)
     assert split_model_args({"skip_layers": ""})[1].skip_layers == ()
@@ -159,6 +158,7 @@ def test_a_skip_set_the_model_lacks_is_an_error_naming_it(smollm2):
 
 def test_the_hook_registers_lazily_and_keeps_lm_evals_own_models():
     import lm_eval.api.registry as registry
+
     from pop_local.integrations import lm_eval_hook
 
     lm_eval_hook.register(registry)  # idempotent: already registered (by the hook or the adapter)
@@ -225,6 +225,7 @@ def test_pop_on_reaches_the_model_and_scores_as_pop_local_eval(pop_on, pop_off):
 @pytest.mark.slow
 def test_without_a_model_the_pop_ready_default_runs_and_prunes(offline, long_text):
     from lm_eval.api.instance import Instance
+
     from pop_local.converter.default_model import model_meta
     from pop_local.integrations.lm_eval import PopLocalLM
 
@@ -250,8 +251,9 @@ def test_chat_template_is_the_models_own(pop_on):
 
 @pytest.mark.slow
 def test_rolling_loglikelihood_and_a_shared_context_are_exact(offline, smollm2, long_text):
-    from lm_eval.api.instance import Instance
     from lm_eval import utils as lm_utils
+    from lm_eval.api.instance import Instance
+
     from pop_local.integrations.lm_eval import PopLocalLM
     from pop_local.runtime.models import plain_llama
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from helpers.mmproj import ask, check_kv_against_full, image_tokens, mmproj, png_bytes, write_png
-
 from pop_local.errors import PopError, PopSettingError
 from pop_local.runtime import upstream
 from pop_local.runtime.multimodal import image_content, image_url
@@ -124,7 +123,6 @@ def test_qwen2vl_mrope_positions_are_unchanged():
     """A generated qwen2vl model (M-RoPE: mtmd gives image tokens 4-wide positions): the kept layers' K,
     rotated by those positions, equal the full model's."""
     from helpers.tiny_models import tiny_model
-
     from pop_local import PopLlama
 
     llm = PopLlama(tiny_model("qwen2vl"), skip_layers="2-3", min_tokens=0, n_ctx=1024,
@@ -209,13 +207,15 @@ def test_langchain_and_llama_index_pass_image_blocks(smollm2, tmp_path):
     import base64
 
     picture = base64.b64encode(png_bytes()).decode()
-    message = HumanMessage(content=[{"type": "image", "source_type": "base64", "data": picture, "mime_type": "image/png"},
+    message = HumanMessage(content=[{"type": "image", "source_type": "base64", "data": picture,
+                                     "mime_type": "image/png"},
                                     {"type": "text", "text": "What is this?"}])
     pop = ChatPopLocal(**settings).invoke([message]).response_metadata["pop"]
     assert pop["image_tokens"] == pop["image_pruned_tokens"] == n and pop["full_tokens"] == 1
 
     path = write_png(tmp_path / "b.png", seed=3)
-    raw = PopLocalLLM(**settings).chat([ChatMessage(role="user", blocks=[ImageBlock(path=path), TextBlock(text="And this?")])]).raw
+    raw = PopLocalLLM(**settings).chat([ChatMessage(role="user", blocks=[ImageBlock(path=path),
+                                                                         TextBlock(text="And this?")])]).raw
     assert raw["pop"]["image_tokens"] == raw["pop"]["image_pruned_tokens"] == n
 
     # a model loaded without a projector: one clear error, nothing runs
@@ -235,7 +235,8 @@ def test_eval_answers_with_images(smollm2, tmp_path):
     write_png(tmp_path / "one.png", seed=4)
     data = tmp_path / "vqa.jsonl"
     data.write_text(json.dumps({"group": "short", "id": "a", "prompt": "What colour dominates?", "images": ["one.png"]})
-                    + "\n" + json.dumps({"group": "long", "id": "b", "prompt": "Describe it.", "images": ["one.png"]}) + "\n")
+                    + "\n" + json.dumps({"group": "long", "id": "b", "prompt": "Describe it.", "images": ["one.png"]})
+                    + "\n")
     proj = mmproj("mlp", 576, image_size=SIDE, patch_size=PATCH)
     out = tmp_path / "eval.json"
     args = ["eval", smollm2, "--skip-layers", "20-29", "--pop-min-tokens", "0", "--ctx", "", "--passkey", "",

@@ -30,7 +30,8 @@ def test_native_loader_rejects_bad_skip_layers(smollm2, override, message):
 
 def test_native_loader_accepts_and_logs_skip_set(smollm2):
     code = ("import llama_cpp\n"
-            f"llama_cpp.Llama({smollm2!r}, n_ctx=256, kv_overrides={{'pop.prefill.skip_layers': '20-29'}}, verbose=True)\n")
+            f"llama_cpp.Llama({smollm2!r}, n_ctx=256, kv_overrides={{'pop.prefill.skip_layers': '20-29'}}, "
+            "verbose=True)\n")
     r = run_python(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "prefill-only pruning: skip layers 20-29 (on)" in r.stderr
@@ -61,8 +62,8 @@ print("OK")
     assert r.stdout.strip().endswith("OK")
     from pop_local.runtime import native as _native
 
-    assert (f"POP does not support the ernie4_5 architecture in this build (supported: {', '.join(_native.ARCHITECTURES)}): "
-            "the full model runs") in r.stdout
+    assert ("POP does not support the ernie4_5 architecture in this build "
+            f"(supported: {', '.join(_native.ARCHITECTURES)}): the full model runs") in r.stdout
     assert r.stderr.count("prefill-only pruning is not supported for architecture 'ernie4_5'") == 1
 
 

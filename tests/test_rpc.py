@@ -17,10 +17,19 @@ import time
 import numpy as np
 import pytest
 
-from helpers.llama_contexts import (cache_layers, contexts, decode, default_skip, logged_context, prompt_entries, set_skip,
-                            stats, tokens)
-from pop_local import PopLlama
+from helpers.llama_contexts import (
+    cache_layers,
+    contexts,
+    decode,
+    default_skip,
+    logged_context,
+    prompt_entries,
+    set_skip,
+    stats,
+    tokens,
+)
 from helpers.serve_process import free_port, wait_until_listening
+from pop_local import PopLlama
 
 pytestmark = pytest.mark.slow
 
@@ -103,8 +112,8 @@ CLIENT = textwrap.dedent("""
     import sys
     from pop_local import PopLlama
     from pop_local.measure.texts import passage
-    llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=21, skip_layers="20-29",
-                   n_ctx=4096, n_batch=4096, n_ubatch=512, verbose=False)
+    llm = PopLlama(sys.argv[1], rpc_servers=sys.argv[2], rpc_timeout=int(sys.argv[3]), n_gpu_layers=21,
+                   skip_layers="20-29", n_ctx=4096, n_batch=4096, n_ubatch=512, verbose=False)
     toks = llm.tokenize(passage().encode())[:3000]
     print("loaded", flush=True)
     for _ in range(100):

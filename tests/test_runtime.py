@@ -2,10 +2,9 @@
 
 import ctypes
 
+import llama_cpp
 import numpy as np
 import pytest
-
-import llama_cpp
 
 from helpers.llama_contexts import context, decode, stats as pop_stats_of
 from pop_local import PopLlama, PopMetadataError
@@ -215,7 +214,7 @@ def test_graph_reuse_never_mixes_pruned_and_full(pop_llm, prompt512):
         pop_llm.pop_enabled = on
         runs.setdefault(on, []).append(greedy(pop_llm, prompt512[:200], 4) + [final_logits(pop_llm, prompt512[:200])])
     pop_llm.pop_enabled = True
-    for on, (first, again) in runs.items():
+    for _on, (first, again) in runs.items():
         assert first[:4] == again[:4]
         assert np.array_equal(first[4], again[4])
     assert not np.array_equal(runs[True][0][4], runs[False][0][4])
@@ -347,8 +346,8 @@ def test_min_tokens_from_the_file_default_and_overrides(smollm2, tmp_path):
 @pytest.mark.parametrize("value, message", [(-1, "from 0 to"), (1 << 25, "from 0 to"), ("12", "from 0 to"),
                                             (True, "from 0 to")])
 def test_bad_min_tokens_are_rejected_naming_the_key(smollm2, value, message):
-    from pop_local.format import keys
     from pop_local.errors import PopSettingError
+    from pop_local.format import keys
 
     with pytest.raises(PopMetadataError, match=r"pop\.prefill\.min_tokens: .*" + message):
         make(smollm2, kv_overrides={keys.MIN_TOKENS: value})

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from pop_local import PopLlama, PopError
-from pop_local.runtime.settings import LoadSettings, PopSettings
 from helpers.serve_process import serving
+from pop_local import PopError, PopLlama
+from pop_local.runtime.settings import LoadSettings, PopSettings
 
 pytestmark = pytest.mark.slow
 

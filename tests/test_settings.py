@@ -88,7 +88,8 @@ def test_rpc_and_split_settings_are_parsed_once_into_their_types():
                         rpc_timeout=30)
     assert load.rpc_servers == ("10.0.0.2:50052", "10.0.0.3:50052")  # checked, duplicates dropped
     assert load.tensor_split == (1.0, 1.0, 2.0)
-    assert LoadSettings(rpc_servers=["10.0.0.2:50052"]).rpc_servers == ("10.0.0.2:50052",)  # a list, as the library takes it
+    # a list, as the library takes it
+    assert LoadSettings(rpc_servers=["10.0.0.2:50052"]).rpc_servers == ("10.0.0.2:50052",)
     assert load.llama_params()["tensor_split"] == [1.0, 1.0, 2.0] and "rpc_servers" not in load.llama_params()
 
 
@@ -132,8 +133,8 @@ def test_cli_usage_error_for_a_seed_out_of_range_never_loads(tmp_path):
 @pytest.mark.slow
 def test_a_command_reads_the_model_header_once(monkeypatch, smollm2, tmp_path):
     """chat with a file, and the server's app: one header read each (it was two or three)."""
-    from pop_local.format import gguf_kv
     from pop_local.converter.writer import write_pop_gguf
+    from pop_local.format import gguf_kv
 
     model = str(tmp_path / "m.pop.gguf")
     write_pop_gguf(smollm2, model, "20-29")

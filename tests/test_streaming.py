@@ -1,7 +1,6 @@
 """The streamed calibration (one layer at a time from the GGUF) against the in-memory one, the
 estimate against a measured conversion, and the memory refusal."""
 
-import json
 import os
 import re
 import resource
@@ -69,7 +68,8 @@ def test_streamed_fit_of_a_given_block_matches_the_pruned_passes(smollm2):
         for kv in ("k", "v"):
             a, b = s.fitted[1].weights[il][kv], m.fitted[1].weights[il][kv]
             assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b), (il, kv)
-            assert s.fitted[1].rel_error_own[il][kv] == pytest.approx(m.fitted[1].rel_error_own[il][kv], rel=1e-3, abs=1e-6)
+            assert s.fitted[1].rel_error_own[il][kv] == pytest.approx(m.fitted[1].rel_error_own[il][kv],
+                                                                      rel=1e-3, abs=1e-6)
 
 
 def _run_cli(args):
@@ -117,9 +117,9 @@ def test_a_calibration_that_does_not_fit_in_memory_is_refused_before_loading(smo
     out = tmp_path / "x.pop.gguf"
     proc, seconds, _ = _run_cli(["convert", smollm2, "-o", str(out), "--max-memory", "0.5"])
     assert proc.returncode == 1
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and re.match(r"Error: calibration needs about [\d.]+ GB but 0\.5 GB is --max-memory", lines[0]), \
-        proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(r"Error: calibration needs about [\d.]+ GB but 0\.5 GB is --max-memory",
+                                        lines[0]), proc.stderr
     assert "--samples" in lines[0] and "--no-calibrate" in lines[0]
     assert not out.exists() and not list(tmp_path.iterdir())
     assert seconds < 30  # refused from the file's header, before any model is loaded or sampled

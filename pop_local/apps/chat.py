@@ -89,7 +89,8 @@ class ChatSession:
                     first_at = time.perf_counter()
                     prompt_len = llm.n_tokens
                     now = llm.pop_stats()
-                    evaluated = (now["pruned_tokens"] + now["full_tokens"]) - (before["pruned_tokens"] + before["full_tokens"])
+                    evaluated = ((now["pruned_tokens"] + now["full_tokens"])
+                                 - (before["pruned_tokens"] + before["full_tokens"]))
                     stats.prompt_tokens = prompt_len
                     stats.reused_tokens = max(0, prompt_len - evaluated)
                     stats.pruned_tokens = now["pruned_tokens"] - before["pruned_tokens"]

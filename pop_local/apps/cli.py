@@ -155,7 +155,8 @@ def _max_ratio(value):
               help="tail: the last layers as one block (the paper); score: lowest prefill importance")
 @click.option("--no-calibrate", is_flag=True, help="write the keys without measuring importance (needs --layers)")
 @click.option("--hf-model", help="calibrate on this transformers checkpoint (folder or hub id) instead of the GGUF")
-@click.option("--data", type=click.Path(dir_okay=False), help="calibration prompts: .jsonl or text (blank-line separated)")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="calibration prompts: .jsonl or text (blank-line separated)")
 @click.option("--dataset", help="calibration prompts from a datasets-library dataset (needs the network)")
 @click.option("--samples", type=int, default=64, show_default=True)
 @click.option("--seq-len", type=int, default=256, show_default=True, help="longest prompt, in tokens")
@@ -185,8 +186,9 @@ def _max_ratio(value):
                    "equal the full model's at least as often as the paper's set's do (measured in llama.cpp)")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 @_fail_cleanly
-def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device, dtype,
-            seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, answer_check, force) -> None:
+def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device,
+            dtype, seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, answer_check,
+            force) -> None:
     """Make MODEL.gguf POP-ready: measure what each skip set costs, pick one, write a new GGUF.
 
     By default every candidate (the last 1 .. half of the layers) is measured on held-out
@@ -233,7 +235,8 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
             found = row[keys.FRONTIER_FOUND_FITTED if fitted else keys.FRONTIER_FOUND_OWN][i]
             how += (f"; same replies as the full model on {same:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][0]} long "
                     f"prompts (paper's set: {row.get(keys.FRONTIER_PAPER_ANSWERS, float('nan')):.0%}), the answer "
-                    f"in {found:.0%} of them, {keys_found:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][2]} pass keys found")
+                    f"in {found:.0%} of them, {keys_found:.0%} of {row[keys.FRONTIER_ANSWER_PROMPTS][2]} "
+                    "pass keys found")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 
@@ -250,8 +253,8 @@ def inspect(model, plot: Optional[str]) -> None:
       pop-local inspect model.pop.gguf --plot importance.png
     """
     from pop_local.format import keys
-    from pop_local.measure.importance_report import importance_chart, save_importance_plot
     from pop_local.format.metadata import read_pop_metadata
+    from pop_local.measure.importance_report import importance_chart, save_importance_plot
 
     meta = read_pop_metadata(model)
     click.echo(f"{model}: {meta.architecture}, {meta.n_layer} layers")
@@ -553,7 +556,8 @@ def _parse_ctx(value: str, option: str = "--ctx"):
 @click.option("--plot", type=click.Path(dir_okay=False), help="save speedup against prompt length as a PNG")
 @click.option("--image", help="instead: prefill of this image and --question (a file, or WIDTHxHEIGHT for a "
                               "synthetic picture; needs --mmproj)")
-@click.option("--question", default=None, help="the question after --image  [default: Describe this picture in detail.]")
+@click.option("--question", default=None,
+              help="the question after --image  [default: Describe this picture in detail.]")
 @_settings_options(exclude=_MODES_RUN_BY_THE_COMMAND + ("n_ctx", "n_batch", "seed"))
 @_fail_cleanly
 def bench(model, ctx, repeats, decode_tokens, json_path, plot, image, question, **options) -> None:
@@ -572,8 +576,8 @@ def bench(model, ctx, repeats, decode_tokens, json_path, plot, image, question, 
       pop-local bench vlm.pop.gguf --mmproj mmproj.gguf --image photo.jpg
     """
     from pop_local.format.atomic import write_json
-    from pop_local.measure.provenance import provenance
     from pop_local.measure.bench import format_table, run_bench, save_speedup_plot
+    from pop_local.measure.provenance import provenance
     from pop_local.runtime.models import check_context
 
     load, pop = _settings(options)
@@ -607,7 +611,8 @@ def _bench_image(model, image, question, repeats, json_path, plot, load, pop) ->
     if image is None:
         raise click.BadParameter("--question goes with --image", param_hint="--question")
     if not load.mmproj:
-        raise click.BadParameter("an image needs the model's projector: add --mmproj PROJECTOR.gguf", param_hint="--image")
+        raise click.BadParameter("an image needs the model's projector: add --mmproj PROJECTOR.gguf",
+                                 param_hint="--image")
     if plot:
         raise click.BadParameter("the image benchmark has one row: no plot", param_hint="--plot")
     picture = image_url(parse_image_arg(image))  # read now: a bad image fails before the model loads
@@ -659,8 +664,8 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
       pop-local eval model.pop.gguf --ctx "" --passkey "" --answers --data my-prompts.jsonl
     """
     from pop_local.format.atomic import write_json
-    from pop_local.measure.provenance import provenance
     from pop_local.measure.evaluate import format_eval_table, run_eval
+    from pop_local.measure.provenance import provenance
     from pop_local.runtime.models import check_context
 
     ctx_list = _parse_ctx(ctx) if ctx.strip() or not answers else []
@@ -730,6 +735,7 @@ def serve(model, host, port, alias, api_key, **options) -> None:
            -d '{"messages": [{"role": "user", "content": "Hi"}]}'
     """
     from pop_local.runtime.models import check_context, pop_notes, pop_state_text
+
     from .server import create_pop_app, serve as run_server
 
     load, pop = _settings(options)

@@ -7,7 +7,6 @@ behave as upstream documents. One route is added: GET /pop/stats (the model's PO
 
 from __future__ import annotations
 
-import types
 from typing import Any, Dict, Optional
 
 from pop_local.errors import PopError
@@ -64,7 +63,8 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     pop = pop or PopSettings()
     # upstream's settings model carries what its loader reads (context, threads, chat format, ...);
     # its default logits_all=True would run every prompt token at full depth
-    params = {"logits_all": False, **{k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"},
+    params = {"logits_all": False,
+              **{k: v for k, v in load.llama_params().items() if v is not None and k != "kv_overrides"},
               **{k: v for k, v in upstream_settings.items() if v is not None}}
     if load.mmproj:  # upstream's loader builds the multimodal handler a --chat-format names from it
         params["clip_model_path"] = load.mmproj

@@ -9,12 +9,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import keys
 from pop_local.errors import PopError, PopMetadataError, PopSettingError
+
+from . import keys
 from .layers import format_layers, parse_layers
 
-__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "budget_options", "first_answering", "max_skipped", "paper_skip_set", "frontier_fields",
-           "read_frontier", "frontier_table", "KV_CHOICES"]
+__all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "budget_options",
+           "first_answering", "max_skipped", "paper_skip_set", "frontier_fields", "read_frontier", "frontier_table",
+           "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
 
@@ -218,7 +220,7 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
         return None
     missing = [k for k in keys.FRONTIER_ARRAYS + (keys.FRONTIER_CHOSEN, keys.BUDGET) if k not in extra]
     if missing:
-        raise PopMetadataError(missing[0], f"missing (the file has a partial quality frontier)")
+        raise PopMetadataError(missing[0], "missing (the file has a partial quality frontier)")
     n = None
     columns: Dict[str, List[Any]] = {}
     for name in keys.FRONTIER_ARRAYS:
@@ -235,7 +237,7 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
             raise PopMetadataError(keys.FRONTIER_SKIP_LAYERS, f"expected strings, got {text!r}"[:200])
         layers = parse_layers(text, n_layer, key=keys.FRONTIER_SKIP_LAYERS)
         if not layers:
-            raise PopMetadataError(keys.FRONTIER_SKIP_LAYERS, f"an empty skip set")
+            raise PopMetadataError(keys.FRONTIER_SKIP_LAYERS, "an empty skip set")
         sets.append(layers)
     bounds = {keys.FRONTIER_KL_OWN: (0, math.inf), keys.FRONTIER_KL_FITTED: (0, math.inf),
               keys.FRONTIER_TOP1_OWN: (0, 1), keys.FRONTIER_TOP1_FITTED: (0, 1),
@@ -261,10 +263,13 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
     if not (isinstance(held, list) and len(held) == 2 and all(isinstance(x, int) and x >= 0 for x in held)):
         raise PopMetadataError(keys.FRONTIER_HELD_OUT, f"expected two counts, got {held!r}"[:200])
     answers, paper_answers, answer_prompts = _read_answers(extra, n)
-    rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]), float(columns[keys.FRONTIER_KL_FITTED][i]),
+    rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]),
+                             float(columns[keys.FRONTIER_KL_FITTED][i]),
                              float(columns[keys.FRONTIER_TOP1_OWN][i]), float(columns[keys.FRONTIER_TOP1_FITTED][i]),
-                             float(columns[keys.FRONTIER_SPEEDUP_512][i]), float(columns[keys.FRONTIER_SPEEDUP_2048][i]),
-                             *(float(answers[name][i]) for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS))
+                             float(columns[keys.FRONTIER_SPEEDUP_512][i]),
+                             float(columns[keys.FRONTIER_SPEEDUP_2048][i]),
+                             *(float(answers[name][i])
+                               for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS))
                  for i in range(n))
     return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]),
                     paper_answers, answer_prompts)
@@ -278,14 +283,14 @@ def _read_answers(extra: Mapping[str, Any], n: int):
     present = [k for k in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
                if k in extra]
     if not present:
-        return {name: nan for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS}, None, None
+        return dict.fromkeys(keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS, nan), None, None
     required = keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
     if any(k in extra for k in keys.FRONTIER_FOUND_ARRAYS):
         required += keys.FRONTIER_FOUND_ARRAYS
     missing = [k for k in required if k not in extra]
     if missing:
         raise PopMetadataError(missing[0], "missing (the file has a partial answer check)")
-    answers = {name: nan for name in keys.FRONTIER_FOUND_ARRAYS}
+    answers = dict.fromkeys(keys.FRONTIER_FOUND_ARRAYS, nan)
     for name in (k for k in required if k != keys.FRONTIER_ANSWER_PROMPTS):
         value = extra[name]
         if not isinstance(value, list) or len(value) != n:

@@ -18,7 +18,8 @@ __all__ = ["read_gguf_kv", "GGUFFormatError", "U32", "BOOL", "STRING"]
 
 _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
+          12: "<f8"}
 _STRING, _ARRAY = 8, 9
 U32, BOOL, STRING = 4, 7, _STRING  # value types the pop.* checks name
 
@@ -37,7 +38,7 @@ def read_gguf_kv(path: "str | os.PathLike[str]", want_strings: Optional[Callable
     """
     # Long: one bounds-checked pass over an untrusted header (a fuzzing target, tests/test_fuzz.py), its
     # reader state kept in local variables rather than spread over helpers.
-    want = want_strings or (lambda k: k.startswith("pop.") or k.startswith("general."))
+    want = want_strings or (lambda k: k.startswith(("pop.", "general.")))
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         data = f.read(1 << 20)

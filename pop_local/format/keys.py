@@ -13,7 +13,8 @@ __all__ = [
     "fitted_tensor_name", "BUDGET", "FRONTIER_SKIP_LAYERS", "FRONTIER_KL_OWN", "FRONTIER_KL_FITTED",
     "FRONTIER_TOP1_OWN", "FRONTIER_TOP1_FITTED", "FRONTIER_SPEEDUP_512", "FRONTIER_SPEEDUP_2048", "FRONTIER_CHOSEN",
     "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS", "FRONTIER_ANSWERS_OWN", "FRONTIER_ANSWERS_FITTED",
-    "FRONTIER_AGREE_OWN", "FRONTIER_AGREE_FITTED", "FRONTIER_KEYS_OWN", "FRONTIER_KEYS_FITTED", "FRONTIER_PAPER_ANSWERS", "FRONTIER_ANSWER_PROMPTS",
+    "FRONTIER_AGREE_OWN", "FRONTIER_AGREE_FITTED", "FRONTIER_KEYS_OWN", "FRONTIER_KEYS_FITTED",
+    "FRONTIER_PAPER_ANSWERS", "FRONTIER_ANSWER_PROMPTS",
     "FRONTIER_ANSWER_ARRAYS",
 ]
 
@@ -81,12 +82,14 @@ FRONTIER_HELD_OUT = "pop.frontier.held_out"          # u32 array [2]: held-out s
 # measured for the candidates the rule reached (NaN: not measured), with the K/V that candidate would use
 FRONTIER_ANSWERS_OWN = "pop.frontier.answers_own"        # f32 array: share of replies identical to the full model's
 FRONTIER_ANSWERS_FITTED = "pop.frontier.answers_fitted"  # f32 array: the same with fitted K/V
-FRONTIER_AGREE_OWN = "pop.frontier.agree_own"            # f32 array: mean share of reply tokens before the first difference
+FRONTIER_AGREE_OWN = "pop.frontier.agree_own"            # f32 array: mean share of reply tokens before the first
+                                                         # difference
 FRONTIER_AGREE_FITTED = "pop.frontier.agree_fitted"
 FRONTIER_KEYS_OWN = "pop.frontier.passkeys_own"          # f32 array: share of held-out pass keys retrieved
 FRONTIER_KEYS_FITTED = "pop.frontier.passkeys_fitted"
 FRONTIER_FOUND_OWN = "pop.frontier.found_own"            # f32 array: share of replies containing the reference answer
-FRONTIER_FOUND_FITTED = "pop.frontier.found_fitted"      # (optional pair: files converted before it was measured lack it)
+FRONTIER_FOUND_FITTED = "pop.frontier.found_fitted"      # (optional pair: files converted before it was measured
+                                                         # lack it)
 FRONTIER_PAPER_ANSWERS = "pop.frontier.paper_answers"    # f32: identical share of the paper's set (own K/V)
 FRONTIER_ANSWER_PROMPTS = "pop.frontier.answer_prompts"  # u32 array [3]: prompts, reply tokens compared, pass keys
 FRONTIER_ANSWER_ARRAYS = (FRONTIER_ANSWERS_OWN, FRONTIER_ANSWERS_FITTED, FRONTIER_AGREE_OWN, FRONTIER_AGREE_FITTED,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Tuple
 
-from . import keys
 from pop_local.errors import PopMetadataError
+
+from . import keys
 
 __all__ = ["parse_layers", "check_range", "format_layers", "is_block"]
 
@@ -46,7 +47,8 @@ def parse_layers(value: "str | Iterable[int]", n_layer: Optional[int] = None,
 def check_range(layers: Tuple[int, ...], n_layer: int, key: str = keys.SKIP_LAYERS) -> None:
     """PopMetadataError naming `key` when a parsed skip set names a layer the model does not have."""
     if layers and layers[-1] >= n_layer:
-        raise PopMetadataError(key, f"layer {layers[-1]} is out of range (the model has {n_layer} layers, 0-{n_layer - 1})")
+        raise PopMetadataError(key, f"layer {layers[-1]} is out of range "
+                                    f"(the model has {n_layer} layers, 0-{n_layer - 1})")
 
 
 def _parse_text(text: str, key: str) -> Tuple[int, ...]:
@@ -69,7 +71,7 @@ def _parse_text(text: str, key: str) -> Tuple[int, ...]:
 
 def format_layers(layers: Iterable[int]) -> str:
     """Canonical string of a layer set: ascending, consecutive runs as ranges ("20-29")."""
-    items = sorted(set(int(x) for x in layers))
+    items = sorted({int(x) for x in layers})
     out: list[str] = []
     i = 0
     while i < len(items):

@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from . import keys
 from pop_local.errors import PopMetadataError, PopModelNotFound
+
+from . import keys
 from .frontier import Frontier, read_frontier
 from .layers import format_layers, parse_layers
 
@@ -59,7 +60,7 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     header = read_header(path, types)
     arch = header.get("general.architecture")
     if not isinstance(arch, str):
-        raise PopMetadataError(path, f"general.architecture missing; not a model GGUF")
+        raise PopMetadataError(path, "general.architecture missing; not a model GGUF")
     n_layer = header.get(f"{arch}.block_count")
     if not isinstance(n_layer, int):
         raise PopMetadataError(path, f"{arch}.block_count missing")

@@ -135,7 +135,8 @@ def _tool_schema(tools: Sequence[dict]) -> dict:
 
     if len(tools) == 1:
         return params(tools[0])
-    return {"anyOf": [{"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "arguments": params(t)},
+    return {"anyOf": [{"type": "object",
+                       "properties": {"name": {"const": t["function"]["name"]}, "arguments": params(t)},
                        "required": ["name", "arguments"]} for t in tools]}
 
 
@@ -193,7 +194,8 @@ def chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optio
 
             kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(_tool_schema(forced)), verbose=False)
             kwargs.pop("stop", None)  # a stop string inside the JSON would cut it
-            kwargs["max_tokens"] = max(kwargs.get("max_tokens") or 0, _call_token_budget(forced))  # nor may a short limit
+            # nor may a short limit
+            kwargs["max_tokens"] = max(kwargs.get("max_tokens") or 0, _call_token_budget(forced))
             out = llm.create_chat_completion(messages=_with_tool_instructions(messages, forced), **kwargs)
         else:
             out = llm.create_chat_completion(messages=messages, response_format=response_format, **kwargs)
@@ -210,7 +212,8 @@ def chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optio
 
 
 def stream_chat(target: Target, pop: PopSettings, messages: List[dict], *, tools: Optional[Sequence[dict]] = None,
-                tool_choice: Any = None, response_format: Optional[dict] = None, **params: Any) -> Iterator[Dict[str, Any]]:
+                tool_choice: Any = None, response_format: Optional[dict] = None,
+                **params: Any) -> Iterator[Dict[str, Any]]:
     """Chunks {"content": text} while generating, then one {"finish_reason", "usage", "pop", "model"}.
     Forced tool calls come whole in the last chunk ({"tool_calls": [...]})."""
     if forced_tool(tools, tool_choice):  # a forced call comes whole

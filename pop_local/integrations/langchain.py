@@ -27,6 +27,7 @@ except ImportError as e:  # pragma: no cover - depends on the extra
 from pydantic import ConfigDict, Field
 
 from pop_local.runtime.settings import LoadFields, PopFields, PopSettings, build
+
 from . import _backend
 
 __all__ = ["ChatPopLocal"]
@@ -123,13 +124,15 @@ class ChatPopLocal(BaseChatModel, LoadFields, PopFields):
                 content=part.get("content", ""),
                 tool_call_chunks=[{"name": c["function"]["name"], "args": c["function"]["arguments"], "id": c["id"],
                                    "index": i, "type": "tool_call_chunk"} for i, c in enumerate(calls)],
-                usage_metadata=_usage(part["usage"]), response_metadata=_metadata(part, kwargs.get("model") or self.model),
+                usage_metadata=_usage(part["usage"]),
+                response_metadata=_metadata(part, kwargs.get("model") or self.model),
                 chunk_position="last"))
 
     # --- tools ------------------------------------------------------------------------------------
 
     def bind_tools(self, tools: Sequence[Union[Dict[str, Any], type, Callable, BaseTool]], *,
-                   tool_choice: Optional[Union[dict, str, bool]] = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+                   tool_choice: Optional[Union[dict, str, bool]] = None,
+                   **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools; `tool_choice` "any"/"required"/True or a tool's name forces a call."""
         formatted = [convert_to_openai_tool(t) for t in tools]
         if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "any", "required"):
@@ -164,8 +167,8 @@ def _usage(usage: Dict[str, Any]) -> UsageMetadata:
 
 def _metadata(out: Dict[str, Any], model: Optional[str]) -> Dict[str, Any]:
     """model_name: the model as the caller named it (the default's label for None)."""
-    return {"model_name": model or _backend.DEFAULT_MODEL_LABEL, "model_path": out["model"], "model_provider": "pop-local",
-            "finish_reason": out.get("finish_reason"), "pop": out.get("pop")}
+    return {"model_name": model or _backend.DEFAULT_MODEL_LABEL, "model_path": out["model"],
+            "model_provider": "pop-local", "finish_reason": out.get("finish_reason"), "pop": out.get("pop")}
 
 
 def _chunk_to_message(chunk: AIMessageChunk) -> AIMessage:

@@ -35,6 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the extra
 
 from pop_local.runtime.multimodal import image_url
 from pop_local.runtime.settings import LoadFields, PopFields, PopSettings
+
 from . import _backend
 
 __all__ = ["PopLocalLLM"]

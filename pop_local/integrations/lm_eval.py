@@ -53,9 +53,9 @@ import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 try:
+    from lm_eval import utils as lm_utils
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
-    from lm_eval import utils as lm_utils
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError('PopLocalLM needs lm-evaluation-harness: pip install "pop-local[eval]"') from e
 from tqdm import tqdm

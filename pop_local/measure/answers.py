@@ -245,5 +245,6 @@ def format_answers_table(result: Dict[str, Any]) -> str:
         for group, r in by_group.items():
             diff = "-" if r["first_diff"] is None else f"{r['first_diff']:.1f}"
             found = "-" if r["found"] is None else f"{r['found']:.2f}"
-            lines.append(f"| {name} | {group} ({r['prompts']}) | {r['identical']:.2f} | {diff} | {r['f1']:.2f} | {found} |")
+            lines.append(f"| {name} | {group} ({r['prompts']}) | {r['identical']:.2f} | {diff} | {r['f1']:.2f} | "
+                         f"{found} |")
     return "\n".join(lines)

@@ -25,11 +25,11 @@ import statistics
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from pop_local.runtime import native as _native
 from pop_local.errors import PopError
+from pop_local.runtime import native as _native
 
-__all__ = ["run_bench", "require_pop", "alternate", "time_prefill", "time_decode", "summarize", "bench_prompt", "format_table",
-           "save_speedup_plot"]
+__all__ = ["run_bench", "require_pop", "alternate", "time_prefill", "time_decode", "summarize", "bench_prompt",
+           "format_table", "save_speedup_plot"]
 
 
 def require_pop(llm) -> None:
@@ -97,8 +97,9 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
     """Measure `llm` (a PopLlama with a skip set) at each prompt length in `ctx`."""
     # Long: the modes share one configure() and one try/finally that restores the context's settings
     # whatever fails; split up, the parts would pass the same half-dozen values around.
-    from .flops import ideal_speedup, model_shape
     from pop_local.format.layers import format_layers
+
+    from .flops import ideal_speedup, model_shape
 
     ctx = [int(n) for n in ctx]
     require_pop(llm)
@@ -118,7 +119,8 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
     exact = llm.exact_layers
     was_enabled, was_kv, was_exact = llm.pop_enabled, llm.kv_mode, llm.exact_prefill
     paper = paper_skip_set(shape.n_layer)
-    modes = ("full", "pop") + (() if tuple(skip) == paper or not skip else ("paper",)) + (("exact",) if exact and skip else ())
+    modes = (("full", "pop") + (() if tuple(skip) == paper or not skip else ("paper",))
+             + (("exact",) if exact and skip else ()))
 
     def configure(mode: str) -> None:
         llm.pop_enabled = mode in ("pop", "paper")
@@ -139,9 +141,9 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             def prefill(mode: str) -> float:
                 configure(mode)
                 before = llm.pop_stats()["pruned_tokens"]
-                ms = time_prefill(llm, prompt)
+                ms = time_prefill(llm, prompt)  # noqa: B023 - alternate() calls prefill() within this iteration
                 if mode == "pop":
-                    pruned.append(llm.pop_stats()["pruned_tokens"] - before)
+                    pruned.append(llm.pop_stats()["pruned_tokens"] - before)  # noqa: B023 - alternate() calls prefill() within this iteration
                 return ms
 
             s = alternate(modes, repeats, prefill)
@@ -192,7 +194,8 @@ def format_table(result: Dict[str, Any]) -> str:
     paper, exact = result.get("paper_skip_layers"), "exact_ms" in result["prefill"][0]
     lines = ["| prompt tokens | full ms | POP ms | speedup | FLOP ideal |"
              + (f" paper's set ({paper}, own K/V) ms | paper speedup | paper FLOP ideal |" if paper else "")
-             + (f" exact skip only ({result['exact_layers']}) ms | exact speedup | exact FLOP ideal |" if exact else ""),
+             + (f" exact skip only ({result['exact_layers']}) ms | exact speedup | exact FLOP ideal |"
+                if exact else ""),
              "|---|---|---|---|---|" + ("---|---|---|" if paper else "") + ("---|---|---|" if exact else "")]
     for r in result["prefill"]:
         f, p = r["full_ms"], r["pop_ms"]
@@ -209,8 +212,9 @@ def format_table(result: Dict[str, Any]) -> str:
                      f"{r['exact_ideal_speedup']:.2f}x |")
         lines.append(line)
     d = result["decode"]
-    lines += ["", f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): full {d['full_tps']['median']:.1f} "
-                  f"tok/s, POP {d['pop_tps']['median']:.1f} tok/s (POP/full {d['pop_vs_full']:.3f})."]
+    lines += ["", f"Decode after a {d['context']}-token prompt ({d['tokens']} tokens): "
+                  f"full {d['full_tps']['median']:.1f} tok/s, POP {d['pop_tps']['median']:.1f} tok/s "
+                  f"(POP/full {d['pop_vs_full']:.3f})."]
     return "\n".join(lines)
 
 

@@ -42,8 +42,8 @@ _QUESTION = "\n\nWhat is the pass key? The pass key is"
 
 def _configure(llm, mode: str, skip: Optional[Sequence[int]] = None) -> None:
     """Switch `llm` to `mode`; `skip` is the run's skip set (default: the one it has), "paper" the paper's."""
-    from pop_local.runtime.native import STAGE_ALL, STAGE_PREFILL, STAGE_PREFILL_NO_BOUNDARY
     from pop_local.format.frontier import paper_skip_set
+    from pop_local.runtime.native import STAGE_ALL, STAGE_PREFILL, STAGE_PREFILL_NO_BOUNDARY
 
     stage = {"full": STAGE_PREFILL, "pop": STAGE_PREFILL, "pop_fitted": STAGE_PREFILL, "paper": STAGE_PREFILL,
              "pop_no_boundary": STAGE_PREFILL_NO_BOUNDARY, "static_removal": STAGE_ALL}[mode]
@@ -121,9 +121,9 @@ def run_eval(llm, *, ctx: Sequence[int] = (512, 1024), continuation: int = 64, w
     # Long: one pass that switches the one loaded context through every mode per window, restoring its
     # settings in one finally; split up, each part would need the whole state passed in and back.
     from pop_local.format.layers import format_layers
-    from .texts import passage
 
     from .bench import require_pop
+    from .texts import passage
 
     require_pop(llm)
     if continuation < 2:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from pop_local.format import keys
 from pop_local.errors import PopError
+from pop_local.format import keys
 from pop_local.format.metadata import PopMetadata
 
 __all__ = ["importance_profiles", "importance_chart", "save_importance_plot"]

@@ -22,8 +22,7 @@ from pop_local.errors import PopSettingError
 from pop_local.format.layers import check_range, parse_layers
 from pop_local.format.metadata import PopMetadata, check_min_tokens, read_pop_metadata, resolve_runtime_metadata
 
-from . import multimodal, native as _native
-from . import upstream
+from . import multimodal, native as _native, upstream
 from .rpc import devices_for_load, use_servers
 from .settings import LoadSettings, PopSettings, build
 
@@ -76,9 +75,11 @@ class PopLlama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
                  skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
-                 min_tokens: Optional[int] = None, exact_prefill: bool = True, reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
+                 min_tokens: Optional[int] = None, exact_prefill: bool = True,
+                 reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
                  rpc_servers: "Optional[str | Sequence[str]]" = None, rpc_timeout: int = 300,
-                 mmproj: Optional[str] = None, settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None, **llama_kwargs: Any):
+                 mmproj: Optional[str] = None, settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None,
+                 **llama_kwargs: Any):
         self._pop = _native.lib()  # fail before loading anything when the build lacks POP
         if settings is None:  # the library's own entry point: the arguments are checked here, once
             load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout, "mmproj": mmproj,
@@ -111,7 +112,8 @@ class PopLlama(llama_cpp.Llama):
         if load.mmproj and llama_kwargs.get("chat_handler") is None:
             llama_kwargs["chat_handler"] = upstream.multimodal_chat_handler(
                 load.mmproj, llama_kwargs.get("chat_format"), verbose=bool(llama_kwargs.get("verbose")))
-        if llama_kwargs.get("chat_handler") is not None and (llama_kwargs.get("chat_format") or "mtmd") in upstream.MULTIMODAL_CHAT_FORMATS:
+        if (llama_kwargs.get("chat_handler") is not None
+                and (llama_kwargs.get("chat_format") or "mtmd") in upstream.MULTIMODAL_CHAT_FORMATS):
             llama_kwargs["chat_format"] = None  # a handler's name, not a text template llama_cpp.Llama knows
         with devices_for_load(endpoints):  # only this model's servers, once any is registered
             super().__init__(model_path=model_path, **llama_kwargs)
@@ -137,7 +139,8 @@ class PopLlama(llama_cpp.Llama):
         load = load or LoadSettings()
         meta = model if isinstance(model, PopMetadata) else None
         path = meta.path if meta is not None else model
-        return cls(path, metadata=meta, settings=(load, pop or PopSettings()), **{**load.llama_params(), **llama_kwargs})
+        return cls(path, metadata=meta, settings=(load, pop or PopSettings()),
+                   **{**load.llama_params(), **llama_kwargs})
 
     def close(self) -> None:
         # __init__ may stop before llama_cpp.Llama.__init__ ran (bad metadata); nothing to close then

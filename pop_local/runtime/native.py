@@ -9,13 +9,13 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from pop_local.format.architectures import NAMES
 from pop_local.errors import PopNativeError
+from pop_local.format.architectures import NAMES
 
 from .upstream import REBUILD_HINT, libllama
 
-__all__ = ["ABI_VERSION", "ARCHITECTURES", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN", "KV_FITTED",
-           "LAYER_KV", "LAYER_SWA", "LAYER_RECURRENT", "LAYER_K_ONLY", "LAYER_CELL_EXT",
+__all__ = ["ABI_VERSION", "ARCHITECTURES", "STAGE_PREFILL", "STAGE_PREFILL_NO_BOUNDARY", "STAGE_ALL", "KV_OWN",
+           "KV_FITTED", "LAYER_KV", "LAYER_SWA", "LAYER_RECURRENT", "LAYER_K_ONLY", "LAYER_CELL_EXT",
            "PopStats", "lib"]
 
 ABI_VERSION = 3

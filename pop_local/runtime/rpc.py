@@ -76,7 +76,8 @@ def _rpc_lib() -> ctypes.CDLL:
     try:
         return ggml_rpc()
     except RuntimeError:
-        raise PopError("this build of llama.cpp has no RPC backend: rebuild with `python native/build.py --force`") from None
+        raise PopError("this build of llama.cpp has no RPC backend: "
+                       "rebuild with `python native/build.py --force`") from None
 
 
 _abort_callback = None  # kept alive for the process
@@ -111,8 +112,9 @@ def registered() -> List[str]:
 
 def use_servers(endpoints: Iterable[str], timeout_s: float = 300.0) -> None:
     """Register the remote devices of each server (once per process) so the next model load can use
-    them; `endpoints` as LoadSettings.rpc_servers holds them, parsed where they entered. A server that cannot be reached is a PopError; one that stops answering later ends the
-    process with a one-line error (ggml cannot recover a model whose layers are gone)."""
+    them; `endpoints` as LoadSettings.rpc_servers holds them, parsed where they entered. A server that
+    cannot be reached is a PopError; one that stops answering later ends the process with a one-line
+    error (ggml cannot recover a model whose layers are gone)."""
     wanted = list(endpoints)
     with _lock:
         new = [e for e in wanted if e not in _registered]
@@ -177,7 +179,8 @@ def serve_devices(host: str, port: int, threads: int, device_names: Sequence[str
 
     lib, reg_lib = _rpc_lib(), ggml()
     found = local_devices()
-    names = list(device_names) or [d.name for d in found if d.offloads] or [d.name for d in found if d.kind == "cpu"][:1]
+    names = (list(device_names) or [d.name for d in found if d.offloads]
+             or [d.name for d in found if d.kind == "cpu"][:1])
     handles = []
     for name in names:
         dev = reg_lib.ggml_backend_dev_by_name(name.encode())

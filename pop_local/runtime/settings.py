@@ -38,7 +38,8 @@ class LoadFields(BaseModel):
     n_gpu_layers: int = Field(-1, ge=-1, le=100000,
                               description="layers offloaded to the GPU in GPU builds (-1: all; ignored on CPU builds)")
     flash_attn: bool = Field(False, description="flash attention (where the backend has it)")
-    chat_format: Optional[str] = Field(None, description="llama-cpp-python chat format (default: the model's own template)")
+    chat_format: Optional[str] = Field(
+        None, description="llama-cpp-python chat format (default: the model's own template)")
     kv_overrides: Optional[Dict[str, KvValue]] = Field(
         None, description="GGUF keys to override at load, e.g. {\"pop.prefill.skip_layers\": \"20-29\"}")
     seed: int = Field(-1, ge=-1, le=RANDOM_SEED - 1, description="sampling seed (-1: random)")
@@ -81,7 +82,8 @@ class LoadFields(BaseModel):
             shares = tuple(float(x) for x in text.split(","))
         except ValueError:
             raise ValueError(f"{text!r}: expected comma-separated numbers, e.g. 1,1,2") from None
-        if not shares or len(shares) > 16 or any(not v >= 0 or v == float("inf") for v in shares) or not sum(shares) > 0:
+        if (not shares or len(shares) > 16 or any(not v >= 0 or v == float("inf") for v in shares)
+                or not sum(shares) > 0):
             raise ValueError(f"{text!r}: expected 1 to 16 shares, none negative, not all zero")
         return shares
 
@@ -109,7 +111,8 @@ class PopFields(BaseModel):
     pop: Optional[bool] = Field(None, description="POP on/off (None: as the file says)")
     skip_layers: Optional[Tuple[int, ...]] = Field(
         None, description='prefill skip set instead of the file\'s, e.g. "20-29"')
-    kv_mode: Optional[str] = Field(None, description='K/V of pruned layers: "fitted" (where the file has them) or "own"')
+    kv_mode: Optional[str] = Field(
+        None, description='K/V of pruned layers: "fitted" (where the file has them) or "own"')
     min_tokens: Optional[int] = Field(
         None, ge=0, le=MAX_MIN_TOKENS,
         description=f"prompts with fewer new tokens than this run the full model (default: the file's "

@@ -280,7 +280,8 @@ MULTIMODAL_CHAT_FORMATS = {
 # the chat of a model without a template: the plain prompt and an "Answer:" line, as `eval --answers` asks
 # base models (pop_local/measure/answers.py)
 PLAIN_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}Answer: {{ m['content'] }}\n"
-                  "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}")
+                  "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}Answer:{% endif %}")
 
 
 def multimodal_chat_handler(mmproj: str, chat_format: Optional[str] = None, verbose: bool = False):

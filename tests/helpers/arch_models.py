@@ -79,12 +79,14 @@ def rewrite_as(src: str, dst: str, arch: str, *, seed: int = 0) -> str:
             tensors.append((t.name, data, t.tensor_type))
             prefix = t.name.rsplit(".", 2)[0]
             if arch == "qwen2" and t.name.endswith(".attn_v.weight"):
-                for proj, n_out in (("attn_q", n_embd), ("attn_k", n_head_kv * head_dim), ("attn_v", n_head_kv * head_dim)):
+                for proj, n_out in (("attn_q", n_embd), ("attn_k", n_head_kv * head_dim),
+                                    ("attn_v", n_head_kv * head_dim)):
                     bias = (0.05 * rng.standard_normal(n_out)).astype(np.float32)
                     tensors.append((f"{prefix}.{proj}.bias", bias, GGMLQuantizationType.F32))
             if arch == "qwen3" and t.name.endswith((".attn_q.weight", ".attn_k.weight")):
                 norm = "attn_q_norm" if ".attn_q." in t.name else "attn_k_norm"
-                tensors.append((f"{prefix}.{norm}.weight", _norm_weight(reader, t, data, head_dim), GGMLQuantizationType.F32))
+                tensors.append((f"{prefix}.{norm}.weight", _norm_weight(reader, t, data, head_dim),
+                                GGMLQuantizationType.F32))
         for name, data, qtype in tensors:
             writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, qtype)
         writer.write_header_to_file()

@@ -20,7 +20,6 @@ the file; anything else is a crash, more than 5 s is a hang, and the input file 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,7 +28,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -128,7 +126,8 @@ def reader_seed(folder: str) -> str:
           "llama.embedding_length": 576, "llama.attention.head_count": 9, "llama.rope.freq_base": 10000.0,
           "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [f"t{i}" for i in range(64)],
           "tokenizer.ggml.token_type": [1] * 64, keys.VERSION: keys.SCHEMA_VERSION, keys.ENABLED: True,
-          keys.MIN_TOKENS: keys.DEFAULT_MIN_TOKENS, keys.KV_METHOD: "own", keys.IMPORTANCE_PREFILL: [0.1 * i for i in range(30)], **_frontier_keys(30)}
+          keys.MIN_TOKENS: keys.DEFAULT_MIN_TOKENS, keys.KV_METHOD: "own",
+          keys.IMPORTANCE_PREFILL: [0.1 * i for i in range(30)], **_frontier_keys(30)}
     path = os.path.join(folder, "seed.pop.gguf")
     write_gguf(path, "llama", kv, tensors={"token_embd.weight": np.zeros((4, 8), np.float32)})
     return path
@@ -193,7 +192,7 @@ def python_verdict(path: str, overrides: Optional[Dict[str, Any]] = None):
         return "hang", None
     except PopError as e:
         return "rejected", str(e)
-    except Exception as e:  # noqa: BLE001 - exactly what the fuzzer looks for
+    except Exception as e:  # exactly what the fuzzer looks for
         return "crash", f"{type(e).__name__}: {e}"[:300]
     finally:
         signal.alarm(0)
@@ -420,7 +419,7 @@ def fuzz_keys(seed_path: str, n: int, rng: random.Random, folder: str, tally: Ta
             os.remove(path)
         try:
             write_gguf(path, "llama", kv, typed, {"token_embd.weight": np.zeros((4, 8), np.float32)})
-        except Exception:  # noqa: BLE001 - gguf refuses some (e.g. empty arrays): draw another
+        except Exception:  # gguf refuses some (e.g. empty arrays): draw another
             continue
         check_python(path, tally, f"keys #{i}", cli=cli_every > 0 and i % cli_every == 0)
         _check_python_override(path, tally, f"keys #{i}", rng)
@@ -523,7 +522,8 @@ def fuzz_native(model: str, n_overrides: int, n_files: int, rng: random.Random, 
         for i in range(n_overrides):
             case = _override_case(rng)
             verdict, detail = python_verdict(model, case)
-            _agree(by_override, f"override #{i} {case}", verdict, detail, worker.ask({"path": model, "overrides": case}))
+            _agree(by_override, f"override #{i} {case}", verdict, detail,
+                   worker.ask({"path": model, "overrides": case}))
         by_override.seconds += time.time() - started
         started = time.time()
         from gguf import GGUFReader, GGUFValueType

@@ -5,9 +5,8 @@ import contextlib
 import ctypes
 import struct
 
-import numpy as np
-
 import llama_cpp
+import numpy as np
 
 from pop_local.runtime import native as _native
 from pop_local.runtime.upstream import model_pointer
@@ -98,8 +97,8 @@ def set_skip(ctx, layers):
 
 
 def full_cut_like_pop(ctx, entries):
-    """The full model on `ctx` (POP and the exact KV-sharing skip off), with the batch cut the way POP cuts it (the prompt without outputs,
-    then its last token alone); the last token's logits."""
+    """The full model on `ctx` (POP and the exact KV-sharing skip off), with the batch cut the way POP
+    cuts it (the prompt without outputs, then its last token alone); the last token's logits."""
     _native.lib().pop_llama_set_enabled(ctx, False)
     _native.lib().pop_llama_set_exact_prefill(ctx, False)  # KV-sharing models: their exact skip off too
     decode(ctx, entries[:-1])

@@ -13,7 +13,6 @@ server's RSS after the reference pass and at the end.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -41,7 +40,8 @@ def _free_port() -> int:
 
 def start_server(model: Optional[str], args: List[str], timeout: float = 600) -> Tuple[subprocess.Popen, int]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "pop_local.apps.cli", "serve"] + ([model] if model else []) + ["--port", str(port), *args]
+    cmd = ([sys.executable, "-m", "pop_local.apps.cli", "serve"] + ([model] if model else [])
+           + ["--port", str(port), *args])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -141,10 +141,11 @@ def _write(path: Path, arch: str, keys: dict, tensors: list[Tensor], seed: int) 
 def write_unquantized(path: str, arch: str, dims: Dims, seed: int = 0, name: str = "") -> None:
     """A random-weight GGUF of any size in F16/F32, one tensor in memory at a time (for llama.cpp's
     quantizer to turn into a real quantized file: benchmarks/llama8b_shape.py)."""
-    from . import tiny_specs
     from gguf import GGUFWriter
 
     from pop_local.format.atomic import atomic_path
+
+    from . import tiny_specs
 
     dims = dataclasses.replace(dims, n_vocab=_n_vocab())
     keys, tensors = tiny_specs.SPECS[arch](dims)

@@ -82,7 +82,7 @@ def per_layer(d: Dims, *parts) -> list[Tensor]:
 
 
 def llama(d: Dims):
-    return base_keys(d, **{"vocab_size": d.n_vocab}), embeddings(d) + per_layer(d, attention, ffn)
+    return base_keys(d, vocab_size=d.n_vocab), embeddings(d) + per_layer(d, attention, ffn)
 
 
 def qwen2(d: Dims):
@@ -245,7 +245,8 @@ def smollm3(d: Dims):
 
 
 # No pre-norms: post_attention_norm / post_ffw_norm after each block; q_norm spans all of n_embd, k_norm all of
-# n_head_kv*head_dim (not per head); output.weight required; head dim is n_embd/n_head (needs n_head*head_dim == n_embd).
+# n_head_kv*head_dim (not per head); output.weight required; head dim is n_embd/n_head
+# (needs n_head*head_dim == n_embd).
 def olmo2(d: Dims):
     def layer(d: Dims, i: int):
         p, kv = f"blk.{i}.", d.n_head_kv * d.head_dim
@@ -333,7 +334,8 @@ def _qwen35_mixer(d: Dims, i: int) -> list[Tensor]:
            Tensor(p + "post_attention_norm.weight", (d.n_embd,), "ones")]
     if (i + 1) % _FULL_ATTN_INTERVAL == 0:
         q, kv = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
-        return out + [Tensor(p + "attn_q.weight", (d.n_embd, 2 * q)),  # query and its sigmoid gate, interleaved per head
+        # attn_q: the query and its sigmoid gate, interleaved per head
+        return out + [Tensor(p + "attn_q.weight", (d.n_embd, 2 * q)),
                       Tensor(p + "attn_k.weight", (d.n_embd, kv)),
                       Tensor(p + "attn_v.weight", (d.n_embd, kv)),
                       Tensor(p + "attn_output.weight", (q, d.n_embd)),
@@ -343,7 +345,8 @@ def _qwen35_mixer(d: Dims, i: int) -> list[Tensor]:
     key_dim, value_dim = hk * s, hv * s
     return out + [Tensor(p + "attn_qkv.weight", (d.n_embd, 2 * key_dim + value_dim)),
                   Tensor(p + "attn_gate.weight", (d.n_embd, value_dim)),
-                  Tensor(p + "ssm_conv1d.weight", (conv, 2 * key_dim + value_dim), scale=0.5, f32=True),  # ssm_conv: F32 only
+                  # ssm_conv: F32 only
+                  Tensor(p + "ssm_conv1d.weight", (conv, 2 * key_dim + value_dim), scale=0.5, f32=True),
                   Tensor(p + "ssm_dt.bias", (hv,), "zeros"),
                   Tensor(p + "ssm_a", (hv,), "uniform_neg"),  # -exp(A_log): negative decay
                   Tensor(p + "ssm_beta.weight", (d.n_embd, hv)),
@@ -367,11 +370,12 @@ def _qwen35_moe_ffn(d: Dims, i: int) -> list[Tensor]:
         Tensor(p + "ffn_down_shexp.weight", (d.n_ff_exp, d.n_embd))]
 
 
-# Qwen3.5 MoE: same layer pattern as qwen35; every layer's FFN is softmax-routed experts plus a sigmoid-gated shared expert.
+# Qwen3.5 MoE: same layer pattern as qwen35; every layer's FFN is softmax-routed experts plus a sigmoid-gated
+# shared expert.
 def qwen35moe(d: Dims):
-    keys = _qwen35_keys(d, **{"expert_count": d.n_expert, "expert_used_count": d.n_expert_used,
-                              "expert_feed_forward_length": d.n_ff_exp,
-                              "expert_shared_feed_forward_length": d.n_ff_exp})
+    keys = _qwen35_keys(d, expert_count=d.n_expert, expert_used_count=d.n_expert_used,
+                        expert_feed_forward_length=d.n_ff_exp,
+                        expert_shared_feed_forward_length=d.n_ff_exp)
     return keys, embeddings(d) + per_layer(d, _qwen35_mixer, _qwen35_moe_ffn)
 
 
