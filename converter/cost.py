@@ -68,11 +68,10 @@ def _shape(src: str):
 
 @functools.lru_cache(maxsize=4)
 def _read_shape(src: str, mtime_ns: int, size: int):
-    from gguf import GGUFReader
-
+    from pop_local.format.gguf_file import read_gguf
     from pop_local.measure.flops import model_shape
 
-    reader = GGUFReader(src, "r")
+    reader = read_gguf(src)
     sizes = {t.name: int(t.n_elements) for t in reader.tensors}
     shape = model_shape(src)
     head = sizes.get("output.weight", sizes.get("token_embd.weight", 0))

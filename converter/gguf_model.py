@@ -1,9 +1,9 @@
 """A transformers model whose weights stay in the GGUF until a block needs them.
 
 The model is built from the GGUF's config with its parameters on the meta device (no memory); one
-decoder layer at a time is dequantized from the GGUFReader's memory map (gguf.dequantize), with
-transformers' own GGUF name map and tensor processors (Llama's Q/K row order, Gemma's norm offset,
-merged MoE experts), and dropped again after use. The embedding gives only the rows a batch uses,
+decoder layer at a time is dequantized from the file's memory map (pop_local.format.gguf_file,
+gguf.dequantize), with transformers' own GGUF name map and tensor processors (Llama's Q/K row order,
+Gemma's norm offset, merged MoE experts), and dropped again after use. The embedding gives only the rows a batch uses,
 and the output head is read in chunks of rows. Peak memory is one layer in float32 plus the file's
 own pages, whatever the model's size.
 """
@@ -53,9 +53,10 @@ class GGUFModel:
         """layers_path(model_type): where the decoder layers live (converter/arch.py)."""
         import torch
         from accelerate import init_empty_weights
-        from gguf import GGUFReader
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+        from pop_local.format.gguf_file import read_gguf
 
         folder, name = os.path.split(os.path.abspath(src))
         self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -69,8 +70,8 @@ class GGUFModel:
         path = layers_path(self.config.model_type)
         self.layers = _get(self.model, path)
         self.stack = _get(self.model, path.rsplit(".", 1)[0])  # the decoder (embeddings, layers, norm)
-        self.reader = GGUFReader(src, "r")
-        self.arch = str(bytes(self.reader.fields["general.architecture"].parts[-1]), "utf-8")
+        self.reader = read_gguf(src)
+        self.arch = self.reader.fields["general.architecture"].value
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.processor = TENSOR_PROCESSORS.get(self.arch, TensorProcessor)(config=self.config.to_dict())
         self.name_map = get_gguf_hf_weights_map(self.model, self.processor)

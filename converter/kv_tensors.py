@@ -41,8 +41,9 @@ def fitted_kv_tensors(src: str, meta, skip: Sequence[int], fit: FittedKV,
     the gguf package does not have). A layer whose fit did not beat its own projection on held-out
     samples keeps the own projection and gets no tensor.
     """
-    from gguf import GGMLQuantizationType as T, GGUFReader
+    from gguf import GGMLQuantizationType as T
 
+    from pop_local.format.gguf_file import read_gguf
     from pop_local.format.metadata import read_header
 
     from .arch import ARCHITECTURES
@@ -51,7 +52,7 @@ def fitted_kv_tensors(src: str, meta, skip: Sequence[int], fit: FittedKV,
     n_head_kv = header.get(f"{meta.architecture}.attention.head_count_kv")
     n_head_kv = n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv
     permute = any(s.permute_k for s in ARCHITECTURES.values() if s.gguf_arch == meta.architecture)
-    own_types = {t.name: t.tensor_type for t in GGUFReader(src, "r").tensors}
+    own_types = {t.name: t.tensor_type for t in read_gguf(src).tensors}
     writable = _writable()
 
     tensors: Dict[str, Tuple[np.ndarray, Any]] = {}

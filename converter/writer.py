@@ -53,8 +53,9 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
     Raises PopError if `dst` exists and not `force`.
     """
     import gguf
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFValueType, GGUFWriter
 
+    from pop_local.format.gguf_file import read_gguf
     from pop_local.format.metadata import read_pop_metadata
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -65,18 +66,16 @@ def write_pop_gguf(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]",
         raise PopError(f"{dst} exists (use `force=True` to replace it)")
     fields = _pop_fields(skip_layers, enabled, meta.n_layer, extra, min_tokens)
 
-    reader = GGUFReader(src, "r")
+    reader = read_gguf(src)
     with atomic_path(dst, ".gguf.part") as tmp:
         writer = GGUFWriter(tmp, meta.architecture)
-        for field in reader.fields.values():
-            name = field.name
-            if name.startswith(("GGUF.", keys.PREFIX)) or name == gguf.Keys.General.ARCHITECTURE:
+        for name, field in reader.fields.items():
+            if name.startswith(keys.PREFIX) or name == gguf.Keys.General.ARCHITECTURE:
                 continue
             if name == gguf.Keys.General.ALIGNMENT:
-                writer.data_alignment = int(field.contents())
-            vtype = field.types[0]
-            sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-            writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
+                writer.data_alignment = int(field.value)
+            writer.add_key_value(name, field.value, GGUFValueType(field.vtype),
+                                 sub_type=None if field.sub_type is None else GGUFValueType(field.sub_type))
         for name, value in fields.items():
             if isinstance(value, bool):
                 writer.add_bool(name, value)

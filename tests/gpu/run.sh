@@ -6,7 +6,7 @@
 #   bash tests/gpu/run.sh vulkan   # a Vulkan GPU, or Mesa's software device (lavapipe) on any machine
 #   bash tests/gpu/run.sh cuda     # an NVIDIA GPU (CUDA toolkit with nvcc on PATH)
 #   bash tests/gpu/run.sh metal    # Apple silicon, macOS (not run yet by the pop-local team)
-#   bash tests/gpu/run.sh vulkan --quick   # .ci/run: a third of the tests (every architecture, full and
+#   bash tests/gpu/run.sh vulkan --quick   # .ci/run: 15 of the 49 tests (every architecture, full and
 #                                          # partial offload), no benchmark
 #
 # Run `bash install.sh` first. Extra CMake flags pass through CMAKE_ARGS (for CUDA the script adds
@@ -64,11 +64,13 @@ else
     models=${GPU_MODELS:-smollm2 gemma3}
 fi
 
-# --quick: where every node ran for all four architectures, partial offload in every cache
-# configuration (gemma3 without flash attention: its two flash-attention cases took 6 of the 20 minutes on a
-# slow 2-core machine), full offload byte-exact for llama and gemma3 (~4-13 minutes on lavapipe, 2 cores)
+# --quick (.ci/run, which must stay within its time): where every node ran and the boundary token's
+# exact logits for all four architectures, full and partial offload; the kept layers' exact cache across the
+# CPU/device split for all four (and a quantized cache under flash attention for llama); chunked and
+# two-sequence batches across the split for llama and gemma3 (sliding window). The whole set adds every
+# cache configuration with full offload (20 of its 48 tests took 10 of its 14 minutes on lavapipe).
 select=()
-[ $quick = 1 ] && select=(-k "runs_on_the_device or (partial and not (gemma3 and fa-on)) or (exactly_the_full and fa-off-f16 and (llama or gemma3))")
+[ $quick = 1 ] && select=(-k "runs_on_the_device or (exactly_the_full and partial and (fa-off-f16 or (llama and fa-on-q8_0))) or (chunked and partial and (llama or gemma3))")
 start=$(date +%s)
 "$PY" -m pytest tests/test_gpu_offload.py -q -p no:cacheprovider --junitxml="$results/tests.xml" ${select[@]+"${select[@]}"} "$@"
 tests_rc=$?
