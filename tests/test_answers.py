@@ -66,7 +66,7 @@ def _small_set(tmp_path, long_text):
     return str(path)
 
 
-def test_eval_answers_on_a_real_model(tmp_path, long_text):
+def test_eval_answers_on_a_real_model(tmp_path, long_text, default_model_start):
     """`pop-local eval --answers` on the embedded default SmolLM2 file: with the default prompt minimum the
     short questions run the full model (identical replies); the long prompt runs pruned."""
     data = _small_set(tmp_path, long_text)

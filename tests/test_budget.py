@@ -260,7 +260,7 @@ def test_a_budget_no_candidate_meets_is_a_one_line_error(smollm2, tmp_path):
 
 
 @pytest.mark.slow
-def test_held_out_kl_predicts_eval_on_the_bundled_passage():
+def test_held_out_kl_predicts_eval_on_the_bundled_passage(default_model_start):
     """The default model's converter KL (512-token held-out prompts) against `pop-local eval` on text
     the converter never saw, at 512-token contexts, for the chosen set: within 35%."""
     from pop_local import PopLlama

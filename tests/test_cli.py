@@ -148,16 +148,15 @@ def test_chat_with_a_gguf_without_pop_keys_runs_the_full_model_and_says_so(smoll
     assert pruned == 0
 
 
-def test_chat_default_model_is_converted_once_and_cached(tmp_path):
-    env = {"POP_LOCAL_CACHE": str(tmp_path)}
-    first = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
-    assert first.returncode == 0, first.stderr
+def test_chat_default_model_is_converted_once_and_cached(default_model_start):
+    first, folder = default_model_start  # the session's first start (conftest.py), the real command
+    env = {"POP_LOCAL_CACHE": str(folder)}
     assert "first start: making the default model POP-ready" in first.stderr
-    cached = os.listdir(tmp_path / "models")
+    cached = os.listdir(folder / "models")
     assert len(cached) == 1 and cached[0].endswith(".pop.gguf")
     from pop_local import read_pop_metadata
 
-    meta = read_pop_metadata(tmp_path / "models" / cached[0])
+    meta = read_pop_metadata(folder / "models" / cached[0])
     # converted with the default quality budget: the fastest set at least as faithful as the paper's
     f = meta.frontier
     assert f.budget == "max_kl=paper" and meta.skip_layers == f.choice.skip
@@ -168,7 +167,7 @@ def test_chat_default_model_is_converted_once_and_cached(tmp_path):
     # "Hi" is a short prompt: under the default minimum it runs the full model, and the line says so
     assert re.search(r"prompt \d+ tokens \(0 cached, \d+ evaluated, 0 pruned: under the 128-token minimum",
                      second.stderr), second.stderr[-500:]
-    assert os.listdir(tmp_path / "models") == cached
+    assert os.listdir(folder / "models") == cached
 
 
 _NO_TORCH = """import sys

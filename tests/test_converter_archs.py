@@ -62,7 +62,7 @@ def test_fitted_kv_end_to_end(arch_model, long_text, tmp_path, arch):
 
     src = arch_model(arch)
     fitted, own = tmp_path / "fitted.gguf", tmp_path / "own.gguf"
-    r = CliRunner().invoke(cli, ["convert", src, "-o", str(fitted), "--kv", "fitted", "--samples", "8",
+    r = CliRunner().invoke(cli, ["convert", src, "-o", str(fitted), "--kv", "fitted", "--samples", "4",
                                  "--layers", "20-29"])
     assert r.exit_code == 0, r.output
     assert read_pop_metadata(str(fitted)).extra[keys.KV_METHOD] == "fitted"

@@ -3,6 +3,7 @@
 import hashlib
 import os
 
+import numpy as np
 import pytest
 
 from pop_local import PopLlama, PopMetadataError, keys, read_pop_metadata
@@ -92,9 +93,11 @@ def _gemma3():
 
 @pytest.mark.parametrize("which", ["smollm2", "pop_file", "gemma3"])
 def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
-    """read_gguf_kv (used at every start) returns what gguf.GGUFReader does, string arrays aside."""
+    """read_gguf_kv (used at every start) returns what gguf.GGUFReader does, string arrays aside, and
+    read_gguf (the converter's) all of it, tensors included."""
     from gguf import GGUFReader, GGUFValueType
 
+    from pop_local.format.gguf_file import read_gguf
     from pop_local.format.gguf_kv import read_gguf_kv
 
     path = {"smollm2": smollm2, "pop_file": pop_file, "gemma3": None}[which] or _gemma3()
@@ -111,6 +114,21 @@ def test_fast_header_reader_agrees_with_gguf_package(which, smollm2, pop_file):
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         assert got[name] == pytest.approx(value) if isinstance(value, float) else got[name] == value, name
+
+    # read_gguf (the converter's reader of whole files): every key with its types, every tensor's data
+    whole = read_gguf(path)
+    fields = {name: f for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    assert list(whole.fields) == list(fields)
+    for name, f in fields.items():
+        mine = whole.fields[name]
+        assert (mine.vtype, mine.sub_type) == (f.types[0], f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None)
+        assert mine.value == f.contents(), name
+    assert [t.name for t in whole.tensors] == [t.name for t in reader.tensors]
+    for mine, theirs in zip(whole.tensors, reader.tensors):
+        assert (mine.tensor_type, mine.shape, mine.n_elements, mine.n_bytes) == (
+            theirs.tensor_type, tuple(int(x) for x in theirs.shape), int(theirs.n_elements), int(theirs.n_bytes))
+        assert mine.data.dtype == theirs.data.dtype and mine.data.shape == theirs.data.shape
+        assert np.array_equal(mine.data, theirs.data), mine.name
 
 
 def test_fast_header_reader_refuses_foreign_and_truncated_files(smollm2, tmp_path):

@@ -9,6 +9,9 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from helpers.waiting import finishes
 from pop_local.integrations.langchain import ChatPopLocal
 
+# the embedded default model (ChatPopLocal() without a model), made once per session
+pytestmark = pytest.mark.usefixtures("default_model_start")
+
 
 @pytest.fixture(scope="module")
 def default_model_file():
@@ -62,16 +65,10 @@ class TestChatPopLocalIntegration(ChatModelIntegrationTests):
     # "required" or a name: grammar-constrained, tested by the rest of this suite); unforced,
     # SmolLM2-135M answers in text. The suite's own docstring prescribes xfail for models that do not
     # consistently call tools unprompted.
-    @pytest.mark.xfail(reason="unforced tool calls: the model answers in text (see comment)", strict=False)
+    # strict (pytest.ini): the day the model calls the tool unprompted, the run says so
+    @pytest.mark.xfail(reason="unforced tool calls: the model answers in text (see comment)")
     def test_agent_loop(self, model, *args, **kwargs):
         super().test_agent_loop(model, *args, **kwargs)
-
-    # Forced calls with Chinese text pass; with Japanese, SmolLM2-135M writes other katakana instead of
-    # copying the name (a model limit, not an encoding one: test_unicode_arguments_round_trip below
-    # checks that non-Latin text survives the grammar, the JSON parsing and the message intact).
-    @pytest.mark.xfail(reason="SmolLM2-135M does not copy the Japanese company name (see comment)", strict=False)
-    def test_unicode_tool_call_integration(self, model, *args, **kwargs):
-        super().test_unicode_tool_call_integration(model, *args, **kwargs)
 
 
 # --- pop-local specifics the standard suites do not cover ------------------------------------------

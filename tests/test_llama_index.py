@@ -9,7 +9,8 @@ from llama_index.core.llms import ChatMessage
 from helpers.waiting import finishes
 from pop_local.integrations.llama_index import PopLocalLLM
 
-pytestmark = pytest.mark.slow
+# the embedded default model (PopLocalLLM() without a model), made once per session
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model_start")]
 
 
 @pytest.fixture(scope="module")

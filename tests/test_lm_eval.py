@@ -223,7 +223,7 @@ def test_pop_on_reaches_the_model_and_scores_as_pop_local_eval(pop_on, pop_off):
 
 
 @pytest.mark.slow
-def test_without_a_model_the_pop_ready_default_runs_and_prunes(offline, long_text):
+def test_without_a_model_the_pop_ready_default_runs_and_prunes(offline, long_text, default_model_start):
     from lm_eval.api.instance import Instance
 
     from pop_local.converter.default_model import model_meta
