@@ -79,15 +79,12 @@ def load_model(src: str, hf_model: Optional[str], device: str, dtype: str):
         tok = AutoTokenizer.from_pretrained(hf_model)
         model = AutoModelForCausalLM.from_pretrained(hf_model, dtype=torch_dtype)
     else:
-        from transformers import AutoConfig
-
-        from .gguf_model import gguf_config_fixes
+        from .gguf_model import gguf_tokenizer_and_config
 
         folder, name = os.path.split(os.path.abspath(src))
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        # the fixes go to the config: a model class without such a field (qwen2: head_dim) would take them as
-        # its own arguments and fail
-        config = AutoConfig.from_pretrained(folder, gguf_file=name, **gguf_config_fixes(src))
+        # the config carries gguf_config_fixes: a model class without such a field (qwen2: head_dim) would
+        # take them as its own arguments and fail
+        tok, config = gguf_tokenizer_and_config(src)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype, config=config)
     model.requires_grad_(False)
     return model.to(device).eval(), tok

@@ -11,6 +11,7 @@ own pages, whatever the model's size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Callable, Dict, Iterator, List, Tuple
 
@@ -23,6 +24,27 @@ def _get(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def gguf_tokenizer_and_config(src: str):
+    """transformers' tokenizer and config (with gguf_config_fixes) of a GGUF, read once per file and
+    process: each read parses the whole file with gguf.GGUFReader (seconds for a large vocabulary), and a
+    process that converts a file again (a server, a test suite, a budget sweep) need not pay it twice. The
+    config is a copy, since building a model writes into it; the tokenizer is only read."""
+    import copy
+
+    st = os.stat(src)
+    tokenizer, config = _tokenizer_and_config(os.path.abspath(src), st.st_mtime_ns, st.st_size)
+    return tokenizer, copy.deepcopy(config)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer_and_config(path: str, mtime_ns: int, size: int):
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder, name = os.path.split(path)
+    return (AutoTokenizer.from_pretrained(folder, gguf_file=name),
+            AutoConfig.from_pretrained(folder, gguf_file=name, **gguf_config_fixes(path)))
 
 
 def gguf_config_fixes(src: str) -> dict:
@@ -53,14 +75,13 @@ class GGUFModel:
         """layers_path(model_type): where the decoder layers live (converter/arch.py)."""
         import torch
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
         from pop_local.format.gguf_file import read_gguf
 
         folder, name = os.path.split(os.path.abspath(src))
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        self.config = AutoConfig.from_pretrained(folder, gguf_file=name, **gguf_config_fixes(src))
+        self.tokenizer, self.config = gguf_tokenizer_and_config(src)
         # eager attention: the masks every layer receives are explicit tensors, so a block can be
         # re-run on a slice of positions (converter/streaming.py) with the matching slice of the mask
         with init_empty_weights(include_buffers=False):

@@ -14,13 +14,15 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-# 4 samples of 96 tokens and a frontier to the paper's third: the two paths see the same inputs whatever
-# their number, and the comparison needs no more to tell a wrong layer, candidate or fit apart
-def _calibrate(src, streamed, samples=4, fit_kv_for=None, frontier=True, dtype="float32"):
+# Small: 96-token samples, a frontier to the paper's third, and the fewest samples each path accepts (a
+# frontier holds a quarter of 8 out; a fit alone takes 4). The two paths see the same inputs whatever their
+# number, and the comparison needs no more to tell a wrong layer, candidate or fit apart.
+def _calibrate(src, streamed, samples=None, fit_kv_for=None, frontier=True, dtype="float32"):
     from pop_local.converter.calibrate import FrontierPlan, calibrate
     from pop_local.format.metadata import read_pop_metadata
 
-    return calibrate(src, read_pop_metadata(src), hf_model=None, data=None, dataset=None, samples=samples, seq_len=96,
+    return calibrate(src, read_pop_metadata(src), hf_model=None, data=None, dataset=None,
+                     samples=samples or (8 if frontier else 4), seq_len=96,
                      response_tokens=32, device="cpu", dtype=dtype, seed=0, streamed=streamed,
                      frontier=FrontierPlan(0.34, "tail") if frontier else None, fit_kv_for=fit_kv_for)
 
