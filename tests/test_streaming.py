@@ -29,8 +29,12 @@ def _calibrate(src, streamed, samples=None, fit_kv_for=None, frontier=True, dtyp
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def both_paths(request):
+    """Both paths on SmolLM2 with a frontier (its fits included); on Gemma-3 the importance only, the
+    architecture-specific part (sliding window, norm offset, scaled embeddings): its frontier took two
+    minutes more, and the frontier's code is the same as SmolLM2's and gemma2's (generated, below)."""
     src = request.getfixturevalue(request.param)
-    return request.param, _calibrate(src, True), _calibrate(src, False)
+    frontier = request.param == "smollm2"
+    return request.param, _calibrate(src, True, frontier=frontier), _calibrate(src, False, frontier=frontier)
 
 
 def test_streamed_and_in_memory_calibrations_agree(both_paths):
@@ -43,6 +47,9 @@ def test_streamed_and_in_memory_calibrations_agree(both_paths):
         a, b = np.array(getattr(s.importance, stage)), np.array(getattr(m.importance, stage))
         assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max(), (name, stage, a, b)
         assert list(np.argsort(-a)[:5]) == list(np.argsort(-b)[:5]) or np.allclose(a, b, rtol=1e-3)
+    if name != "smollm2":
+        assert s.frontier is None and m.frontier is None
+        return
     assert [c.skip for c in s.frontier] == [c.skip for c in m.frontier]
     for cs, cm in zip(s.frontier, m.frontier):
         for field in ("kl_own", "kl_fitted"):
