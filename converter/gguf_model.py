@@ -80,7 +80,6 @@ class GGUFModel:
 
         from pop_local.format.gguf_file import read_gguf
 
-        folder, name = os.path.split(os.path.abspath(src))
         self.tokenizer, self.config = gguf_tokenizer_and_config(src)
         # eager attention: the masks every layer receives are explicit tensors, so a block can be
         # re-run on a slice of positions (converter/streaming.py) with the matching slice of the mask

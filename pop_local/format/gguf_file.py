@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .gguf_kv import _ARRAY, _SCALARS, _STRING  # GGUF's value types: one table for both readers
+
 __all__ = ["GGUFField", "GGUFTensor", "GGUFContents", "read_gguf"]
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 _DEFAULT_ALIGNMENT = 32
 
 
