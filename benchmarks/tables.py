@@ -258,8 +258,64 @@ def help(command: str) -> str:  # shadows the builtin on purpose: the block key 
     return f"```text\n$ pop-local {command} --help\n{out.rstrip()}\n```"
 
 
+def _points(x: float) -> str:
+    return f"{x * 100:+.0f}".replace("-", "\u2212")
+
+
+def suite(name: str) -> str:
+    """The answers suite of one model (benchmarks/suite.py): per setting and prompt length, each task's
+    score; for POP settings also the retention (POP / full) and the paired 95% interval of POP - full in
+    points, then the verdicts; the prefill speedup at that length (FLOP ideal). Then the speed rows."""
+    r = _load(f"suite-{name}.json")
+    files = [f"suite-{name}.json"]
+    speed = None
+    if os.path.exists(os.path.join(RESULTS, f"suite-{name}-speed.json")):
+        speed = _load(f"suite-{name}-speed.json")
+        files.append(f"suite-{name}-speed.json")
+    by_speed = {row["n_tokens"]: row for row in (speed or {}).get("rows", [])}
+    cells = {(c["setting"], c["task"], c["length"]): c for c in r["cells"]}
+    rows = {(x["setting"], x["task"], x["length"]): x for x in r["retention"]}
+    tasks = r["tasks"]
+    lines = ["| setting | length | n | prefill (FLOP ideal) | " + " | ".join(tasks) + " | kept / undecided / lost |",
+             "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+    for setting, info in r["settings"].items():
+        for L in r["lengths"]:
+            n = cells[(setting, tasks[0], L)]["n"]
+            sp = by_speed.get(L)
+            if setting == "full":
+                pre = "1.00x" if sp else "-"
+            else:
+                pre = f"**{sp['speedup'][setting]:.2f}x** ({sp['ideal'][setting]:.2f}x)" if sp else "-"
+            out, verdicts = [], []
+            for t in tasks:
+                c = cells[(setting, t, L)]
+                if setting == "full":
+                    out.append(f"{c['score']:.2f}")
+                    continue
+                x = rows[(setting, t, L)]
+                verdicts.append(x["verdict"])
+                if x["retention"] is None:
+                    out.append(f"{c['score']:.2f} (full {x['full']:.2f} < 0.3)")
+                else:
+                    out.append(f"{c['score']:.2f} ({x['retention'] * 100:.0f}%, {_points(x['diff'])} "
+                               f"[{_points(x['low'])}, {_points(x['high'])}])")
+            tally = ("-" if setting == "full" else
+                     f"{verdicts.count('kept')} / {verdicts.count('undecided')} / {verdicts.count('lost')}")
+            label = "full" if setting == "full" else f"{setting}: {info['description']}"
+            lines.append(f"| {label} | {L} | {n} | {pre} | " + " | ".join(out) + f" | {tally} |")
+    if speed:
+        names = [s for s in r["settings"] if s != "full"]
+        lines += ["", "| prompt tokens | full ms | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for row in speed["rows"]:
+            lines.append(f"| {row['n_tokens']} | {row['ms']['full']:.0f} | " + " | ".join(
+                f"{row['speedup'][s]:.2f}x ({row['ideal'][s]:.2f}x)" if s in row["speedup"] else "-" for s in names)
+                + " |")
+    return "\n".join(lines + ["", _sources(*files)])
+
+
 TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost,
-          "budget": budget, "llama8b-shape": llama8b_shape,
+          "budget": budget, "suite": suite, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 

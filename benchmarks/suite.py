@@ -1,0 +1,162 @@
+"""The answers suite for one model: RULER's generated tasks and pop-local's document questions at each
+prompt length, for full, the default conversion, the paper's set and two shallower sets; then prefill
+speed of the same settings at the same lengths.
+
+    python benchmarks/suite.py smollm2 --lengths 1024,2048,4096,8192 --items 1024=50,2048=50,4096=20,8192=10
+    python benchmarks/suite.py qwen2.5-coder-1.5b --tasks niah_multikey_2,pop_docqa --lengths 1024 --items 1024=30
+    python benchmarks/suite.py --model my.pop.gguf --name mine --lengths 1024 --items 1024=20
+    python benchmarks/suite.py smollm2 --plot-only          # redraw the plot from the saved results
+
+Writes results/suite-NAME.json (answers: every item's score and reply, per setting, task and length; the
+retention rows; the settings) after each length, so an interrupted run keeps what it finished and
+`--resume` goes on from there; then results/suite-NAME-speed.json (prefill medians, speedups, FLOP ideal)
+and results/suite-NAME.png (retention and speedup against prompt length). Each records its commit,
+machine, date and command. Offline: nothing is downloaded (pop_local.measure.suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def _items(text: str, lengths):
+    out = {}
+    for part in text.split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[int(k)] = int(v)
+        else:
+            out.update({L: int(part) for L in lengths})
+    missing = [L for L in lengths if L not in out]
+    if missing:
+        raise SystemExit(f"--items gives no count for length(s) {missing}")
+    return out
+
+
+def _model(args) -> str:
+    if args.model:
+        return args.model
+    from headline import pop_file
+
+    path = pop_file(args.name)
+    if path is None:
+        from pop_local.converter.default_model import default_model_path
+
+        path = default_model_path()
+    return path
+
+
+def plot(result: dict, speed: "dict | None", path: str) -> None:
+    """Mean retention over the tasks the full model can do (full >= 0.3), and prefill speedup (with the
+    FLOP ideal, dashed), against prompt length, one line per setting."""
+    from pop_local.measure.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    settings = [s for s in result["settings"] if s != "full"]
+    colors = dict(zip(settings, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for s in settings:
+        pts = []
+        for L in result["lengths"]:
+            kept = [r["retention"] for r in result["retention"] if r["setting"] == s and r["length"] == L
+                    and r["retention"] is not None]
+            if kept:
+                pts.append((L, sum(kept) / len(kept)))
+        if pts:
+            left.plot(*zip(*pts), "o-", color=colors[s], label=s)
+    left.axhline(1.0, color="grey", lw=0.8)
+    left.set_ylabel("retention (POP / full), mean over tasks")
+    if speed:
+        for s in settings:
+            rows = [r for r in speed["rows"] if s in r["speedup"]]
+            if rows:
+                right.plot([r["n_tokens"] for r in rows], [r["speedup"][s] for r in rows], "o-", color=colors[s],
+                           label=s)
+                right.plot([r["n_tokens"] for r in rows], [r["ideal"][s] for r in rows], "--", color=colors[s],
+                           alpha=0.6)
+        right.axhline(1.0, color="grey", lw=0.8)
+    right.set_ylabel("prefill speedup (full / POP); dashed: FLOP ideal")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.legend(fontsize=8)
+    fig.suptitle(result["model"])
+    save_figure(fig, path)
+
+
+def main(argv=None) -> int:
+    from pop_local.format.atomic import write_json
+    from pop_local.measure import suite
+    from pop_local.measure.provenance import provenance
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("name", nargs="?", help="smollm2, gemma3, qwen2.5-coder-1.5b (or --model with --name)")
+    p.add_argument("--model", help="a POP GGUF instead of a named test model")
+    p.add_argument("--lengths", default="1024,2048", help="prompt lengths in tokens, comma separated")
+    p.add_argument("--items", default="50", help="items per task and length: N, or LENGTH=N,... ")
+    p.add_argument("--tasks", default=",".join(suite.TASKS), help="comma separated (default: all)")
+    p.add_argument("--settings", help="comma separated names from the standard settings (default: all)")
+    p.add_argument("--speed-lengths", default="512,1024,2048,4096,8192",
+                   help="prefill lengths for the speed rows ('' for none)")
+    p.add_argument("--speed-repeats", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="keep the lengths already in the results file")
+    p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    a = p.parse_args(argv)
+    if not a.name:
+        p.error("give a model name (or --model PATH --name NAME)")
+    base = os.path.join(a.out, f"suite-{a.name}")
+    if a.plot_only:
+        speed = json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
+        plot(json.load(open(base + ".json")), speed, base + ".png")
+        return 0
+    model = _model(a)
+    lengths = [int(x) for x in a.lengths.split(",") if x]
+    items = _items(a.items, lengths)
+    settings = suite.standard_settings(model)
+    if a.settings:
+        want = a.settings.split(",")
+        unknown = [w for w in want if w not in [s.name for s in settings]]
+        if unknown:
+            raise SystemExit(f"unknown settings {unknown}: {', '.join(s.name for s in settings)}")
+        settings = [s for s in settings if s.name in want]
+    tasks = a.tasks.split(",")
+    result = None
+    if a.resume and os.path.exists(base + ".json"):
+        result = json.load(open(base + ".json"))
+    command = " ".join(["python", "benchmarks/suite.py"] + sys.argv[1:])
+    for L in lengths:
+        if result and L in result["lengths"]:
+            print(f"{L} tokens: kept from {base}.json")
+            continue
+        part = suite.run_suite(model, lengths=[L], items=items, tasks=tasks, settings=settings, progress=print)
+        if result is None:
+            result = part
+        else:
+            result["lengths"].append(L)
+            result["items"].update(part["items"])
+            result["cells"] += part["cells"]
+        result["retention"] = suite.retention(result)
+        write_json(base + ".json", {**result, **provenance(command)})
+        print(f"saved {base}.json")
+    speed = None
+    speed_lengths = [int(x) for x in a.speed_lengths.split(",") if x]
+    if speed_lengths:
+        speed = suite.measure_speed(model, settings, speed_lengths, repeats=a.speed_repeats, progress=print)
+        write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **provenance(command)})
+        print(f"saved {base}-speed.json")
+    elif os.path.exists(base + "-speed.json"):
+        speed = json.load(open(base + "-speed.json"))
+    plot(result, speed, base + ".png")
+    print(f"saved {base}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Answers at the lengths people prompt: RULER's generated tasks and pop-local's document questions,
+through lm-evaluation-harness, for several POP settings on one loaded model; retention with paired
+intervals; prefill speed at the same lengths.
+
+Tasks (all generated locally from the model's tokenizer, nothing downloaded):
+    niah_single_1, niah_multikey_2, niah_multikey_3, ruler_vt, ruler_cwe, ruler_fwe   lm_eval's RULER
+    pop_docqa   pop_local/measure/docqa.py (staff reports with distractors; tasks/pop_docqa.yaml)
+RULER's essay and SQuAD/HotpotQA variants download their text and are left out.
+
+The tokenizer comes from the GGUF (transformers reads it; exported once into the cache), so the
+prompts fill each length in the model's own tokens. Every setting answers the same items: the tasks are
+built once per length (RULER's generators draw from process-wide random state, so building them again
+would give other items) and each item's prompt hash is checked when settings are paired.
+
+Generation is greedy (lm_eval's `generate_until` through `--model pop-local`), with each task's reply
+capped at GEN_CAP tokens (RULER asks for up to 128; its answers come first, and every setting gets the
+same cap, so the comparison stays paired). A length L holds prompts of at most L - 128 tokens (RULER's
+own budget) or L - 32 (pop_docqa).
+
+`run_suite` returns a JSON-ready dict; `retention` turns it into rows (score, retention, paired 95%
+bootstrap interval of POP - full, verdict); `measure_speed` times prefill of every setting at each length,
+alternating in one process, with the FLOP ideal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from pop_local.errors import PopError
+
+__all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", "offline_environment", "run_suite",
+           "paired_interval", "retention", "measure_speed", "TASKS_DIR"]
+
+TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
+RULER = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
+TASKS = RULER + ("pop_docqa",)
+# reply tokens per task: room for the answer (a 7-digit number, a UUID, five variable names, ten or three
+# words, a short value) with some slack
+GEN_CAP = {"niah_single_1": 24, "niah_multikey_2": 24, "niah_multikey_3": 48, "ruler_vt": 30, "ruler_cwe": 64,
+           "ruler_fwe": 32, "pop_docqa": 24}
+MIN_FULL_SCORE = 0.3  # below this the full model cannot do the task: no retention is reported
+KEEP_MARGIN = 0.10    # "kept": the interval's lower end above -10 points
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A named POP setting: `args` are pop-local model_args (PopFields names) for `lm_eval --model pop-local`."""
+    name: str
+    args: Dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def standard_settings(path: str) -> List[Setting]:
+    """full; the file's own setting ("default", when it has a skip set); the paper's last third with own
+    K/V; two shallower tails (a quarter and a sixth of the layers, own K/V). A setting equal to one before
+    it is left out (SmolLM2's default is the paper's set)."""
+    from pop_local.format.frontier import paper_skip_set
+    from pop_local.format.layers import format_layers
+    from pop_local.format.metadata import read_pop_metadata
+
+    meta = read_pop_metadata(path)
+    n = meta.n_layer
+    kv = meta.extra.get("pop.prefill.kv_method", "own")
+    out = [Setting("full", {"pop": False}, "the full model")]
+    seen = set()
+    if meta.skip_layers:
+        out.append(Setting("default", {}, f"the file's {format_layers(meta.skip_layers)} ({kv} K/V)"))
+        seen.add((tuple(meta.skip_layers), kv))
+    tails = [("paper", tuple(paper_skip_set(n)), "the paper's last third")]
+    tails += [(f"tail-{k}", tuple(range(n - k, n)), f"the last {k} layers") for k in (round(n / 4), round(n / 6))]
+    for name, skip, words in tails:
+        if (skip, "own") in seen or not skip:
+            continue
+        seen.add((skip, "own"))
+        out.append(Setting(name, {"pop": True, "skip_layers": format_layers(skip), "kv_mode": "own"},
+                           f"{words}, {format_layers(skip)} (own K/V)"))
+    return out
+
+
+def offline_environment() -> None:
+    """No hub, no dataset server, no nltk download: RULER's import asks nltk for punkt_tab (used only by
+    the essay haystacks), which offline prints an error per process; an empty stand-in stops the attempt."""
+    from pop_local.runtime.models import cache_dir
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    try:
+        import nltk
+
+        nltk.data.find("tokenizers/punkt_tab")
+    except (ImportError, LookupError):
+        stub = os.path.join(cache_dir(), "nltk-stub")
+        os.makedirs(os.path.join(stub, "tokenizers", "punkt_tab"), exist_ok=True)
+        os.environ["NLTK_DATA"] = stub + (os.pathsep + os.environ["NLTK_DATA"] if os.environ.get("NLTK_DATA") else "")
+        try:
+            import nltk
+
+            nltk.data.path.insert(0, stub)
+        except ImportError:
+            pass
+
+
+def tokenizer_dir(path: str) -> str:
+    """A transformers tokenizer folder for the GGUF at `path` (read from the file by transformers,
+    exported once into the cache; keyed by the file's size and name), for RULER's `tokenizer` metadata."""
+    import shutil
+    import tempfile
+
+    from pop_local.runtime.models import cache_dir
+
+    st = os.stat(path)
+    key = hashlib.sha1(f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    out = os.path.join(cache_dir(), "tokenizers", f"{os.path.basename(path)}-{key}")
+    if os.path.isfile(os.path.join(out, "tokenizer_config.json")):
+        return out
+    from transformers import AutoTokenizer
+
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=".tok-")
+    try:
+        AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                      gguf_file=os.path.basename(path)).save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=TASKS_DIR, metadata={
+        "tokenizer": tokenizer, "max_seq_lengths": [length], "docqa_items": docqa_items})
+    loaded = manager.load(list(tasks))
+    for name, task in loaded["tasks"].items():
+        task.set_config(key="generation_kwargs", value={"max_gen_toks": GEN_CAP[name]}, update=True)
+    return loaded
+
+
+def _item_score(sample: Dict[str, Any], task: str, length: int) -> float:
+    key = "score" if task == "pop_docqa" else str(length)
+    value = sample.get(key)
+    if not isinstance(value, (int, float)) or value < 0:
+        raise PopError(f"{task}: no score at length {length} in lm_eval's sample (keys {sorted(sample)})")
+    return float(value)
+
+
+def run_suite(path: str, *, lengths: Sequence[int], items: Dict[int, int], tasks: Sequence[str] = TASKS,
+              settings: Optional[Sequence[Setting]] = None, n_threads: Optional[int] = None,
+              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Every setting answers the first `items[L]` items of every task at every length L; JSON-ready:
+    {model, tasks, lengths, settings: {name: {description, args}}, cells: [{task, length, setting, n,
+    score, seconds, items: [{id, hash, score, reply}]}]} (reply: the first 120 characters)."""
+    offline_environment()
+    try:
+        import lm_eval.evaluator  # noqa: F401
+
+        import pop_local.integrations.lm_eval  # noqa: F401 - registers "pop-local"
+    except ImportError as e:
+        raise PopError(f'the answers suite needs the eval extra ({e}): pip install "pop-local[eval]"') from None
+    from lm_eval.evaluator import evaluate
+
+    from pop_local.integrations.lm_eval import PopLocalLM
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise PopError(f"unknown suite tasks {unknown}: choose from {', '.join(TASKS)}")
+    settings = list(settings or standard_settings(path))
+    tokenizer = tokenizer_dir(path)
+    cells: List[Dict[str, Any]] = []
+    say = progress or (lambda text: None)
+    total = sum(items[L] for L in lengths) * len(tasks) * len(settings)
+    done, started = 0, time.perf_counter()
+    for length in lengths:
+        loaded = _load_tasks(tasks, length, tokenizer, max(items[length], 1))
+        load_args = {"n_ctx": length, "n_batch": 512} | ({"n_threads": n_threads} if n_threads else {})
+        for setting in settings:
+            lm = PopLocalLM(model=path, **load_args, **setting.args)
+            t0 = time.perf_counter()
+            out = evaluate(lm, loaded, limit=items[length], log_samples=True, bootstrap_iters=0,
+                           verbosity="WARNING")
+            seconds = time.perf_counter() - t0
+            for task in tasks:
+                samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+                rows = [{"id": s["doc_id"], "hash": hashlib.sha1(s["doc"]["input"].encode()).hexdigest()[:12],
+                         "score": _item_score(s, task, length),
+                         "reply": str(s["filtered_resps"][0])[:120]} for s in samples]
+                cells.append({"task": task, "length": length, "setting": setting.name, "n": len(rows),
+                              "score": sum(r["score"] for r in rows) / len(rows), "seconds": seconds / len(tasks),
+                              "items": rows})
+            done += items[length] * len(tasks)
+            elapsed = time.perf_counter() - started
+            say(f"{length} tokens, {setting.name}: " + ", ".join(
+                f"{c['task']} {c['score']:.2f}" for c in cells[-len(tasks):])
+                + f"  [{done}/{total} answers, {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.0f}"
+                  " min left]")
+    return {"model": os.path.basename(path), "tasks": list(tasks), "lengths": list(lengths),
+            "items": {str(k): v for k, v in items.items()}, "gen_cap": {t: GEN_CAP[t] for t in tasks},
+            "settings": {s.name: {"description": s.description, "args": s.args} for s in settings},
+            "cells": cells}
+
+
+def paired_interval(pop: Sequence[float], full: Sequence[float], *, iters: int = 10000, seed: int = 0,
+                    level: float = 0.95):
+    """(mean difference, low, high): percentile bootstrap over items of mean(pop - full), items paired."""
+    import numpy as np
+
+    d = np.asarray(pop, dtype=float) - np.asarray(full, dtype=float)
+    if d.size == 0:
+        raise PopError("no items to compare")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(iters, d.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def retention(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per (task, length, POP setting): n, score, full score, retention (None where the full
+    model scores under MIN_FULL_SCORE), the paired 95% interval of POP - full, and a verdict:
+    "kept" (interval's low end above -KEEP_MARGIN), "lost" (interval below 0), else "undecided"."""
+    by = {(c["task"], c["length"], c["setting"]): c for c in result["cells"]}
+    rows = []
+    for (task, length, setting), cell in by.items():
+        if setting == "full":
+            continue
+        full = by[(task, length, "full")]
+        if [r["hash"] for r in cell["items"]] != [r["hash"] for r in full["items"]]:
+            raise PopError(f"{task} at {length}: {setting} and full answered different items")
+        diff, low, high = paired_interval([r["score"] for r in cell["items"]], [r["score"] for r in full["items"]])
+        able = full["score"] >= MIN_FULL_SCORE
+        verdict = ("full below 0.3" if not able else "lost" if high < 0 else
+                   "kept" if low > -KEEP_MARGIN else "undecided")
+        rows.append({"task": task, "length": length, "setting": setting, "n": cell["n"], "score": cell["score"],
+                     "full": full["score"], "retention": cell["score"] / full["score"] if able else None,
+                     "diff": diff, "low": low, "high": high, "verdict": verdict})
+    return rows
+
+
+def measure_speed(path: str, settings: Sequence[Setting], lengths: Sequence[int], *, repeats: int = 2,
+                  n_threads: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Prefill milliseconds of every setting at every length (the bench prompt), alternating in one process:
+    one warm-up run of each setting at the shortest length, then `repeats` rounds per length with the order
+    flipping; medians, speedup over full, and the FLOP ideal (pop_local.measure.flops)."""
+    import statistics
+
+    from pop_local.integrations import _backend
+    from pop_local.integrations.lm_eval import split_model_args
+
+    from .bench import bench_prompt, time_prefill
+    from .flops import ideal_speedup, model_shape
+
+    n_ctx = max(lengths)
+    load, _ = split_model_args({"n_ctx": n_ctx, "n_batch": 512} | ({"n_threads": n_threads} if n_threads else {}))
+    llm, lock = _backend.shared_model(_backend.resolve_target(path, load))
+    pops = {s.name: split_model_args(s.args)[1] for s in settings}
+    shape = model_shape(path)
+    say = progress or (lambda text: None)
+    rows = []
+    with lock:
+        try:
+            for i, n in enumerate(sorted(lengths)):
+                prompt = bench_prompt(llm, n)
+                names = [s.name for s in settings]
+                times: Dict[str, List[float]] = {name: [] for name in names}
+                rounds = repeats + (1 if i == 0 else 0)
+                for r in range(rounds):
+                    for name in (names if r % 2 == 0 else names[::-1]):
+                        llm.apply_pop_settings(pops[name])
+                        ms = time_prefill(llm, prompt)
+                        if not (i == 0 and r == 0):
+                            times[name].append(ms)
+                full = statistics.median(times["full"])
+                row = {"n_tokens": n, "ms": {k: statistics.median(v) for k, v in times.items()}, "speedup": {},
+                       "ideal": {}}
+                for name in names:
+                    if name == "full":
+                        continue
+                    llm.apply_pop_settings(pops[name])
+                    row["speedup"][name] = full / row["ms"][name]
+                    row["ideal"][name] = ideal_speedup(shape, n, llm.skip_layers if llm.pop_enabled else ())
+                rows.append(row)
+                say(f"speed at {n} tokens: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items()))
+        finally:
+            llm.reset()
+    return {"repeats": repeats, "threads": llm.context_params.n_threads_batch, "rows": rows}

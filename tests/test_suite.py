@@ -1,0 +1,136 @@
+"""The answers suite (pop_local/measure/suite.py, docqa.py): generated document questions, paired
+intervals and verdicts, and a small slice of the real suite through `lm_eval --model pop-local`, offline,
+on SmolLM2 (RULER's needle task and the document questions at 512 tokens)."""
+
+import glob
+import json
+import os
+import subprocess
+import sysconfig
+
+import pytest
+
+from pop_local.errors import PopError
+from pop_local.measure import docqa, suite
+
+
+@pytest.fixture(scope="module")
+def count_tokens(smollm2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(suite.tokenizer_dir(smollm2))
+    return lambda text: len(tok(text).input_ids)
+
+
+def test_document_questions_fit_their_length_and_carry_distractors(count_tokens):
+    items = docqa.make_items(0, 1024, 12, count_tokens)
+    assert len({i.id for i in items}) == 12 and len({i.prompt for i in items}) == 12
+    for item in items:
+        n = count_tokens(item.prompt)
+        assert 1024 - 32 - 120 <= n <= 1024 - 32, (item.id, n)  # filled close to the budget, never over
+        body, question = item.prompt.rsplit("\n\nQuestion: ", 1)
+        assert question == item.question
+        assert docqa.score_reply(item.answer, item.answer, item.distractors) == 1.0
+        assert item.distractors, item.id  # the same kind of fact, stated for someone else
+        for d in item.distractors:
+            assert d in body and d != item.answer
+            assert docqa.score_reply(d, item.answer, item.distractors) == 0.0
+            assert docqa.score_reply(f"{item.answer} or {d}", item.answer, item.distractors) == 0.0
+    assert len({i.kind for i in items}) >= 4
+    # an item depends on (seed, length, index) only, not on the items made before it
+    assert docqa.make_item(0, 1024, 7, count_tokens) == items[7]
+    assert docqa.make_item(1, 1024, 7, count_tokens) != items[7]
+    with pytest.raises(ValueError, match="does not fit"):
+        docqa.make_item(0, 40, 0, count_tokens)
+
+
+def test_a_reply_is_scored_on_its_first_line():
+    assert docqa.score_reply("\n  230 °C.\nOr 170 °C.", "230", ("170",)) == 1.0
+    assert docqa.score_reply("2300", "230", ()) == 0.0  # whole words only
+    assert docqa.score_reply("", "230", ()) == 0.0
+    assert docqa.score_reply("Ruth Achterberg", "Ruth Achterberg", ("Peter Lindgren",)) == 1.0
+    assert docqa.score_reply("Peter Lindgren, then Ruth Achterberg", "Ruth Achterberg", ("Peter Lindgren",)) == 0.0
+
+
+def test_paired_interval():
+    assert suite.paired_interval([1, 1, 0, 0], [1, 1, 0, 0]) == (0.0, 0.0, 0.0)
+    assert suite.paired_interval([0] * 30, [1] * 30) == (-1.0, -1.0, -1.0)
+    diff, low, high = suite.paired_interval([1, 0, 1, 1, 0, 1, 1, 1] * 5, [1, 1, 1, 1, 0, 1, 0, 1] * 5)
+    assert diff == 0.0 and -0.3 < low < 0 < high < 0.3
+    assert suite.paired_interval([1, 0, 1], [0, 0, 1], seed=3) == suite.paired_interval([1, 0, 1], [0, 0, 1], seed=3)
+    with pytest.raises(PopError):
+        suite.paired_interval([], [])
+
+
+def _cell(setting, scores, task="t", length=1024, hashes=None):
+    items = [{"id": i, "hash": (hashes or {}).get(i, f"h{i}"), "score": s, "reply": ""} for i, s in enumerate(scores)]
+    return {"task": task, "length": length, "setting": setting, "n": len(scores),
+            "score": sum(scores) / len(scores), "items": items}
+
+
+def test_retention_verdicts():
+    full = [1] * 40 + [0] * 10
+    result = {"cells": [
+        _cell("full", full), _cell("same", full),                    # kept: nothing lost
+        _cell("worse", [0] * 20 + [1] * 20 + [0] * 10),               # lost: 20 of 40 answers gone
+        _cell("few", [1] * 40 + [0] * 10, task="u"),                  # the full model cannot do task u
+        _cell("full", [0] * 40 + [1] * 10, task="u"),
+        _cell("full", [1, 1, 1, 0], task="v"), _cell("small", [1, 0, 1, 0], task="v"),  # 4 items: undecided
+    ]}
+    rows = {(r["setting"], r["task"]): r for r in suite.retention(result)}
+    assert rows[("same", "t")]["verdict"] == "kept" and rows[("same", "t")]["retention"] == 1.0
+    assert rows[("worse", "t")]["verdict"] == "lost" and rows[("worse", "t")]["retention"] == 0.5
+    assert rows[("worse", "t")]["high"] < 0
+    assert rows[("few", "u")]["verdict"] == "full below 0.3" and rows[("few", "u")]["retention"] is None
+    assert rows[("small", "v")]["verdict"] == "undecided" and rows[("small", "v")]["n"] == 4
+    result["cells"].append(_cell("other", full, hashes={3: "changed"}))
+    with pytest.raises(PopError, match="different items"):
+        suite.retention(result)
+
+
+def test_the_suite_pairs_settings_on_the_same_items(smollm2):
+    """The library path on the real model: two settings, RULER's single needle and the document
+    questions at 512 tokens, 3 items each; paired rows; speed of both settings at one length."""
+    settings = [s for s in suite.standard_settings(smollm2) if s.name in ("full", "paper")]
+    assert [s.args for s in settings] == [{"pop": False}, {"pop": True, "skip_layers": "20-29", "kv_mode": "own"}]
+    result = suite.run_suite(smollm2, lengths=[512], items={512: 3}, tasks=["niah_single_1", "pop_docqa"],
+                             settings=settings, n_threads=2)
+    assert {(c["setting"], c["task"]) for c in result["cells"]} == {
+        (s, t) for s in ("full", "paper") for t in ("niah_single_1", "pop_docqa")}
+    for c in result["cells"]:
+        assert c["n"] == 3 and all(0.0 <= r["score"] <= 1.0 for r in c["items"])
+    needle = next(c for c in result["cells"] if c["setting"] == "full" and c["task"] == "niah_single_1")
+    assert needle["score"] > 0  # the full model finds a needle in 380 tokens of repeated text
+    rows = suite.retention(result)
+    assert len(rows) == 2 and all(r["n"] == 3 for r in rows)
+    speed = suite.measure_speed(smollm2, settings, [256], repeats=1, n_threads=2)
+    (row,) = speed["rows"]
+    assert row["n_tokens"] == 256 and set(row["ms"]) == {"full", "paper"} and row["speedup"]["paper"] > 0
+    assert 1.3 < row["ideal"]["paper"] < 1.6
+
+
+def test_a_slice_through_the_lm_eval_command(default_model_start, tmp_path):
+    """What .ci/run checks of the suite: the stock `lm_eval` command with `--model pop-local`, offline,
+    RULER's niah_single_1 and pop_docqa at 512 tokens, 3 items each, on the embedded default model."""
+    _, cache = default_model_start
+    (model,) = glob.glob(str(cache / "models" / "*.pop.gguf"))
+    scripts = sysconfig.get_path("scripts")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "POP_LOCAL_CACHE": str(cache)}
+    suite.offline_environment()  # the nltk stand-in, made in the cache
+    env["NLTK_DATA"] = os.environ["NLTK_DATA"]
+    metadata = {"tokenizer": suite.tokenizer_dir(model), "max_seq_lengths": [512], "docqa_items": 3}
+    proc = subprocess.run([os.path.join(scripts, "lm_eval"), "--model", "pop-local", "--model_args",
+                           f"model={model},n_ctx=512,n_threads=2", "--tasks", "niah_single_1,pop_docqa",
+                           "--include_path", suite.TASKS_DIR, "--metadata", json.dumps(metadata), "--limit", "3",
+                           "--output_path", str(tmp_path), "--log_samples"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / "**" / "results_*.json"), recursive=True)
+    with open(path) as f:
+        results = json.load(f)["results"]
+    assert 0.0 <= results["pop_docqa"]["score,none"] <= 1.0
+    assert results["niah_single_1"]["512,none"] > 0
+    samples = glob.glob(str(tmp_path / "**" / "samples_pop_docqa_*.jsonl"), recursive=True)
+    assert samples and sum(1 for _ in open(samples[0])) == 3
+    assert "punkt_tab" not in proc.stderr  # nothing tried the network
