@@ -4,14 +4,15 @@ speed of the same settings at the same lengths.
 
     python benchmarks/suite.py smollm2 --lengths 1024,2048,4096,8192 --items 1024=50,2048=50,4096=20,8192=10
     python benchmarks/suite.py qwen2.5-coder-1.5b --tasks niah_multikey_2,pop_docqa --lengths 1024 --items 1024=30
-    python benchmarks/suite.py --model my.pop.gguf --name mine --lengths 1024 --items 1024=20
+    python benchmarks/suite.py mine --model my.pop.gguf --lengths 1024 --items 1024=20
     python benchmarks/suite.py smollm2 --plot-only          # redraw the plot from the saved results
 
 Writes results/suite-NAME.json (answers: every item's score and reply, per setting, task and length; the
 retention rows; the settings) after each length, so an interrupted run keeps what it finished and
-`--resume` goes on from there; then results/suite-NAME-speed.json (prefill medians, speedups, FLOP ideal)
-and results/suite-NAME.png (retention and speedup against prompt length). Each records its commit,
-machine, date and command. Offline: nothing is downloaded (pop_local.measure.suite).
+`--resume` goes on from there (it also adds tasks or lengths to a model's results); then
+results/suite-NAME-speed.json (prefill medians, speedups, FLOP ideal) and results/suite-NAME.png
+(retention and speedup against prompt length). Each records its commit, machine, date and command.
+Offline: nothing is downloaded (pop_local.measure.suite).
 """
 
 from __future__ import annotations
@@ -92,12 +93,13 @@ def plot(result: dict, speed: "dict | None", path: str) -> None:
 
 def main(argv=None) -> int:
     from pop_local.format.atomic import write_json
+    from pop_local.integrations.lm_eval_suite import run_suite, suite_speed
     from pop_local.measure import suite
     from pop_local.measure.provenance import provenance
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("name", nargs="?", help="smollm2, gemma3, qwen2.5-coder-1.5b (or --model with --name)")
-    p.add_argument("--model", help="a POP GGUF instead of a named test model")
+    p.add_argument("name", help="smollm2, gemma3, qwen2.5-coder-1.5b, or any name with --model")
+    p.add_argument("--model", help="a POP GGUF (results named after NAME) instead of a test model")
     p.add_argument("--lengths", default="1024,2048", help="prompt lengths in tokens, comma separated")
     p.add_argument("--items", default="50", help="items per task and length: N, or LENGTH=N,... ")
     p.add_argument("--tasks", default=",".join(suite.TASKS), help="comma separated (default: all)")
@@ -105,12 +107,11 @@ def main(argv=None) -> int:
     p.add_argument("--speed-lengths", default="512,1024,2048,4096,8192",
                    help="prefill lengths for the speed rows ('' for none)")
     p.add_argument("--speed-repeats", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="keep the lengths already in the results file")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what the results file has; run only the (length, task) cells it lacks")
     p.add_argument("--plot-only", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
-    if not a.name:
-        p.error("give a model name (or --model PATH --name NAME)")
     base = os.path.join(a.out, f"suite-{a.name}")
     if a.plot_only:
         speed = json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
@@ -132,14 +133,20 @@ def main(argv=None) -> int:
         result = json.load(open(base + ".json"))
     command = " ".join(["python", "benchmarks/suite.py"] + sys.argv[1:])
     for L in lengths:
-        if result and L in result["lengths"]:
+        done = {c["task"] for c in (result or {}).get("cells", []) if c["length"] == L}
+        todo = [t for t in tasks if t not in done]
+        if not todo:
             print(f"{L} tokens: kept from {base}.json")
             continue
-        part = suite.run_suite(model, lengths=[L], items=items, tasks=tasks, settings=settings, progress=print)
+        part = run_suite(model, lengths=[L], items=items, tasks=todo, settings=settings, progress=print)
         if result is None:
             result = part
         else:
-            result["lengths"].append(L)
+            if list(part["settings"]) != list(result["settings"]):
+                raise SystemExit(f"{base}.json has the settings {list(result['settings'])}, "
+                                 f"this run {list(part['settings'])}")
+            result["lengths"] = sorted(set(result["lengths"]) | {L})
+            result["tasks"] = list(dict.fromkeys(result["tasks"] + todo))
             result["items"].update(part["items"])
             result["cells"] += part["cells"]
         result["retention"] = suite.retention(result)
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
     speed = None
     speed_lengths = [int(x) for x in a.speed_lengths.split(",") if x]
     if speed_lengths:
-        speed = suite.measure_speed(model, settings, speed_lengths, repeats=a.speed_repeats, progress=print)
+        speed = suite_speed(model, settings, speed_lengths, repeats=a.speed_repeats, progress=print)
         write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **provenance(command)})
         print(f"saved {base}-speed.json")
     elif os.path.exists(base + "-speed.json"):

@@ -314,8 +314,70 @@ def suite(name: str) -> str:
     return "\n".join(lines + ["", _sources(*files)])
 
 
+def _suite_names():
+    paths = glob.glob(os.path.join(RESULTS, "suite-*.json"))
+    names = {os.path.basename(p)[len("suite-"):-len(".json")] for p in paths if not p.endswith("-speed.json")}
+    return sorted(names, key=lambda n: (ORDER.get(n, 9), n))
+
+
+def suite_summary() -> str:
+    """The README's answers table: per model, POP setting and length, each task's retention, the paired
+    95% interval of POP - full (points) and the verdict, with n and the prefill speedup (FLOP ideal)."""
+    names = _suite_names()
+    runs = {n: _load(f"suite-{n}.json") for n in names}
+    tasks = list(dict.fromkeys(t for r in runs.values() for t in r["tasks"]))
+    lines = ["| model | setting | length | n | prefill (FLOP ideal) | " + " | ".join(
+        f"{t}: retention, POP − full [95%], verdict" for t in tasks) + " |",
+        "|---|---|---|---|---|" + "---|" * len(tasks)]
+    files = []
+    for name in names:
+        r = runs[name]
+        files.append(f"suite-{name}.json")
+        speed = {}
+        if os.path.exists(os.path.join(RESULTS, f"suite-{name}-speed.json")):
+            speed = {row["n_tokens"]: row for row in _load(f"suite-{name}-speed.json")["rows"]}
+            files.append(f"suite-{name}-speed.json")
+        rows = {(x["setting"], x["task"], x["length"]): x for x in r["retention"]}
+        full = {(c["task"], c["length"]): c for c in r["cells"] if c["setting"] == "full"}
+        for setting, info in r["settings"].items():
+            if setting == "full":
+                continue
+            skip = re.search(r"(\d+(?:-\d+)?) \((\w+) K/V\)", info["description"])
+            label = f"{setting} ({skip.group(1)}, {skip.group(2)})" if skip else setting
+            for L in r["lengths"]:
+                sp = speed.get(L)
+                pre = f"**{sp['speedup'][setting]:.2f}x** ({sp['ideal'][setting]:.2f}x)" if sp else "-"
+                out = []
+                for t in tasks:
+                    x = rows.get((setting, t, L))
+                    if x is None:
+                        out.append("-")
+                    elif x["retention"] is None:
+                        out.append(f"full {x['full']:.2f} < 0.3")
+                    else:
+                        out.append(f"{x['retention'] * 100:.0f}%, {_points(x['diff'])} "
+                                   f"[{_points(x['low'])}, {_points(x['high'])}], {x['verdict']}")
+                n = full[(r["tasks"][0], L)]["n"]
+                lines.append(f"| {LABELS.get(name, name)} | {label} | {L} | {n} | {pre} | " + " | ".join(out) + " |")
+    plots = [f"![{LABELS.get(n, n)}: retention and prefill speedup against prompt length]"
+             f"(benchmarks/results/suite-{n}.png)" for n in names
+             if os.path.exists(os.path.join(RESULTS, f"suite-{n}.png"))]
+    return "\n".join(lines + ["", _sources(*files)] + ([""] + plots if plots else []))
+
+
+def suite_all() -> str:
+    """Every model's suite table (suite NAME) with its plot."""
+    parts = []
+    for name in _suite_names():
+        plot = f"../benchmarks/results/suite-{name}.png"
+        parts += [f"### {LABELS.get(name, name)}", "", suite(name), "",
+                  f"![retention and prefill speedup against prompt length, {name}]({plot})", ""]
+    return "\n".join(parts).rstrip()
+
+
 TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost,
-          "budget": budget, "suite": suite, "llama8b-shape": llama8b_shape,
+          "budget": budget,
+          "suite": suite, "suite-summary": suite_summary, "suite-all": suite_all, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 

@@ -245,7 +245,7 @@ def test_chat_template_is_the_models_own(pop_on):
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), prompt
     prefill = lm.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "He"}],
                                      add_generation_prompt=False)
-    assert "<|im_start|>assistant\nHe" in prefill and not prefill.endswith("<|im_start|>assistant\n")
+    assert prefill.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHe"), prefill  # continued
     assert lm.chat_template(True) == lm.llm.metadata["tokenizer.chat_template"] and lm.tokenizer_name
 
 

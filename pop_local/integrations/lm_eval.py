@@ -315,7 +315,9 @@ class PopLocalLM(TemplateLM):
         return self.llm.metadata.get("tokenizer.chat_template", "")
 
     def apply_chat_template(self, chat_history: List[Dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The model's own chat template (GGUF tokenizer.chat_template), rendered by llama-cpp-python."""
+        """The model's own chat template (GGUF tokenizer.chat_template), rendered by llama-cpp-python.
+        add_generation_prompt=False with an assistant message last (lm_eval's gen_prefix): that message
+        is the reply's start, left open for the model to continue."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -330,4 +332,13 @@ class PopLocalLM(TemplateLM):
 
         formatter = Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
                                         bos_token=text(llm.token_bos()), add_generation_prompt=add_generation_prompt)
-        return formatter(messages=chat_history).prompt
+        if add_generation_prompt or not chat_history or chat_history[-1].get("role") != "assistant":
+            return formatter(messages=chat_history).prompt
+        # lm_eval's answer prefix (gen_prefix) as the start of the reply: the final assistant message is
+        # continued, not closed (transformers' continue_final_message); a marker finds where it begins
+        marker = "\x00pop-local-reply\x00"
+        rendered = formatter(messages=chat_history[:-1] + [{"role": "assistant", "content": marker}]).prompt
+        if marker not in rendered:
+            raise NotImplementedError("the model's chat template drops the assistant message: an answer prefix "
+                                      "cannot open the reply")
+        return rendered[:rendered.index(marker)] + chat_history[-1]["content"]

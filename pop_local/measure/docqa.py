@@ -165,7 +165,7 @@ def _question_item(rng: random.Random, people: List[str]):
     return fact.question.format(name=target, extra=extra), answer, tuple(distractors), fact.kind, para
 
 
-def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], int], reserve: int = 32) -> DocItem:
+def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], int], reserve: int = 96) -> DocItem:
     """The item `index` of a set whose prompts fill `length` tokens (as `count_tokens` counts them) less
     `reserve` (the reply's room); the same arguments always give the same item."""
     rng = random.Random(f"pop-local-docqa-{seed}-{length}-{index}")
@@ -206,7 +206,7 @@ def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], 
     return DocItem(f"docqa-{length}-{index}", text, question, answer, present, kind)
 
 
-def make_items(seed: int, length: int, n: int, count_tokens: Callable[[str], int], reserve: int = 32) -> List[DocItem]:
+def make_items(seed: int, length: int, n: int, count_tokens: Callable[[str], int], reserve: int = 96) -> List[DocItem]:
     return [make_item(seed, length, i, count_tokens, reserve) for i in range(n)]
 
 

@@ -15,7 +15,7 @@ would give other items) and each item's prompt hash is checked when settings are
 Generation is greedy (lm_eval's `generate_until` through `--model pop-local`), with each task's reply
 capped at GEN_CAP tokens (RULER asks for up to 128; its answers come first, and every setting gets the
 same cap, so the comparison stays paired). A length L holds prompts of at most L - 128 tokens (RULER's
-own budget) or L - 32 (pop_docqa).
+own budget) or L - 96 (pop_docqa), before the chat template's few tokens; the context is L tokens.
 
 `run_suite` returns a JSON-ready dict; `retention` turns it into rows (score, retention, paired 95%
 bootstrap interval of POP - full, verdict); `measure_speed` times prefill of every setting at each length,
@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local.errors import PopError
 
-__all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", "offline_environment", "run_suite",
+__all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", "offline_environment",
            "paired_interval", "retention", "measure_speed", "TASKS_DIR"]
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
@@ -67,10 +66,12 @@ def standard_settings(path: str) -> List[Setting]:
     kv = meta.extra.get("pop.prefill.kv_method", "own")
     out = [Setting("full", {"pop": False}, "the full model")]
     seen = set()
+    paper = tuple(paper_skip_set(n))
     if meta.skip_layers:
-        out.append(Setting("default", {}, f"the file's {format_layers(meta.skip_layers)} ({kv} K/V)"))
+        same = " = the paper's last third" if (tuple(meta.skip_layers), kv) == (paper, "own") else ""
+        out.append(Setting("default", {}, f"the file's {format_layers(meta.skip_layers)} ({kv} K/V){same}"))
         seen.add((tuple(meta.skip_layers), kv))
-    tails = [("paper", tuple(paper_skip_set(n)), "the paper's last third")]
+    tails = [("paper", paper, "the paper's last third")]
     tails += [(f"tail-{k}", tuple(range(n - k, n)), f"the last {k} layers") for k in (round(n / 4), round(n / 6))]
     for name, skip, words in tails:
         if (skip, "own") in seen or not skip:
@@ -132,80 +133,6 @@ def tokenizer_dir(path: str) -> str:
     return out
 
 
-def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=TASKS_DIR, metadata={
-        "tokenizer": tokenizer, "max_seq_lengths": [length], "docqa_items": docqa_items})
-    loaded = manager.load(list(tasks))
-    for name, task in loaded["tasks"].items():
-        task.set_config(key="generation_kwargs", value={"max_gen_toks": GEN_CAP[name]}, update=True)
-    return loaded
-
-
-def _item_score(sample: Dict[str, Any], task: str, length: int) -> float:
-    key = "score" if task == "pop_docqa" else str(length)
-    value = sample.get(key)
-    if not isinstance(value, (int, float)) or value < 0:
-        raise PopError(f"{task}: no score at length {length} in lm_eval's sample (keys {sorted(sample)})")
-    return float(value)
-
-
-def run_suite(path: str, *, lengths: Sequence[int], items: Dict[int, int], tasks: Sequence[str] = TASKS,
-              settings: Optional[Sequence[Setting]] = None, n_threads: Optional[int] = None,
-              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Every setting answers the first `items[L]` items of every task at every length L; JSON-ready:
-    {model, tasks, lengths, settings: {name: {description, args}}, cells: [{task, length, setting, n,
-    score, seconds, items: [{id, hash, score, reply}]}]} (reply: the first 120 characters)."""
-    offline_environment()
-    try:
-        import lm_eval.evaluator  # noqa: F401
-
-        import pop_local.integrations.lm_eval  # noqa: F401 - registers "pop-local"
-    except ImportError as e:
-        raise PopError(f'the answers suite needs the eval extra ({e}): pip install "pop-local[eval]"') from None
-    from lm_eval.evaluator import evaluate
-
-    from pop_local.integrations.lm_eval import PopLocalLM
-
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise PopError(f"unknown suite tasks {unknown}: choose from {', '.join(TASKS)}")
-    settings = list(settings or standard_settings(path))
-    tokenizer = tokenizer_dir(path)
-    cells: List[Dict[str, Any]] = []
-    say = progress or (lambda text: None)
-    total = sum(items[L] for L in lengths) * len(tasks) * len(settings)
-    done, started = 0, time.perf_counter()
-    for length in lengths:
-        loaded = _load_tasks(tasks, length, tokenizer, max(items[length], 1))
-        load_args = {"n_ctx": length, "n_batch": 512} | ({"n_threads": n_threads} if n_threads else {})
-        for setting in settings:
-            lm = PopLocalLM(model=path, **load_args, **setting.args)
-            t0 = time.perf_counter()
-            out = evaluate(lm, loaded, limit=items[length], log_samples=True, bootstrap_iters=0,
-                           verbosity="WARNING")
-            seconds = time.perf_counter() - t0
-            for task in tasks:
-                samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-                rows = [{"id": s["doc_id"], "hash": hashlib.sha1(s["doc"]["input"].encode()).hexdigest()[:12],
-                         "score": _item_score(s, task, length),
-                         "reply": str(s["filtered_resps"][0])[:120]} for s in samples]
-                cells.append({"task": task, "length": length, "setting": setting.name, "n": len(rows),
-                              "score": sum(r["score"] for r in rows) / len(rows), "seconds": seconds / len(tasks),
-                              "items": rows})
-            done += items[length] * len(tasks)
-            elapsed = time.perf_counter() - started
-            say(f"{length} tokens, {setting.name}: " + ", ".join(
-                f"{c['task']} {c['score']:.2f}" for c in cells[-len(tasks):])
-                + f"  [{done}/{total} answers, {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.0f}"
-                  " min left]")
-    return {"model": os.path.basename(path), "tasks": list(tasks), "lengths": list(lengths),
-            "items": {str(k): v for k, v in items.items()}, "gen_cap": {t: GEN_CAP[t] for t in tasks},
-            "settings": {s.name: {"description": s.description, "args": s.args} for s in settings},
-            "cells": cells}
-
-
 def paired_interval(pop: Sequence[float], full: Sequence[float], *, iters: int = 10000, seed: int = 0,
                     level: float = 0.95):
     """(mean difference, low, high): percentile bootstrap over items of mean(pop - full), items paired."""
@@ -242,50 +169,48 @@ def retention(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
-def measure_speed(path: str, settings: Sequence[Setting], lengths: Sequence[int], *, repeats: int = 2,
-                  n_threads: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Prefill milliseconds of every setting at every length (the bench prompt), alternating in one process:
-    one warm-up run of each setting at the shortest length, then `repeats` rounds per length with the order
-    flipping; medians, speedup over full, and the FLOP ideal (pop_local.measure.flops)."""
+def measure_speed(llm, settings: Sequence[Setting], lengths: Sequence[int], *, repeats: int = 2,
+                  progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Prefill milliseconds of every setting at every length (the bench prompt) on the loaded PopLlama `llm`,
+    alternating in one process: one warm-up run of each setting at the shortest length, then `repeats`
+    rounds per length with the order flipping; medians, speedup over full, and the FLOP ideal
+    (pop_local.measure.flops). The context must hold the longest length."""
     import statistics
 
-    from pop_local.integrations import _backend
-    from pop_local.integrations.lm_eval import split_model_args
+    from pop_local.runtime.settings import PopSettings, build
 
     from .bench import bench_prompt, time_prefill
     from .flops import ideal_speedup, model_shape
 
-    n_ctx = max(lengths)
-    load, _ = split_model_args({"n_ctx": n_ctx, "n_batch": 512} | ({"n_threads": n_threads} if n_threads else {}))
-    llm, lock = _backend.shared_model(_backend.resolve_target(path, load))
-    pops = {s.name: split_model_args(s.args)[1] for s in settings}
-    shape = model_shape(path)
+    if max(lengths) > llm.n_ctx():
+        raise PopError(f"speed at {max(lengths)} tokens needs that context; the model was opened with {llm.n_ctx()}")
+    pops = {s.name: build(PopSettings, s.args) for s in settings}
+    names = list(pops)
+    if "full" not in pops:
+        raise PopError("the speed rows need the full setting to compare with")
+    shape = model_shape(llm.model_path)
     say = progress or (lambda text: None)
     rows = []
-    with lock:
-        try:
-            for i, n in enumerate(sorted(lengths)):
-                prompt = bench_prompt(llm, n)
-                names = [s.name for s in settings]
-                times: Dict[str, List[float]] = {name: [] for name in names}
-                rounds = repeats + (1 if i == 0 else 0)
-                for r in range(rounds):
-                    for name in (names if r % 2 == 0 else names[::-1]):
-                        llm.apply_pop_settings(pops[name])
-                        ms = time_prefill(llm, prompt)
-                        if not (i == 0 and r == 0):
-                            times[name].append(ms)
-                full = statistics.median(times["full"])
-                row = {"n_tokens": n, "ms": {k: statistics.median(v) for k, v in times.items()}, "speedup": {},
-                       "ideal": {}}
-                for name in names:
-                    if name == "full":
-                        continue
+    try:
+        for i, n in enumerate(sorted(lengths)):
+            prompt = bench_prompt(llm, n)
+            times: Dict[str, List[float]] = {name: [] for name in names}
+            warm = i == 0  # the first length's first round warms up and is not counted
+            for r in range(repeats + warm):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    llm.apply_pop_settings(pops[name])
+                    ms = time_prefill(llm, prompt)
+                    if not (warm and r == 0):
+                        times[name].append(ms)
+            full = statistics.median(times["full"])
+            row = {"n_tokens": n, "ms": {k: statistics.median(v) for k, v in times.items()}, "speedup": {}, "ideal": {}}
+            for name in names:
+                if name != "full":
                     llm.apply_pop_settings(pops[name])
                     row["speedup"][name] = full / row["ms"][name]
                     row["ideal"][name] = ideal_speedup(shape, n, llm.skip_layers if llm.pop_enabled else ())
-                rows.append(row)
-                say(f"speed at {n} tokens: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items()))
-        finally:
-            llm.reset()
+            rows.append(row)
+            say(f"speed at {n} tokens: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items()))
+    finally:
+        llm.reset()
     return {"repeats": repeats, "threads": llm.context_params.n_threads_batch, "rows": rows}
