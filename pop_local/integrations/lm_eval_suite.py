@@ -53,7 +53,8 @@ def run_suite(path: str, *, lengths: Sequence[int], items: Dict[int, int], tasks
               chat: Optional[bool] = None, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Every setting answers the first `items[L]` items of every task at every length L; JSON-ready:
     {model, tasks, lengths, chat, settings: {name: {description, args}}, cells: [{task, length, setting,
-    n, score, seconds, items: [{id, hash, score, reply}]}]} (reply: the first 120 characters).
+    n, score, seconds, items: [{id, hash, score, reply}]}]} (reply: the first 120 characters; seconds: the
+    setting's wall time at that length over all tasks, split evenly between them).
 
     chat: each prompt as a user turn in the model's own chat template, the task's answer prefix opening
     the reply (lm_eval's apply_chat_template), as people prompt an instruct model; None: when the file
