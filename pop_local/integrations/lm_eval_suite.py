@@ -61,11 +61,9 @@ def run_suite(path: str, *, lengths: Sequence[int], items: Dict[int, int], tasks
     has a template."""
     offline_environment()
     try:
-        import lm_eval.evaluator  # noqa: F401
-
+        from lm_eval.evaluator import evaluate
     except ImportError as e:
         raise PopError(f'the answers suite needs the eval extra ({e}): pip install "pop-local[eval]"') from None
-    from lm_eval.evaluator import evaluate
 
     from .lm_eval import PopLocalLM
 

@@ -91,18 +91,17 @@ def offline_environment() -> None:
         os.environ.setdefault(key, "1")
     try:
         import nltk
-
+    except ImportError:
+        return  # RULER's import names the missing package itself
+    try:
         nltk.data.find("tokenizers/punkt_tab")
-    except (ImportError, LookupError):
-        stub = os.path.join(cache_dir(), "nltk-stub")
-        os.makedirs(os.path.join(stub, "tokenizers", "punkt_tab"), exist_ok=True)
-        os.environ["NLTK_DATA"] = stub + (os.pathsep + os.environ["NLTK_DATA"] if os.environ.get("NLTK_DATA") else "")
-        try:
-            import nltk
-
-            nltk.data.path.insert(0, stub)
-        except ImportError:
-            pass
+        return
+    except LookupError:
+        pass
+    stub = os.path.join(cache_dir(), "nltk-stub")
+    os.makedirs(os.path.join(stub, "tokenizers", "punkt_tab"), exist_ok=True)
+    os.environ["NLTK_DATA"] = stub + (os.pathsep + os.environ["NLTK_DATA"] if os.environ.get("NLTK_DATA") else "")
+    nltk.data.path.insert(0, stub)  # nltk read NLTK_DATA when it was imported
 
 
 def tokenizer_dir(path: str) -> str:
