@@ -108,7 +108,8 @@ def main(argv=None) -> int:
                    help="prefill lengths for the speed rows ('' for none)")
     p.add_argument("--speed-repeats", type=int, default=2)
     p.add_argument("--resume", action="store_true",
-                   help="keep what the results file has; run only the (length, task) cells it lacks")
+                   help="keep what the results files have; run only the (length, task) cells they lack, and "
+                        "replace only the speed rows of --speed-lengths")
     p.add_argument("--plot-only", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
@@ -139,6 +140,8 @@ def main(argv=None) -> int:
             print(f"{L} tokens: kept from {base}.json")
             continue
         part = run_suite(model, lengths=[L], items=items, tasks=todo, settings=settings, progress=print)
+        for cell in part["cells"]:  # a resumed file gathers cells from several runs: each keeps its own
+            cell["run"] = provenance(command)
         if result is None:
             result = part
         else:
@@ -148,6 +151,7 @@ def main(argv=None) -> int:
             result["lengths"] = sorted(set(result["lengths"]) | {L})
             result["tasks"] = list(dict.fromkeys(result["tasks"] + todo))
             result["items"].update(part["items"])
+            result["gen_cap"].update(part["gen_cap"])
             result["cells"] += part["cells"]
         result["retention"] = suite.retention(result)
         write_json(base + ".json", {**result, **provenance(command)})
@@ -156,7 +160,13 @@ def main(argv=None) -> int:
     speed_lengths = [int(x) for x in a.speed_lengths.split(",") if x]
     if speed_lengths:
         speed = suite_speed(model, settings, speed_lengths, repeats=a.speed_repeats, progress=print)
-        write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **provenance(command)})
+        run = provenance(command)
+        for row in speed["rows"]:
+            row["run"], row["repeats"] = run, speed["repeats"]
+        if a.resume and os.path.exists(base + "-speed.json"):  # each row is a ratio within one process
+            kept = [r for r in json.load(open(base + "-speed.json"))["rows"] if r["n_tokens"] not in speed_lengths]
+            speed["rows"] = sorted(kept + speed["rows"], key=lambda r: r["n_tokens"])
+        write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **run})
         print(f"saved {base}-speed.json")
     elif os.path.exists(base + "-speed.json"):
         speed = json.load(open(base + "-speed.json"))

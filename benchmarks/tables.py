@@ -262,17 +262,41 @@ def _points(x: float) -> str:
     return f"{x * 100:+.0f}".replace("-", "\u2212")
 
 
+def _suite_files(name: str):
+    """The suite's answers, its speed rows by length ({} without them) and the file names."""
+    r = _load(f"suite-{name}.json")
+    files, speed = [f"suite-{name}.json"], {}
+    if os.path.exists(os.path.join(RESULTS, f"suite-{name}-speed.json")):
+        speed = {row["n_tokens"]: row for row in _load(f"suite-{name}-speed.json")["rows"]}
+        files.append(f"suite-{name}-speed.json")
+    return r, speed, files
+
+
+def _suite_n(cells: dict, setting: str, tasks, L: int) -> str:
+    """The items per task at one length: one number, or one per task run there when they differ."""
+    ns = [str(cells[(setting, t, L)]["n"]) for t in tasks if (setting, t, L) in cells]
+    return ns[0] if len(set(ns)) == 1 else "/".join(ns)
+
+
+def _prefill(speed: dict, setting: str, L: int) -> str:
+    sp = speed.get(L)
+    if sp is None or (setting != "full" and setting not in sp["speedup"]):
+        return "-"
+    return "1.00x" if setting == "full" else f"**{sp['speedup'][setting]:.2f}x** ({sp['ideal'][setting]:.2f}x)"
+
+
+def _retained(x: dict) -> str:
+    if x["retention"] is None:
+        return f"full {x['full']:.2f} < 0.3"
+    return f"{x['retention'] * 100:.0f}%, {_points(x['diff'])} [{_points(x['low'])}, {_points(x['high'])}]"
+
+
 def suite(name: str) -> str:
     """The answers suite of one model (benchmarks/suite.py): per setting and prompt length, each task's
     score; for POP settings also the retention (POP / full) and the paired 95% interval of POP - full in
-    points, then the verdicts; the prefill speedup at that length (FLOP ideal). Then the speed rows."""
-    r = _load(f"suite-{name}.json")
-    files = [f"suite-{name}.json"]
-    speed = None
-    if os.path.exists(os.path.join(RESULTS, f"suite-{name}-speed.json")):
-        speed = _load(f"suite-{name}-speed.json")
-        files.append(f"suite-{name}-speed.json")
-    by_speed = {row["n_tokens"]: row for row in (speed or {}).get("rows", [])}
+    points, then the verdicts; the prefill speedup at that length (FLOP ideal). A task not run at a
+    length shows "-". Then the speed rows."""
+    r, speed, files = _suite_files(name)
     cells = {(c["setting"], c["task"], c["length"]): c for c in r["cells"]}
     rows = {(x["setting"], x["task"], x["length"]): x for x in r["retention"]}
     tasks = r["tasks"]
@@ -280,37 +304,30 @@ def suite(name: str) -> str:
              "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
     for setting, info in r["settings"].items():
         for L in r["lengths"]:
-            n = cells[(setting, tasks[0], L)]["n"]
-            sp = by_speed.get(L)
-            if setting == "full":
-                pre = "1.00x" if sp else "-"
-            else:
-                pre = f"**{sp['speedup'][setting]:.2f}x** ({sp['ideal'][setting]:.2f}x)" if sp else "-"
             out, verdicts = [], []
             for t in tasks:
-                c = cells[(setting, t, L)]
-                if setting == "full":
+                c = cells.get((setting, t, L))
+                if c is None:
+                    out.append("-")
+                elif setting == "full":
                     out.append(f"{c['score']:.2f}")
-                    continue
-                x = rows[(setting, t, L)]
-                verdicts.append(x["verdict"])
-                if x["retention"] is None:
-                    out.append(f"{c['score']:.2f} (full {x['full']:.2f} < 0.3)")
                 else:
-                    out.append(f"{c['score']:.2f} ({x['retention'] * 100:.0f}%, {_points(x['diff'])} "
-                               f"[{_points(x['low'])}, {_points(x['high'])}])")
+                    x = rows[(setting, t, L)]
+                    verdicts.append(x["verdict"])
+                    out.append(f"{c['score']:.2f}" + ("" if x["retention"] is None else f" ({_retained(x)})"))
             tally = ("-" if setting == "full" else
                      f"{verdicts.count('kept')} / {verdicts.count('undecided')} / {verdicts.count('lost')}")
             label = "full" if setting == "full" else f"{setting}: {info['description']}"
-            lines.append(f"| {label} | {L} | {n} | {pre} | " + " | ".join(out) + f" | {tally} |")
+            lines.append(f"| {label} | {L} | {_suite_n(cells, setting, tasks, L)} | {_prefill(speed, setting, L)} | "
+                         + " | ".join(out) + f" | {tally} |")
     if speed:
         names = [s for s in r["settings"] if s != "full"]
-        lines += ["", "| prompt tokens | full ms | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
-        for row in speed["rows"]:
-            lines.append(f"| {row['n_tokens']} | {row['ms']['full']:.0f} | " + " | ".join(
+        lines += ["", "| prompt tokens | full ms | " + " | ".join(names) + " | timed runs |",
+                  "|---|---|" + "---|" * len(names) + "---|"]
+        for n_tokens, row in sorted(speed.items()):
+            lines.append(f"| {n_tokens} | {row['ms']['full']:.0f} | " + " | ".join(
                 f"{row['speedup'][s]:.2f}x ({row['ideal'][s]:.2f}x)" if s in row["speedup"] else "-" for s in names)
-                + " |")
+                + f" | {row.get('repeats', '?')} |")
     return "\n".join(lines + ["", _sources(*files)])
 
 
@@ -322,43 +339,35 @@ def _suite_names():
 
 def suite_summary() -> str:
     """The README's answers table: per model, POP setting and length, each task's retention, the paired
-    95% interval of POP - full (points) and the verdict, with n and the prefill speedup (FLOP ideal)."""
+    95% interval of POP - full (points) and the verdict, with n and the prefill speedup (FLOP ideal).
+    Tasks that no model's full model can do (under 0.3 everywhere) are left to docs/answers-suite.md."""
     names = _suite_names()
-    runs = {n: _load(f"suite-{n}.json") for n in names}
-    tasks = list(dict.fromkeys(t for r in runs.values() for t in r["tasks"]))
-    lines = ["| model | setting | length | n | prefill (FLOP ideal) | " + " | ".join(
-        f"{t}: retention, POP − full [95%], verdict" for t in tasks) + " |",
-        "|---|---|---|---|---|" + "---|" * len(tasks)]
+    runs = {n: _suite_files(n) for n in names}
+    doable = {x["task"] for r, _, _ in runs.values() for x in r["retention"] if x["retention"] is not None}
+    tasks = [t for t in dict.fromkeys(t for r, _, _ in runs.values() for t in r["tasks"]) if t in doable]
+    lines = ["| model | setting | tokens | n | prefill (FLOP ideal) | " + " | ".join(tasks) + " |",
+             "|---|---|---|---|---|" + "---|" * len(tasks)]
     files = []
     for name in names:
-        r = runs[name]
-        files.append(f"suite-{name}.json")
-        speed = {}
-        if os.path.exists(os.path.join(RESULTS, f"suite-{name}-speed.json")):
-            speed = {row["n_tokens"]: row for row in _load(f"suite-{name}-speed.json")["rows"]}
-            files.append(f"suite-{name}-speed.json")
+        r, speed, f = runs[name]
+        files += f
         rows = {(x["setting"], x["task"], x["length"]): x for x in r["retention"]}
-        full = {(c["task"], c["length"]): c for c in r["cells"] if c["setting"] == "full"}
+        cells = {(c["setting"], c["task"], c["length"]): c for c in r["cells"]}
+        model = LABELS.get(name, name)
         for setting, info in r["settings"].items():
             if setting == "full":
                 continue
             skip = re.search(r"(\d+(?:-\d+)?) \((\w+) K/V\)", info["description"])
             label = f"{setting} ({skip.group(1)}, {skip.group(2)})" if skip else setting
             for L in r["lengths"]:
-                sp = speed.get(L)
-                pre = f"**{sp['speedup'][setting]:.2f}x** ({sp['ideal'][setting]:.2f}x)" if sp else "-"
                 out = []
                 for t in tasks:
                     x = rows.get((setting, t, L))
-                    if x is None:
-                        out.append("-")
-                    elif x["retention"] is None:
-                        out.append(f"full {x['full']:.2f} < 0.3")
-                    else:
-                        out.append(f"{x['retention'] * 100:.0f}%, {_points(x['diff'])} "
-                                   f"[{_points(x['low'])}, {_points(x['high'])}], {x['verdict']}")
-                n = full[(r["tasks"][0], L)]["n"]
-                lines.append(f"| {LABELS.get(name, name)} | {label} | {L} | {n} | {pre} | " + " | ".join(out) + " |")
+                    out.append("-" if x is None else _retained(x) + ("" if x["retention"] is None
+                                                                     else f", {x['verdict']}"))
+                lines.append(f"| {model} | {label} | {L} | {_suite_n(cells, setting, r['tasks'], L)} | "
+                             f"{_prefill(speed, setting, L)} | " + " | ".join(out) + " |")
+                model = label = ""
     plots = [f"![{LABELS.get(n, n)}: retention and prefill speedup against prompt length]"
              f"(benchmarks/results/suite-{n}.png)" for n in names
              if os.path.exists(os.path.join(RESULTS, f"suite-{n}.png"))]
