@@ -30,11 +30,25 @@ __all__ = ["run_suite", "suite_speed"]
 
 
 def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
+    """The tasks at one prompt length. RULER's generators draw from the process-wide `random` and numpy
+    states, so each task is built after seeding both from (task, length): the same items in every run,
+    whatever else the run builds, and a later run can add settings to earlier results."""
+    import random
+    import zlib
+
+    import numpy as np
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=TASKS_DIR, metadata={
         "tokenizer": tokenizer, "max_seq_lengths": [length], "docqa_items": docqa_items})
-    loaded = manager.load(list(tasks))
+    loaded: Dict[str, Any] = {"tasks": {}, "groups": {}, "group_map": {}}
+    for name in tasks:
+        seed = zlib.crc32(f"{name}:{length}".encode())
+        random.seed(seed)
+        np.random.seed(seed)
+        one = manager.load([name])
+        for key in loaded:
+            loaded[key].update(one[key])
     for name, task in loaded["tasks"].items():
         task.set_config(key="generation_kwargs", value={"max_gen_toks": GEN_CAP[name]}, update=True)
     return loaded
