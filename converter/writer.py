@@ -29,9 +29,9 @@ def _pop_fields(skip_layers: "Iterable[int] | str", enabled: bool, n_layer: int,
         keys.ENABLED: bool(enabled),
     }
     if min_tokens is not None:
-        from pop_local.format.metadata import check_min_tokens
+        from pop_local.format.metadata import check_token_count
 
-        fields[keys.MIN_TOKENS] = check_min_tokens(min_tokens, keys.MIN_TOKENS)
+        fields[keys.MIN_TOKENS] = check_token_count(min_tokens, keys.MIN_TOKENS)
     for name, value in (extra or {}).items():
         if not name.startswith(keys.PREFIX) or name in fields:
             raise PopMetadataError(name, "extra keys must be new pop.* keys")

@@ -27,7 +27,9 @@ def test_every_generated_block_is_what_its_source_gives():
 
 def test_the_readme_is_a_front_door():
     readme = _read("README.md")
-    assert len(readme.encode()) <= 12 * 1024
+    # the generated answers table grows with the suite's lengths; the prose around it may not
+    prose = re.sub(r"<!-- generated: .*?<!-- end generated -->", "", readme, flags=re.S)
+    assert len(prose.encode()) <= 9 * 1024 and len(readme.encode()) <= 16 * 1024
     assert "bash install.sh" in readme and ".venv/bin/python -m pytest tests" in readme
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert os.path.exists(os.path.join(ROOT, link)), link

@@ -356,6 +356,50 @@ def test_bad_min_tokens_are_rejected_naming_the_key(smollm2, value, message):
             make(smollm2, min_tokens=value)
 
 
+# --- the full-depth tail (pop.prefill.full_tail) --------------------------------------------------------
+
+def test_full_tail_runs_the_prompts_last_tokens_at_full_depth(pop_llm, prompt512):
+    """full_tail N: the prompt's last N tokens run the full model after the pruned rest; a tail that covers
+    the whole prompt is exactly the full model, a shorter one is not, and the cache label tells them apart."""
+    pruned = final_logits(pop_llm, prompt512)
+    try:
+        pop_llm.full_tail = 64
+        pop_llm.reset_pop_stats()
+        tailed = final_logits(pop_llm, prompt512)
+        s = pop_llm.pop_stats()
+        assert s["pruned_tokens"] == 512 - 64 and s["full_tokens"] == 64 and s["full_tail"] == 64
+        assert not np.array_equal(tailed, pruned)
+        label = pop_llm._cache_label()
+        pop_llm.full_tail = 512
+        assert pop_llm._cache_label() != label and pop_llm.reusable_prefix() == 0
+        assert np.array_equal(final_logits(pop_llm, prompt512), full_logits(pop_llm, prompt512))
+        pop_llm.pop_enabled = False  # POP off: nothing pruned, the tail changes nothing
+        pop_llm.reset_pop_stats()
+        final_logits(pop_llm, prompt512)
+        assert pop_llm.pop_stats()["pruned_tokens"] == 0 and pop_llm.pop_enabled is False
+    finally:
+        pop_llm.pop_enabled = True
+        pop_llm.full_tail = 1
+    assert np.array_equal(final_logits(pop_llm, prompt512), pruned)  # 1: the last token only, as before
+
+
+def test_full_tail_from_the_file_the_argument_and_overrides(smollm2, tmp_path):
+    from pop_local.converter.writer import write_pop_gguf
+    from pop_local.errors import PopSettingError
+    from pop_local.format import keys
+
+    with_key = str(tmp_path / "tail.pop.gguf")
+    write_pop_gguf(smollm2, with_key, "20-29", extra={keys.FULL_TAIL: 48})
+    assert PopLlama(with_key, n_ctx=256, verbose=False).full_tail == 48
+    assert PopLlama(with_key, n_ctx=256, verbose=False, full_tail=8).full_tail == 8  # the argument wins
+    assert PopLlama(with_key, n_ctx=256, verbose=False, kv_overrides={keys.FULL_TAIL: 96}).full_tail == 96
+    assert make(smollm2).full_tail == keys.DEFAULT_FULL_TAIL
+    with pytest.raises(PopMetadataError, match=r"pop\.prefill\.full_tail: .*from 0 to"):
+        make(smollm2, kv_overrides={keys.FULL_TAIL: -3})
+    with pytest.raises(PopSettingError, match="full_tail"):
+        make(smollm2, full_tail=-1)
+
+
 def test_short_evaluations_keep_the_settings_cache_label(pop_llm, prompt512):
     """A short evaluation under a minimum ran full because the settings say so: the next request under the
     same settings reuses it (a chat's short turns do not force the conversation to be evaluated again)."""

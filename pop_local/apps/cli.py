@@ -65,7 +65,7 @@ _INTERRUPTED = {"convert": "; nothing was written (the output and temporary file
 # names a field in its messages as `field` or `field=value` (Python's spelling); the CLI shows the option.
 _FLAGS = {"rpc_servers": "--rpc", "pop": "--pop/--no-pop", "n_threads": "--threads", "kv_overrides": "--override-kv",
           "reuse_cache_across_settings": "--reuse-cache", "llama_log": "-v/--verbose", "passkey_lengths": "--passkey",
-          "min_tokens": "--pop-min-tokens"}
+          "min_tokens": "--pop-min-tokens", "full_tail": "--pop-full-tail"}
 _FALSE_FLAGS = {"calibrate": "--no-calibrate", "pop": "--no-pop"}  # `field=False` as its option
 
 

@@ -5,6 +5,7 @@ native/pop.cpp mirrors the runtime keys; tests/test_layers_keys.py checks that t
 
 __all__ = [
     "SCHEMA_VERSION", "VERSION", "SKIP_LAYERS", "ENABLED", "MIN_TOKENS", "DEFAULT_MIN_TOKENS", "MAX_MIN_TOKENS",
+    "FULL_TAIL", "DEFAULT_FULL_TAIL",
     "RUNTIME_KEYS", "PYTHON_RUNTIME_KEYS", "PREFIX",
     "IMPORTANCE_PREFILL", "IMPORTANCE_DECODE", "STRATEGY", "TOOL_VERSION",
     "CALIB_SOURCE", "CALIB_DATA", "CALIB_SAMPLES", "CALIB_SEQ_LEN", "CALIB_RESPONSE_TOKENS", "CALIB_SEED",
@@ -32,11 +33,16 @@ MIN_TOKENS = "pop.prefill.min_tokens"
 DEFAULT_MIN_TOKENS = 128  # when the file has no MIN_TOKENS key
 MAX_MIN_TOKENS = 1 << 24
 
+# u32: the last N tokens of each pruned prompt run the full model (the question of a long prompt, at full
+# depth; 0 or 1: only the last token, as in the paper). docs/answers-suite.md measures what it keeps.
+FULL_TAIL = "pop.prefill.full_tail"
+DEFAULT_FULL_TAIL = 1  # when the file has no FULL_TAIL key
+
 # keys the native runtime reads at model load
 RUNTIME_KEYS = (VERSION, SKIP_LAYERS, ENABLED)
 # keys the Python runtime (PopLlama) reads: the prompt-length rule is applied per evaluation call, where
 # the length of a prompt is known (native sees micro-batches)
-PYTHON_RUNTIME_KEYS = (MIN_TOKENS,)
+PYTHON_RUNTIME_KEYS = (MIN_TOKENS, FULL_TAIL)
 
 # written by the converter (informational; the runtime does not read them)
 IMPORTANCE_PREFILL = "pop.importance.prefill"  # f32 array [n_layer]: E[(dL/dg)^2] of the prefill gates

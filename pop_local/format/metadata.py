@@ -13,7 +13,7 @@ from . import keys
 from .frontier import Frontier, read_frontier
 from .layers import format_layers, parse_layers
 
-__all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata", "check_min_tokens"]
+__all__ = ["PopMetadata", "read_pop_metadata", "read_header", "resolve_runtime_metadata", "check_token_count"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class PopMetadata:
     frontier: Optional["Frontier"] = None  # the quality/speed frontier of a budgeted conversion
     context_length: int = 0  # the trained context ({arch}.context_length); 0 when the file does not say
     min_tokens: int = keys.DEFAULT_MIN_TOKENS  # prompt evaluations shorter than this run full (pop.prefill.min_tokens)
+    full_tail: int = keys.DEFAULT_FULL_TAIL  # a pruned prompt's last tokens that run full (pop.prefill.full_tail)
 
     @property
     def skip_layers_text(self) -> str:
@@ -81,11 +82,13 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
     if enabled_raw is not None and not isinstance(enabled_raw, bool):
         raise PopMetadataError(keys.ENABLED, f"expected a bool, got {enabled_raw!r}"[:200])
 
-    min_tokens = header.get(keys.MIN_TOKENS)
-    if min_tokens is not None:
-        if types.get(keys.MIN_TOKENS) != U32:
-            raise PopMetadataError(keys.MIN_TOKENS, f"expected a u32, got {min_tokens!r}"[:200])
-        check_min_tokens(min_tokens, keys.MIN_TOKENS)
+    counts = {}
+    for key in (keys.MIN_TOKENS, keys.FULL_TAIL):
+        value = header.get(key)
+        if value is not None:
+            if types.get(key) != U32:
+                raise PopMetadataError(key, f"expected a u32, got {value!r}"[:200])
+            counts[key] = check_token_count(value, key)
 
     extra = {}
     for name, value in header.items():
@@ -104,12 +107,13 @@ def read_pop_metadata(path: "str | os.PathLike[str]") -> PopMetadata:
         extra=extra,
         frontier=read_frontier(extra, n_layer, skip),
         context_length=max(0, context) if type(context) is int else 0,
-        min_tokens=keys.DEFAULT_MIN_TOKENS if min_tokens is None else min_tokens,
+        min_tokens=counts.get(keys.MIN_TOKENS, keys.DEFAULT_MIN_TOKENS),
+        full_tail=counts.get(keys.FULL_TAIL, keys.DEFAULT_FULL_TAIL),
     )
 
 
-def check_min_tokens(value: Any, key: str = "min_tokens") -> int:
-    """A prompt-length minimum: a whole number of tokens, 0 (prune every prompt) to keys.MAX_MIN_TOKENS."""
+def check_token_count(value: Any, key: str) -> int:
+    """A number of prompt tokens (the prompt minimum, the full-depth tail): 0 to keys.MAX_MIN_TOKENS."""
     if type(value) is not int or not 0 <= value <= keys.MAX_MIN_TOKENS:
         raise PopMetadataError(key, f"expected a whole number of tokens from 0 to {keys.MAX_MIN_TOKENS}, "
                                     f"got {value!r}"[:200])
@@ -117,13 +121,16 @@ def check_min_tokens(value: Any, key: str = "min_tokens") -> int:
 
 
 def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[str, Any]]) -> PopMetadata:
-    """The skip set, switch and prompt minimum the runtime will use once `kv_overrides` are applied (same
-    checks as native for its keys)."""
+    """The skip set, switch, prompt minimum and full-depth tail the runtime will use once `kv_overrides`
+    are applied (same checks as native for its keys)."""
     if not kv_overrides:
         return meta
-    skip, enabled, min_tokens = meta.skip_layers, meta.enabled, meta.min_tokens
+    skip, enabled = meta.skip_layers, meta.enabled
+    min_tokens, full_tail = meta.min_tokens, meta.full_tail
     if keys.MIN_TOKENS in kv_overrides:
-        min_tokens = check_min_tokens(kv_overrides[keys.MIN_TOKENS], keys.MIN_TOKENS)
+        min_tokens = check_token_count(kv_overrides[keys.MIN_TOKENS], keys.MIN_TOKENS)
+    if keys.FULL_TAIL in kv_overrides:
+        full_tail = check_token_count(kv_overrides[keys.FULL_TAIL], keys.FULL_TAIL)
     if keys.SKIP_LAYERS in kv_overrides:
         value = kv_overrides[keys.SKIP_LAYERS]
         if not isinstance(value, str):
@@ -134,4 +141,4 @@ def resolve_runtime_metadata(meta: PopMetadata, kv_overrides: Optional[Mapping[s
         if not isinstance(value, bool):
             raise PopMetadataError(keys.ENABLED, f"the override must be a bool, got {value!r}"[:200])
         enabled = value
-    return dataclasses.replace(meta, skip_layers=skip, enabled=enabled, min_tokens=min_tokens)
+    return dataclasses.replace(meta, skip_layers=skip, enabled=enabled, min_tokens=min_tokens, full_tail=full_tail)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 from pop_local.errors import PopSettingError
 from pop_local.format.layers import check_range, parse_layers
-from pop_local.format.metadata import PopMetadata, check_min_tokens, read_pop_metadata, resolve_runtime_metadata
+from pop_local.format.metadata import PopMetadata, check_token_count, read_pop_metadata, resolve_runtime_metadata
 
 from . import multimodal, native as _native, upstream
 from .rpc import devices_for_load, use_servers
@@ -50,6 +50,8 @@ class PopLlama(llama_cpp.Llama):
         kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
         min_tokens: None follows the file (pop.prefill.min_tokens, else 128); a prompt evaluation of fewer
             new tokens than this runs the full model (0: prune every prompt of two tokens or more).
+        full_tail: None follows the file (pop.prefill.full_tail, else 1); the last `full_tail` tokens of a
+            pruned prompt run the full model (the question after a long document), not only the last one.
         exact_prefill: KV-sharing models (gemma4): skip the layers that store no K/V of their own for
             prompt tokens without outputs, with identical results (default True; independent of `pop`).
         reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
@@ -75,7 +77,7 @@ class PopLlama(llama_cpp.Llama):
 
     def __init__(self, model_path: str, *, pop: Optional[bool] = None,
                  skip_layers: "Optional[Iterable[int] | str]" = None, kv_mode: Optional[str] = None,
-                 min_tokens: Optional[int] = None, exact_prefill: bool = True,
+                 min_tokens: Optional[int] = None, full_tail: Optional[int] = None, exact_prefill: bool = True,
                  reuse_cache_across_settings: bool = False, metadata: Optional[PopMetadata] = None,
                  rpc_servers: "Optional[str | Sequence[str]]" = None, rpc_timeout: int = 300,
                  mmproj: Optional[str] = None, settings: "Optional[Tuple[LoadSettings, PopSettings]]" = None,
@@ -85,7 +87,7 @@ class PopLlama(llama_cpp.Llama):
             load = build(LoadSettings, {"rpc_servers": rpc_servers, "rpc_timeout": rpc_timeout, "mmproj": mmproj,
                                         "reuse_cache_across_settings": reuse_cache_across_settings})
             pop_settings = build(PopSettings, {"pop": pop, "skip_layers": skip_layers, "kv_mode": kv_mode,
-                                               "min_tokens": min_tokens})
+                                               "min_tokens": min_tokens, "full_tail": full_tail})
         else:  # from_settings: checked where they entered
             load, pop_settings = settings
         if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
@@ -97,6 +99,7 @@ class PopLlama(llama_cpp.Llama):
         self._last_prefill_ms: Optional[float] = None
         self._last_prefill_tokens = 0
         self._min_tokens = self.pop_metadata.min_tokens if pop_settings.min_tokens is None else pop_settings.min_tokens
+        self._full_tail = self.pop_metadata.full_tail if pop_settings.full_tail is None else pop_settings.full_tail
         self._short_prompts = self._short_prompt_tokens = 0  # evaluations run full for being short
         self._image_tokens = self._image_pruned_tokens = 0  # image (or audio) chunks' tokens, and those run pruned
         self._prompt: Optional[_MultimodalPrompt] = None  # the multimodal prompt being evaluated
@@ -196,7 +199,17 @@ class PopLlama(llama_cpp.Llama):
 
     @min_tokens.setter
     def min_tokens(self, value: int) -> None:
-        self._min_tokens = check_min_tokens(value)
+        self._min_tokens = check_token_count(value, "min_tokens")
+        self.pop_stats()
+
+    @property
+    def full_tail(self) -> int:
+        """The last tokens of a pruned prompt that run the full model (settable; 0 or 1: only the last)."""
+        return self._full_tail
+
+    @full_tail.setter
+    def full_tail(self, value: int) -> None:
+        self._full_tail = check_token_count(value, "full_tail")
         self.pop_stats()
 
     def apply_pop_settings(self, pop: PopSettings) -> None:
@@ -208,6 +221,7 @@ class PopLlama(llama_cpp.Llama):
         self.pop_enabled = pop.pop if pop.pop is not None else meta.enabled
         self.kv_mode = pop.kv_mode or "fitted"  # "fitted" uses fitted K/V only where the file has them
         self.min_tokens = pop.min_tokens if pop.min_tokens is not None else meta.min_tokens
+        self.full_tail = pop.full_tail if pop.full_tail is not None else meta.full_tail
 
     def _set_skip_layers(self, layers: Tuple[int, ...]) -> None:
         """A parsed skip set, in range, to the runtime."""
@@ -283,6 +297,7 @@ class PopLlama(llama_cpp.Llama):
             "kv": self.kv_used,
             "exact_layers": self.exact_layers if self.exact_prefill else (),
             "min_tokens": self._min_tokens,
+            "full_tail": self._full_tail,
             "short_prompts": self._short_prompts,
             "short_prompt_tokens": self._short_prompt_tokens,
             "image_tokens": self._image_tokens,
@@ -307,11 +322,12 @@ class PopLlama(llama_cpp.Llama):
 
     def _cache_label(self) -> Hashable:
         """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration (the
-        prompt minimum included: under it, a short evaluation runs full and keeps this label)."""
+        prompt minimum and the full-depth tail included: under the minimum, a short evaluation runs full
+        and keeps this label)."""
         if not self.pop_active:
             return "full"
         return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)),
-                self._min_tokens)
+                self._min_tokens, max(self._full_tail, 1))
 
     def _label_positions(self, start: int, end: int, label: Hashable = None) -> None:
         labels = self._position_labels
@@ -362,7 +378,8 @@ class PopLlama(llama_cpp.Llama):
         run those tokens at full depth; without logits_all nothing reads them, so here only the very
         last token is an output. The KV cache then matches one POP pass over the whole prompt. Within a
         multimodal prompt (runtime/multimodal.py) the prompt is all of its chunks: only the chunk that
-        ends it has an output, and the prompt minimum weighs all of its tokens.
+        ends it has an output, and the prompt minimum weighs all of its tokens. With full_tail > 1 the
+        prompt's last tokens (of the chunk that ends it) run the full model after the pruned rest.
         """
         prompt = self._prompt
         if upstream.logits_all(self) or (len(tokens) <= 1 and prompt is None):
@@ -379,10 +396,13 @@ class PopLlama(llama_cpp.Llama):
             started, short, label = prompt.started, prompt.short, prompt.label
             ends = self.n_tokens + len(tokens) >= prompt.plan.positions
         upstream.forget_after(self, self.n_tokens)
+        tail = 0
+        if ends and not short and self._full_tail > 1 and self.pop_enabled and self.pop_active:
+            tail = min(self._full_tail, len(tokens))
         with self._full_model_if(short):
-            for i in range(0, len(tokens), self.n_batch):
-                chunk = tokens[i: min(len(tokens), i + self.n_batch)]
-                self._decode_chunk(chunk, last_is_output=ends and i + len(chunk) == len(tokens), label=label)
+            self._decode_chunks(tokens[: len(tokens) - tail], output=ends and not tail, label=label)
+        with self._full_model_if(tail > 0):
+            self._decode_chunks(tokens[len(tokens) - tail:], output=True, label=label)
         if ends:
             self._prompt_done(started, len(tokens) if prompt is None else prompt.plan.tokens)
         self.pop_stats()
@@ -403,10 +423,10 @@ class PopLlama(llama_cpp.Llama):
         return short
 
     @contextlib.contextmanager
-    def _full_model_if(self, short: bool):
-        """POP off for the evaluations inside (a short prompt runs the full model, under the settings'
-        own cache label: the settings say so)."""
-        if not short:
+    def _full_model_if(self, full: bool):
+        """POP off for the evaluations inside (a short prompt, or a prompt's full-depth tail, runs the full
+        model under the settings' own cache label: the settings say so)."""
+        if not full:
             yield
             return
         self._pop.pop_llama_set_enabled(self._ctx_ptr, False)
@@ -438,6 +458,12 @@ class PopLlama(llama_cpp.Llama):
                 self._prompt_done(prompt.started, prompt.plan.tokens)
         self.pop_stats()
         return status
+
+    def _decode_chunks(self, tokens: Sequence[int], *, output: bool, label: Hashable) -> None:
+        """`tokens` in n_batch chunks; `output`: the last token is an output."""
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i: i + self.n_batch]
+            self._decode_chunk(chunk, last_is_output=output and i + len(chunk) == len(tokens), label=label)
 
     def _decode_chunk(self, chunk: Sequence[int], *, last_is_output: bool, all_outputs: bool = False,
                       label: Hashable = None) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pop_local.errors import PopSettingError
-from pop_local.format.keys import DEFAULT_MIN_TOKENS, MAX_MIN_TOKENS
+from pop_local.format.keys import DEFAULT_FULL_TAIL, DEFAULT_MIN_TOKENS, MAX_MIN_TOKENS
 from pop_local.format.layers import parse_layers
 
 from .rpc import parse_endpoints
@@ -117,6 +117,11 @@ class PopFields(BaseModel):
         None, ge=0, le=MAX_MIN_TOKENS,
         description=f"prompts with fewer new tokens than this run the full model (default: the file's "
                     f"pop.prefill.min_tokens, else {DEFAULT_MIN_TOKENS}; 0: prune every prompt)")
+    full_tail: Optional[int] = Field(
+        None, ge=0, le=MAX_MIN_TOKENS,
+        description=f"the last N tokens of a pruned prompt run the full model, e.g. the question after a "
+                    f"long document (default: the file's pop.prefill.full_tail, else {DEFAULT_FULL_TAIL}: "
+                    f"only the last token)")
 
     @field_validator("skip_layers", mode="before")
     @classmethod
