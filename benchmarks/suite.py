@@ -5,11 +5,14 @@ speed of the same settings at the same lengths.
     python benchmarks/suite.py smollm2 --lengths 1024,2048,4096,8192 --items 1024=50,2048=50,4096=20,8192=10
     python benchmarks/suite.py qwen2.5-coder-1.5b --tasks niah_multikey_2,pop_docqa --lengths 1024 --items 1024=30
     python benchmarks/suite.py mine --model my.pop.gguf --lengths 1024 --items 1024=20
+    python benchmarks/suite.py qwen2.5-coder-1.5b --resume --lengths 1024 --items 30 --speed-lengths '' \
+        --add-setting 'default-tail64:full_tail=64'   # one more setting beside the recorded ones
     python benchmarks/suite.py smollm2 --plot-only          # redraw the plot from the saved results
 
 Writes results/suite-NAME.json (answers: every item's score and reply, per setting, task and length; the
-retention rows; the settings) after each length, so an interrupted run keeps what it finished and
-`--resume` goes on from there (it also adds tasks or lengths to a model's results); then
+retention rows; the settings) after each group of cells, so an interrupted run keeps what it finished and
+`--resume` goes on from there (it adds only the (setting, length, task) cells the file lacks: tasks,
+lengths or settings; a task whose generator now asks other items runs again for every setting); then
 results/suite-NAME-speed.json (prefill medians, speedups, FLOP ideal) and results/suite-NAME.png
 (retention and speedup against prompt length). Each records its commit, machine, date and command.
 Offline: nothing is downloaded (pop_local.measure.suite).
@@ -91,6 +94,70 @@ def plot(result: dict, speed: "dict | None", path: str) -> None:
     save_figure(fig, path)
 
 
+def _custom(text: str):
+    """--add-setting NAME:KEY=VALUE;KEY=VALUE (pop-local model_args) -> a Setting, checked like lm_eval's."""
+    from pop_local.integrations.lm_eval import split_model_args
+    from pop_local.measure.suite import Setting
+
+    name, _, spec = text.partition(":")
+    args = {}
+    for part in filter(None, spec.split(";")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise SystemExit(f"--add-setting {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
+        args[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    if not name or not args:
+        raise SystemExit(f"--add-setting {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
+    args = {k: int(v) if isinstance(v, str) and v.isdigit() and k not in ("skip_layers",) else v
+            for k, v in args.items()}
+    split_model_args(args)  # a bad key or value stops here, naming it
+    return Setting(name, args, "; ".join(f"{k}={v}" for k, v in args.items()))
+
+
+def _merge(result: "dict | None", part: dict, replaced) -> dict:
+    """`part` (a run_suite result) added to `result`; the cells in `replaced` (setting, task, length) go."""
+    if result is None:
+        return part
+    for name, info in part["settings"].items():
+        if result["settings"].setdefault(name, info)["args"] != info["args"]:
+            raise SystemExit(f"setting {name!r} was run with {result['settings'][name]['args']}, now {info['args']}")
+    result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in replaced]
+    result["cells"] += part["cells"]
+    result["lengths"] = sorted(set(result["lengths"]) | set(part["lengths"]))
+    result["tasks"] = list(dict.fromkeys(result["tasks"] + part["tasks"]))
+    result["items"].update(part["items"])
+    result["gen_cap"].update(part["gen_cap"])
+    return result
+
+
+def _missing(result: "dict | None", model: str, settings, tasks, L: int, n: int):
+    """The cells a run at length L must add: {tasks: [settings]}, and the cells they replace. A task
+    whose recorded items are not the ones asked now (other count, other generator) runs again for every
+    setting recorded there."""
+    from pop_local.integrations.lm_eval_suite import item_hashes
+
+    cells = {(c["setting"], c["task"]): c for c in (result or {}).get("cells", []) if c["length"] == L}
+    names = [s.name for s in settings]
+    recorded = {t for (_, t) in cells}
+    fresh = item_hashes(model, sorted(recorded & set(tasks)), L, n) if recorded & set(tasks) else {}
+    stale = {t for t in fresh if any(t2 == t and [r["hash"] for r in c["items"]] != fresh[t]
+                                     for (_, t2), c in cells.items())}
+    if stale:  # e.g. recorded before the generators were seeded per task, or with another item count
+        print(f"{L} tokens: {sorted(stale)} ask other items than the results hold (n={n} now): every setting "
+              "answers them again")
+    redo = [name for name in (result or {}).get("settings", {}) if name not in names]
+    if stale and redo:
+        raise SystemExit(f"{L} tokens: {sorted(stale)} now ask other items than the results hold, and the "
+                         f"settings {redo} answered them: include those settings to run them again")
+    groups: dict = {}
+    for s in settings:
+        todo = tuple(t for t in tasks if t in stale or (s.name, t) not in cells)
+        if todo:
+            groups.setdefault(todo, []).append(s)
+    replaced = {(name, t, L) for (name, t) in cells if t in stale}
+    return groups, replaced
+
+
 def main(argv=None) -> int:
     from pop_local.format.atomic import write_json
     from pop_local.integrations.lm_eval_suite import run_suite, suite_speed
@@ -104,12 +171,15 @@ def main(argv=None) -> int:
     p.add_argument("--items", default="50", help="items per task and length: N, or LENGTH=N,... ")
     p.add_argument("--tasks", default=",".join(suite.TASKS), help="comma separated (default: all)")
     p.add_argument("--settings", help="comma separated names from the standard settings (default: all)")
+    p.add_argument("--add-setting", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                   help="a setting of your own, in pop-local model_args, e.g. "
+                        "'paper-tail64:skip_layers=19-27;kv_mode=own;full_tail=64' (repeatable)")
     p.add_argument("--speed-lengths", default="512,1024,2048,4096,8192",
                    help="prefill lengths for the speed rows ('' for none)")
     p.add_argument("--speed-repeats", type=int, default=2)
     p.add_argument("--resume", action="store_true",
-                   help="keep what the results files have; run only the (length, task) cells they lack, and "
-                        "replace only the speed rows of --speed-lengths")
+                   help="keep what the results files have; run only the (setting, length, task) cells they "
+                        "lack, and replace only the speed rows of --speed-lengths")
     p.add_argument("--plot-only", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
@@ -128,34 +198,25 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown settings {unknown}: {', '.join(s.name for s in settings)}")
         settings = [s for s in settings if s.name in want]
+    settings += [_custom(text) for text in a.add_setting]
     tasks = a.tasks.split(",")
     result = None
     if a.resume and os.path.exists(base + ".json"):
         result = json.load(open(base + ".json"))
     command = " ".join(["python", "benchmarks/suite.py"] + sys.argv[1:])
     for L in lengths:
-        done = {c["task"] for c in (result or {}).get("cells", []) if c["length"] == L}
-        todo = [t for t in tasks if t not in done]
-        if not todo:
+        groups, replaced = _missing(result, model, settings, tasks, L, items[L])
+        if not groups:
             print(f"{L} tokens: kept from {base}.json")
             continue
-        part = run_suite(model, lengths=[L], items=items, tasks=todo, settings=settings, progress=print)
-        for cell in part["cells"]:  # a resumed file gathers cells from several runs: each keeps its own
-            cell["run"] = provenance(command)
-        if result is None:
-            result = part
-        else:
-            if list(part["settings"]) != list(result["settings"]):
-                raise SystemExit(f"{base}.json has the settings {list(result['settings'])}, "
-                                 f"this run {list(part['settings'])}")
-            result["lengths"] = sorted(set(result["lengths"]) | {L})
-            result["tasks"] = list(dict.fromkeys(result["tasks"] + todo))
-            result["items"].update(part["items"])
-            result["gen_cap"].update(part["gen_cap"])
-            result["cells"] += part["cells"]
-        result["retention"] = suite.retention(result)
-        write_json(base + ".json", {**result, **provenance(command)})
-        print(f"saved {base}.json")
+        for todo, group in groups.items():
+            part = run_suite(model, lengths=[L], items=items, tasks=list(todo), settings=group, progress=print)
+            for cell in part["cells"]:  # a resumed file gathers cells from several runs: each keeps its own
+                cell["run"] = provenance(command)
+            result = _merge(result, part, replaced)
+            result["retention"] = suite.retention(result)
+            write_json(base + ".json", {**result, **provenance(command)})
+            print(f"saved {base}.json")
     speed = None
     speed_lengths = [int(x) for x in a.speed_lengths.split(",") if x]
     if speed_lengths:

@@ -11,7 +11,7 @@ import sysconfig
 import pytest
 
 from pop_local.errors import PopError
-from pop_local.integrations.lm_eval_suite import run_suite, suite_speed
+from pop_local.integrations.lm_eval_suite import item_hashes, run_suite, suite_speed
 from pop_local.measure import docqa, suite
 
 
@@ -69,6 +69,17 @@ def _cell(setting, scores, task="t", length=1024, hashes=None):
             "score": sum(scores) / len(scores), "items": items}
 
 
+def test_the_flop_ideal_counts_a_full_depth_tail():
+    from pop_local.measure.flops import ModelShape, ideal_speedup
+
+    shape = ModelShape(n_layer=30, n_embd=576, n_ff=1536, n_head=9, n_head_kv=3, head_dim=64)
+    skip = range(20, 30)
+    base = ideal_speedup(shape, 1024, skip)
+    assert ideal_speedup(shape, 1024, skip, full_tail=0) == ideal_speedup(shape, 1024, skip, full_tail=1) == base
+    assert 1.0 < ideal_speedup(shape, 1024, skip, full_tail=128) < ideal_speedup(shape, 1024, skip, full_tail=32) < base
+    assert ideal_speedup(shape, 1024, skip, full_tail=1025) == pytest.approx(1.0)
+
+
 def test_retention_verdicts():
     full = [1] * 40 + [0] * 10
     result = {"cells": [
@@ -104,6 +115,9 @@ def test_the_suite_pairs_settings_on_the_same_items(smollm2):
     assert needle["score"] > 0  # the full model finds a needle in 380 tokens of repeated text
     rows = suite.retention(result)
     assert len(rows) == 2 and all(r["n"] == 3 for r in rows)
+    # the generators are seeded per task and length: built again, alone, the tasks ask the same items
+    asked = {c["task"]: [r["hash"] for r in c["items"]] for c in result["cells"] if c["setting"] == "full"}
+    assert item_hashes(smollm2, ["pop_docqa", "niah_single_1"], 512, 3) == asked
     speed = suite_speed(smollm2, settings, [256], repeats=1, n_threads=2)
     (row,) = speed["rows"]
     assert row["n_tokens"] == 256 and set(row["ms"]) == {"full", "paper"} and row["speedup"]["paper"] > 0

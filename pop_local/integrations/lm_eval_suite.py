@@ -26,7 +26,7 @@ from pop_local.measure.suite import (
     tokenizer_dir,
 )
 
-__all__ = ["run_suite", "suite_speed"]
+__all__ = ["run_suite", "suite_speed", "item_hashes"]
 
 
 def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
@@ -52,6 +52,19 @@ def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: 
     for name, task in loaded["tasks"].items():
         task.set_config(key="generation_kwargs", value={"max_gen_toks": GEN_CAP[name]}, update=True)
     return loaded
+
+
+def _doc_hash(doc: Dict[str, Any]) -> str:
+    """An item's identity: its prompt text, hashed (pairs a setting's answers with the full model's)."""
+    return hashlib.sha1(doc["input"].encode()).hexdigest()[:12]
+
+
+def item_hashes(path: str, tasks: Sequence[str], length: int, n: int) -> Dict[str, List[str]]:
+    """The hashes of the first `n` items of each task at `length`, as run_suite would ask them (so a run
+    that adds settings to earlier results can tell whether those answered the same items)."""
+    offline_environment()
+    loaded = _load_tasks(tasks, length, tokenizer_dir(path), max(n, 1))
+    return {name: [_doc_hash(doc) for doc in list(task.eval_docs)[:n]] for name, task in loaded["tasks"].items()}
 
 
 def _item_score(sample: Dict[str, Any], task: str, length: int) -> float:
@@ -103,7 +116,7 @@ def run_suite(path: str, *, lengths: Sequence[int], items: Dict[int, int], tasks
             seconds = time.perf_counter() - t0
             for task in tasks:
                 samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-                rows = [{"id": s["doc_id"], "hash": hashlib.sha1(s["doc"]["input"].encode()).hexdigest()[:12],
+                rows = [{"id": s["doc_id"], "hash": _doc_hash(s["doc"]),
                          "score": _item_score(s, task, length),
                          "reply": str(s["filtered_resps"][0])[:120]} for s in samples]
                 cells.append({"task": task, "length": length, "setting": setting.name, "n": len(rows),

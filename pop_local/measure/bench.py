@@ -117,7 +117,7 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
     shape = model_shape(llm.model_path)
     skip = llm.skip_layers
     exact = llm.exact_layers
-    was_enabled, was_kv, was_exact = llm.pop_enabled, llm.kv_mode, llm.exact_prefill
+    was_enabled, was_kv, was_exact, was_tail = llm.pop_enabled, llm.kv_mode, llm.exact_prefill, llm.full_tail
     paper = paper_skip_set(shape.n_layer)
     modes = (("full", "pop") + (() if tuple(skip) == paper or not skip else ("paper",))
              + (("exact",) if exact and skip else ()))
@@ -128,6 +128,7 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
         if mode in ("pop", "paper"):
             llm.skip_layers = paper if mode == "paper" else skip
             llm.kv_mode = "own" if mode == "paper" else was_kv
+            llm.full_tail = 1 if mode == "paper" else was_tail  # the paper: only the last token at full depth
 
     total = len(ctx) + 1
     rows = []
@@ -149,7 +150,8 @@ def run_bench(llm, ctx: Iterable[int], *, repeats: int = 5, decode_tokens: int =
             s = alternate(modes, repeats, prefill)
             full, pop = summarize(s["full"]), summarize(s["pop"])
             rows.append({"n_tokens": n, "full_ms": full, "pop_ms": pop, "speedup": full["median"] / pop["median"],
-                         "ideal_speedup": ideal_speedup(shape, n, skip, exact), "pruned_tokens": pruned[-1]})
+                         "ideal_speedup": ideal_speedup(shape, n, skip, exact, full_tail=llm.full_tail),
+                         "pruned_tokens": pruned[-1]})
             if "paper" in modes:
                 p = summarize(s["paper"])
                 rows[-1].update({"paper_ms": p, "paper_speedup": full["median"] / p["median"],

@@ -80,6 +80,10 @@ def prefill_macs(shape: ModelShape, n_tokens: int, skip: Iterable[int] = (), rem
     return sum(0.0 if il in gone else n_tokens * kv_proj if il in skipped else full_layer for il in range(s.n_layer))
 
 
-def ideal_speedup(shape: ModelShape, n_tokens: int, skip: Iterable[int], removed: Iterable[int] = ()) -> float:
-    """Prefill FLOP ratio full / POP (the last token runs in full either way and is not counted)."""
-    return prefill_macs(shape, n_tokens) / prefill_macs(shape, n_tokens, skip, removed)
+def ideal_speedup(shape: ModelShape, n_tokens: int, skip: Iterable[int], removed: Iterable[int] = (),
+                  full_tail: int = 1) -> float:
+    """Prefill FLOP ratio full / POP (the last token runs in full either way and is not counted; the
+    other full_tail - 1 tokens at the prompt's end cost what they cost the full model)."""
+    full = prefill_macs(shape, n_tokens)
+    head = n_tokens - min(max(full_tail - 1, 0), n_tokens)
+    return full / (prefill_macs(shape, head, skip, removed) + full - prefill_macs(shape, head))

@@ -207,7 +207,8 @@ def measure_speed(llm, settings: Sequence[Setting], lengths: Sequence[int], *, r
                 if name != "full":
                     llm.apply_pop_settings(pops[name])
                     row["speedup"][name] = full / row["ms"][name]
-                    row["ideal"][name] = ideal_speedup(shape, n, llm.skip_layers if llm.pop_enabled else ())
+                    row["ideal"][name] = ideal_speedup(shape, n, llm.skip_layers if llm.pop_enabled else (),
+                                                       full_tail=llm.full_tail)
             rows.append(row)
             say(f"speed at {n} tokens: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items()))
     finally:
