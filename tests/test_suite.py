@@ -45,6 +45,25 @@ def test_document_questions_fit_their_length_and_carry_distractors(count_tokens)
         docqa.make_item(0, 40, 0, count_tokens)
 
 
+def test_needle_items_fill_their_length_with_distracting_needles(count_tokens):
+    from pop_local.measure import needles
+
+    items = needles.make_items(0, 1024, 8, count_tokens)
+    assert len({i.prompt for i in items}) == 8 and {i.kind for i in items} == {"needle"}
+    depths = []
+    for item in items:
+        n = count_tokens(item.prompt)
+        assert 1024 - 64 - 40 <= n <= 1024 - 64, (item.id, n)
+        body = item.prompt.rsplit("\n\nQuestion: ", 1)[0]
+        assert body.count(f" is {item.answer}.") == 1 and len(item.distractors) > 40
+        assert all(d in body for d in item.distractors)
+        assert docqa.score_reply(f"The number is {item.answer}.", item.answer, item.distractors) == 1.0
+        assert docqa.score_reply(item.distractors[0], item.answer, item.distractors) == 0.0
+        depths.append(body.index(f" is {item.answer}.") / len(body))
+    assert min(depths) < 0.4 and max(depths) > 0.6  # the asked record at varied depths
+    assert needles.make_item(0, 1024, 5, count_tokens) == items[5] != needles.make_item(1, 1024, 5, count_tokens)
+
+
 def test_a_reply_is_scored_on_its_first_line():
     assert docqa.score_reply("\n  230 °C.\nOr 170 °C.", "230", ("170",)) == 1.0
     assert docqa.score_reply("2300", "230", ()) == 0.0  # whole words only
