@@ -96,6 +96,7 @@ def plot(result: dict, speed: "dict | None", path: str) -> None:
 
 def _custom(text: str):
     """--add-setting NAME:KEY=VALUE;KEY=VALUE (pop-local model_args) -> a Setting, checked like lm_eval's."""
+    from pop_local.errors import PopError
     from pop_local.integrations.lm_eval import split_model_args
     from pop_local.measure.suite import Setting
 
@@ -108,20 +109,37 @@ def _custom(text: str):
         args[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
     if not name or not args:
         raise SystemExit(f"--add-setting {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
-    args = {k: int(v) if isinstance(v, str) and v.isdigit() and k not in ("skip_layers",) else v
-            for k, v in args.items()}
-    split_model_args(args)  # a bad key or value stops here, naming it
+    for key, value in args.items():  # numbers as lm_eval would pass them (a skip set stays text)
+        if isinstance(value, str) and key != "skip_layers" and value.lstrip("-").isdigit():
+            args[key] = int(value)
+    try:
+        split_model_args(args)  # a bad key or value stops here, naming it
+    except PopError as e:
+        raise SystemExit(f"--add-setting {text!r}: {e}") from None
     return Setting(name, args, "; ".join(f"{k}={v}" for k, v in args.items()))
 
 
-def _merge(result: "dict | None", part: dict, replaced) -> dict:
-    """`part` (a run_suite result) added to `result`; the cells in `replaced` (setting, task, length) go."""
+def _check_settings(result: "dict | None", settings) -> None:
+    """Before anything runs: names unique, and a recorded name not reused for other arguments."""
+    names = [s.name for s in settings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SystemExit(f"settings named twice: {twice} (an --add-setting takes a name of its own)")
+    for s in settings:
+        recorded = (result or {}).get("settings", {}).get(s.name)
+        if recorded is not None and recorded["args"] != s.args:
+            raise SystemExit(f"setting {s.name!r} was recorded with {recorded['args']}, now {s.args}: "
+                             "give the new one another name")
+
+
+def _merge(result: "dict | None", part: dict) -> dict:
+    """`part` (a run_suite result) added to `result`, its cells replacing any recorded under the same keys."""
     if result is None:
         return part
     for name, info in part["settings"].items():
-        if result["settings"].setdefault(name, info)["args"] != info["args"]:
-            raise SystemExit(f"setting {name!r} was run with {result['settings'][name]['args']}, now {info['args']}")
-    result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in replaced]
+        result["settings"].setdefault(name, info)
+    new = {(c["setting"], c["task"], c["length"]) for c in part["cells"]}
+    result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in new]
     result["cells"] += part["cells"]
     result["lengths"] = sorted(set(result["lengths"]) | set(part["lengths"]))
     result["tasks"] = list(dict.fromkeys(result["tasks"] + part["tasks"]))
@@ -131,29 +149,35 @@ def _merge(result: "dict | None", part: dict, replaced) -> dict:
 
 
 def _missing(result: "dict | None", model: str, settings, tasks, L: int, n: int):
-    """The cells a run at length L must add: {tasks: [settings]}, and the cells they replace. A task
-    whose recorded items are not the ones asked now (other count, other generator) runs again for every
-    setting recorded there."""
+    """The cells a run at length L must add, {tasks: [settings]}, and the recorded cells they replace: a
+    task whose recorded items are not the ones the generators ask now (recorded before they were seeded
+    per task, or by another version) runs again for every setting recorded there. Stops, before anything
+    runs, when that or the pairing with the full model cannot be done."""
     from pop_local.integrations.lm_eval_suite import item_hashes
 
     cells = {(c["setting"], c["task"]): c for c in (result or {}).get("cells", []) if c["length"] == L}
     names = [s.name for s in settings]
-    recorded = {t for (_, t) in cells}
-    fresh = item_hashes(model, sorted(recorded & set(tasks)), L, n) if recorded & set(tasks) else {}
-    stale = {t for t in fresh if any(t2 == t and [r["hash"] for r in c["items"]] != fresh[t]
-                                     for (_, t2), c in cells.items())}
-    if stale:  # e.g. recorded before the generators were seeded per task, or with another item count
-        print(f"{L} tokens: {sorted(stale)} ask other items than the results hold (n={n} now): every setting "
-              "answers them again")
-    redo = [name for name in (result or {}).get("settings", {}) if name not in names]
-    if stale and redo:
-        raise SystemExit(f"{L} tokens: {sorted(stale)} now ask other items than the results hold, and the "
-                         f"settings {redo} answered them: include those settings to run them again")
+    recorded = sorted({t for (_, t) in cells} & set(tasks))
+    for (name, t), c in cells.items():
+        if t in recorded and c["n"] != n:
+            raise SystemExit(f"{L} tokens: {t} holds {c['n']} items per setting ({name}); ask --items {L}={c['n']}")
+    fresh = item_hashes(model, recorded, L, n) if recorded else {}
+    stale = {t for (_, t), c in cells.items() if t in fresh and [r["hash"] for r in c["items"]] != fresh[t]}
+    if stale:
+        print(f"{L} tokens: {sorted(stale)} ask other items than the results hold: every setting answers again")
+        absent = sorted({name for (name, t) in cells if t in stale} - set(names))
+        if absent:
+            raise SystemExit(f"{L} tokens: the settings {absent} answered the old items of {sorted(stale)}: "
+                             "include them to run them again")
     groups: dict = {}
     for s in settings:
         todo = tuple(t for t in tasks if t in stale or (s.name, t) not in cells)
         if todo:
             groups.setdefault(todo, []).append(s)
+    unpaired = sorted({t for todo in groups for t in todo if "full" not in names
+                       and (("full", t) not in cells or t in stale)})
+    if unpaired:
+        raise SystemExit(f"{L} tokens: no full-model answers to pair with for {unpaired}: add the full setting")
     replaced = {(name, t, L) for (name, t) in cells if t in stale}
     return groups, replaced
 
@@ -203,17 +227,22 @@ def main(argv=None) -> int:
     result = None
     if a.resume and os.path.exists(base + ".json"):
         result = json.load(open(base + ".json"))
+    _check_settings(result, settings)
     command = " ".join(["python", "benchmarks/suite.py"] + sys.argv[1:])
     for L in lengths:
         groups, replaced = _missing(result, model, settings, tasks, L, items[L])
         if not groups:
             print(f"{L} tokens: kept from {base}.json")
             continue
-        for todo, group in groups.items():
-            part = run_suite(model, lengths=[L], items=items, tasks=list(todo), settings=group, progress=print)
+        if replaced:
+            result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in replaced]
+        # the full model's group first: every group after it pairs with its answers
+        for todo, group in sorted(groups.items(), key=lambda g: all(s.name != "full" for s in g[1])):
+            part = run_suite(model, lengths=[L], items={L: items[L]}, tasks=list(todo), settings=group,
+                             progress=print)
             for cell in part["cells"]:  # a resumed file gathers cells from several runs: each keeps its own
                 cell["run"] = provenance(command)
-            result = _merge(result, part, replaced)
+            result = _merge(result, part)
             result["retention"] = suite.retention(result)
             write_json(base + ".json", {**result, **provenance(command)})
             print(f"saved {base}.json")
@@ -231,8 +260,9 @@ def main(argv=None) -> int:
         print(f"saved {base}-speed.json")
     elif os.path.exists(base + "-speed.json"):
         speed = json.load(open(base + "-speed.json"))
-    plot(result, speed, base + ".png")
-    print(f"saved {base}.png")
+    if result is not None:
+        plot(result, speed, base + ".png")
+        print(f"saved {base}.png")
     return 0
 
 

@@ -304,6 +304,8 @@ def suite(name: str) -> str:
              "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
     for setting, info in r["settings"].items():
         for L in r["lengths"]:
+            if not any((setting, t, L) in cells for t in tasks):
+                continue
             out, verdicts = [], []
             for t in tasks:
                 c = cells.get((setting, t, L))
@@ -360,12 +362,14 @@ def suite_summary() -> str:
             skip = re.search(r"(\d+(?:-\d+)?) \((\w+) K/V\)", info["description"])
             label = f"{setting} ({skip.group(1)}, {skip.group(2)})" if skip else setting
             for L in r["lengths"]:
+                if not any((setting, t, L) in rows for t in tasks):
+                    continue
                 out = []
                 for t in tasks:
                     x = rows.get((setting, t, L))
                     out.append("-" if x is None else _retained(x) + ("" if x["retention"] is None
                                                                      else f", {x['verdict']}"))
-                lines.append(f"| {model} | {label} | {L} | {_suite_n(cells, setting, r['tasks'], L)} | "
+                lines.append(f"| {model} | {label} | {L} | {_suite_n(cells, setting, tasks, L)} | "
                              f"{_prefill(speed, setting, L)} | " + " | ".join(out) + " |")
                 model = label = ""
     plots = [f"![{LABELS.get(n, n)}: retention and prefill speedup against prompt length]"

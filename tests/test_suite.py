@@ -137,6 +137,8 @@ def test_the_suite_pairs_settings_on_the_same_items(smollm2):
     # the generators are seeded per task and length: built again, alone, the tasks ask the same items
     asked = {c["task"]: [r["hash"] for r in c["items"]] for c in result["cells"] if c["setting"] == "full"}
     assert item_hashes(smollm2, ["pop_docqa", "niah_single_1"], 512, 3) == asked
+    cwe = item_hashes(smollm2, ["ruler_cwe"], 512, 2)  # ruler_cwe shuffles with a module-level generator too
+    assert item_hashes(smollm2, ["niah_single_1", "ruler_cwe"], 512, 2)["ruler_cwe"] == cwe["ruler_cwe"]
     speed = suite_speed(smollm2, settings, [256], repeats=1, n_threads=2)
     (row,) = speed["rows"]
     assert row["n_tokens"] == 256 and set(row["ms"]) == {"full", "paper"} and row["speedup"]["paper"] > 0
@@ -168,3 +170,39 @@ def test_a_slice_through_the_lm_eval_command(default_model_start, tmp_path):
     samples = glob.glob(str(tmp_path / "**" / "samples_pop_docqa_*.jsonl"), recursive=True)
     assert samples and sum(1 for _ in open(samples[0])) == 3
     assert "punkt_tab" not in proc.stderr  # nothing tried the network
+
+
+def _suite_command():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "suite.py")
+    spec = importlib.util.spec_from_file_location("suite_command", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resuming_checks_settings_before_running_and_merges_by_cell():
+    """benchmarks/suite.py --resume: an own setting is parsed and checked; a name given twice, or recorded
+    with other arguments, stops the run before anything runs; new cells replace recorded ones by key."""
+    cmd = _suite_command()
+    tail = cmd._custom("d-tail64:full_tail=64;kv_mode=own")
+    assert tail.args == {"full_tail": 64, "kv_mode": "own"}
+    with pytest.raises(SystemExit, match="full_tail"):
+        cmd._custom("bad:full_tail=-2")
+    with pytest.raises(SystemExit, match="expected NAME"):
+        cmd._custom("nothing")
+    recorded = {"settings": {"full": {"args": {"pop": False}}, "d-tail64": {"args": {"full_tail": 32}}},
+                "cells": [{"setting": "full", "task": "t", "length": 512, "score": 0.5}],
+                "lengths": [512], "tasks": ["t"], "items": {"512": 3}, "gen_cap": {"t": 8}}
+    with pytest.raises(SystemExit, match="recorded with"):
+        cmd._check_settings(recorded, [suite.Setting("full", {"pop": False}), tail])
+    with pytest.raises(SystemExit, match="named twice"):
+        cmd._check_settings(None, [tail, tail])
+    part = {"settings": {"x": {"args": {}}}, "lengths": [1024], "tasks": ["t", "u"], "items": {"1024": 2},
+            "gen_cap": {"u": 4}, "cells": [{"setting": "full", "task": "t", "length": 512, "score": 1.0},
+                                           {"setting": "x", "task": "u", "length": 1024, "score": 0.0}]}
+    merged = cmd._merge(recorded, part)
+    assert [(c["setting"], c["score"]) for c in merged["cells"]] == [("full", 1.0), ("x", 0.0)]
+    assert merged["lengths"] == [512, 1024] and merged["tasks"] == ["t", "u"] and set(merged["settings"]) == {
+        "full", "d-tail64", "x"}

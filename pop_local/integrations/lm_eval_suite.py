@@ -32,8 +32,10 @@ __all__ = ["run_suite", "suite_speed", "item_hashes"]
 def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
     """The tasks at one prompt length. RULER's generators draw from the process-wide `random` and numpy
     states, so each task is built after seeding both from (task, length): the same items in every run,
-    whatever else the run builds, and a later run can add settings to earlier results."""
+    whatever else the run builds, and a later run can add settings to earlier results. (ruler_cwe also
+    shuffles with a generator of its own, made when its module runs: the module runs afresh each time.)"""
     import random
+    import sys
     import zlib
 
     import numpy as np
@@ -46,6 +48,7 @@ def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: 
         seed = zlib.crc32(f"{name}:{length}".encode())
         random.seed(seed)
         np.random.seed(seed)
+        sys.modules.pop("lm_eval.tasks.ruler.cwe_utils", None)  # its RNG = random.Random(42), fresh
         one = manager.load([name])
         for key in loaded:
             loaded[key].update(one[key])

@@ -429,11 +429,12 @@ class PopLlama(llama_cpp.Llama):
         if not full:
             yield
             return
+        was = self._pop.pop_llama_get_enabled(self._ctx_ptr)  # off already on KV-sharing models' exact skip
         self._pop.pop_llama_set_enabled(self._ctx_ptr, False)
         try:
             yield
         finally:
-            self._pop.pop_llama_set_enabled(self._ctx_ptr, True)
+            self._pop.pop_llama_set_enabled(self._ctx_ptr, bool(was))
 
     # --- multimodal prompts (runtime/multimodal.py calls these from a chat handler's mtmd calls) ------
 
