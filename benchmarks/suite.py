@@ -85,12 +85,13 @@ def plot(result: dict, speed: "dict | None", path: str) -> None:
                 right.plot([r["n_tokens"] for r in rows], [r["ideal"][s] for r in rows], "--", color=colors[s],
                            alpha=0.6)
         right.axhline(1.0, color="grey", lw=0.8)
-    right.set_ylabel("prefill speedup (full / POP); dashed: FLOP ideal")
+    right.set_ylabel("prefill speedup (full / POP)")
+    right.set_title("dashed: the FLOP ideal", fontsize=9)
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("prompt length (tokens)")
         ax.legend(fontsize=8)
-    fig.suptitle(result["model"])
+    fig.suptitle(f"{result['model']}: answers at length (left), prefill speed (right)")
     save_figure(fig, path)
 
 

@@ -366,9 +366,11 @@ def suite_summary() -> str:
                     continue
                 out = []
                 for t in tasks:
-                    x = rows.get((setting, t, L))
-                    out.append("-" if x is None else _retained(x) + ("" if x["retention"] is None
-                                                                     else f", {x['verdict']}"))
+                    x, full = rows.get((setting, t, L)), cells.get(("full", t, L))
+                    if x is None:  # not run with this setting: say why where the full model cannot do it
+                        out.append(f"full {full['score']:.2f} < 0.3" if full and full["score"] < 0.3 else "-")
+                    else:
+                        out.append(_retained(x) + ("" if x["retention"] is None else f", {x['verdict']}"))
                 lines.append(f"| {model} | {label} | {L} | {_suite_n(cells, setting, tasks, L)} | "
                              f"{_prefill(speed, setting, L)} | " + " | ".join(out) + " |")
                 model = label = ""
