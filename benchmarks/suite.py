@@ -95,106 +95,15 @@ def plot(result: dict, speed: "dict | None", path: str) -> None:
     save_figure(fig, path)
 
 
-def _custom(text: str):
-    """--add-setting NAME:KEY=VALUE;KEY=VALUE (pop-local model_args) -> a Setting, checked like lm_eval's."""
-    from pop_local.errors import PopError
-    from pop_local.integrations.lm_eval import split_model_args
-    from pop_local.measure.suite import Setting
-
-    name, _, spec = text.partition(":")
-    args = {}
-    for part in filter(None, spec.split(";")):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise SystemExit(f"--add-setting {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
-        args[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    if not name or not args:
-        raise SystemExit(f"--add-setting {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
-    for key, value in args.items():  # numbers as lm_eval would pass them (a skip set stays text)
-        if isinstance(value, str) and key != "skip_layers" and value.lstrip("-").isdigit():
-            args[key] = int(value)
-    try:
-        split_model_args(args)  # a bad key or value stops here, naming it
-    except PopError as e:
-        raise SystemExit(f"--add-setting {text!r}: {e}") from None
-    return Setting(name, args, "; ".join(f"{k}={v}" for k, v in args.items()))
-
-
-def _check_settings(result: "dict | None", settings) -> None:
-    """Before anything runs: names unique, and a recorded name not reused for other arguments."""
-    names = [s.name for s in settings]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise SystemExit(f"settings named twice: {twice} (an --add-setting takes a name of its own)")
-    for s in settings:
-        recorded = (result or {}).get("settings", {}).get(s.name)
-        if recorded is not None and recorded["args"] != s.args:
-            raise SystemExit(f"setting {s.name!r} was recorded with {recorded['args']}, now {s.args}: "
-                             "give the new one another name")
-
-
-def _merge(result: "dict | None", part: dict) -> dict:
-    """`part` (a run_suite result) added to `result`, its cells replacing any recorded under the same keys."""
-    if result is None:
-        return part
-    for name, info in part["settings"].items():
-        result["settings"].setdefault(name, info)
-    new = {(c["setting"], c["task"], c["length"]) for c in part["cells"]}
-    result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in new]
-    result["cells"] += part["cells"]
-    result["lengths"] = sorted(set(result["lengths"]) | set(part["lengths"]))
-    result["tasks"] = list(dict.fromkeys(result["tasks"] + part["tasks"]))
-    result["items"].update(part["items"])
-    result["gen_cap"].update(part["gen_cap"])
-    return result
-
-
-def _missing(result: "dict | None", model: str, settings, tasks, L: int, n: int):
-    """The cells a run at length L must add, {tasks: [settings]}, and the recorded cells they replace: a
-    task whose recorded items are not the ones the generators ask now (recorded before they were seeded
-    per task, or by another version) runs again for every setting recorded there. Stops, before anything
-    runs, when that or the pairing with the full model cannot be done."""
-    from pop_local.integrations.lm_eval_suite import item_hashes
-
-    cells = {(c["setting"], c["task"]): c for c in (result or {}).get("cells", []) if c["length"] == L}
-    names = [s.name for s in settings]
-    recorded = sorted({t for (_, t) in cells} & set(tasks))
-    for (name, t), c in cells.items():
-        if t in recorded and c["n"] != n:
-            raise SystemExit(f"{L} tokens: {t} holds {c['n']} items per setting ({name}); ask --items {L}={c['n']}")
-    fresh = item_hashes(model, recorded, L, n) if recorded else {}
-    stale = {t for (_, t), c in cells.items() if t in fresh and [r["hash"] for r in c["items"]] != fresh[t]}
-    if stale:
-        print(f"{L} tokens: {sorted(stale)} ask other items than the results hold: every setting answers again")
-        absent = sorted({name for (name, t) in cells if t in stale} - set(names))
-        if absent:
-            raise SystemExit(f"{L} tokens: the settings {absent} answered the old items of {sorted(stale)}: "
-                             "include them to run them again")
-    groups: dict = {}
-    for s in settings:
-        todo = tuple(t for t in tasks if t in stale or (s.name, t) not in cells)
-        if todo:
-            groups.setdefault(todo, []).append(s)
-    unpaired = sorted({t for todo in groups for t in todo if "full" not in names
-                       and (("full", t) not in cells or t in stale)})
-    if unpaired:
-        raise SystemExit(f"{L} tokens: no full-model answers to pair with for {unpaired}: add the full setting")
-    replaced = {(name, t, L) for (name, t) in cells if t in stale}
-    return groups, replaced
-
-
-def main(argv=None) -> int:
-    from pop_local.format.atomic import write_json
-    from pop_local.integrations.lm_eval_suite import run_suite, suite_speed
-    from pop_local.measure import suite
-    from pop_local.measure.provenance import provenance
+def _parser() -> argparse.ArgumentParser:
+    from pop_local.measure.suite import TASKS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="smollm2, gemma3, qwen2.5-coder-1.5b, or any name with --model")
     p.add_argument("--model", help="a POP GGUF (results named after NAME) instead of a test model")
     p.add_argument("--lengths", default="1024,2048", help="prompt lengths in tokens, comma separated")
     p.add_argument("--items", default="50", help="items per task and length: N, or LENGTH=N,... ")
-    p.add_argument("--tasks", default=",".join(suite.TASKS), help="comma separated (default: all)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma separated (default: all)")
     p.add_argument("--settings", help="comma separated names from the standard settings (default: all)")
     p.add_argument("--add-setting", action="append", default=[], metavar="NAME:KEY=VALUE;...",
                    help="a setting of your own, in pop-local model_args, e.g. "
@@ -207,7 +116,38 @@ def main(argv=None) -> int:
                         "lack, and replace only the speed rows of --speed-lengths")
     p.add_argument("--plot-only", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    a = p.parse_args(argv)
+    return p
+
+
+def _speed(a, model: str, settings, base: str, command: str) -> "dict | None":
+    """The speed rows of --speed-lengths (with --resume: beside the recorded rows of other lengths), saved."""
+    from pop_local.format.atomic import write_json
+    from pop_local.integrations.lm_eval_suite import suite_speed
+    from pop_local.measure.provenance import provenance
+
+    lengths = [int(x) for x in a.speed_lengths.split(",") if x]
+    if not lengths:
+        return json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
+    speed = suite_speed(model, settings, lengths, repeats=a.speed_repeats, progress=print)
+    run = provenance(command)
+    for row in speed["rows"]:
+        row["run"], row["repeats"] = run, speed["repeats"]
+    if a.resume and os.path.exists(base + "-speed.json"):  # each row is a ratio within one process
+        kept = [r for r in json.load(open(base + "-speed.json"))["rows"] if r["n_tokens"] not in lengths]
+        speed["rows"] = sorted(kept + speed["rows"], key=lambda r: r["n_tokens"])
+    write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **run})
+    print(f"saved {base}-speed.json")
+    return speed
+
+
+def main(argv=None) -> int:
+    from pop_local.errors import PopError
+    from pop_local.format.atomic import write_json
+    from pop_local.integrations.lm_eval_suite import missing_cells, parse_setting, run_suite
+    from pop_local.measure import suite
+    from pop_local.measure.provenance import provenance
+
+    a = _parser().parse_args(argv)
     base = os.path.join(a.out, f"suite-{a.name}")
     if a.plot_only:
         speed = json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
@@ -223,19 +163,23 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown settings {unknown}: {', '.join(s.name for s in settings)}")
         settings = [s for s in settings if s.name in want]
-    settings += [_custom(text) for text in a.add_setting]
     tasks = a.tasks.split(",")
-    result = None
-    if a.resume and os.path.exists(base + ".json"):
-        result = json.load(open(base + ".json"))
-    _check_settings(result, settings)
+    result = json.load(open(base + ".json")) if a.resume and os.path.exists(base + ".json") else None
+    try:
+        settings += [parse_setting(text) for text in a.add_setting]
+        suite.check_settings(result, settings)
+        plans = {L: missing_cells(result, model, settings, tasks, L, items[L]) for L in lengths}
+    except PopError as e:
+        raise SystemExit(str(e)) from None
     command = " ".join(["python", "benchmarks/suite.py"] + sys.argv[1:])
     for L in lengths:
-        groups, replaced = _missing(result, model, settings, tasks, L, items[L])
+        groups, replaced = plans[L]
         if not groups:
             print(f"{L} tokens: kept from {base}.json")
             continue
         if replaced:
+            print(f"{L} tokens: {sorted({t for _, t, _ in replaced})} ask other items than recorded: every "
+                  "setting answers them again")
             result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in replaced]
         # the full model's group first: every group after it pairs with its answers
         for todo, group in sorted(groups.items(), key=lambda g: all(s.name != "full" for s in g[1])):
@@ -243,24 +187,11 @@ def main(argv=None) -> int:
                              progress=print)
             for cell in part["cells"]:  # a resumed file gathers cells from several runs: each keeps its own
                 cell["run"] = provenance(command)
-            result = _merge(result, part)
+            result = suite.merge_results(result, part)
             result["retention"] = suite.retention(result)
             write_json(base + ".json", {**result, **provenance(command)})
             print(f"saved {base}.json")
-    speed = None
-    speed_lengths = [int(x) for x in a.speed_lengths.split(",") if x]
-    if speed_lengths:
-        speed = suite_speed(model, settings, speed_lengths, repeats=a.speed_repeats, progress=print)
-        run = provenance(command)
-        for row in speed["rows"]:
-            row["run"], row["repeats"] = run, speed["repeats"]
-        if a.resume and os.path.exists(base + "-speed.json"):  # each row is a ratio within one process
-            kept = [r for r in json.load(open(base + "-speed.json"))["rows"] if r["n_tokens"] not in speed_lengths]
-            speed["rows"] = sorted(kept + speed["rows"], key=lambda r: r["n_tokens"])
-        write_json(base + "-speed.json", {"model": os.path.basename(model), **speed, **run})
-        print(f"saved {base}-speed.json")
-    elif os.path.exists(base + "-speed.json"):
-        speed = json.load(open(base + "-speed.json"))
+    speed = _speed(a, model, settings, base, command)
     if result is not None:
         plot(result, speed, base + ".png")
         print(f"saved {base}.png")

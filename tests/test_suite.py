@@ -172,37 +172,38 @@ def test_a_slice_through_the_lm_eval_command(default_model_start, tmp_path):
     assert "punkt_tab" not in proc.stderr  # nothing tried the network
 
 
-def _suite_command():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "suite.py")
-    spec = importlib.util.spec_from_file_location("suite_command", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_resuming_checks_settings_before_running_and_merges_by_cell():
     """benchmarks/suite.py --resume: an own setting is parsed and checked; a name given twice, or recorded
     with other arguments, stops the run before anything runs; new cells replace recorded ones by key."""
-    cmd = _suite_command()
-    tail = cmd._custom("d-tail64:full_tail=64;kv_mode=own")
+    from pop_local.integrations.lm_eval_suite import parse_setting
+
+    tail = parse_setting("d-tail64:full_tail=64;kv_mode=own")
     assert tail.args == {"full_tail": 64, "kv_mode": "own"}
-    with pytest.raises(SystemExit, match="full_tail"):
-        cmd._custom("bad:full_tail=-2")
-    with pytest.raises(SystemExit, match="expected NAME"):
-        cmd._custom("nothing")
+    with pytest.raises(PopError, match="full_tail"):
+        parse_setting("bad:full_tail=-2")
+    with pytest.raises(PopError, match="expected NAME"):
+        parse_setting("nothing")
     recorded = {"settings": {"full": {"args": {"pop": False}}, "d-tail64": {"args": {"full_tail": 32}}},
                 "cells": [{"setting": "full", "task": "t", "length": 512, "score": 0.5}],
                 "lengths": [512], "tasks": ["t"], "items": {"512": 3}, "gen_cap": {"t": 8}}
-    with pytest.raises(SystemExit, match="recorded with"):
-        cmd._check_settings(recorded, [suite.Setting("full", {"pop": False}), tail])
-    with pytest.raises(SystemExit, match="named twice"):
-        cmd._check_settings(None, [tail, tail])
+    with pytest.raises(PopError, match="recorded with"):
+        suite.check_settings(recorded, [suite.Setting("full", {"pop": False}), tail])
+    with pytest.raises(PopError, match="named twice"):
+        suite.check_settings(None, [tail, tail])
     part = {"settings": {"x": {"args": {}}}, "lengths": [1024], "tasks": ["t", "u"], "items": {"1024": 2},
             "gen_cap": {"u": 4}, "cells": [{"setting": "full", "task": "t", "length": 512, "score": 1.0},
                                            {"setting": "x", "task": "u", "length": 1024, "score": 0.0}]}
-    merged = cmd._merge(recorded, part)
+    merged = suite.merge_results(recorded, part)
     assert [(c["setting"], c["score"]) for c in merged["cells"]] == [("full", 1.0), ("x", 0.0)]
     assert merged["lengths"] == [512, 1024] and merged["tasks"] == ["t", "u"] and set(merged["settings"]) == {
         "full", "d-tail64", "x"}
+    from pop_local.integrations.lm_eval_suite import missing_cells
+
+    full, x = suite.Setting("full", {"pop": False}), suite.Setting("x", {"full_tail": 8})
+    groups, replaced = missing_cells(None, "unread.gguf", [full, x], ["t"], 512, 3)
+    assert groups == {("t",): [full, x]} and not replaced
+    with pytest.raises(PopError, match="no full-model answers"):
+        missing_cells(None, "unread.gguf", [x], ["t"], 512, 3)
+    with pytest.raises(PopError, match="holds 2 items"):
+        missing_cells({"cells": [{"setting": "full", "task": "t", "length": 512, "n": 2, "items": []}]},
+                      "unread.gguf", [x], ["t"], 512, 3)

@@ -26,7 +26,7 @@ from pop_local.measure.suite import (
     tokenizer_dir,
 )
 
-__all__ = ["run_suite", "suite_speed", "item_hashes"]
+__all__ = ["run_suite", "suite_speed", "item_hashes", "parse_setting", "missing_cells"]
 
 
 def _load_tasks(tasks: Sequence[str], length: int, tokenizer: str, docqa_items: int):
@@ -68,6 +68,61 @@ def item_hashes(path: str, tasks: Sequence[str], length: int, n: int) -> Dict[st
     offline_environment()
     loaded = _load_tasks(tasks, length, tokenizer_dir(path), max(n, 1))
     return {name: [_doc_hash(doc) for doc in list(task.eval_docs)[:n]] for name, task in loaded["tasks"].items()}
+
+
+def parse_setting(text: str) -> Setting:
+    """"NAME:KEY=VALUE;KEY=VALUE" (pop-local model_args, as for lm_eval) -> a Setting, its values checked."""
+    from .lm_eval import split_model_args
+
+    name, _, spec = text.partition(":")
+    args: Dict[str, Any] = {}
+    for part in filter(None, spec.split(";")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            args = {}
+            break
+        value = value.strip()
+        args[key.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+        if key.strip() != "skip_layers" and value.lstrip("-").isdigit():  # numbers as lm_eval passes them
+            args[key.strip()] = int(value)
+    if not name or not args:
+        raise PopError(f"{text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
+    try:
+        split_model_args(args)
+    except PopError as e:
+        raise PopError(f"{text!r}: {e}") from None
+    return Setting(name, args, "; ".join(f"{k}={v}" for k, v in args.items()))
+
+
+def missing_cells(result: Optional[Dict[str, Any]], path: str, settings: Sequence[Setting], tasks: Sequence[str],
+                  length: int, n: int):
+    """What a run at `length` must add to recorded `result`: ({tasks: [settings]}, the recorded (setting,
+    task, length) cells it replaces). A task whose recorded items are not the ones the generators ask now
+    (recorded before they were seeded per task, or by another version) runs again for every setting
+    recorded there. PopError, before anything runs, when that or the pairing with the full model cannot
+    be done."""
+    cells = {(c["setting"], c["task"]): c for c in (result or {}).get("cells", []) if c["length"] == length}
+    names = [s.name for s in settings]
+    recorded = sorted({t for (_, t) in cells} & set(tasks))
+    for (name, t), c in cells.items():
+        if t in recorded and c["n"] != n:
+            raise PopError(f"{length} tokens: {t} holds {c['n']} items per setting ({name}), not {n}")
+    fresh = item_hashes(path, recorded, length, n) if recorded else {}
+    stale = {t for (_, t), c in cells.items() if t in fresh and [r["hash"] for r in c["items"]] != fresh[t]}
+    absent = sorted({name for (name, t) in cells if t in stale} - set(names))
+    if absent:
+        raise PopError(f"{length} tokens: {sorted(stale)} now ask other items than the settings {absent} "
+                       "answered: include those settings to run them again")
+    groups: Dict[tuple, List[Setting]] = {}
+    for s in settings:
+        todo = tuple(t for t in tasks if t in stale or (s.name, t) not in cells)
+        if todo:
+            groups.setdefault(todo, []).append(s)
+    unpaired = sorted({t for todo in groups for t in todo
+                       if "full" not in names and (("full", t) not in cells or t in stale)})
+    if unpaired:
+        raise PopError(f"{length} tokens: no full-model answers to pair with for {unpaired}: add the full setting")
+    return groups, {(name, t, length) for (name, t) in cells if t in stale}
 
 
 def _item_score(sample: Dict[str, Any], task: str, length: int) -> float:

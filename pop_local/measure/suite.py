@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from pop_local.errors import PopError
 
 __all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", "offline_environment",
-           "paired_interval", "retention", "measure_speed", "TASKS_DIR"]
+           "paired_interval", "retention", "measure_speed", "TASKS_DIR", "check_settings", "merge_results"]
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 RULER = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
@@ -144,6 +144,36 @@ def paired_interval(pop: Sequence[float], full: Sequence[float], *, iters: int =
     means = d[rng.integers(0, d.size, size=(iters, d.size))].mean(axis=1)
     tail = (1 - level) / 2
     return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def check_settings(result: Optional[Dict[str, Any]], settings: Sequence[Setting]) -> None:
+    """Settings to add to recorded results: names unique, and a recorded name not reused for other
+    arguments (PopError, before anything runs)."""
+    names = [s.name for s in settings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PopError(f"settings named twice: {twice} (a setting of your own takes a name of its own)")
+    for s in settings:
+        recorded = (result or {}).get("settings", {}).get(s.name)
+        if recorded is not None and recorded["args"] != s.args:
+            raise PopError(f"setting {s.name!r} was recorded with {recorded['args']}, now {s.args}: "
+                           "give the new one another name")
+
+
+def merge_results(result: Optional[Dict[str, Any]], part: Dict[str, Any]) -> Dict[str, Any]:
+    """`part` (a run_suite result) added to `result`, its cells replacing any recorded under the same keys."""
+    if result is None:
+        return part
+    for name, info in part["settings"].items():
+        result["settings"].setdefault(name, info)
+    new = {(c["setting"], c["task"], c["length"]) for c in part["cells"]}
+    result["cells"] = [c for c in result["cells"] if (c["setting"], c["task"], c["length"]) not in new]
+    result["cells"] += part["cells"]
+    result["lengths"] = sorted(set(result["lengths"]) | set(part["lengths"]))
+    result["tasks"] = list(dict.fromkeys(result["tasks"] + part["tasks"]))
+    result["items"].update(part["items"])
+    result["gen_cap"].update(part["gen_cap"])
+    return result
 
 
 def retention(result: Dict[str, Any]) -> List[Dict[str, Any]]:
