@@ -119,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _recorded_speed(base: str) -> "dict | None":
+    return json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
+
+
 def _speed(a, model: str, settings, base: str, command: str) -> "dict | None":
     """The speed rows of --speed-lengths (with --resume: beside the recorded rows of other lengths), saved."""
     from pop_local.format.atomic import write_json
@@ -127,7 +131,7 @@ def _speed(a, model: str, settings, base: str, command: str) -> "dict | None":
 
     lengths = [int(x) for x in a.speed_lengths.split(",") if x]
     if not lengths:
-        return json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
+        return _recorded_speed(base)
     speed = suite_speed(model, settings, lengths, repeats=a.speed_repeats, progress=print)
     run = provenance(command)
     for row in speed["rows"]:
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     base = os.path.join(a.out, f"suite-{a.name}")
     if a.plot_only:
-        speed = json.load(open(base + "-speed.json")) if os.path.exists(base + "-speed.json") else None
+        speed = _recorded_speed(base)
         plot(json.load(open(base + ".json")), speed, base + ".png")
         return 0
     model = _model(a)
