@@ -16,8 +16,7 @@ setup(
     packages=["pop_local", "pop_local.format", "pop_local.runtime", "pop_local.measure", "pop_local.apps",
               "pop_local.converter", "pop_local.integrations"],
     package_dir={"pop_local": "pop_local", "pop_local.converter": "converter"},
-    package_data={"pop_local.measure": ["data/*.txt", "data/*.jsonl", "tasks/*.yaml", "tasks/*.py"],
-                  "pop_local.converter": ["data/*.jsonl"]},
+    package_data={"pop_local.measure": ["data/*.txt", "data/*.jsonl", "tasks/*.yaml", "tasks/*.py"]},
     install_requires=[
         "llama-cpp-python==0.3.36",
         "gguf>=0.10",

@@ -1,17 +1,19 @@
-"""Greedy answer agreement of candidate skip sets, for the budget's choice (pop_local.format.frontier.choose).
+"""The default budget's answer check: does a candidate skip set find the facts the full model finds?
 
-KL over teacher-forced responses can rank a skip set above the paper's while its replies fall apart
-(SmolLM2-135M, 13 of 30 layers with fitted K/V: lower KL than the paper's set, but no pass key found
-where the paper's set finds 7 of 8). So the default budget also asks each candidate it would pick to
-answer as the full model does, greedily in llama.cpp as users run the model (POP prefill, full decode):
-- held-out long-context prompts (converter/data/answer_prompts.jsonl: documents with a question whose
-  answer they state, written for the project; disjoint from the calibration prompts and from `pop-local
-  eval --answers`'s set), each reply compared token by token with the full model's reply, and searched
-  for the reference answer (a set can keep the full model's meaning in other words, or keep its first
-  tokens and lose the answer: on Qwen2.5-Coder-1.5B, 14-27 fitted matched the wording of more replies
-  than the paper's set but found the answer in fewer);
-- pass-key retrieval: a five-digit key hidden at several depths of 512 tokens of filler (sentences of
-  its own, keys of its own seed: not the prompts `pop-local eval` scores).
+Held-out KL ranks deep skip sets as faithful while their answers fall apart (Qwen2.5-Coder-1.5B: 14-27
+with fitted K/V has a third of the paper's KL and finds a fifth of the needles the full model finds; the
+answers suite, docs/answers-suite.md). So the default budget asks each candidate questions whose answers
+sit in a long prompt, greedily in llama.cpp as users run the model (POP prefill, full decode), and keeps
+the fastest candidate that answers as the full model does:
+
+- items: a single needle in prose, a needle among needles and a document question with distractors
+  (pop_local.measure.needles and docqa, seeds of the converter's own: not the suite's items), interleaved,
+  CHECK_PER_KIND of each, at CHECK_LENGTH tokens of the model's own tokenizer (less where its context is
+  shorter), each scored right or wrong as the suite scores it;
+- the rule: at least 95% of the full model's score and the paired 95% bootstrap interval of POP - full
+  above -10 points (format.frontier.keeps_answers: the rule the suite's "kept" verdict applies);
+- a candidate stops as soon as it cannot pass even if it answered every remaining item, so the deep
+  sets that lose answers cost a few items each, and only the chosen one answers them all.
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
 of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
@@ -22,129 +24,89 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ["AnswerScore", "AnswerCheck", "ANSWER_TOKENS", "answer_prompts", "answer_references", "fits"]
+from pop_local.format.frontier import CheckResult
 
-ANSWER_TOKENS = 32  # reply tokens compared per prompt
-PASSKEY_TOKENS = 512  # pass-key prompt length (capped by the model's context)
-PASSKEY_TRIALS = 4    # keys, at depths spread over the filler
-PASSKEY_SEED = 7919   # not `pop-local eval`'s seed
-_FILLER = ("The tram stops twice at the market. A kettle whistles in the kitchen upstairs. Gulls circle over the "
-           "harbour wall. The clock above the station is five minutes fast. Leaves gather under the bench. ")
-_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "answer_prompts.jsonl")
+__all__ = ["AnswerCheck", "check_items", "check_length", "fits", "CHECK_LENGTH", "CHECK_PER_KIND", "REPLY_TOKENS"]
 
-
-@dataclass(frozen=True)
-class AnswerScore:
-    identical: float  # share of prompts whose greedy reply equals the full model's
-    agree: float      # mean share of reply tokens before the first difference (1.0: identical)
-    passkeys: float   # share of pass keys retrieved
-    found: float      # share of replies that contain the prompt's reference answer (NaN: no prompt has one)
+CHECK_LENGTH = 1024   # prompt tokens per item (the suite's shortest length where deep sets lose answers)
+CHECK_PER_KIND = 8    # items per kind: 24 in all
+REPLY_TOKENS = 24     # greedy reply tokens (the suite's cap for these tasks)
+CHECK_SEED = 7919     # not the suite's seeds
+MIN_LENGTH = 256      # below this a document question does not fit: no check
+KINDS = ("single", "multi", "docqa")
 
 
-def answer_prompts() -> List[str]:
-    return [item.prompt for item in _answer_items()]
+def check_length(meta) -> int:
+    """The check's prompt length for a model: CHECK_LENGTH, or what its trained context holds with the reply."""
+    if not meta.context_length:
+        return CHECK_LENGTH
+    return min(CHECK_LENGTH, meta.context_length - REPLY_TOKENS - 32)
 
 
-def answer_references() -> List[str]:
-    """The reference answer of each of answer_prompts() ("" where an item has none)."""
-    return [item.answer for item in _answer_items()]
+def fits(meta) -> bool:
+    """Whether the model's trained context holds a check item and its reply."""
+    return check_length(meta) >= MIN_LENGTH
 
 
-def _answer_items():
-    from pop_local.measure.answers import load_answer_set
+def check_items(count_tokens: Callable[[str], int], length: int, per_kind: int = CHECK_PER_KIND,
+                seed: int = CHECK_SEED) -> list:
+    """The check's items (docqa.DocItem), kinds interleaved so that a stopped candidate has met each kind."""
+    from pop_local.measure import docqa, needles
 
-    return load_answer_set(_DATA)
-
-
-def _agreeing(reply: Sequence[int], reference: Sequence[int]) -> int:
-    """Leading tokens the two replies share."""
-    n = 0
-    for a, b in zip(reply, reference):
-        if a != b:
-            break
-        n += 1
-    return n
+    makers = {"single": needles.make_single_item, "multi": needles.make_item, "docqa": docqa.make_item}
+    return [makers[kind](seed, length, i, count_tokens) for i in range(per_kind) for kind in KINDS]
 
 
-def fits(meta, prompts: Optional[Sequence[str]] = None) -> bool:
-    """Whether the model's trained context holds the longest prompt and its reply (about 4 characters
-    per token, generously; a file that does not say its context is assumed to hold it)."""
-    longest = max(len(p) for p in (prompts if prompts is not None else answer_prompts()))
-    return not meta.context_length or longest / 4 + 64 + ANSWER_TOKENS <= meta.context_length
+def _verdict(pop: Sequence[float], full: Sequence[float]) -> Tuple[bool, float]:
+    """(keeps the answers, paired interval's lower end) over paired item scores."""
+    from pop_local.format.frontier import keeps_answers
+    from pop_local.measure.suite import paired_interval
+
+    _, low, _ = paired_interval(pop, full)
+    return keeps_answers(sum(pop) / len(pop), sum(full) / len(full), low), low
 
 
 class AnswerCheck:
-    """Full-model replies to the held-out prompts, once; then `score(skip, fitted)` per candidate."""
+    """The full model's answers to the check's items, once; then `score(skip, fitted)` per candidate."""
 
-    def __init__(self, src: str, meta, prompts: Optional[Sequence[str]] = None, reply_tokens: int = ANSWER_TOKENS,
-                 progress: Optional[Callable[[int, int], None]] = None, answers: Optional[Sequence[str]] = None):
+    def __init__(self, src: str, meta, *, per_kind: int = CHECK_PER_KIND, length: Optional[int] = None,
+                 seed: int = CHECK_SEED, progress: Optional[Callable[[int, int], None]] = None):
         from pop_local.runtime.llama import PopLlama
 
-        self.src, self.meta, self.reply_tokens = src, meta, reply_tokens
-        if prompts is None:  # the bundled prompts, with their reference answers
-            items = _answer_items()
-            prompts = [i.prompt for i in items]
-            if answers is None:
-                answers = [i.answer for i in items]
-        self.prompts = list(prompts)
-        # reference answers, one per prompt ("" = none)
-        self.answers = list(answers) if answers is not None else [""] * len(self.prompts)
-        if len(self.answers) != len(self.prompts):
-            raise ValueError(f"{len(self.answers)} reference answers for {len(self.prompts)} prompts")
-        self.progress = progress
+        self.src, self.meta, self.progress = src, meta, progress
+        self.length = length or check_length(meta)
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
         self.llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
-        self.passkeys = self._passkey_prompts()
-        self.reference = []
-        for n, prompt in enumerate(self.prompts):
-            self.reference.append(self._reply(self.llm, prompt)[0])
+        self.items = check_items(lambda text: len(self.llm.tokenize(text.encode(), add_bos=False, special=False)),
+                                 self.length, per_kind, seed)
+        self.full: List[float] = []
+        for n, item in enumerate(self.items):
+            self.full.append(self._answer(self.llm, item))
             if progress:
-                progress(n + 1, len(self.prompts))
-        self.scores: Dict[Tuple[Tuple[int, ...], str], AnswerScore] = {}
+                progress(n + 1, len(self.items))
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(items, prompt tokens, the full model's right answers): what the file records."""
+        return len(self.items), self.length, int(sum(self.full))
 
     def _load(self) -> dict:
-        n_ctx = 4096 if not self.meta.context_length else min(4096, self.meta.context_length)
-        return {"n_ctx": n_ctx, "n_batch": 512, "verbose": False, "seed": 0}
-
-    def _passkey_prompts(self) -> List[Tuple[List[int], str]]:
-        import random
-
-        from pop_local.measure.evaluate import passkey_prompt
-
-        rng = random.Random(PASSKEY_SEED)
-        n = min(PASSKEY_TOKENS, self.llm.n_ctx() - 16)
-        out = []
-        for t in range(PASSKEY_TRIALS):
-            key = f"{rng.randrange(10000, 100000)}"
-            out.append((passkey_prompt(self.llm, n, key, (t + 0.5) / PASSKEY_TRIALS, _FILLER), key))
-        return out
+        # room for the chat template's tokens and the reply beyond the item's own budget
+        return {"n_ctx": self.length + 2 * REPLY_TOKENS + 64, "n_batch": 512, "verbose": False, "seed": 0}
 
     @staticmethod
-    def _finds_key(llm, prompt: List[int], key: str) -> bool:
-        import re
-
-        llm.reset()
-        out = llm.create_completion(prompt, max_tokens=8, temperature=0.0, top_k=1, seed=0)
-        found = re.search(r"\d+", out["choices"][0]["text"])
-        return bool(found) and found.group(0) == key
-
-    def _reply(self, llm, prompt: str) -> Tuple[List[int], str]:
+    def _answer(llm, item) -> float:
         from pop_local.measure.answers import greedy_reply
+        from pop_local.measure.docqa import score_reply
 
-        text = greedy_reply(llm, prompt, self.reply_tokens)
-        return llm.tokenize(text.encode(), add_bos=False, special=False), text
+        return score_reply(greedy_reply(llm, item.prompt, REPLY_TOKENS), item.answer, item.distractors)
 
-    def score(self, skip: Tuple[int, ...], fitted=None) -> AnswerScore:
-        """How often `skip` (with `fitted` K/V: a FittedKV, else the layers' own) answers as the full model."""
-        kv = "own" if fitted is None else "fitted"
-        measured = (tuple(skip), kv)
-        if measured in self.scores:
-            return self.scores[measured]
-        from pop_local.measure.answers import answer_found
+    def score(self, skip: Tuple[int, ...], fitted=None, *, stop_early: bool = True) -> CheckResult:
+        """`skip`'s answers (with `fitted` K/V: a FittedKV, else the layers' own), paired with the full
+        model's; with `stop_early`, stopped once it cannot pass even with every remaining item right."""
         from pop_local.runtime.llama import PopLlama
 
         if fitted is None:
@@ -155,32 +117,25 @@ class AnswerCheck:
             path = self._fitted_copy(skip, fitted)
             llm, owned = PopLlama(path, min_tokens=0, **self._load()), True
         llm.pop_enabled = True
-        total = len(self.prompts) + len(self.passkeys)
+        pop: List[float] = []
         try:
-            identical, agree, found = 0, 0.0, 0
-            for n, (prompt, ref, answer) in enumerate(zip(self.prompts, self.reference, self.answers)):
-                reply, text = self._reply(llm, prompt)
-                same = _agreeing(reply, ref)
-                identical += reply == ref
-                agree += 1.0 if reply == ref else same / max(1, len(ref))
-                found += bool(answer) and answer_found(text, answer)
+            for n, item in enumerate(self.items):
+                pop.append(self._answer(llm, item))
                 if self.progress:
-                    self.progress(n + 1, total)
-            keys = 0
-            for n, (prompt, key) in enumerate(self.passkeys):
-                keys += self._finds_key(llm, prompt, key)
-                if self.progress:
-                    self.progress(len(self.prompts) + n + 1, total)
+                    self.progress(n + 1, len(self.items))
+                best = pop + [1.0] * (len(self.items) - len(pop))
+                if stop_early and len(pop) < len(self.items) and not _verdict(best, self.full)[0]:
+                    break
         finally:
             llm.pop_enabled = False
             if owned:
                 llm.close()
                 os.remove(path)
-        with_answer = sum(1 for a in self.answers if a)
-        result = AnswerScore(identical / len(self.prompts), agree / len(self.prompts), keys / len(self.passkeys),
-                             found / with_answer if with_answer else math.nan)
-        self.scores[measured] = result
-        return result
+        full = self.full[:len(pop)]
+        lost = sum(1 for p, f in zip(pop, full) if f > p)
+        gained = sum(1 for p, f in zip(pop, full) if p > f)
+        low = _verdict(pop, self.full)[1] if len(pop) == len(self.items) else math.nan
+        return CheckResult(len(pop), lost, gained, low)
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
         from .convert import kv_metadata

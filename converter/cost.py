@@ -28,7 +28,9 @@ DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torc
 LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
 TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
-ANSWER_RUNS = 4            # the answer check's passes over its prompts: the full model, the paper's set, two more
+# the answer check's passes over its items, in whole-check equivalents: the full model, the chosen set, and
+# the deeper sets it stops early (a few items each, about one pass together); halved prefill work for POP
+ANSWER_RUNS = 3
 CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
 
 
@@ -127,16 +129,16 @@ def matmul_flops() -> float:
     return 2 * 256 * 1024 * 1024 / best
 
 
-def _answer_seconds(n_all: int, file_bytes: int, rates: Rates) -> float:
-    """The default budget's answer check: llama.cpp passes over its prompts and pass keys, and the
-    fitted candidates' temporary copies of the model."""
-    from .answer_check import ANSWER_TOKENS, PASSKEY_TOKENS, PASSKEY_TRIALS, answer_prompts
+def _answer_seconds(n_all: int, file_bytes: int, rates: Rates, context: int) -> float:
+    """The default budget's answer check: llama.cpp passes over its items, and the fitted candidates'
+    temporary copies of the model."""
+    from .answer_check import CHECK_LENGTH, CHECK_PER_KIND, KINDS, REPLY_TOKENS
 
-    asked = answer_prompts()
-    prompt_total = sum(TEMPLATE_TOKENS + len(p) / CHARS_PER_TOKEN for p in asked) + PASSKEY_TRIALS * PASSKEY_TOKENS
-    replies = len(asked) * ANSWER_TOKENS + PASSKEY_TRIALS * 8
-    return (ANSWER_RUNS * (prompt_total * n_all / rates.llama_prefill + replies * n_all / rates.llama_decode)
-            + (ANSWER_RUNS - 2) * FILE_SECONDS * file_bytes)
+    length = min(CHECK_LENGTH, context - REPLY_TOKENS - 32) if context else CHECK_LENGTH
+    items = CHECK_PER_KIND * len(KINDS)
+    prefill = items * (TEMPLATE_TOKENS + length) * n_all / rates.llama_prefill
+    decode = items * REPLY_TOKENS * n_all / rates.llama_decode
+    return ANSWER_RUNS * (prefill + decode) + 2 * FILE_SECONDS * file_bytes
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
@@ -206,7 +208,7 @@ def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, fron
             st["frontier"] = pairs * held * 2 * 2 * per_layer * (held_len + response_tokens) / torch_rate
 
     if answer_check:
-        st["answers"] = _answer_seconds(n_all, file_bytes, rates)
+        st["answers"] = _answer_seconds(n_all, file_bytes, rates, shape_context(src))
 
     if streamed:
         layer_bytes = 4 * max(block.values()) if block else 0

@@ -69,6 +69,17 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokens(smollm2):
+    """Counts a text's tokens in SmolLM2's own tokenizer (transformers, read from the GGUF)."""
+    from transformers import AutoTokenizer
+
+    from pop_local.measure import suite
+
+    tok = AutoTokenizer.from_pretrained(suite.tokenizer_dir(smollm2))
+    return lambda text: len(tok(text).input_ids)
+
+
+@pytest.fixture(scope="session")
 def long_text():
     """An original passage (not calibration text), long enough for 2048-token prompts."""
     from pop_local.measure.texts import passage

@@ -33,13 +33,11 @@ def test_builtin_sets_are_well_formed_and_disjoint_from_calibration():
     for item in groups["long"]:
         assert 900 <= len(item.prompt.split()) <= 1700, item.id
         assert item.answer and item.answer in item.prompt, item.id  # the answer is in the document
-    choice = load_answer_set(os.path.join(ROOT, "converter", "data", "answer_prompts.jsonl"))
     prompts = {i.prompt for i in items}
-    assert not prompts & {i.prompt for i in choice}  # the converter's layer choice never sees the evaluation set
-    # no calibration passage or prompt reappears in either set
+    # no calibration passage or prompt reappears in the set
     for text in BUILTIN_PROMPTS:
         head = text[:80]
-        assert not any(head in p for p in prompts | {i.prompt for i in choice})
+        assert not any(head in p for p in prompts)
     assert len({i.id for i in items}) == len(items)
 
 
@@ -130,49 +128,42 @@ def test_a_model_without_a_chat_template_is_asked_in_plain_text(gemma3, smollm2)
             llm.close()
 
 
-def test_the_converters_answer_prompts_state_their_reference_answers():
-    """The answer check counts a reply as finding the answer by the item's reference: each document
-    must state it (else no set could find it), and each question must ask for it."""
-    from pop_local.converter.answer_check import answer_prompts, answer_references
-    from pop_local.measure.answers import answer_found
+def test_the_converters_check_asks_its_own_questions_of_each_kind(smollm2_tokens):
+    """The answer check interleaves single needles, needles among needles and document questions, fills
+    its length, states each answer in the prompt and not in the question, and never asks the suite's items."""
+    from pop_local.converter.answer_check import KINDS, check_items
+    from pop_local.measure import docqa, needles
 
-    prompts, answers = answer_prompts(), answer_references()
-    assert len(prompts) == len(answers) >= 6 and all(answers)
-    for prompt, answer in zip(prompts, answers):
-        document, question = prompt.rsplit("Question:", 1)
-        assert answer_found(document, answer), answer
-        assert not answer_found(question, answer), answer  # the question does not give it away
+    items = check_items(smollm2_tokens, 512, per_kind=3)
+    assert [i.id.split("-")[0] for i in items] == ["single", "needle", "docqa"] * 3 and len(KINDS) == 3
+    for item in items:
+        document, question = item.prompt.rsplit("Question:", 1)
+        assert item.answer in document and item.answer not in question, item.id
+        assert 350 < smollm2_tokens(item.prompt) <= 512, item.id
+    suite = docqa.make_items(0, 512, 3, smollm2_tokens) + needles.make_items(0, 512, 3, smollm2_tokens)
+    assert not {i.prompt for i in items} & {i.prompt for i in suite}
+    assert check_items(smollm2_tokens, 512, per_kind=3) == items  # the same questions in every conversion
 
 
 @pytest.mark.slow
-def test_the_answer_check_scores_the_full_graph_as_the_full_model(smollm2):
-    """A candidate that skips nothing (POP on, empty set) replies exactly as the full model: identical
-    replies, agreement 1, the full model's pass keys and answers found; the paper's set is measured on
-    the same scale, and a prompt without a reference answer is not counted as found."""
-    import math
-
+def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(smollm2):
+    """A candidate that skips nothing (POP on, empty set) answers as the full model: nothing lost or
+    gained, every item answered, the interval [0, 0], so it keeps the answers; a set that skips almost
+    every layer loses the first needle the full model finds and stops there, unless asked to go on."""
     from pop_local import read_pop_metadata
-    from pop_local.converter.answer_check import AnswerCheck, answer_prompts, answer_references
-    from pop_local.format.frontier import paper_skip_set
-    from pop_local.measure.answers import answer_found
+    from pop_local.converter.answer_check import AnswerCheck
 
     meta = read_pop_metadata(smollm2)
-    prompts, answers = answer_prompts()[:3], answer_references()[:3]
-    check = AnswerCheck(smollm2, meta, prompts=prompts, answers=answers, reply_tokens=24)
+    check = AnswerCheck(smollm2, meta, per_kind=2, length=512)
     try:
-        full_found = sum(answer_found(check.llm.detokenize(r).decode(errors="ignore"), a)
-                         for r, a in zip(check.reference, answers)) / 3
+        items, length, right = check.shape
+        assert (items, length) == (6, 512) and check.full[0] == 1.0  # SmolLM2 finds a single needle at 512
         same = check.score(())
-        assert (same.identical, same.agree) == (1.0, 1.0) and same.found == pytest.approx(full_found)
-        paper = check.score(paper_skip_set(meta.n_layer))
-        assert 0 <= paper.identical <= paper.agree <= 1 and 0 <= paper.found <= 1 and 0 <= paper.passkeys <= 1
-        assert check.score(paper_skip_set(meta.n_layer)) is paper  # measured once per set
+        assert (same.scored, same.lost, same.gained, same.low) == (6, 0, 0, 0.0) and same.passed(items, right)
+        gutted = tuple(range(2, meta.n_layer))
+        stopped = check.score(gutted)
+        assert stopped.scored < items and stopped.lost >= 1 and not stopped.passed(items, right)
+        whole = check.score(gutted, stop_early=False)
+        assert whole.scored == items and whole.lost >= stopped.lost and not whole.passed(items, right)
     finally:
         check.close()
-    check = AnswerCheck(smollm2, meta, prompts=prompts[:1], reply_tokens=8)
-    try:
-        assert math.isnan(check.score(()).found)  # no reference answers given: not measured
-    finally:
-        check.close()
-    with pytest.raises(ValueError, match="2 reference answers for 1 prompts"):
-        AnswerCheck(smollm2, meta, prompts=prompts[:1], answers=answers[:2])

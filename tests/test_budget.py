@@ -103,68 +103,62 @@ def test_frontier_keys_round_trip(smollm2, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
-def test_the_answer_rule_keeps_the_fastest_set_answering_like_the_papers():
-    from pop_local.format.frontier import first_answering
+def test_the_answer_rule_keeps_the_fastest_set_that_keeps_the_full_models_answers():
+    from pop_local.format.frontier import CheckResult, first_passing, keeps_answers
 
-    scores = {3: (0.0, 0.30, 1.0), 2: (0.25, 0.50, 1.0), 1: (0.25, 0.61, 1.0), 0: (0.5, 0.9, 1.0)}
+    results = {3: CheckResult(2, 2, 0, float("nan")), 2: CheckResult(24, 2, 0, -0.17), 1: CheckResult(24, 0, 1, 0.0),
+               0: CheckResult(24, 0, 0, 0.0)}
     seen = []
 
-    def score(i):
-        seen.append(i)
-        return scores[i]
+    def check(option):
+        seen.append(option[0])
+        return results[option[0]].passed(24, 20)
 
-    assert first_answering([3, 2, 1, 0], score, (0.25, 0.55, 0.75)) == 1 and seen == [3, 2, 1]  # stops at the first
-    assert first_answering([3, 2], score, (0.25, 0.55, 0.75)) is None
-    assert first_answering([3], score, (0.0, 0.30, 1.0)) == 3  # ties pass: the paper's set passes against itself
-    assert first_answering([0], score, (0.0, 0.0, 1.01)) is None  # every measure counts: a lost pass key too
-    scores[4] = (0.5, 0.9, 1.0, 0.5)
-    assert first_answering([4], score, (0.0, 0.0, 0.0, 0.6)) is None  # and an answer lost in other words
-    assert first_answering([4], score, (0.0, 0.0, 0.0, float("nan"))) == 4  # no reference answers: not compared
+    options = [(i, "own") for i in (3, 2, 1, 0)]
+    assert first_passing(options, check) == (1, "own") and seen == [3, 2, 1]  # stops at the first that passes
+    assert first_passing(options[:2], check) is None
+    assert not results[3].passed(24, 20) and results[3].text(24, 20) == "stopped at 2: 2 lost"
+    assert results[1].text(24, 20) == "keeps 105% [+0]" and results[2].text(24, 20) == "fails 90% [-17]"
+    # both halves of the rule: 95% of the full score, and the interval's lower end above -10 points
+    assert keeps_answers(0.95, 1.0, -0.09) and not keeps_answers(0.94, 1.0, 0.0)
+    assert not keeps_answers(1.0, 1.0, -0.10)
+    assert not CheckResult(24, 1, 0, -0.05).passed(24, 4)  # 3 of 4 right: 75% of the full model's score
 
 
 @pytest.mark.slow
-def test_frontier_answer_keys_round_trip_and_old_files_read_without_them(smollm2, tmp_path):
+def test_frontier_check_keys_round_trip_and_older_files_read_without_them(smollm2, tmp_path):
     import dataclasses
-    import math
 
-    rows = [dataclasses.replace(ROWS[1], answers_own=0.25, agree_own=0.5, passkeys_own=1.0, found_own=0.5),
-            dataclasses.replace(ROWS[3], answers_fitted=0.375, agree_fitted=0.6, passkeys_fitted=0.75,
-                                found_fitted=0.625)]
-    rows = [ROWS[0], rows[0], ROWS[2], rows[1]]
-    fields = frontier_fields(rows, 3, Budget(max_kl="paper"), 0.09, (4, 192), paper_answers=0.25,
-                             answer_prompts=(8, 32, 4))
-    f = _write(smollm2, tmp_path / "a.gguf", fields).frontier
-    assert f.answer_prompts == (8, 32, 4) and f.paper_answers == pytest.approx(0.25)
-    assert f.choice.passkeys_fitted == pytest.approx(0.75) and f.choice.found_fitted == pytest.approx(0.625)
-    assert f.rows[1].found_own == pytest.approx(0.5) and math.isnan(f.rows[1].found_fitted)
-    assert f.rows[1].answers_own == pytest.approx(0.25) and math.isnan(f.rows[1].answers_fitted)
-    assert f.choice.answers("fitted") == pytest.approx(0.375) and f.choice.agree_fitted == pytest.approx(0.6)
-    assert all(math.isnan(r.answers_own) for r in (f.rows[0], f.rows[2], f.rows[3]))
+    from pop_local.format.frontier import CheckResult
+
+    rows = [ROWS[0], dataclasses.replace(ROWS[1], check_own=CheckResult(24, 0, 1, 0.0)), ROWS[2],
+            dataclasses.replace(ROWS[3], check_own=CheckResult(3, 2, 0, float("nan")),
+                                check_fitted=CheckResult(24, 1, 0, -0.125))]
+    fields = frontier_fields(rows, 1, Budget(max_kl="paper"), 0.09, (4, 192), check=(24, 1024, 20))
+    f = _write(smollm2, tmp_path / "a.gguf", fields, skip="28-29").frontier
+    assert f.check == (24, 1024, 20) and f.rows[1].check_own == CheckResult(24, 0, 1, 0.0)
+    assert f.passed(f.choice.check_own) and not f.passed(f.rows[3].check_fitted)
+    assert f.rows[3].check_own.scored == 3 and f.rows[0].check_own is None and f.rows[1].check_fitted is None
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
-    assert ("| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | - | 0.38 / 0.60 / 0.75 / 0.62 "
-            "| chosen |") in r.output
-    assert "Answers: the share of 8 held-out long prompts" in r.output
+    assert ("| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | stopped at 3: 2 lost | fails 95% [-12] "
+            "|  |") in r.output
+    assert "| 28-29 | 2 | 0.0300 | 0.0200 | 0.950 | 0.970 | 1.07x | 1.07x | keeps 105% [+0] | - | chosen |" in r.output
+    assert "Answers: 24 generated needle and document questions of 1024 tokens" in r.output
     old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
-    assert old.frontier.answer_prompts is None and math.isnan(old.frontier.choice.answers())
-    # a file converted before the check looked for answers: the other answer keys, without the found pair
-    earlier = {k: v for k, v in fields.items() if k not in keys.FRONTIER_FOUND_ARRAYS}
-    f = _write(smollm2, tmp_path / "earlier.gguf", earlier).frontier
-    assert f.choice.answers_fitted == pytest.approx(0.375) and math.isnan(f.choice.found_fitted)
-    assert "| - | 0.38 / 0.60 / 0.75 | chosen |" in CliRunner().invoke(
-        cli, ["inspect", str(tmp_path / "earlier.gguf")]).output
-    half = {k: v for k, v in fields.items() if k != keys.FRONTIER_FOUND_FITTED}
-    with pytest.raises(PopMetadataError, match="found_fitted: missing"):
-        _write(smollm2, tmp_path / "half.gguf", half)
-    bad = {**fields, keys.FRONTIER_FOUND_OWN: [0.1, 1.5, 0.1, 0.1]}
-    with pytest.raises(PopMetadataError, match="found_own: 1.5 is not a share"):
-        _write(smollm2, tmp_path / "b2.gguf", bad)
-    bad = {**fields, keys.FRONTIER_ANSWERS_OWN: [0.1, 2.0, 0.1, 0.1]}
-    with pytest.raises(PopMetadataError, match="answers_own: 2.0 is not a share"):
-        _write(smollm2, tmp_path / "b.gguf", bad)
-    partial = dict(fields)
-    del partial[keys.FRONTIER_AGREE_FITTED]
-    with pytest.raises(PopMetadataError, match="agree_fitted: missing"):
-        _write(smollm2, tmp_path / "c.gguf", partial)
+    assert old.frontier.check is None and old.frontier.choice.check() is None
+    # a file converted with the check this one replaced: its keys load as plain metadata
+    earlier = {**frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)),
+               "pop.frontier.answers_own": [0.1, 0.2, 0.3, 0.4], "pop.frontier.answer_prompts": [6, 32, 4]}
+    assert _write(smollm2, tmp_path / "earlier.gguf", earlier).frontier.check is None
+    half = {k: v for k, v in fields.items() if k != keys.FRONTIER_CHECK_LOW_FITTED}
+    with pytest.raises(PopMetadataError, match="check_low_fitted: missing"):
+        _write(smollm2, tmp_path / "half.gguf", half, skip="28-29")
+    bad = {**fields, keys.FRONTIER_CHECK_LOST_OWN: [0, 0, 0, 25]}
+    with pytest.raises(PopMetadataError, match="check_lost_own: 25 is not a count of items"):
+        _write(smollm2, tmp_path / "b.gguf", bad, skip="28-29")
+    bad = {**fields, keys.FRONTIER_CHECK: [24, 1024, 30]}
+    with pytest.raises(PopMetadataError, match="pop.frontier.check: expected"):
+        _write(smollm2, tmp_path / "c.gguf", bad, skip="28-29")
 
 
 @pytest.mark.slow

@@ -16,11 +16,8 @@ from pop_local.measure import docqa, suite
 
 
 @pytest.fixture(scope="module")
-def count_tokens(smollm2):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(suite.tokenizer_dir(smollm2))
-    return lambda text: len(tok(text).input_ids)
+def count_tokens(smollm2_tokens):
+    return smollm2_tokens
 
 
 def test_document_questions_fit_their_length_and_carry_distractors(count_tokens):

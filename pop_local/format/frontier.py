@@ -15,10 +15,42 @@ from . import keys
 from .layers import format_layers, parse_layers
 
 __all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "budget_options",
-           "first_answering", "max_skipped", "paper_skip_set", "frontier_fields", "read_frontier", "frontier_table",
+           "first_passing", "max_skipped", "CheckResult", "keeps_answers", "KEEP_RETENTION", "KEEP_MARGIN", "paper_skip_set", "frontier_fields", "read_frontier", "frontier_table",
            "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
+
+
+KEEP_RETENTION = 0.95  # "keeps answers": at least 95% of the full model's score ...
+KEEP_MARGIN = 0.10     # ... and the paired 95% interval of POP - full above -10 points
+
+
+def keeps_answers(score: float, full_score: float, low: float) -> bool:
+    """The rule the default holds to, on the converter's check and on the answers suite alike."""
+    return score >= KEEP_RETENTION * full_score and low > -KEEP_MARGIN
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One candidate's answers on the converter's check, paired item by item with the full model's."""
+    scored: int   # items answered (fewer than the check's: stopped once it could no longer pass)
+    lost: int     # right for the full model, wrong here
+    gained: int   # wrong for the full model, right here
+    low: float    # the paired 95% interval's lower end of POP - full, a share (NaN: stopped early)
+
+    def retention(self, full_right: int) -> float:
+        return (full_right - self.lost + self.gained) / full_right if full_right else math.nan
+
+    def passed(self, items: int, full_right: int) -> bool:
+        if self.scored < items or math.isnan(self.low):
+            return False
+        return keeps_answers((full_right - self.lost + self.gained) / items, full_right / items, self.low)
+
+    def text(self, items: int, full_right: int) -> str:
+        if self.scored < items:
+            return f"stopped at {self.scored}: {self.lost} lost"
+        verdict = "keeps" if self.passed(items, full_right) else "fails"
+        return f"{verdict} {self.retention(full_right):.0%} [{100 * self.low:+.0f}]"
 
 
 @dataclass(frozen=True)
@@ -30,18 +62,12 @@ class FrontierRow:
     top1_fitted: float
     speedup_512: float
     speedup_2048: float
-    # greedy answer agreement (converter/answer_check.py), NaN where the budget did not measure it
-    answers_own: float = math.nan
-    answers_fitted: float = math.nan
-    agree_own: float = math.nan
-    agree_fitted: float = math.nan
-    passkeys_own: float = math.nan
-    passkeys_fitted: float = math.nan
-    found_own: float = math.nan      # share of replies containing the reference answer
-    found_fitted: float = math.nan
+    # the answer check (converter/answer_check.py); None where the budget did not measure it
+    check_own: Optional["CheckResult"] = None
+    check_fitted: Optional["CheckResult"] = None
 
-    def answers(self, kv: str = "auto") -> float:
-        return self.answers_fitted if self.kv_for(kv) == "fitted" else self.answers_own
+    def check(self, kv: str = "auto") -> Optional["CheckResult"]:
+        return self.check_fitted if self.kv_for(kv) == "fitted" else self.check_own
 
     def kv_for(self, kv: str = "auto") -> str:
         """The K/V a budget uses for this set: the requested one, or (auto) the lower held-out KL."""
@@ -154,26 +180,23 @@ def budget_options(rows: Sequence[FrontierRow], budget: Budget, kv: str = "auto"
     return out
 
 
-def first_answering(order: Sequence[int], score, reference: Sequence[float]) -> Optional[int]:
-    """The first row of `order` (fastest first) whose answer scores, score(i) -> (identical share, agreeing
-    share, pass keys retrieved, answers found), are each at least `reference`'s (the paper's set); None
-    when none is. A measure the reference lacks (NaN: no prompt has a reference answer) is not compared.
-    Rows after it are not scored."""
-    for i in order:
-        if all(math.isnan(want) or got >= want for got, want in zip(score(i), reference)):
-            return i
+def first_passing(options: Sequence[Tuple[int, str]], check) -> Optional[Tuple[int, str]]:
+    """The first (row, K/V) of `options` (fastest first) for which check(option) says it keeps the
+    answers; None when none does. Options after it are not checked."""
+    for option in options:
+        if check(option):
+            return option
     return None
 
 
-_ANSWER_ATTRS = ("answers_own", "answers_fitted", "agree_own", "agree_fitted", "passkeys_own", "passkeys_fitted",
-                 "found_own", "found_fitted")
+_CHECK_COLUMNS = tuple((name, attr, kv) for name, (attr, kv) in zip(
+    keys.FRONTIER_CHECK_ARRAYS, [(a, k) for a in ("scored", "lost", "gained", "low") for k in ("own", "fitted")]))
 
 
 def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
-                    held_out: Tuple[int, int], paper_answers: Optional[float] = None,
-                    answer_prompts: Optional[Tuple[int, int, int]] = None) -> Dict[str, Any]:
-    """The pop.* keys that store a frontier (see pop_local/format/keys.py); the answer arrays when the
-    budget checked answers (`answer_prompts`: prompts, reply tokens, pass-key prompts)."""
+                    held_out: Tuple[int, int], check: Optional[Tuple[int, int, int]] = None) -> Dict[str, Any]:
+    """The pop.* keys that store a frontier (see pop_local/format/keys.py); the answer check's arrays when
+    the budget checked answers (`check`: items, prompt tokens, the full model's right answers)."""
     fields = {
         keys.BUDGET: budget.text(),
         keys.FRONTIER_SKIP_LAYERS: [format_layers(r.skip) for r in rows],
@@ -188,12 +211,14 @@ def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, pa
     }
     if paper_kl is not None:
         fields[keys.FRONTIER_PAPER_KL] = float(paper_kl)
-    if answer_prompts is not None:
-        for name, attr in zip(keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS, _ANSWER_ATTRS):
-            fields[name] = [float(getattr(r, attr)) for r in rows]
-        fields[keys.FRONTIER_ANSWER_PROMPTS] = [int(x) for x in answer_prompts]
-        if paper_answers is not None:
-            fields[keys.FRONTIER_PAPER_ANSWERS] = float(paper_answers)
+    if check is not None:
+        fields[keys.FRONTIER_CHECK] = [int(x) for x in check]
+        for name, attr, kv in _CHECK_COLUMNS:
+            results = [getattr(r, f"check_{kv}") for r in rows]
+            if attr == "low":
+                fields[name] = [math.nan if c is None else float(c.low) for c in results]
+            else:
+                fields[name] = [0 if c is None else int(getattr(c, attr)) for c in results]
     return fields
 
 
@@ -204,12 +229,14 @@ class Frontier:
     budget: str
     paper_kl: Optional[float]
     held_out: Tuple[int, int]
-    paper_answers: Optional[float] = None              # identical-reply share of the paper's set
-    answer_prompts: Optional[Tuple[int, int, int]] = None  # prompts, reply tokens, pass keys (None: not checked)
+    check: Optional[Tuple[int, int, int]] = None  # answer check: items, prompt tokens, full right (None: none)
 
     @property
     def choice(self) -> FrontierRow:
         return self.rows[self.chosen]
+
+    def passed(self, result: Optional[CheckResult]) -> bool:
+        return result is not None and self.check is not None and result.passed(self.check[0], self.check[2])
 
 
 def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int, ...]) -> Optional[Frontier]:
@@ -262,77 +289,76 @@ def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int
     held = extra.get(keys.FRONTIER_HELD_OUT, [0, 0])
     if not (isinstance(held, list) and len(held) == 2 and all(isinstance(x, int) and x >= 0 for x in held)):
         raise PopMetadataError(keys.FRONTIER_HELD_OUT, f"expected two counts, got {held!r}"[:200])
-    answers, paper_answers, answer_prompts = _read_answers(extra, n)
+    check, results = _read_check(extra, n)
     rows = tuple(FrontierRow(sets[i], float(columns[keys.FRONTIER_KL_OWN][i]),
                              float(columns[keys.FRONTIER_KL_FITTED][i]),
                              float(columns[keys.FRONTIER_TOP1_OWN][i]), float(columns[keys.FRONTIER_TOP1_FITTED][i]),
                              float(columns[keys.FRONTIER_SPEEDUP_512][i]),
                              float(columns[keys.FRONTIER_SPEEDUP_2048][i]),
-                             *(float(answers[name][i])
-                               for name in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS))
+                             results["own"][i], results["fitted"][i])
                  for i in range(n))
-    return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]),
-                    paper_answers, answer_prompts)
+    return Frontier(rows, chosen, budget, None if paper_kl is None else float(paper_kl), (held[0], held[1]), check)
 
 
-def _read_answers(extra: Mapping[str, Any], n: int):
-    """The answer-check keys: all six arrays (shares in [0, 1] or NaN = not measured) with their prompt
-    count, or none of them (files converted before the check, or with another budget); the two arrays of
-    answers found, or neither (files converted before the check looked for answers: NaN)."""
-    nan = [math.nan] * n
-    present = [k for k in keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
-               if k in extra]
+def _read_check(extra: Mapping[str, Any], n: int):
+    """The answer check's keys: (items, prompt tokens, full right) and, per K/V, one CheckResult or None
+    per candidate; all of them or none (files converted without the check, or before it)."""
+    names = (keys.FRONTIER_CHECK,) + keys.FRONTIER_CHECK_ARRAYS
+    present = [k for k in names if k in extra]
     if not present:
-        return dict.fromkeys(keys.FRONTIER_ANSWER_ARRAYS + keys.FRONTIER_FOUND_ARRAYS, nan), None, None
-    required = keys.FRONTIER_ANSWER_ARRAYS + (keys.FRONTIER_ANSWER_PROMPTS,)
-    if any(k in extra for k in keys.FRONTIER_FOUND_ARRAYS):
-        required += keys.FRONTIER_FOUND_ARRAYS
-    missing = [k for k in required if k not in extra]
+        return None, {"own": [None] * n, "fitted": [None] * n}
+    missing = [k for k in names if k not in extra]
     if missing:
         raise PopMetadataError(missing[0], "missing (the file has a partial answer check)")
-    answers = dict.fromkeys(keys.FRONTIER_FOUND_ARRAYS, nan)
-    for name in (k for k in required if k != keys.FRONTIER_ANSWER_PROMPTS):
+    check = extra[keys.FRONTIER_CHECK]
+    if not (isinstance(check, list) and len(check) == 3 and all(type(x) is int and x >= 0 for x in check)
+            and check[0] > 0 and check[2] <= check[0]):
+        raise PopMetadataError(keys.FRONTIER_CHECK, f"expected [items, prompt tokens, right answers], got {check!r}"[:200])
+    items, _, right = check
+    columns: Dict[Tuple[str, str], List[Any]] = {}
+    for name, attr, kv in _CHECK_COLUMNS:
         value = extra[name]
         if not isinstance(value, list) or len(value) != n:
             raise PopMetadataError(name, f"expected {n} entries, one per candidate, got {value!r}"[:200])
         for v in value:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isnan(v) or 0 <= v <= 1):
-                raise PopMetadataError(name, f"{v!r} is not a share in [0, 1] (or NaN: not measured)")
-        answers[name] = value
-    prompts = extra[keys.FRONTIER_ANSWER_PROMPTS]
-    if not (isinstance(prompts, list) and len(prompts) == 3 and all(type(x) is int and x > 0 for x in prompts)):
-        raise PopMetadataError(keys.FRONTIER_ANSWER_PROMPTS, f"expected three positive counts, got {prompts!r}"[:200])
-    paper = extra.get(keys.FRONTIER_PAPER_ANSWERS)
-    if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float)) or not 0 <= paper <= 1):
-        raise PopMetadataError(keys.FRONTIER_PAPER_ANSWERS, f"{paper!r} is not a share in [0, 1]")
-    return answers, None if paper is None else float(paper), tuple(prompts)
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or -1 <= v <= 1)
+                  if attr == "low" else type(v) is int and 0 <= v <= items)
+            if not ok:
+                raise PopMetadataError(name, f"{v!r} is not {'a share in [-1, 1]' if attr == 'low' else 'a count of items'}")
+        columns[(attr, kv)] = value
+    results = {}
+    for kv in ("own", "fitted"):
+        results[kv] = [None if columns[("scored", kv)][i] == 0 else
+                       CheckResult(columns[("scored", kv)][i], columns[("lost", kv)][i], columns[("gained", kv)][i],
+                                   float(columns[("low", kv)][i])) for i in range(n)]
+        if any(r is not None and r.lost > right for r in results[kv]):
+            raise PopMetadataError(keys.FRONTIER_CHECK, f"a candidate lost more than the {right} right answers")
+    return (items, check[1], right), results
 
 
 def frontier_table(frontier: Frontier, n_layer: int) -> str:
     """A Markdown table of the frontier, the chosen row and the paper's row marked (with the answer check's
-    identical-reply shares where the budget measured them)."""
+    results where the budget measured them)."""
     paper = paper_skip_set(n_layer)
-    checked = frontier.answer_prompts is not None
+    check = frontier.check
     head = "| skip set | layers | KL own | KL fitted | top-1 own | top-1 fitted | ideal @512 | ideal @2048 |"
-    head += " answers own | answers fitted | |" if checked else " |"
+    head += " answers own | answers fitted | |" if check else " |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
 
-    def share(same, agree, keys_found, found):
-        if math.isnan(same):
-            return "-"
-        return f"{same:.2f} / {agree:.2f} / {keys_found:.2f}" + ("" if math.isnan(found) else f" / {found:.2f}")
+    def shown(result: Optional[CheckResult]) -> str:
+        return "-" if result is None or check is None else result.text(check[0], check[2])
 
     for i, r in enumerate(frontier.rows):
         mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
-        answers = (f" {share(r.answers_own, r.agree_own, r.passkeys_own, r.found_own)} | "
-                   f"{share(r.answers_fitted, r.agree_fitted, r.passkeys_fitted, r.found_fitted)} |") if checked else ""
+        answers = f" {shown(r.check_own)} | {shown(r.check_fitted)} |" if check else ""
         lines.append(f"| {format_layers(r.skip)} | {len(r.skip)} | {r.kl_own:.4f} | {r.kl_fitted:.4f} | "
                      f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x |"
                      f"{answers} {mark} |")
-    if checked:
-        lines.append(f"\nAnswers: the share of {frontier.answer_prompts[0]} held-out long prompts whose first "
-                     f"{frontier.answer_prompts[1]} greedy reply tokens equal the full model's / the mean share of "
-                     f"reply tokens before the first difference / the share of {frontier.answer_prompts[2]} pass keys "
-                     "retrieved / the share of replies containing the reference answer (- : not measured; the budget "
-                     "keeps the fastest set at least as good as the paper's on each).")
+    if check:
+        lines.append(f"\nAnswers: {check[0]} generated needle and document questions of {check[1]} tokens (the full "
+                     f"model answers {check[2]}); per candidate, its score over the full model's and the paired 95% "
+                     "interval's lower end in points. A candidate keeps the answers with at least "
+                     f"{KEEP_RETENTION:.0%} of the full model's score and a lower end above "
+                     f"-{100 * KEEP_MARGIN:.0f} points; the budget keeps the fastest that does, stopping each "
+                     "candidate once it can no longer (- : not measured).")
     return "\n".join(lines)

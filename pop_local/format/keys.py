@@ -13,10 +13,10 @@ __all__ = [
     "KV_FIT_ERR_OWN_K", "KV_FIT_ERR_OWN_V", "KV_FIT_ERR_K", "KV_FIT_ERR_V", "KV_FIT_ROWS", "POP_TENSOR_SUFFIX",
     "fitted_tensor_name", "BUDGET", "FRONTIER_SKIP_LAYERS", "FRONTIER_KL_OWN", "FRONTIER_KL_FITTED",
     "FRONTIER_TOP1_OWN", "FRONTIER_TOP1_FITTED", "FRONTIER_SPEEDUP_512", "FRONTIER_SPEEDUP_2048", "FRONTIER_CHOSEN",
-    "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS", "FRONTIER_ANSWERS_OWN", "FRONTIER_ANSWERS_FITTED",
-    "FRONTIER_AGREE_OWN", "FRONTIER_AGREE_FITTED", "FRONTIER_KEYS_OWN", "FRONTIER_KEYS_FITTED",
-    "FRONTIER_PAPER_ANSWERS", "FRONTIER_ANSWER_PROMPTS",
-    "FRONTIER_ANSWER_ARRAYS",
+    "FRONTIER_PAPER_KL", "FRONTIER_HELD_OUT", "FRONTIER_ARRAYS", "FRONTIER_CHECK", "FRONTIER_CHECK_SCORED_OWN",
+    "FRONTIER_CHECK_SCORED_FITTED", "FRONTIER_CHECK_LOST_OWN", "FRONTIER_CHECK_LOST_FITTED",
+    "FRONTIER_CHECK_GAINED_OWN", "FRONTIER_CHECK_GAINED_FITTED", "FRONTIER_CHECK_LOW_OWN",
+    "FRONTIER_CHECK_LOW_FITTED", "FRONTIER_CHECK_ARRAYS",
 ]
 
 PREFIX = "pop."
@@ -84,23 +84,25 @@ FRONTIER_SPEEDUP_2048 = "pop.frontier.speedup_2048"  # f32 array: the same at 20
 FRONTIER_CHOSEN = "pop.frontier.chosen"              # u32: index of the candidate written as the skip set
 FRONTIER_PAPER_KL = "pop.frontier.paper_kl"          # f32: held-out KL of the paper's set (last 1/3, own K/V)
 FRONTIER_HELD_OUT = "pop.frontier.held_out"          # u32 array [2]: held-out samples, response tokens
-# the default budget's answer check (converter/answer_check.py): greedy replies to held-out long prompts,
-# measured for the candidates the rule reached (NaN: not measured), with the K/V that candidate would use
-FRONTIER_ANSWERS_OWN = "pop.frontier.answers_own"        # f32 array: share of replies identical to the full model's
-FRONTIER_ANSWERS_FITTED = "pop.frontier.answers_fitted"  # f32 array: the same with fitted K/V
-FRONTIER_AGREE_OWN = "pop.frontier.agree_own"            # f32 array: mean share of reply tokens before the first
-                                                         # difference
-FRONTIER_AGREE_FITTED = "pop.frontier.agree_fitted"
-FRONTIER_KEYS_OWN = "pop.frontier.passkeys_own"          # f32 array: share of held-out pass keys retrieved
-FRONTIER_KEYS_FITTED = "pop.frontier.passkeys_fitted"
-FRONTIER_FOUND_OWN = "pop.frontier.found_own"            # f32 array: share of replies containing the reference answer
-FRONTIER_FOUND_FITTED = "pop.frontier.found_fitted"      # (optional pair: files converted before it was measured
-                                                         # lack it)
-FRONTIER_PAPER_ANSWERS = "pop.frontier.paper_answers"    # f32: identical share of the paper's set (own K/V)
-FRONTIER_ANSWER_PROMPTS = "pop.frontier.answer_prompts"  # u32 array [3]: prompts, reply tokens compared, pass keys
-FRONTIER_ANSWER_ARRAYS = (FRONTIER_ANSWERS_OWN, FRONTIER_ANSWERS_FITTED, FRONTIER_AGREE_OWN, FRONTIER_AGREE_FITTED,
-                          FRONTIER_KEYS_OWN, FRONTIER_KEYS_FITTED)
-FRONTIER_FOUND_ARRAYS = (FRONTIER_FOUND_OWN, FRONTIER_FOUND_FITTED)
+# the default budget's answer check (converter/answer_check.py): generated needle and document questions
+# at one prompt length, answered greedily in llama.cpp by the full model and by each candidate the rule
+# reached (fastest first, each stopped once it can no longer pass); per candidate and K/V, aligned with
+# the frontier (0 items answered: not measured)
+FRONTIER_CHECK = "pop.frontier.check"                  # u32 array [3]: items, prompt tokens, full model's right answers
+FRONTIER_CHECK_SCORED_OWN = "pop.frontier.check_scored_own"      # u32 array: items answered, own K/V
+FRONTIER_CHECK_SCORED_FITTED = "pop.frontier.check_scored_fitted"
+FRONTIER_CHECK_LOST_OWN = "pop.frontier.check_lost_own"          # u32 array: right for the full model, wrong here
+FRONTIER_CHECK_LOST_FITTED = "pop.frontier.check_lost_fitted"
+FRONTIER_CHECK_GAINED_OWN = "pop.frontier.check_gained_own"      # u32 array: wrong for the full model, right here
+FRONTIER_CHECK_GAINED_FITTED = "pop.frontier.check_gained_fitted"
+FRONTIER_CHECK_LOW_OWN = "pop.frontier.check_low_own"            # f32 array: paired 95% interval's lower end of
+FRONTIER_CHECK_LOW_FITTED = "pop.frontier.check_low_fitted"      # POP - full (a share; NaN: not all items answered)
+FRONTIER_CHECK_ARRAYS = (FRONTIER_CHECK_SCORED_OWN, FRONTIER_CHECK_SCORED_FITTED, FRONTIER_CHECK_LOST_OWN,
+                         FRONTIER_CHECK_LOST_FITTED, FRONTIER_CHECK_GAINED_OWN, FRONTIER_CHECK_GAINED_FITTED,
+                         FRONTIER_CHECK_LOW_OWN, FRONTIER_CHECK_LOW_FITTED)
+# Files converted before this check (pop-local 0.x until 2026-12) carry the replaced check's keys
+# (pop.frontier.answers_*, agree_*, passkeys_*, found_*, paper_answers, answer_prompts): they load, and
+# those keys are shown as plain metadata.
 FRONTIER_ARRAYS = (FRONTIER_SKIP_LAYERS, FRONTIER_KL_OWN, FRONTIER_KL_FITTED, FRONTIER_TOP1_OWN, FRONTIER_TOP1_FITTED,
                    FRONTIER_SPEEDUP_512, FRONTIER_SPEEDUP_2048)
 

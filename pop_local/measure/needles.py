@@ -7,6 +7,9 @@ with confidence. Modelled on RULER's multi-key needle task (lm-evaluation-harnes
 written for the project so that the converter can check a skip set without lm_eval, and with seeds of
 its own (the suite's items are not the converter's).
 
+`make_single_item` hides one such record in plain prose instead (RULER's `niah_single_1` kind): the
+retrieval even the smallest models here do at 1k-8k, and the one the paper's set loses on Gemma-3-270M.
+
 Items depend only on (seed, length, index); a reply is scored like a document question (first line,
 the answer and none of the other numbers: pop_local.measure.docqa.score_reply).
 """
@@ -18,7 +21,7 @@ from typing import Callable, List
 
 from .docqa import DocItem
 
-__all__ = ["make_item", "make_items", "PROMPT_HEAD"]
+__all__ = ["make_item", "make_items", "make_single_item", "PROMPT_HEAD", "SINGLE_HEAD"]
 
 PROMPT_HEAD = ("Below is a list of access numbers. Memorize them: you will be asked for the number of one "
                "of them, and must answer with that exact number.")
@@ -70,3 +73,51 @@ def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], 
 
 def make_items(seed: int, length: int, n: int, count_tokens: Callable[[str], int], reserve: int = 64) -> List[DocItem]:
     return [make_item(seed, length, i, count_tokens, reserve) for i in range(n)]
+
+
+SINGLE_HEAD = ("A special access number is hidden in the text below. Read the text, then answer the question "
+               "after it with that exact number.")
+_PROSE = ("The tram stops twice at the market before it turns toward the river.",
+          "A kettle whistles in the kitchen upstairs while the radio plays an old song.",
+          "Gulls circle over the harbour wall and the fishing boats come in one by one.",
+          "The clock above the station has been five minutes fast for as long as anyone remembers.",
+          "Leaves gather under the bench where the postman eats his lunch on Fridays.",
+          "In the afternoon the library fills with students who whisper about their exams.",
+          "The baker leaves a tray of rolls by the window to cool in the breeze.",
+          "A dog sleeps in the shade of the fountain, ignoring the pigeons around it.",
+          "Rain is expected later in the week, and the farmers hope it will be gentle.",
+          "The old bridge was painted green last spring and already needs another coat.",
+          "Children chalk drawings on the pavement outside the school after the bell.",
+          "At night the lighthouse sweeps its beam across the quiet bay.")
+
+
+def make_single_item(seed: int, length: int, index: int, count_tokens: Callable[[str], int],
+                     reserve: int = 64) -> DocItem:
+    """The item `index` of a set of single needles: one access-number record at a random depth of prose
+    that fills `length` tokens less `reserve`; no distractors."""
+    rng = random.Random(f"pop-local-single-needle-{seed}-{length}-{index}")
+    key = f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
+    number = str(rng.randrange(1_000_000, 10_000_000))
+    record = f"The special access number for the {key} is {number}."
+    question = f"What is the special access number for the {key}?"
+
+    def render(sentences: List[str]) -> str:
+        return f"{SINGLE_HEAD}\n\n" + " ".join(sentences) + f"\n\nQuestion: {question}"
+
+    budget = length - reserve
+    prose = [rng.choice(_PROSE) for _ in range(8)]
+    if count_tokens(render([record])) > budget:
+        raise ValueError(f"a needle question does not fit {length} tokens (give a length of 128 or more)")
+    per = max(1, count_tokens(" ".join(prose)) // len(prose))
+    n = max(0, (budget - count_tokens(render([record]))) // per)
+    prose = [rng.choice(_PROSE) for _ in range(n + 8)]
+    depth = rng.random()
+    while True:  # the most prose sentences that fit around the record
+        body = prose[:n]
+        body.insert(min(int(depth * (n + 1)), n), record)
+        text = render(body)
+        if count_tokens(text) <= budget or n == 0:
+            break
+        n -= max(1, (count_tokens(text) - budget) // per)
+        n = max(0, n)
+    return DocItem(f"single-{length}-{index}", text, question, number, (), "single")

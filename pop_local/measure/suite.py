@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pop_local.errors import PopError
+from pop_local.format.frontier import keeps_answers
 
 __all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", "offline_environment",
            "paired_interval", "retention", "measure_speed", "TASKS_DIR", "check_settings", "merge_results"]
@@ -42,7 +43,6 @@ TASKS = RULER + ("pop_docqa",)
 GEN_CAP = {"niah_single_1": 24, "niah_multikey_2": 24, "niah_multikey_3": 48, "ruler_vt": 30, "ruler_cwe": 64,
            "ruler_fwe": 32, "pop_docqa": 24}
 MIN_FULL_SCORE = 0.3  # below this the full model cannot do the task: no retention is reported
-KEEP_MARGIN = 0.10    # "kept": the interval's lower end above -10 points
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,8 @@ def merge_results(result: Optional[Dict[str, Any]], part: Dict[str, Any]) -> Dic
 def retention(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """One row per (task, length, POP setting): n, score, full score, retention (None where the full
     model scores under MIN_FULL_SCORE), the paired 95% interval of POP - full, and a verdict:
-    "kept" (interval's low end above -KEEP_MARGIN), "lost" (interval below 0), else "undecided"."""
+    "kept" (at least 95% of the full score and the interval's low end above -10 points:
+    format.frontier.keeps_answers, the converter's rule too), "lost" (interval below 0), else "undecided"."""
     by = {(c["task"], c["length"], c["setting"]): c for c in result["cells"]}
     rows = []
     for (task, length, setting), cell in by.items():
@@ -191,7 +192,7 @@ def retention(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         diff, low, high = paired_interval([r["score"] for r in cell["items"]], [r["score"] for r in full["items"]])
         able = full["score"] >= MIN_FULL_SCORE
         verdict = ("full below 0.3" if not able else "lost" if high < 0 else
-                   "kept" if low > -KEEP_MARGIN else "undecided")
+                   "kept" if keeps_answers(cell["score"], full["score"], low) else "undecided")
         rows.append({"task": task, "length": length, "setting": setting, "n": cell["n"], "score": cell["score"],
                      "full": full["score"], "retention": cell["score"] / full["score"] if able else None,
                      "diff": diff, "low": low, "high": high, "verdict": verdict})
