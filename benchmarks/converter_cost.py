@@ -111,7 +111,23 @@ def _frontier(meta) -> "dict | None":
             "kl": float((x[keys.FRONTIER_KL_FITTED] if fitted else x[keys.FRONTIER_KL_OWN])[i]),
             "top1": float((x[keys.FRONTIER_TOP1_FITTED] if fitted else x[keys.FRONTIER_TOP1_OWN])[i]),
             "paper_kl": float(x[keys.FRONTIER_PAPER_KL]), "speedup_2048": float(x[keys.FRONTIER_SPEEDUP_2048][i]),
-            "candidates": len(x[keys.FRONTIER_SKIP_LAYERS])}
+            "candidates": len(x[keys.FRONTIER_SKIP_LAYERS]), "check": _check(meta)}
+
+
+def _check(meta) -> "dict | None":
+    """The answer check's items and every candidate it measured, fastest first, as the file records them."""
+    from pop_local.format.layers import format_layers
+
+    f = meta.frontier
+    if f is None or f.check is None:
+        return None
+    items, length, right = f.check
+    measured = [{"skip": format_layers(r.skip), "kv": kv, "speedup_2048": r.speedup_2048, "scored": c.scored,
+                 "lost": c.lost, "gained": c.gained, "low": None if c.scored < items else c.low,
+                 "passed": f.passed(c)}
+                for r in f.rows for kv, c in (("own", r.check_own), ("fitted", r.check_fitted)) if c is not None]
+    measured.sort(key=lambda m: -m["speedup_2048"])
+    return {"items": items, "length": length, "full_right": right, "measured": measured}
 
 
 LABELS = {"smollm2": "SmolLM2-135M Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
@@ -124,17 +140,20 @@ def main(argv=None) -> int:
     p.add_argument("names", nargs="*", help="smollm2, gemma3, qwen2.5-coder-1.5b")
     p.add_argument("--model", help="any GGUF (with --name)")
     p.add_argument("--name", help="name of --model in the results")
-    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--samples", type=int, help="calibration samples (default: the converter's for the file)")
     p.add_argument("--in-memory", action="store_true", help="the whole model in memory (the path before streaming)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--keep", help="write the converted model here (default: a temporary file)")
     a, extra = p.parse_known_args(argv)
     jobs = [(n, model_path(n)) for n in a.names] + ([(a.name or "model", a.model)] if a.model else [])
     for name, src in jobs:
-        r = measure(src, a.samples, a.in_memory, extra, a.keep)
+        from pop_local.converter.convert import default_samples
+
+        samples = a.samples or default_samples(src)
+        r = measure(src, samples, a.in_memory, extra, a.keep)
         path = "in-memory" if a.in_memory else "streamed"
         r.update({"name": name, "label": LABELS.get(name, name), "file_bytes": os.path.getsize(src),
-                  "samples": a.samples, "path": path,
+                  "samples": samples, "path": path,
                   **provenance("python benchmarks/converter_cost.py "
                                + " ".join(argv if argv is not None else sys.argv[1:]))})
         print(json.dumps({k: v for k, v in r.items() if k != "stdout"}, indent=1), flush=True)

@@ -163,6 +163,70 @@ def converter_cost() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*(name for name, _ in rows))
 
 
+def converter_check(name: str) -> str:
+    """The default conversion's answer check, candidate by candidate (benchmarks/converter_cost.py)."""
+    source = f"convert-{name}-streamed.json"
+    conv = _load(source)
+    check = (conv.get("frontier") or {}).get("check")
+    if not check:
+        return f"(no answer check recorded in `{source}`)"
+    lines = [f"{check['items']} questions of {check['length']} tokens; the full model answers {check['full_right']}.",
+             "", "| candidate (fastest first) | K/V | FLOP ideal @2048 | answered | lost | gained | lower end "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in check["measured"]:
+        low = "-" if m["low"] is None else _points(m["low"])
+        verdict = "**keeps (chosen)**" if m["passed"] else ("stopped: cannot pass" if m["scored"] < check["items"]
+                                                             else "fails")
+        lines.append(f"| {m['skip']} | {m['kv']} | {m['speedup_2048']:.2f}x | {m['scored']} | {m['lost']} | "
+                     f"{m['gained']} | {low} | {verdict} |")
+    return "\n".join(lines) + f"\n\nChosen: {_layers(conv['skip_layers'])} ({conv['kv_method']} K/V), conversion " \
+        f"{conv['seconds'] / 60:.1f} min, peak {conv['peak_rss_bytes'] / 2**30:.1f} GB for a " \
+        f"{conv['file_bytes'] / 2**30:.2f} GB file ({conv['samples']} samples).\n\n" + _sources(source)
+
+
+def layer_sets(name: str) -> str:
+    """A skip set grown layer by layer under the answer check (benchmarks/layer_sets.py)."""
+    source = f"layer-sets-{name}.json"
+    r = _load(source)
+    c = r["check"]
+    lines = [f"Start: {r['start']['set']} ({r['start']['text']}); {c['items']} check questions of {c['length']} "
+             f"tokens, the full model answers {c['full_right']}.", "",
+             "| added layer | prefill importance | set tried | FLOP ideal @2048 | check | kept |",
+             "|---|---|---|---|---|---|"]
+    for t in r["trials"]:
+        check = (f"{t['scored']} answered, {t['lost']} lost" if t["low"] is None
+                 else f"{t['lost']} lost, {t['gained']} gained, lower end {_points(t['low'])}")
+        lines.append(f"| {t['layer']} | {t['importance']:.3g} | {t['set']} | {t['speedup_2048']:.2f}x | {check} | "
+                     f"{'yes' if t['kept'] else 'no'} |")
+    return ("\n".join(lines) + f"\n\nFinal: {r['final']} ({r['final_speedup_2048']:.2f}x FLOP ideal at 2048 tokens)."
+            "\n\n" + _sources(source))
+
+
+def check_agreement() -> str:
+    """The converter's check against the answers suite, every setting of every model
+    (benchmarks/check_agreement.py)."""
+    files = sorted(glob.glob(os.path.join(RESULTS, "check-agreement-*.json")),
+                   key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+    lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
+             "|---|---|---|---|---|"]
+    tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
+    for path in files:
+        r = _load(os.path.basename(path))
+        for row in r["rows"]:
+            cells = [c for c in row["cells"] if c["verdict"] != "full below 0.3"]
+            count = {v: sum(c["verdict"] == v for c in cells) for v in ("kept", "lost", "undecided")}
+            where = ", ".join(f"{c['task']}@{c['length'] // 1024}k {c['verdict']}" for c in cells)
+            tally[row["agreement"]] += 1
+            lines.append(f"| {LABELS.get(r['name'], r['name'])} | {row['setting']} | {row['check']['text']} | "
+                         f"{row['suite']} ({count['kept']} / {count['lost']} / {count['undecided']}: {where}) | "
+                         f"{row['agreement']} |")
+    decided = tally["agree"] + tally["disagree"]
+    return ("\n".join(lines) + f"\n\nThe check agrees with the suite on {tally['agree']} of {decided} settings the "
+            f"suite decides ({tally['suite undecided']} undecided by the suite).\n\n"
+            + _sources(*(os.path.basename(p) for p in files)))
+
+
 def budget(name: str) -> str:
     """One model's paper set against its default budget: the converter's frontier, eval and bench."""
     conv_f, ev_f, be_f = f"convert-{name}-streamed.json", f"budget-{name}-eval.json", f"budget-{name}-bench.json"
@@ -291,6 +355,26 @@ def _retained(x: dict) -> str:
     return f"{x['retention'] * 100:.0f}%, {_points(x['diff'])} [{_points(x['low'])}, {_points(x['high'])}]"
 
 
+def suite_rows(name: str, settings: str, lengths: str = "") -> str:
+    """Chosen POP settings of one model's suite side by side (at the comma-separated `lengths`, default
+    all), every task the full model can do: score, retention and interval, verdict, prefill speedup."""
+    from pop_local.measure.suite import retention
+
+    r, speed, files = _suite_files(name)
+    wanted = settings.split(",")
+    at = {int(x) for x in lengths.split(",") if x}
+    rows = sorted((x for x in retention(r) if x["setting"] in wanted and x["verdict"] != "full below 0.3"
+                   and (not at or x["length"] in at)),
+                  key=lambda x: (x["task"], x["length"], wanted.index(x["setting"])))
+    lines = ["| tokens | task | setting | what it runs | n | score (full) | POP − full [95%] | verdict | "
+             "prefill (FLOP ideal) |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['length']} | {x['task']} | {x['setting']} | {r['settings'][x['setting']]['description']} | "
+                     f"{x['n']} | {x['score']:.2f} ({x['full']:.2f}) | {_retained(x)} | {x['verdict']} | "
+                     f"{_prefill(speed, x['setting'], x['length'])} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
 def suite(name: str) -> str:
     """The answers suite of one model (benchmarks/suite.py): per setting and prompt length, each task's
     score; for POP settings also the retention (POP / full) and the paired 95% interval of POP - full in
@@ -392,7 +476,9 @@ def suite_all() -> str:
 
 TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost,
           "budget": budget,
-          "suite": suite, "suite-summary": suite_summary, "suite-all": suite_all, "llama8b-shape": llama8b_shape,
+          "suite": suite, "suite-summary": suite_summary, "converter-check": converter_check,
+          "suite-rows": suite_rows, "layer-sets": layer_sets,
+          "check-agreement": check_agreement, "suite-all": suite_all, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 

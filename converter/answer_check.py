@@ -13,7 +13,9 @@ the fastest candidate that answers as the full model does:
 - the rule: at least 95% of the full model's score and the paired 95% bootstrap interval of POP - full
   above -10 points (format.frontier.keeps_answers: the rule the suite's "kept" verdict applies);
 - a candidate stops as soon as it cannot pass even if it answered every remaining item, so the deep
-  sets that lose answers cost a few items each, and only the chosen one answers them all.
+  sets that lose answers cost a few items each, and only the chosen one answers them all; the items
+  earlier candidates lost go first (candidates come fastest first, nested, so a deeper set's losses
+  are the likeliest losses of the next).
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
 of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
@@ -83,6 +85,7 @@ class AnswerCheck:
         self.items = check_items(lambda text: len(self.llm.tokenize(text.encode(), add_bos=False, special=False)),
                                  self.length, per_kind, seed)
         self.full: List[float] = []
+        self._lost = [0] * len(self.items)  # per item: how many candidates lost it so far
         for n, item in enumerate(self.items):
             self.full.append(self._answer(self.llm, item))
             if progress:
@@ -110,32 +113,45 @@ class AnswerCheck:
         from pop_local.runtime.llama import PopLlama
 
         if fitted is None:
-            llm, owned = self.llm, False
-            llm.skip_layers = skip
-            llm.kv_mode = "own"
-        else:
-            path = self._fitted_copy(skip, fitted)
-            llm, owned = PopLlama(path, min_tokens=0, **self._load()), True
-        llm.pop_enabled = True
-        pop: List[float] = []
+            self.llm.skip_layers = skip
+            self.llm.kv_mode = "own"
+            self.llm.pop_enabled = True
+            try:
+                return self.score_loaded(self.llm, stop_early=stop_early)
+            finally:
+                self.llm.pop_enabled = False
+        path = self._fitted_copy(skip, fitted)
+        llm = PopLlama(path, min_tokens=0, **self._load())
         try:
-            for n, item in enumerate(self.items):
-                pop.append(self._answer(llm, item))
-                if self.progress:
-                    self.progress(n + 1, len(self.items))
-                best = pop + [1.0] * (len(self.items) - len(pop))
-                if stop_early and len(pop) < len(self.items) and not _verdict(best, self.full)[0]:
-                    break
+            return self.score_loaded(llm, stop_early=stop_early)
         finally:
-            llm.pop_enabled = False
-            if owned:
-                llm.close()
-                os.remove(path)
-        full = self.full[:len(pop)]
-        lost = sum(1 for p, f in zip(pop, full) if f > p)
-        gained = sum(1 for p, f in zip(pop, full) if p > f)
-        low = _verdict(pop, self.full)[1] if len(pop) == len(self.items) else math.nan
-        return CheckResult(len(pop), lost, gained, low)
+            llm.close()
+            os.remove(path)
+
+    def score_loaded(self, llm, *, stop_early: bool = True) -> CheckResult:
+        """The answers of a loaded model in the setting it is in (the same weights as the reference).
+
+        Items go in the order most likely to stop a failing candidate soon: those earlier candidates lost
+        most often first, then the rest the full model answers, then those it does not (where nothing
+        can be lost). The verdict does not depend on the order (scores are paired in item order)."""
+        n = len(self.items)
+        order = sorted(range(n), key=lambda i: (-self._lost[i], self.full[i] == 0, i))
+        pop: List[Optional[float]] = [None] * n
+        for done, i in enumerate(order, 1):
+            pop[i] = self._answer(llm, self.items[i])
+            if self.progress:
+                self.progress(done, n)
+            best = [1.0 if p is None else p for p in pop]
+            if stop_early and done < n and not _verdict(best, self.full)[0]:
+                break
+        answered = [(p, f) for p, f in zip(pop, self.full) if p is not None]
+        for i, p in enumerate(pop):
+            if p is not None and self.full[i] > p:
+                self._lost[i] += 1
+        lost = sum(1 for p, f in answered if f > p)
+        gained = sum(1 for p, f in answered if p > f)
+        low = _verdict(pop, self.full)[1] if len(answered) == n else math.nan
+        return CheckResult(len(answered), lost, gained, low)
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
         from .convert import kv_metadata

@@ -76,6 +76,16 @@ def test_choose_skip_layers():
     assert choose_skip_layers(30, ratio=0.1, strategy="score", prefill_importance=imp) == (3, 7, 29)
 
 
+def test_default_samples_fit_the_model_file(smollm2, tmp_path):
+    """64 calibration samples for a small model; 16 for a file over 512 MiB (the 1.5B's 15 minutes)."""
+    from pop_local.converter.convert import default_samples
+
+    big = tmp_path / "big.gguf"
+    with open(big, "wb") as f:
+        f.truncate(600 * 2**20)  # sparse: the size is what counts
+    assert default_samples(smollm2) == 64 and default_samples(str(big)) == 16
+
+
 def test_cli_no_calibrate_writes_and_inspect_shows(smollm2, tmp_path):
     out = tmp_path / "m.pop.gguf"
     r = CliRunner().invoke(cli, ["convert", smollm2, "-o", str(out), "--layers", "20-29", "--no-calibrate"])

@@ -158,7 +158,7 @@ def _max_ratio(value):
 @click.option("--data", type=click.Path(dir_okay=False),
               help="calibration prompts: .jsonl or text (blank-line separated)")
 @click.option("--dataset", help="calibration prompts from a datasets-library dataset (needs the network)")
-@click.option("--samples", type=int, default=64, show_default=True)
+@click.option("--samples", type=int, help="calibration samples [default: 64; 16 for a model file over 512 MiB]")
 @click.option("--seq-len", type=int, default=256, show_default=True, help="longest prompt, in tokens")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
@@ -231,11 +231,11 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
         how = (f", {kv_used} K/V; held-out KL {kl:.4f}, ideal speedup {row[keys.FRONTIER_SPEEDUP_2048][i]:.2f}x at "
                f"2048 tokens ({row[keys.BUDGET]})")
         if keys.FRONTIER_CHECK in row:
-            from pop_local.format.frontier import CheckResult
+            from pop_local.format.metadata import read_pop_metadata
 
-            items, length, right = row[keys.FRONTIER_CHECK]
-            suffix = "fitted" if kv_used == "fitted" else "own"
-            got = CheckResult(*(row[f"pop.frontier.check_{a}_{suffix}"][i] for a in ("scored", "lost", "gained", "low")))
+            frontier = read_pop_metadata(result.output).frontier
+            items, length, right = frontier.check
+            got = frontier.choice.check(kv_used)
             how += (f"; answers to {items} needle and document questions of {length} tokens: the full model "
                     f"{right}, this set {right - got.lost + got.gained} ({got.text(items, right)})")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")

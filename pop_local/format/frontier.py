@@ -15,7 +15,8 @@ from . import keys
 from .layers import format_layers, parse_layers
 
 __all__ = ["FrontierRow", "Frontier", "Budget", "parse_budget", "choose", "within_budget", "budget_options",
-           "first_passing", "max_skipped", "CheckResult", "keeps_answers", "KEEP_RETENTION", "KEEP_MARGIN", "paper_skip_set", "frontier_fields", "read_frontier", "frontier_table",
+           "first_passing", "max_skipped", "CheckResult", "keeps_answers", "KEEP_RETENTION", "KEEP_MARGIN",
+           "paper_skip_set", "frontier_fields", "read_frontier", "frontier_table",
            "KV_CHOICES"]
 
 KV_CHOICES = ("auto", "own", "fitted")
@@ -313,7 +314,8 @@ def _read_check(extra: Mapping[str, Any], n: int):
     check = extra[keys.FRONTIER_CHECK]
     if not (isinstance(check, list) and len(check) == 3 and all(type(x) is int and x >= 0 for x in check)
             and check[0] > 0 and check[2] <= check[0]):
-        raise PopMetadataError(keys.FRONTIER_CHECK, f"expected [items, prompt tokens, right answers], got {check!r}"[:200])
+        raise PopMetadataError(keys.FRONTIER_CHECK,
+                               f"expected [items, prompt tokens, right answers], got {check!r}"[:200])
     items, _, right = check
     columns: Dict[Tuple[str, str], List[Any]] = {}
     for name, attr, kv in _CHECK_COLUMNS:
@@ -324,7 +326,8 @@ def _read_check(extra: Mapping[str, Any], n: int):
             ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or -1 <= v <= 1)
                   if attr == "low" else type(v) is int and 0 <= v <= items)
             if not ok:
-                raise PopMetadataError(name, f"{v!r} is not {'a share in [-1, 1]' if attr == 'low' else 'a count of items'}")
+                what = "a share in [-1, 1]" if attr == "low" else "a count of items"
+                raise PopMetadataError(name, f"{v!r} is not {what}")
         columns[(attr, kv)] = value
     results = {}
     for kv in ("own", "fitted"):
