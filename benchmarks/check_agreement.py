@@ -60,13 +60,13 @@ def measure(model: str, result: dict, names, max_length: int, progress):
             cells = [{k: r[k] for k in ("task", "length", "n", "score", "full", "low", "verdict")}
                      for r in rows if r["setting"] == name]
             suite = suite_verdict(cells)
-            passed = got.passed(items, right)
+            passed = got.passed(right)
             out.append({"setting": name, "args": result["settings"][name]["args"],
-                        "check": {"scored": got.scored, "lost": got.lost, "gained": got.gained,
-                                  "low": None if got.scored < items else got.low, "passed": passed,
-                                  "text": got.text(items, right)},
+                        "check": {"scored": got.scored, "lost": got.lost,
+                                  "low": None if got.scored < right else got.low, "passed": passed,
+                                  "text": got.text(right)},
                         "suite": suite, "cells": cells, "agreement": agreement(passed, suite)})
-            print(f"{name}: check {got.text(items, right)}; suite {suite} -> {out[-1]['agreement']}", flush=True)
+            print(f"{name}: check {got.text(right)}; suite {suite} -> {out[-1]['agreement']}", flush=True)
     finally:
         check.close()
     return out, {"items": items, "length": length, "full_right": right}

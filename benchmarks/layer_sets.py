@@ -60,16 +60,16 @@ def main(argv=None) -> int:
     trials = []
     try:
         start = check.score(skip)
-        print(f"start {format_layers(skip)}: {start.text(items, right)}", flush=True)
+        print(f"start {format_layers(skip)}: {start.text(right)}", flush=True)
         fails = 0
         for layer in order:
             trial = tuple(sorted(skip + (layer,)))
             got = check.score(trial)
-            kept = got.passed(items, right)
+            kept = got.passed(right)
             trials.append({"layer": layer, "importance": float(importance[layer]), "set": format_layers(trial),
                            "speedup_2048": ideal_speedup(shape, 2048, trial), "scored": got.scored, "lost": got.lost,
-                           "gained": got.gained, "low": None if got.scored < items else got.low, "kept": kept})
-            print(f"+{layer} -> {format_layers(trial)}: {got.text(items, right)}", flush=True)
+                           "low": None if got.scored < right else got.low, "kept": kept})
+            print(f"+{layer} -> {format_layers(trial)}: {got.text(right)}", flush=True)
             if kept:
                 skip, fails = trial, 0
             else:
@@ -81,8 +81,8 @@ def main(argv=None) -> int:
         bar.close()
     out = {"name": a.name, "model": os.path.basename(model), "check": {"items": items, "length": length,
                                                                        "full_right": right},
-           "start": {"set": a.start or format_layers(meta.skip_layers), "passed": start.passed(items, right),
-                     "text": start.text(items, right)},
+           "start": {"set": a.start or format_layers(meta.skip_layers), "passed": start.passed(right),
+                     "text": start.text(right)},
            "final": format_layers(skip), "final_speedup_2048": ideal_speedup(shape, 2048, skip), "trials": trials,
            **provenance()}
     path = os.path.join(a.out, f"layer-sets-{a.name}.json")

@@ -170,16 +170,15 @@ def converter_check(name: str) -> str:
     check = (conv.get("frontier") or {}).get("check")
     if not check:
         return f"(no answer check recorded in `{source}`)"
-    lines = [f"{check['items']} questions of {check['length']} tokens; the full model answers {check['full_right']}.",
-             "", "| candidate (fastest first) | K/V | FLOP ideal @2048 | answered | lost | gained | lower end "
-             "| verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"{check['items']} questions of {check['length']} tokens; the full model answers {check['full_right']}, "
+             "which each candidate is asked.",
+             "", "| candidate (fastest first) | K/V | FLOP ideal @2048 | answered | lost | lower end | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for m in check["measured"]:
         low = "-" if m["low"] is None else _points(m["low"])
-        verdict = "**keeps (chosen)**" if m["passed"] else ("stopped: cannot pass" if m["scored"] < check["items"]
-                                                             else "fails")
+        verdict = "**keeps (chosen)**" if m["passed"] else ("stopped: cannot pass" if m["low"] is None else "fails")
         lines.append(f"| {m['skip']} | {m['kv']} | {m['speedup_2048']:.2f}x | {m['scored']} | {m['lost']} | "
-                     f"{m['gained']} | {low} | {verdict} |")
+                     f"{low} | {verdict} |")
     return "\n".join(lines) + f"\n\nChosen: {_layers(conv['skip_layers'])} ({conv['kv_method']} K/V), conversion " \
         f"{conv['seconds'] / 60:.1f} min, peak {conv['peak_rss_bytes'] / 2**30:.1f} GB for a " \
         f"{conv['file_bytes'] / 2**30:.2f} GB file ({conv['samples']} samples).\n\n" + _sources(source)
@@ -196,7 +195,7 @@ def layer_sets(name: str) -> str:
              "|---|---|---|---|---|---|"]
     for t in r["trials"]:
         check = (f"{t['scored']} answered, {t['lost']} lost" if t["low"] is None
-                 else f"{t['lost']} lost, {t['gained']} gained, lower end {_points(t['low'])}")
+                 else f"{t['lost']} lost, lower end {_points(t['low'])}")
         lines.append(f"| {t['layer']} | {t['importance']:.3g} | {t['set']} | {t['speedup_2048']:.2f}x | {check} | "
                      f"{'yes' if t['kept'] else 'no'} |")
     return ("\n".join(lines) + f"\n\nFinal: {r['final']} ({r['final_speedup_2048']:.2f}x FLOP ideal at 2048 tokens)."

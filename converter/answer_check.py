@@ -10,12 +10,13 @@ the fastest candidate that answers as the full model does:
   (pop_local.measure.needles and docqa, seeds of the converter's own: not the suite's items), interleaved,
   CHECK_PER_KIND of each, at CHECK_LENGTH tokens of the model's own tokenizer (less where its context is
   shorter), each scored right or wrong as the suite scores it;
-- the rule: at least 95% of the full model's score and the paired 95% bootstrap interval of POP - full
-  above -10 points (format.frontier.keeps_answers: the rule the suite's "kept" verdict applies);
-- a candidate stops as soon as it cannot pass even if it answered every remaining item, so the deep
-  sets that lose answers cost a few items each, and only the chosen one answers them all; the items
-  earlier candidates lost go first (candidates come fastest first, nested, so a deeper set's losses
-  are the likeliest losses of the next).
+- the rule: at least 95% of the full model's right answers kept and the paired 95% bootstrap interval
+  of POP - full above -10 points (format.frontier.keeps_answers: the rule the suite's "kept" verdict
+  applies, here over the items the full model answers);
+- candidates answer only the items the full model answers right (nothing can be lost on the others,
+  and a "gain" there is a lucky guess at a question the model cannot answer), and stop as soon as they
+  cannot pass even with every remaining item right; the items earlier candidates lost go first, so the
+  deep sets that lose answers cost an item or two each, and only the chosen one answers them all.
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
 of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from pop_local.format.frontier import CheckResult
 
@@ -61,13 +62,20 @@ def check_items(count_tokens: Callable[[str], int], length: int, per_kind: int =
     return [makers[kind](seed, length, i, count_tokens) for i in range(per_kind) for kind in KINDS]
 
 
-def _verdict(pop: Sequence[float], full: Sequence[float]) -> Tuple[bool, float]:
-    """(keeps the answers, paired interval's lower end) over paired item scores."""
-    from pop_local.format.frontier import keeps_answers
+def _interval_low(lost: int, n: int) -> float:
+    """The paired 95% interval's lower end of POP - full over n items the full model answers, `lost`
+    of them answered wrong (the items in a fixed order: the bootstrap depends on the counts only)."""
     from pop_local.measure.suite import paired_interval
 
-    _, low, _ = paired_interval(pop, full)
-    return keeps_answers(sum(pop) / len(pop), sum(full) / len(full), low), low
+    return paired_interval([0.0] * lost + [1.0] * (n - lost), [1.0] * n)[1]
+
+
+def _keeps(lost: int, n: int) -> bool:
+    """Whether `lost` of n such items (or, for a candidate still answering, `lost` so far and none of
+    the rest) still keep the answers."""
+    from pop_local.format.frontier import keeps_answers
+
+    return keeps_answers((n - lost) / n, 1.0, _interval_low(lost, n))
 
 
 class AnswerCheck:
@@ -129,29 +137,27 @@ class AnswerCheck:
             os.remove(path)
 
     def score_loaded(self, llm, *, stop_early: bool = True) -> CheckResult:
-        """The answers of a loaded model in the setting it is in (the same weights as the reference).
+        """The answers of a loaded model in the setting it is in (the same weights as the reference), to
+        the items the full model answers right.
 
-        Items go in the order most likely to stop a failing candidate soon: those earlier candidates lost
-        most often first, then the rest the full model answers, then those it does not (where nothing
-        can be lost). The verdict does not depend on the order (scores are paired in item order)."""
-        n = len(self.items)
-        order = sorted(range(n), key=lambda i: (-self._lost[i], self.full[i] == 0, i))
-        pop: List[Optional[float]] = [None] * n
+        Items earlier candidates lost go first: candidates come fastest first and nested, so a deeper
+        set's losses are the likeliest losses of the next, and a failing candidate stops soon. The
+        verdict does not depend on the order."""
+        right = [i for i, f in enumerate(self.full) if f]
+        order = sorted(right, key=lambda i: (-self._lost[i], i))
+        lost: List[int] = []
         for done, i in enumerate(order, 1):
-            pop[i] = self._answer(llm, self.items[i])
+            if not self._answer(llm, self.items[i]):
+                lost.append(i)
             if self.progress:
-                self.progress(done, n)
-            best = [1.0 if p is None else p for p in pop]
-            if stop_early and done < n and not _verdict(best, self.full)[0]:
+                self.progress(done, len(order))
+            if stop_early and done < len(order) and not _keeps(len(lost), len(order)):
                 break
-        answered = [(p, f) for p, f in zip(pop, self.full) if p is not None]
-        for i, p in enumerate(pop):
-            if p is not None and self.full[i] > p:
-                self._lost[i] += 1
-        lost = sum(1 for p, f in answered if f > p)
-        gained = sum(1 for p, f in answered if p > f)
-        low = _verdict(pop, self.full)[1] if len(answered) == n else math.nan
-        return CheckResult(len(answered), lost, gained, low)
+        for i in lost:
+            self._lost[i] += 1
+        done = min(done, len(order)) if order else 0
+        low = _interval_low(len(lost), len(order)) if done == len(order) and order else math.nan
+        return CheckResult(done, len(lost), low)
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
         from .convert import kv_metadata

@@ -343,16 +343,21 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
             fitted = out.frontier[i].fitted if method == "fitted" else None
             check.progress = tick(f"answers: {format_layers(rows[i].skip)} ({method} K/V)")
             measured[option] = result = check.score(rows[i].skip, fitted)
-            return result.passed(items, right)
+            return result.passed(right)
 
         options = budget_options(rows, budget, kv, paper_kl)
+        if right == 0:  # nothing to keep: the model answers none of the questions
+            if progress:
+                progress(f"answer check: the full model answers none of its {items} questions; the choice is by "
+                         "held-out KL", 0, 0)
+            return rows, options[0][0], options[0][1], {"check": check.shape}
         found = first_passing(options, keeps)
     finally:
         check.close()
     if found is None:  # retention first: the fewest layers skipped, its lower-KL K/V
         found = min(options, key=lambda o: (len(rows[o[0]].skip), rows[o[0]].kl(o[1])))
         if progress:
-            progress(f"no candidate kept the full model's answers ({right} of {items}); writing the shallowest, "
+            progress(f"no candidate kept the full model's {right} right answers (of {items}); writing the shallowest, "
                      f"{format_layers(rows[found[0]].skip)} ({found[1]} K/V)", 0, 0)
     new_rows = list(rows)
     for (i, m), result in measured.items():

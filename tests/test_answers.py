@@ -147,9 +147,10 @@ def test_the_converters_check_asks_its_own_questions_of_each_kind(smollm2_tokens
 
 @pytest.mark.slow
 def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(smollm2):
-    """A candidate that skips nothing (POP on, empty set) answers as the full model: nothing lost or
-    gained, every item answered, the interval [0, 0], so it keeps the answers; a set that skips almost
-    every layer loses the first needle the full model finds and stops there, unless asked to go on."""
+    """A candidate that skips nothing (POP on, empty set) answers as the full model: every item the full
+    model answers is answered, nothing lost, the interval [0, 0], so it keeps the answers; a set that
+    skips almost every layer loses the first needle the full model finds and stops there, unless asked
+    to go on."""
     from pop_local import read_pop_metadata
     from pop_local.converter.answer_check import AnswerCheck
 
@@ -159,11 +160,11 @@ def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(s
         items, length, right = check.shape
         assert (items, length) == (6, 512) and check.full[0] == 1.0  # SmolLM2 finds a single needle at 512
         same = check.score(())
-        assert (same.scored, same.lost, same.gained, same.low) == (6, 0, 0, 0.0) and same.passed(items, right)
+        assert (same.scored, same.lost, same.low) == (right, 0, 0.0) and same.passed(right) and right >= 2
         gutted = tuple(range(2, meta.n_layer))
         stopped = check.score(gutted)
-        assert stopped.scored < items and stopped.lost >= 1 and not stopped.passed(items, right)
+        assert stopped.scored < right and stopped.lost >= 1 and not stopped.passed(right)
         whole = check.score(gutted, stop_early=False)
-        assert whole.scored == items and whole.lost >= stopped.lost and not whole.passed(items, right)
+        assert whole.scored == right and whole.lost >= stopped.lost and not whole.passed(right)
     finally:
         check.close()

@@ -106,23 +106,24 @@ def test_frontier_keys_round_trip(smollm2, tmp_path):
 def test_the_answer_rule_keeps_the_fastest_set_that_keeps_the_full_models_answers():
     from pop_local.format.frontier import CheckResult, first_passing, keeps_answers
 
-    results = {3: CheckResult(2, 2, 0, float("nan")), 2: CheckResult(24, 2, 0, -0.17), 1: CheckResult(24, 0, 1, 0.0),
-               0: CheckResult(24, 0, 0, 0.0)}
+    results = {3: CheckResult(2, 2, float("nan")), 2: CheckResult(20, 2, -0.2), 1: CheckResult(20, 0, 0.0),
+               0: CheckResult(20, 0, 0.0)}
     seen = []
 
     def check(option):
         seen.append(option[0])
-        return results[option[0]].passed(24, 20)
+        return results[option[0]].passed(20)
 
     options = [(i, "own") for i in (3, 2, 1, 0)]
     assert first_passing(options, check) == (1, "own") and seen == [3, 2, 1]  # stops at the first that passes
     assert first_passing(options[:2], check) is None
-    assert not results[3].passed(24, 20) and results[3].text(24, 20) == "stopped at 2: 2 lost"
-    assert results[1].text(24, 20) == "keeps 105% [+0]" and results[2].text(24, 20) == "fails 90% [-17]"
+    assert not results[3].passed(20) and results[3].text(20) == "stopped at 2: 2 lost"
+    assert results[1].text(20) == "keeps 100% [+0]" and results[2].text(20) == "fails 90% [-20]"
     # both halves of the rule: 95% of the full score, and the interval's lower end above -10 points
     assert keeps_answers(0.95, 1.0, -0.09) and not keeps_answers(0.94, 1.0, 0.0)
     assert not keeps_answers(1.0, 1.0, -0.10)
-    assert not CheckResult(24, 1, 0, -0.05).passed(24, 4)  # 3 of 4 right: 75% of the full model's score
+    assert not CheckResult(4, 1, -0.05).passed(4)  # 3 of 4 right: 75% of the full model's score
+    assert not CheckResult(20, 0, 0.0).passed(0)  # nothing the full model answers: nothing to keep
 
 
 @pytest.mark.slow
@@ -131,19 +132,19 @@ def test_frontier_check_keys_round_trip_and_older_files_read_without_them(smollm
 
     from pop_local.format.frontier import CheckResult
 
-    rows = [ROWS[0], dataclasses.replace(ROWS[1], check_own=CheckResult(24, 0, 1, 0.0)), ROWS[2],
-            dataclasses.replace(ROWS[3], check_own=CheckResult(3, 2, 0, float("nan")),
-                                check_fitted=CheckResult(24, 1, 0, -0.125))]
+    rows = [ROWS[0], dataclasses.replace(ROWS[1], check_own=CheckResult(20, 0, 0.0)), ROWS[2],
+            dataclasses.replace(ROWS[3], check_own=CheckResult(3, 2, float("nan")),
+                                check_fitted=CheckResult(20, 1, -0.15))]
     fields = frontier_fields(rows, 1, Budget(max_kl="paper"), 0.09, (4, 192), check=(24, 1024, 20))
     f = _write(smollm2, tmp_path / "a.gguf", fields, skip="28-29").frontier
-    assert f.check == (24, 1024, 20) and f.rows[1].check_own == CheckResult(24, 0, 1, 0.0)
+    assert f.check == (24, 1024, 20) and f.rows[1].check_own == CheckResult(20, 0, 0.0)
     assert f.passed(f.choice.check_own) and not f.passed(f.rows[3].check_fitted)
     assert f.rows[3].check_own.scored == 3 and f.rows[0].check_own is None and f.rows[1].check_fitted is None
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.gguf")])
-    assert ("| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | stopped at 3: 2 lost | fails 95% [-12] "
+    assert ("| 26-29 | 4 | 0.2000 | 0.0700 | 0.840 | 0.910 | 1.15x | 1.16x | stopped at 3: 2 lost | fails 95% [-15] "
             "|  |") in r.output
-    assert "| 28-29 | 2 | 0.0300 | 0.0200 | 0.950 | 0.970 | 1.07x | 1.07x | keeps 105% [+0] | - | chosen |" in r.output
-    assert "Answers: 24 generated needle and document questions of 1024 tokens" in r.output
+    assert "| 28-29 | 2 | 0.0300 | 0.0200 | 0.950 | 0.970 | 1.07x | 1.07x | keeps 100% [+0] | - | chosen |" in r.output
+    assert "Answers: 24 generated needle and document questions of 1024 tokens, of which the full model" in r.output
     old = _write(smollm2, tmp_path / "old.gguf", frontier_fields(ROWS, 3, Budget(max_kl="paper"), 0.09, (4, 192)))
     assert old.frontier.check is None and old.frontier.choice.check() is None
     # a file converted with the check this one replaced: its keys load as plain metadata
@@ -156,6 +157,9 @@ def test_frontier_check_keys_round_trip_and_older_files_read_without_them(smollm
     bad = {**fields, keys.FRONTIER_CHECK_LOST_OWN: [0, 0, 0, 25]}
     with pytest.raises(PopMetadataError, match="check_lost_own: 25 is not a count of items"):
         _write(smollm2, tmp_path / "b.gguf", bad, skip="28-29")
+    bad = {**fields, keys.FRONTIER_CHECK_SCORED_OWN: [0, 22, 0, 3]}
+    with pytest.raises(PopMetadataError, match="answered or lost more than the 20 items"):
+        _write(smollm2, tmp_path / "b3.gguf", bad, skip="28-29")
     bad = {**fields, keys.FRONTIER_CHECK: [24, 1024, 30]}
     with pytest.raises(PopMetadataError, match="pop.frontier.check: expected"):
         _write(smollm2, tmp_path / "c.gguf", bad, skip="28-29")

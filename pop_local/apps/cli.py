@@ -237,7 +237,7 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
             items, length, right = frontier.check
             got = frontier.choice.check(kv_used)
             how += (f"; answers to {items} needle and document questions of {length} tokens: the full model "
-                    f"{right}, this set {right - got.lost + got.gained} ({got.text(items, right)})")
+                    f"{right}, this set {right - got.lost} of those ({got.text(right)})")
     click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
 
 

@@ -33,24 +33,24 @@ def keeps_answers(score: float, full_score: float, low: float) -> bool:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One candidate's answers on the converter's check, paired item by item with the full model's."""
-    scored: int   # items answered (fewer than the check's: stopped once it could no longer pass)
+    """One candidate's answers on the converter's check: the items the full model answers right, each
+    paired with the full model's answer (nothing can be lost on the others)."""
+    scored: int   # items answered (fewer than the full model's right answers: stopped, it could not pass)
     lost: int     # right for the full model, wrong here
-    gained: int   # wrong for the full model, right here
     low: float    # the paired 95% interval's lower end of POP - full, a share (NaN: stopped early)
 
     def retention(self, full_right: int) -> float:
-        return (full_right - self.lost + self.gained) / full_right if full_right else math.nan
+        return (full_right - self.lost) / full_right if full_right else math.nan
 
-    def passed(self, items: int, full_right: int) -> bool:
-        if self.scored < items or math.isnan(self.low):
+    def passed(self, full_right: int) -> bool:
+        if full_right == 0 or self.scored < full_right or math.isnan(self.low):
             return False
-        return keeps_answers((full_right - self.lost + self.gained) / items, full_right / items, self.low)
+        return keeps_answers((full_right - self.lost) / full_right, 1.0, self.low)
 
-    def text(self, items: int, full_right: int) -> str:
-        if self.scored < items:
+    def text(self, full_right: int) -> str:
+        if self.scored < full_right:
             return f"stopped at {self.scored}: {self.lost} lost"
-        verdict = "keeps" if self.passed(items, full_right) else "fails"
+        verdict = "keeps" if self.passed(full_right) else "fails"
         return f"{verdict} {self.retention(full_right):.0%} [{100 * self.low:+.0f}]"
 
 
@@ -191,7 +191,7 @@ def first_passing(options: Sequence[Tuple[int, str]], check) -> Optional[Tuple[i
 
 
 _CHECK_COLUMNS = tuple((name, attr, kv) for name, (attr, kv) in zip(
-    keys.FRONTIER_CHECK_ARRAYS, [(a, k) for a in ("scored", "lost", "gained", "low") for k in ("own", "fitted")]))
+    keys.FRONTIER_CHECK_ARRAYS, [(a, k) for a in ("scored", "lost", "low") for k in ("own", "fitted")]))
 
 
 def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, paper_kl: Optional[float],
@@ -237,7 +237,7 @@ class Frontier:
         return self.rows[self.chosen]
 
     def passed(self, result: Optional[CheckResult]) -> bool:
-        return result is not None and self.check is not None and result.passed(self.check[0], self.check[2])
+        return result is not None and self.check is not None and result.passed(self.check[2])
 
 
 def read_frontier(extra: Mapping[str, Any], n_layer: int, skip_layers: Tuple[int, ...]) -> Optional[Frontier]:
@@ -332,10 +332,12 @@ def _read_check(extra: Mapping[str, Any], n: int):
     results = {}
     for kv in ("own", "fitted"):
         results[kv] = [None if columns[("scored", kv)][i] == 0 else
-                       CheckResult(columns[("scored", kv)][i], columns[("lost", kv)][i], columns[("gained", kv)][i],
-                                   float(columns[("low", kv)][i])) for i in range(n)]
-        if any(r is not None and r.lost > right for r in results[kv]):
-            raise PopMetadataError(keys.FRONTIER_CHECK, f"a candidate lost more than the {right} right answers")
+                       CheckResult(columns[("scored", kv)][i], columns[("lost", kv)][i], float(columns[("low", kv)][i]))
+                       for i in range(n)]
+        if any(r is not None and r.lost > r.scored for r in results[kv]) or any(
+                r is not None and r.scored > right for r in results[kv]):
+            raise PopMetadataError(keys.FRONTIER_CHECK, f"a candidate answered or lost more than the {right} items "
+                                   "the full model answers")
     return (items, check[1], right), results
 
 
@@ -349,7 +351,7 @@ def frontier_table(frontier: Frontier, n_layer: int) -> str:
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
 
     def shown(result: Optional[CheckResult]) -> str:
-        return "-" if result is None or check is None else result.text(check[0], check[2])
+        return "-" if result is None or check is None else result.text(check[2])
 
     for i, r in enumerate(frontier.rows):
         mark = ", ".join(m for m, on in (("chosen", i == frontier.chosen), ("paper's set", r.skip == paper)) if on)
@@ -358,9 +360,9 @@ def frontier_table(frontier: Frontier, n_layer: int) -> str:
                      f"{r.top1_own:.3f} | {r.top1_fitted:.3f} | {r.speedup_512:.2f}x | {r.speedup_2048:.2f}x |"
                      f"{answers} {mark} |")
     if check:
-        lines.append(f"\nAnswers: {check[0]} generated needle and document questions of {check[1]} tokens (the full "
-                     f"model answers {check[2]}); per candidate, its score over the full model's and the paired 95% "
-                     "interval's lower end in points. A candidate keeps the answers with at least "
+        lines.append(f"\nAnswers: {check[0]} generated needle and document questions of {check[1]} tokens, of which "
+                     f"the full model answers {check[2]}, asked of each candidate; its share of those and the paired "
+                     "95% interval's lower end in points. A candidate keeps the answers with at least "
                      f"{KEEP_RETENTION:.0%} of the full model's score and a lower end above "
                      f"-{100 * KEEP_MARGIN:.0f} points; the budget keeps the fastest that does, stopping each "
                      "candidate once it can no longer (- : not measured).")
