@@ -25,8 +25,11 @@ sys.path.insert(0, ROOT)
 BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->)(?P<body>.*?)(<!-- end generated -->)", re.S)
 LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
           "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+          "gemma3-check": "Gemma-3-270M Q4_K_M, answer-checked default",
+          "qwen2.5-coder-1.5b-check": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, answer-checked default",
           "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
-ORDER = {"smollm2": 0, "gemma3": 1, "qwen2.5-coder-1.5b": 2, "llama-3.1-8b-shape": 3}
+ORDER = {"smollm2": 0, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2, "qwen2.5-coder-1.5b-check": 2.5,
+         "llama-3.1-8b-shape": 3}
 
 
 def _load(name: str) -> dict:
@@ -161,6 +164,47 @@ def converter_cost() -> str:
                      f"{r['seconds'] / 60:.1f} min | {peak:.1f} GB | {peak - gb:+.1f} GB | "
                      f"{r['estimate_min']} min, {r['estimate_gb']} GB | {_layers(r['skip_layers'])} |")
     return "\n".join(lines) + "\n\n" + _sources(*(name for name, _ in rows))
+
+
+# the default each model gets, and the suite results that measured it: (name, suite results, label)
+DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`)"),
+            ("gemma3", "gemma3-check", "`pop-local convert`"),
+            ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "`pop-local convert`"))
+
+
+def defaults() -> str:
+    """What each model's default keeps: its skip set, the suite's verdict on every task the full model can
+    do at each length, the measured prefill speedup (FLOP ideal), and its conversion's answer check."""
+    from pop_local.measure.suite import retention
+
+    lines = ["| model | default | skip set (K/V) | answers kept (suite, n per cell) | prefill (FLOP ideal) | "
+             "the converter's check |", "|---|---|---|---|---|---|"]
+    files = []
+    for name, suite_name, how in DEFAULTS:
+        if not os.path.exists(os.path.join(RESULTS, f"suite-{suite_name}.json")):
+            continue
+        r, speed, f = _suite_files(suite_name)
+        files += f
+        info = r["settings"]["default"]["description"]
+        skip = re.search(r"(\d+(?:-\d+)?) \((\w+) K/V\)", info)
+        kept = [f"{x['task']} {x['length']}: {x['verdict']} ({x['n']})" for x in
+                sorted(retention(r), key=lambda x: (x["task"], x["length"]))
+                if x["setting"] == "default" and x["verdict"] != "full below 0.3"]
+        lengths = sorted(speed)
+        pre = ", ".join(f"{L}: {_prefill(speed, 'default', L)}" for L in lengths) or "-"
+        check = "-"
+        conv = f"convert-{name}-streamed.json"
+        if how.startswith("`pop-local convert") and os.path.exists(os.path.join(RESULTS, conv)):
+            c = (_load(conv).get("frontier") or {}).get("check")
+            if c:
+                chosen = next((m for m in c["measured"] if m["passed"]), None)
+                rejected = sum(not m["passed"] for m in c["measured"])
+                check = (f"kept {c['full_right'] - chosen['lost']} of {c['full_right']}; {rejected} faster options "
+                         "rejected") if chosen else "none kept"
+                files.append(conv)
+        lines.append(f"| {LABELS.get(name, name)} | {how} | {skip.group(1)} ({skip.group(2)}) | {'; '.join(kept)} | "
+                     f"{pre} | {check} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
 def converter_check(name: str) -> str:
@@ -476,7 +520,7 @@ def suite_all() -> str:
 TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "converter-cost": converter_cost,
           "budget": budget,
           "suite": suite, "suite-summary": suite_summary, "converter-check": converter_check,
-          "suite-rows": suite_rows, "layer-sets": layer_sets,
+          "suite-rows": suite_rows, "layer-sets": layer_sets, "defaults": defaults,
           "check-agreement": check_agreement, "suite-all": suite_all, "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 

@@ -19,7 +19,9 @@ the fastest candidate that answers as the full model does:
   deep sets that lose answers cost an item or two each, and only the chosen one answers them all.
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
-of the model with that set's projections (removed afterwards). Own-K/V candidates reuse one loaded model.
+of the model with that set's projections (removed afterwards). One model is loaded at a time (llama.cpp
+holds its own copy of the weights): the source for the reference and own-K/V candidates, reloaded after
+a fitted one.
 """
 
 from __future__ import annotations
@@ -85,11 +87,14 @@ class AnswerCheck:
                  seed: int = CHECK_SEED, progress: Optional[Callable[[int, int], None]] = None):
         from pop_local.runtime.llama import PopLlama
 
+        from .streaming import release_memory
+
         self.src, self.meta, self.progress = src, meta, progress
         self.length = length or check_length(meta)
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
+        release_memory()  # what the calibration freed, before llama.cpp loads the model
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
-        self.llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
+        self._llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
         self.items = check_items(lambda text: len(self.llm.tokenize(text.encode(), add_bos=False, special=False)),
                                  self.length, per_kind, seed)
         self.full: List[float] = []
@@ -121,13 +126,17 @@ class AnswerCheck:
         from pop_local.runtime.llama import PopLlama
 
         if fitted is None:
-            self.llm.skip_layers = skip
-            self.llm.kv_mode = "own"
-            self.llm.pop_enabled = True
+            llm = self.llm
+            llm.skip_layers = skip
+            llm.kv_mode = "own"
+            llm.pop_enabled = True
             try:
-                return self.score_loaded(self.llm, stop_early=stop_early)
+                return self.score_loaded(llm, stop_early=stop_early)
             finally:
-                self.llm.pop_enabled = False
+                llm.pop_enabled = False
+        if self._llm is not None:  # one model in memory at a time
+            self._llm.close()
+            self._llm = None
         path = self._fitted_copy(skip, fitted)
         llm = PopLlama(path, min_tokens=0, **self._load())
         try:
@@ -135,6 +144,15 @@ class AnswerCheck:
         finally:
             llm.close()
             os.remove(path)
+
+    @property
+    def llm(self):
+        """The source model, POP off unless a candidate is being scored (loaded again after a fitted one)."""
+        from pop_local.runtime.llama import PopLlama
+
+        if self._llm is None:
+            self._llm = PopLlama(self.src, pop=False, skip_layers=(), min_tokens=0, **self._load())
+        return self._llm
 
     def score_loaded(self, llm, *, stop_early: bool = True) -> CheckResult:
         """The answers of a loaded model in the setting it is in (the same weights as the reference), to
@@ -170,5 +188,7 @@ class AnswerCheck:
         return path
 
     def close(self) -> None:
-        self.llm.close()
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
         self._temp.cleanup()
