@@ -13,9 +13,8 @@ __all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRA
 
 # The default model is converted with a quality budget (frontier measured and stored), restricted to
 # the layers' own K/V and at most a third of the layers, without the answer check: that gives the
-# paper's set, which is also what the full default budget with its answer check chooses on this model
-# (measured: every deeper set loses pass keys the paper's set finds; docs/converter.md, the embedded
-# default model), without the check's five minutes at first start on two slow cores.
+# paper's set, which the answers suite finds keeping the single needle at 1k-4k (docs/answers-suite.md),
+# without the check's minutes at first start on two slow cores.
 # 16 samples keep the first start near two minutes on two cores.
 DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_check": False}
