@@ -251,6 +251,8 @@ def check_agreement() -> str:
     (benchmarks/check_agreement.py)."""
     files = sorted(glob.glob(os.path.join(RESULTS, "check-agreement-*.json")),
                    key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+    if not files:
+        return "(not measured yet: `python benchmarks/check_agreement.py NAME`)"
     lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
              "|---|---|---|---|---|"]
     tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
@@ -469,8 +471,9 @@ def _suite_names():
 def suite_summary() -> str:
     """The README's answers table: per model, POP setting and length, each task's retention, the paired
     95% interval of POP - full (points) and the verdict, with n and the prefill speedup (FLOP ideal).
-    Tasks that no model's full model can do (under 0.3 everywhere) are left to docs/answers-suite.md."""
-    names = _suite_names()
+    Tasks that no model's full model can do (under 0.3 everywhere) are left to docs/answers-suite.md, and
+    so are the answer-checked defaults' own suites (NAME-check: the `defaults` table sums them up)."""
+    names = [n for n in _suite_names() if not n.endswith("-check")]
     runs = {n: _suite_files(n) for n in names}
     doable = {x["task"] for r, _, _ in runs.values() for x in r["retention"] if x["retention"] is not None}
     tasks = [t for t in dict.fromkeys(t for r, _, _ in runs.values() for t in r["tasks"]) if t in doable]

@@ -111,6 +111,12 @@ def test_retention_verdicts():
     assert rows[("worse", "t")]["high"] < 0
     assert rows[("few", "u")]["verdict"] == "full below 0.3" and rows[("few", "u")]["retention"] is None
     assert rows[("small", "v")]["verdict"] == "undecided" and rows[("small", "v")]["n"] == 4
+    # a small loss the interval allows (above -10 points) is still not kept below 95% of the full score
+    slight = {"cells": [_cell("full", [1] * 100 + [0] * 100, task="w"),
+                        _cell("slight", [0] * 9 + [1] * 91 + [1] * 3 + [0] * 97, task="w")]}
+    (row,) = suite.retention(slight)
+    assert row["low"] > -0.10 and row["high"] > 0 and row["retention"] == pytest.approx(0.94)
+    assert row["verdict"] == "undecided"
     result["cells"].append(_cell("other", full, hashes={3: "changed"}))
     with pytest.raises(PopError, match="different items"):
         suite.retention(result)
