@@ -43,16 +43,17 @@ MIN_LENGTH = 256      # below this a document question does not fit: no check
 KINDS = ("single", "multi", "docqa")
 
 
-def check_length(meta) -> int:
-    """The check's prompt length for a model: CHECK_LENGTH, or what its trained context holds with the reply."""
-    if not meta.context_length:
+def check_length(context_length: int) -> int:
+    """The check's prompt length for a model trained on `context_length` tokens (0: unknown): CHECK_LENGTH,
+    or what that context holds with the reply."""
+    if not context_length:
         return CHECK_LENGTH
-    return min(CHECK_LENGTH, meta.context_length - REPLY_TOKENS - 32)
+    return min(CHECK_LENGTH, context_length - REPLY_TOKENS - 32)
 
 
 def fits(meta) -> bool:
     """Whether the model's trained context holds a check item and its reply."""
-    return check_length(meta) >= MIN_LENGTH
+    return check_length(meta.context_length) >= MIN_LENGTH
 
 
 def check_items(count_tokens: Callable[[str], int], length: int, per_kind: int = CHECK_PER_KIND,
@@ -90,7 +91,7 @@ class AnswerCheck:
         from .streaming import release_memory
 
         self.src, self.meta, self.progress = src, meta, progress
-        self.length = length or check_length(meta)
+        self.length = length or check_length(meta.context_length)
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
         release_memory()  # what the calibration freed, before llama.cpp loads the model
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
@@ -173,9 +174,9 @@ class AnswerCheck:
                 break
         for i in lost:
             self._lost[i] += 1
-        done = min(done, len(order)) if order else 0
-        low = _interval_low(len(lost), len(order)) if done == len(order) and order else math.nan
-        return CheckResult(done, len(lost), low)
+        answered = done if order else 0
+        low = _interval_low(len(lost), len(order)) if order and answered == len(order) else math.nan
+        return CheckResult(answered, len(lost), low)
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
         from .convert import kv_metadata

@@ -133,9 +133,9 @@ def matmul_flops() -> float:
 def _answer_seconds(n_all: int, file_bytes: int, rates: Rates, context: int) -> float:
     """The default budget's answer check: llama.cpp passes over its items, and the fitted candidates'
     temporary copies of the model."""
-    from .answer_check import CHECK_LENGTH, CHECK_PER_KIND, KINDS, REPLY_TOKENS
+    from .answer_check import CHECK_PER_KIND, KINDS, REPLY_TOKENS, check_length
 
-    length = min(CHECK_LENGTH, context - REPLY_TOKENS - 32) if context else CHECK_LENGTH
+    length = check_length(context)
     items = CHECK_PER_KIND * len(KINDS)
     prefill = items * (TEMPLATE_TOKENS + length) * n_all / rates.llama_prefill
     decode = items * REPLY_TOKENS * n_all / rates.llama_decode
