@@ -27,9 +27,10 @@ LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_
           "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
           "gemma3-check": "Gemma-3-270M Q4_K_M, answer-checked default",
           "qwen2.5-coder-1.5b-check": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, answer-checked default",
+          "qwen2.5-coder-1.5b-samples8": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 8 samples",
           "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
 ORDER = {"smollm2": 0, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2, "qwen2.5-coder-1.5b-check": 2.5,
-         "llama-3.1-8b-shape": 3}
+         "qwen2.5-coder-1.5b-samples8": 2.6, "llama-3.1-8b-shape": 3}
 
 
 def _load(name: str) -> dict:
@@ -167,7 +168,8 @@ def converter_cost() -> str:
 
 
 # the default each model gets, and the suite results that measured it: (name, suite results, label)
-DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`)"),
+DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`; measured as Q4_1, now made Q8_0, the "
+                                   "same check answers)"),
             ("gemma3", "gemma3-check", "`pop-local convert`"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "`pop-local convert`"))
 
@@ -270,6 +272,55 @@ def check_agreement() -> str:
     return ("\n".join(lines) + f"\n\nThe check agrees with the suite on {tally['agree']} of {decided} settings the "
             f"suite decides ({tally['suite undecided']} undecided by the suite).\n\n"
             + _sources(*(os.path.basename(p) for p in files)))
+
+
+def candidate_agreement() -> str:
+    """The converter's check against the suite on every candidate a default conversion's check measured
+    (benchmarks/candidate_agreement.py)."""
+    files = sorted(glob.glob(os.path.join(RESULTS, "candidate-agreement-*.json")),
+                   key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+    if not files:
+        return "(not measured yet: `python benchmarks/candidate_agreement.py NAME`)"
+    lines = ["| model | candidate (fastest first) | the conversion's check | the suite (n per task) | |",
+             "|---|---|---|---|---|"]
+    tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
+    for path in files:
+        r = _load(os.path.basename(path))
+        for row in r["rows"]:
+            c, right = row["check"], r["check_shape"]["full_right"]
+            check = (f"passes ({c['scored']} of {right})" if c["passed"] else
+                     f"fails: {c['lost']} lost of {c['scored']} asked")
+            cells = "; ".join(f"{x['task']}@{x['length'] // 1024}k {_points(x['score'] - x['full'])} "
+                              f"[{_points(x['low'])}] {x['verdict']} ({x['n']})" for x in row["cells"])
+            tally[row["agreement"]] += 1
+            lines.append(f"| {LABELS.get(r['name'], r['name'])} | {row['candidate']} | {check} | {row['suite']}: "
+                         f"{cells} | {row['agreement']} |")
+    decided = tally["agree"] + tally["disagree"]
+    return ("\n".join(lines) + f"\n\nOn the candidates the converter measured, the check agrees with the suite on "
+            f"{tally['agree']} of {decided} the suite decides ({tally['suite undecided']} undecided by the suite); "
+            "each cell: points against the full model [the paired interval's lower end], verdict (n).\n\n"
+            + _sources(*(os.path.basename(p) for p in files)))
+
+
+def weight_types() -> str:
+    """The embedded default's weight type: prefill and answers per type (benchmarks/weight_types.py)."""
+    source = "weight-types-smollm2.json"
+    r = _load(source)
+    lengths = r["lengths"]
+    lines = ["| type | file | " + " | ".join(f"prefill {n}: full / paper's set" for n in lengths)
+             + f" | answers (of {r['rows'][0]['answers']['n']}) | vs Q4_1 [95% interval] |",
+             "|---|---|" + "---|" * len(lengths) + "---|---|"]
+    base = next(row for row in r["rows"] if row["type"] == "q4_1")["prefill_ms"]
+    for row in r["rows"]:
+        a = row["answers"]
+        speed = " | ".join(f"{row['prefill_ms'][str(n)]['full']:.0f} / {row['prefill_ms'][str(n)]['paper']:.0f} ms "
+                           f"({base[str(n)]['full'] / row['prefill_ms'][str(n)]['full']:.2f}x)" for n in lengths)
+        lines.append(f"| {row['type'].upper()} | {row['file_bytes'] / 2**20:.0f} MiB | {speed} | "
+                     f"{round(a['score'] * a['n'])} | {_points(a['diff_vs_q4_1'])} [{_points(a['low'])}, "
+                     f"{_points(a['high'])}] |")
+    return ("\n".join(lines) + f"\n\nMedians of {r['repeats']} alternating runs in one process; the paper's set is "
+            f"{_layers(r['paper'])} (own K/V); (x) is the full model's prefill speed against Q4_1's.\n\n"
+            + _sources(source))
 
 
 def budget(name: str) -> str:
@@ -524,7 +575,9 @@ TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "c
           "budget": budget,
           "suite": suite, "suite-summary": suite_summary, "converter-check": converter_check,
           "suite-rows": suite_rows, "layer-sets": layer_sets, "defaults": defaults,
-          "check-agreement": check_agreement, "suite-all": suite_all, "llama8b-shape": llama8b_shape,
+          "check-agreement": check_agreement, "weight-types": weight_types,
+          "candidate-agreement": candidate_agreement, "suite-all": suite_all,
+          "llama8b-shape": llama8b_shape,
           "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
 
 

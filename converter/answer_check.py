@@ -85,12 +85,14 @@ class AnswerCheck:
     """The full model's answers to the check's items, once; then `score(skip, fitted)` per candidate."""
 
     def __init__(self, src: str, meta, *, per_kind: int = CHECK_PER_KIND, length: Optional[int] = None,
-                 seed: int = CHECK_SEED, progress: Optional[Callable[[int, int], None]] = None):
+                 seed: int = CHECK_SEED, progress: Optional[Callable[[int, int], None]] = None,
+                 keep: Optional[str] = None):
         from pop_local.runtime.llama import PopLlama
 
         from .streaming import release_memory
 
         self.src, self.meta, self.progress = src, meta, progress
+        self.keep = keep  # a folder: each fitted candidate's file is moved there, not removed (for measuring)
         self.length = length or check_length(meta.context_length)
         self._temp = tempfile.TemporaryDirectory(prefix="pop-local-answers-")
         release_memory()  # what the calibration freed, before llama.cpp loads the model
@@ -144,7 +146,12 @@ class AnswerCheck:
             return self.score_loaded(llm, stop_early=stop_early)
         finally:
             llm.close()
-            os.remove(path)
+            if self.keep:
+                from pop_local.format.layers import format_layers
+
+                os.replace(path, os.path.join(self.keep, f"{format_layers(skip)}-fitted.pop.gguf"))
+            else:
+                os.remove(path)
 
     @property
     def llm(self):

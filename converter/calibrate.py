@@ -238,6 +238,9 @@ def calibrate(src: str, meta: PopMetadata, *, hf_model: Optional[str], data: Opt
     """
     if samples < 1 or seq_len < 8 or response_tokens < 1:
         raise PopError("`samples`, `seq_len` and the response length must be positive (`seq_len` at least 8)")
+    from .streaming import keep_large_blocks_mapped
+
+    keep_large_blocks_mapped()
     if frontier is not None and samples < MIN_FRONTIER_SAMPLES:
         raise PopError(f"a quality budget needs at least {MIN_FRONTIER_SAMPLES} `samples` (a quarter are held out "
                        f"to measure each skip set), got {samples}")

@@ -157,7 +157,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
             device: str = "cpu", dtype: str = "float32", seed: int = 0, force: bool = False, kv: str = "auto",
             kv_type: str = "auto", max_kl: "Optional[float | str]" = None, target_speedup: Optional[float] = None,
             max_ratio: float = 0.5, max_memory: Optional[float] = None, in_memory: bool = False,
-            answer_check: bool = True, progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
+            answer_check: bool = True, keep_candidates: Optional[str] = None,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> ConvertResult:
     """Write `output`: `model` plus the pop.* keys (and, when calibrating, both importance profiles).
 
     By default the skip set comes from a quality budget: the converter measures every candidate
@@ -168,7 +169,9 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     tokens). With the default budget (`max_kl` "paper") and `answer_check`, a candidate is kept only
     if it keeps the full model's answers to generated needle and document questions of 1k tokens (at
     least 95% of its score, paired interval above -10 points; converter/answer_check.py, measured in
-    llama.cpp; fastest first, until one passes; the shallowest when none does).
+    llama.cpp; fastest first, until one passes; the shallowest when none does). `keep_candidates`: a
+    folder where each fitted candidate the check loaded stays as SKIP-fitted.pop.gguf (for measuring
+    the check against the answers suite: benchmarks/candidate_agreement.py).
     The frontier, budget and choice go into the file. `kv` "own"/"fitted" restricts the
     budget to that K/V; without a budget option they (like `layers`, `ratio`) give the paper's
     recipe: the last third (or the given set), own or fitted K/V.
@@ -189,6 +192,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     meta = read_pop_metadata(src)
     samples = default_samples(src) if samples is None else samples
     _check_output(output, force)
+    if keep_candidates:
+        os.makedirs(keep_candidates, exist_ok=True)
     explicit, kv, budget = _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, target_speedup,
                                           max_ratio, strategy, samples, max_memory)
     kv_qtype = resolve_kv_type(kv_type) if kv != "own" else None
@@ -204,7 +209,8 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
         extra.update(out.provenance)
     if budget is not None:
         skip, kv, fitted, frontier_extra = _choose_from_frontier(
-            out, budget, kv, meta, src if answer_check and budget.max_kl == "paper" else None, progress)
+            out, budget, kv, meta, src if answer_check and budget.max_kl == "paper" else None, progress,
+            keep_candidates)
         extra.update(frontier_extra)
         extra[keys.STRATEGY] = strategy
     else:
@@ -294,7 +300,7 @@ def _calibrate(src, meta, explicit, ratio, strategy, kv, budget, hf_model, data,
                            frontier=plan, streamed=streamed, fit_contiguous=fit_contiguous)
 
 
-def _choose_from_frontier(out, budget, kv: str, meta, answers_src: Optional[str], progress):
+def _choose_from_frontier(out, budget, kv: str, meta, answers_src: Optional[str], progress, keep=None):
     """(skip set, K/V method, (skip, FittedKV) or None, frontier keys) picked by `budget`; with
     `answers_src` (the model file), by the answers of the candidates within it (_answer_choice)."""
     from pop_local.format.frontier import FrontierRow, choose, frontier_fields, paper_skip_set
@@ -316,14 +322,14 @@ def _choose_from_frontier(out, budget, kv: str, meta, answers_src: Optional[str]
                          "than its questions; the choice is by held-out KL", 0, 0)
     if answers_src is not None:
         rows, chosen, method, answer_fields = _answer_choice(out, rows, budget, kv, paper_kl, meta, answers_src,
-                                                             progress)
+                                                             progress, keep)
     row, cand = rows[chosen], out.frontier[chosen]
     fields = frontier_fields(rows, chosen, budget, paper_kl, (out.held_out["samples"], out.held_out["tokens"]),
                              **answer_fields)
     return row.skip, method, ((row.skip, cand.fitted) if method == "fitted" else None), fields
 
 
-def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progress):
+def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progress, keep=None):
     """The fastest (row, K/V) within the KL budget that keeps the full model's answers on the check
     (converter/answer_check.py; both K/V of a set where both are within the budget, the lower KL
     first); when none does, the shallowest candidate, and a note. Rows gain what was measured."""
@@ -334,7 +340,7 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
     from .answer_check import AnswerCheck
 
     tick = (lambda stage: (lambda n, total: progress(stage, n, total))) if progress else (lambda stage: None)
-    check = AnswerCheck(src, meta, progress=tick("answers: the full model"))
+    check = AnswerCheck(src, meta, progress=tick("answers: the full model"), keep=keep)
     measured = {}
     try:
         items, _, right = check.shape

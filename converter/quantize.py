@@ -19,8 +19,12 @@ WEIGHT_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q
 
 def requantize(src: str, out: str, kind: str) -> str:
     """`src` written to `out` with weights of type `kind` (requantizing allowed: a quantized source is
-    dequantized first, so the result holds no more precision than the source). PopError if it fails."""
+    dequantized first, so the result holds no more precision than the source). PopError if it fails.
+    llama.cpp's per-tensor log is shown only at debug level (it prints a line per tensor)."""
+    import logging
+
     import llama_cpp
+    import llama_cpp._logger as logs
 
     if kind not in WEIGHT_TYPES:
         raise PopError(f"unknown weight type {kind!r} (known: {', '.join(WEIGHT_TYPES)})")
@@ -28,6 +32,12 @@ def requantize(src: str, out: str, kind: str) -> str:
     params.ftype = getattr(llama_cpp, WEIGHT_TYPES[kind])
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)) != 0:
+    level = logs.logger.level
+    logs.logger.setLevel(max(level, logging.ERROR))
+    try:
+        failed = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)) != 0
+    finally:
+        logs.logger.setLevel(level)
+    if failed:
         raise PopError(f"llama.cpp could not write {src} as {kind}")
     return out

@@ -98,7 +98,9 @@ def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, 
     wall-clock, which a shared machine cannot assert: benchmarks/converter_cost.py records estimate and
     measured time side by side), and the default budget's answer check."""
     out = tmp_path / "smol.pop.gguf"
-    proc, _seconds, peak = _run_cli(["convert", smollm2, "-o", str(out), "--samples", "8"])
+    kept = tmp_path / "candidates"
+    proc, _seconds, peak = _run_cli(["convert", smollm2, "-o", str(out), "--samples", "8",
+                                     "--keep-candidates", str(kept)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", proc.stderr)
     assert m, proc.stderr[-2000:]
@@ -120,6 +122,14 @@ def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, 
     assert not any(f.passed(c) for c in faster)
     assert not any(r.check_own or r.check_fitted for r in f.rows if r.speedup_2048 < f.choice.speedup_2048)
     assert "answers to 24 needle and document questions of 1024 tokens: the full model" in proc.stdout
+    # --keep-candidates: each fitted candidate the check loaded is there, a POP file of its own skip set
+    from pop_local.format.layers import format_layers
+
+    fitted = {format_layers(r.skip) for r in f.rows if r.check_fitted}
+    assert {p.name for p in kept.iterdir()} == {f"{s}-fitted.pop.gguf" for s in fitted}
+    for name in fitted:
+        meta = read_pop_metadata(str(kept / f"{name}-fitted.pop.gguf"))
+        assert format_layers(meta.skip_layers) == name and meta.extra["pop.prefill.kv_method"] == "fitted"
     if peak is not None:  # the largest child so far: this conversion, unless an earlier child was larger
         assert 0.5 * peak <= cost.peak_bytes <= 1.5 * peak, (cost.peak_bytes, peak)
 

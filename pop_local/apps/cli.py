@@ -185,11 +185,14 @@ def _max_ratio(value):
               help="with the default budget, keep a skip set only if it keeps the full model's answers to 24 "
                    "generated needle and document questions of 1k tokens (95% of its score, paired interval above "
                    "-10 points; measured in llama.cpp)")
+@click.option("--keep-candidates", type=click.Path(file_okay=False, writable=True), metavar="DIR",
+              help="keep each fitted candidate the answer check tried in DIR (SKIP-fitted.pop.gguf, a complete "
+                   "POP GGUF each), to run or measure yourself")
 @click.option("--force", is_flag=True, help="replace an existing output file")
 @_fail_cleanly
 def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data, dataset, samples, seq_len, device,
             dtype, seed, max_kl, target_speedup, max_ratio, kv, kv_type, max_memory, in_memory, answer_check,
-            force) -> None:
+            keep_candidates, force) -> None:
     """Make MODEL.gguf POP-ready: measure what each skip set costs, pick one, write a new GGUF.
 
     By default every candidate (the last 1 .. half of the layers) is measured on held-out
@@ -218,7 +221,8 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
                          hf_model=hf_model, data=data, dataset=dataset, samples=samples, seq_len=seq_len, device=device,
                          dtype=dtype, seed=seed, force=force, kv=kv, kv_type=kv_type, max_kl=max_kl,
                          target_speedup=target_speedup, max_ratio=max_ratio, max_memory=max_memory, in_memory=in_memory,
-                         answer_check=answer_check, progress=_progress_printer("step"))
+                         answer_check=answer_check, keep_candidates=keep_candidates,
+                         progress=_progress_printer("step"))
     from pop_local.format import keys
     from pop_local.format.layers import format_layers
 
