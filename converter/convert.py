@@ -75,7 +75,8 @@ def check_calibration_installed() -> None:
                            "without calibrating: `layers=A-B` `calibrate=False`)") from None
 
 
-def _check_output(output: str, force: bool) -> None:
+def _check_output(output: str, force: bool, keep_candidates: Optional[str] = None) -> None:
+    """The output can be written (then the folder for kept candidates is made if need be)."""
     if os.path.exists(output) and not force:
         raise PopError(f"{output} exists (use `force=True` to replace it)")
     out_dir = os.path.dirname(os.path.abspath(output))
@@ -86,6 +87,8 @@ def _check_output(output: str, force: bool) -> None:
             pass
     except OSError as e:
         raise PopError(f"{out_dir}: cannot write there ({e.strerror})") from None
+    if keep_candidates:
+        os.makedirs(keep_candidates, exist_ok=True)
 
 
 LARGE_FILE = 512 * 2**20  # above this, DEFAULT_SAMPLES_LARGE: fewer samples bound a large model's calibration
@@ -169,12 +172,11 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     tokens). With the default budget (`max_kl` "paper") and `answer_check`, a candidate is kept only
     if it keeps the full model's answers to generated needle and document questions of 1k tokens (at
     least 95% of its score, paired interval above -10 points; converter/answer_check.py, measured in
-    llama.cpp; fastest first, until one passes; the shallowest when none does). `keep_candidates`: a
-    folder where each fitted candidate the check loaded stays as SKIP-fitted.pop.gguf (for measuring
-    the check against the answers suite: benchmarks/candidate_agreement.py).
-    The frontier, budget and choice go into the file. `kv` "own"/"fitted" restricts the
-    budget to that K/V; without a budget option they (like `layers`, `ratio`) give the paper's
-    recipe: the last third (or the given set), own or fitted K/V.
+    llama.cpp; fastest first, until one passes; the shallowest when none does); each fitted candidate it
+    loads stays in the folder `keep_candidates` as SKIP-fitted.pop.gguf when one is given. The frontier,
+    budget and choice go into the file. `kv` "own"/"fitted" restricts the budget to that K/V; without a
+    budget option they (like `layers`, `ratio`) give the paper's recipe: the last third (or the given
+    set), own or fitted K/V.
 
     Fitted projections are stored as extra tensors (type `kv_type`: "auto" = the file's own type for
     those projections when the gguf package can produce it, else q8_0).
@@ -191,9 +193,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     src = resolve_model(model)
     meta = read_pop_metadata(src)
     samples = default_samples(src) if samples is None else samples
-    _check_output(output, force)
-    if keep_candidates:
-        os.makedirs(keep_candidates, exist_ok=True)
+    _check_output(output, force, keep_candidates)
     explicit, kv, budget = _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, target_speedup,
                                           max_ratio, strategy, samples, max_memory)
     kv_qtype = resolve_kv_type(kv_type) if kv != "own" else None
