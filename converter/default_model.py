@@ -21,7 +21,7 @@ __all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRA
 DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_check": False}
 # The package ships Q4_1, the slowest of the types measured: Q8_0 (llama.cpp's quantizer, from the Q4_1
-# weights) prefills 1.5-1.8x faster with the same answers (benchmarks/results/weight-types-smollm2.json).
+# weights) prefills 1.5-1.7x faster with the same answers (benchmarks/results/weight-types-smollm2.json).
 DEFAULT_WEIGHT_TYPE = "q8_0"
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
 DEFAULT_RECIPE = f"budget-own-third-{DEFAULT_WEIGHT_TYPE}"
