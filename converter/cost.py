@@ -22,9 +22,9 @@ from .calibrate import HELD_OUT_TOKENS
 
 __all__ = ["Cost", "Rates", "REFERENCE", "estimate", "measure_rates", "available_memory", "check_memory", "BASE_BYTES"]
 
-BASE_BYTES = 1.0 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves (measured:
-                           # SmolLM2, 8 samples and the answer check, 1.2 GB peak; 1.5 GiB while the
-                           # check loaded its models beside the calibration's freed heap)
+BASE_BYTES = 0.7 * 2**30   # python, torch, transformers, a tokenizer, the heap a sweep leaves (measured
+                           # with the check and a fixed mmap threshold: SmolLM2 8 samples 0.83 GB peak,
+                           # 64 samples 1.9 GB; Gemma-3 64 samples 2.8 GB; Qwen 1.5B 16 samples 2.5 GB)
 DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torch rate
 LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
