@@ -248,11 +248,22 @@ def layer_sets(name: str) -> str:
             "\n\n" + _sources(source))
 
 
+def _agreement_files(prefix: str):
+    """One agreement benchmark's results files, the models in table order."""
+    return sorted(glob.glob(os.path.join(RESULTS, f"{prefix}-*.json")),
+                  key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+
+
+def _agreed(tally: dict, what: str) -> str:
+    decided = tally["agree"] + tally["disagree"]
+    return (f"the check agrees with the suite on {tally['agree']} of {decided} {what} the suite decides "
+            f"({tally['suite undecided']} undecided by the suite)")
+
+
 def check_agreement() -> str:
     """The converter's check against the answers suite, every setting of every model
     (benchmarks/check_agreement.py)."""
-    files = sorted(glob.glob(os.path.join(RESULTS, "check-agreement-*.json")),
-                   key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+    files = _agreement_files("check-agreement")
     if not files:
         return "(not measured yet: `python benchmarks/check_agreement.py NAME`)"
     lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
@@ -268,17 +279,14 @@ def check_agreement() -> str:
             lines.append(f"| {LABELS.get(r['name'], r['name'])} | {row['setting']} | {row['check']['text']} | "
                          f"{row['suite']} ({count['kept']} / {count['lost']} / {count['undecided']}: {where}) | "
                          f"{row['agreement']} |")
-    decided = tally["agree"] + tally["disagree"]
-    return ("\n".join(lines) + f"\n\nThe check agrees with the suite on {tally['agree']} of {decided} settings the "
-            f"suite decides ({tally['suite undecided']} undecided by the suite).\n\n"
+    return ("\n".join(lines) + f"\n\n{_agreed(tally, 'settings').capitalize()}.\n\n"
             + _sources(*(os.path.basename(p) for p in files)))
 
 
 def candidate_agreement() -> str:
     """The converter's check against the suite on every candidate a default conversion's check measured
     (benchmarks/candidate_agreement.py)."""
-    files = sorted(glob.glob(os.path.join(RESULTS, "candidate-agreement-*.json")),
-                   key=lambda p: ORDER.get(_load(os.path.basename(p))["name"], 9))
+    files = _agreement_files("candidate-agreement")
     if not files:
         return "(not measured yet: `python benchmarks/candidate_agreement.py NAME`)"
     lines = ["| model | candidate (fastest first) | the conversion's check | the suite (n per task) | |",
@@ -295,9 +303,7 @@ def candidate_agreement() -> str:
             tally[row["agreement"]] += 1
             lines.append(f"| {LABELS.get(r['name'], r['name'])} | {row['candidate']} | {check} | {row['suite']}: "
                          f"{cells} | {row['agreement']} |")
-    decided = tally["agree"] + tally["disagree"]
-    return ("\n".join(lines) + f"\n\nOn the candidates the converter measured, the check agrees with the suite on "
-            f"{tally['agree']} of {decided} the suite decides ({tally['suite undecided']} undecided by the suite); "
+    return ("\n".join(lines) + f"\n\nOn the candidates the converter measured, {_agreed(tally, 'candidates')}; "
             "each cell: points against the full model [the paired interval's lower end], verdict (n).\n\n"
             + _sources(*(os.path.basename(p) for p in files)))
 
