@@ -168,8 +168,7 @@ def converter_cost() -> str:
 
 
 # the default each model gets, and the suite results that measured it: (name, suite results, label)
-DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`; measured as Q4_1, now made Q8_0, the "
-                                   "same check answers)"),
+DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`)"),
             ("gemma3", "gemma3-check", "`pop-local convert`"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "`pop-local convert`"))
 
