@@ -99,7 +99,7 @@ DEFAULT_SAMPLES_LARGE = 16
 def default_samples(src: str) -> int:
     """Calibration samples when none are asked for: 64, or 16 for a model file over 512 MiB (a 1.5B model
     at 4 bits on 2 cores, measured: 64 samples and the old answer check took 25 minutes; 16 samples and
-    the current check 21, of which about 8 are calibration)."""
+    the current check 20, of which about 8 are calibration)."""
     return DEFAULT_SAMPLES_LARGE if os.path.getsize(src) > LARGE_FILE else DEFAULT_SAMPLES
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
-import tempfile
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from pop_local.format.metadata import PopMetadata
 from pop_local.runtime.models import SMOLLM2_DIST, SMOLLM2_FILE, cache_dir, resolve_model_ref, smollm2_path
 
-__all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRATION_SAMPLES", "DEFAULT_WEIGHT_TYPE"]
+__all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRATION_SAMPLES"]
 
 # The default model is converted with a quality budget (frontier measured and stored), restricted to
 # the layers' own K/V and at most a third of the layers, without the answer check: that gives the
@@ -20,18 +18,10 @@ __all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRA
 # 16 samples keep the first start near two minutes on two cores.
 DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_check": False}
-# The package ships Q4_1, the slowest of the types measured: Q8_0 (llama.cpp's quantizer, from the Q4_1
-# weights) prefills 1.5-1.7x faster with the same answers to the check's 24 questions
-# (benchmarks/results/weight-types-smollm2.json), but under POP it answered "What is the capital of
-# France?" with a loop instead of Paris (tests/test_llama_index.py): Q4_1 stays until a larger answer
-# comparison decides. Another type here is made from the package's file on first start.
-PACKAGED_WEIGHT_TYPE = "q4_1"
-DEFAULT_WEIGHT_TYPE = "q4_1"
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
-DEFAULT_RECIPE = "budget-own-third" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE else f"-{DEFAULT_WEIGHT_TYPE}")
+DEFAULT_RECIPE = "budget-own-third"
 # without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
-UNCALIBRATED_RECIPE = "paper-uncalibrated" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE
-                                              else f"-{DEFAULT_WEIGHT_TYPE}")
+UNCALIBRATED_RECIPE = "paper-uncalibrated"
 
 
 def default_model_path(progress: Optional[Callable[[str, int, int], None]] = None) -> str:
@@ -84,28 +74,12 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
             progress(f"torch is not installed: the default model skips the paper's last third (layers {skip}) "
                      "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
         if not os.path.isfile(fallback):
-            with _in_weight_type(source, os.path.dirname(target)) as weights:
-                convert(weights, fallback, layers=skip, calibrate=False, force=True)
+            convert(source, fallback, layers=skip, calibrate=False, force=True)
         return read_pop_metadata(fallback)
     if progress:
         progress(f"first start: making the default model POP-ready (cached in {os.path.dirname(target)})", 0, 0)
-    with _in_weight_type(source, os.path.dirname(target)) as weights:
-        convert(weights, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
+    convert(source, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
     return read_pop_metadata(target)
-
-
-@contextlib.contextmanager
-def _in_weight_type(source: str, folder: str) -> Iterator[str]:
-    """The packaged model in DEFAULT_WEIGHT_TYPE: the package's file, or a copy in that type in a temporary
-    folder beside the cache (removed after)."""
-    from .quantize import requantize
-
-    if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE:
-        yield source
-        return
-    name = SMOLLM2_FILE.replace(".Q4_1.", f".{DEFAULT_WEIGHT_TYPE.upper()}.")
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        yield requantize(source, os.path.join(tmp, name), DEFAULT_WEIGHT_TYPE)
 
 
 def model_meta(ref: Optional[str], progress: Optional[Callable[[str, int, int], None]] = None) -> PopMetadata:

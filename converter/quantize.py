@@ -1,5 +1,5 @@
-"""Re-quantizing a GGUF with llama.cpp's own quantizer (llama_model_quantize), for the embedded default's
-weight type and benchmarks/weight_types.py."""
+"""Re-quantizing a GGUF with llama.cpp's own quantizer (llama_model_quantize): benchmarks/weight_types.py
+measures the embedded default's weight types with it."""
 
 from __future__ import annotations
 
