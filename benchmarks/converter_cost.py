@@ -77,14 +77,14 @@ def measure(src: str, samples: int, in_memory: bool, extra, keep: "str | None" =
                *(["--in-memory"] if in_memory else []), *(["--force"] if keep else []), *extra]
         with open(os.path.join(tmp, "stdout"), "w+") as so, open(os.path.join(tmp, "stderr"), "w+") as se:
             started = time.time()
-            proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, env={**os.environ, "TQDM_MININTERVAL": "30"})
-            _, status, usage = os.wait4(proc.pid, 0)  # the kernel's peak RSS of this child alone
+            code = subprocess.call(cmd, stdout=so, stderr=se, text=True, env={**os.environ, "TQDM_MININTERVAL": "30"})
             seconds = time.time() - started
             so.seek(0), se.seek(0)
             stdout, stderr = so.read(), se.read()
-        peak = usage.ru_maxrss * 1024
-        if os.waitstatus_to_exitcode(status) != 0:
+        if code != 0:
             raise SystemExit(f"conversion failed:\n{stderr[-3000:]}")
+        # the converter's own peak as it prints it (VmHWM; a child's getrusage keeps its parent's RSS at fork)
+        peak = float(re.search(r"peak memory ([\d.]+) GB\)", stdout).group(1)) * 2**30
         m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", stderr)
         from pop_local.format import keys
         from pop_local.format.metadata import read_pop_metadata

@@ -44,6 +44,7 @@ class ConvertResult:
     importance_decode: Optional[List[float]] = None
     seconds: float = 0.0
     extra: Dict[str, Any] = field(default_factory=dict)
+    peak_bytes: Optional[int] = None  # this process's peak resident memory when the file was written
 
 
 def choose_skip_layers(n_layer: int, *, ratio: Optional[float] = None, strategy: str = "tail",
@@ -229,8 +230,10 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     else:
         extra[keys.KV_METHOD] = "own"
     write_pop_gguf(src, output, skip, extra=extra, force=force, extra_tensors=tensors)
+    from .cost import peak_rss_bytes
+
     return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
-                         time.time() - started, extra)
+                         time.time() - started, extra, peak_rss_bytes())
 
 
 def _check_request(src, meta, layers, ratio, kv, calibrate, hf_model, max_kl, target_speedup, max_ratio, strategy,

@@ -272,6 +272,26 @@ def available_memory() -> int:
     return int(avail)
 
 
+def peak_rss_bytes() -> Optional[int]:
+    """This process's own peak resident memory: VmHWM, which an exec starts afresh. getrusage's
+    ru_maxrss is not it on Linux: a child's keeps the RSS its parent had when it forked."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes, others KiB
+    except (ImportError, OSError):
+        return None
+
+
 def check_memory(cost: Cost, limit: Optional[float] = None) -> None:
     """PopError (one line) when the calibration needs more memory than there is (or than `limit` GB),
     or more scratch space in $TMPDIR than is free."""

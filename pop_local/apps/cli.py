@@ -242,7 +242,9 @@ def convert(model, output, layers, ratio, strategy, no_calibrate, hf_model, data
             got = frontier.choice.check(kv_used)
             how += (f"; answers to {items} needle and document questions of {length} tokens: the full model "
                     f"{right}, this set {right - got.lost} of those ({got.text(right)})")
-    click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} ({result.seconds:.0f} s)")
+    peak = f", peak memory {result.peak_bytes / 2**30:.1f} GB" if result.peak_bytes else ""
+    click.echo(f"wrote {result.output}: skip layers {format_layers(result.skip_layers)}{how} "
+               f"({result.seconds:.0f} s{peak})")
 
 
 @cli.command()
