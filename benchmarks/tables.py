@@ -24,12 +24,13 @@ sys.path.insert(0, ROOT)
 
 BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->)(?P<body>.*?)(<!-- end generated -->)", re.S)
 LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_M",
+          "smollm2-q8_0": "SmolLM2-135M-Instruct Q8_0 (re-quantized from Q4_1)",
           "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
           "gemma3-check": "Gemma-3-270M Q4_K_M, answer-checked default",
           "qwen2.5-coder-1.5b-check": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, answer-checked default",
           "qwen2.5-coder-1.5b-samples8": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 8 samples",
           "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
-ORDER = {"smollm2": 0, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2, "qwen2.5-coder-1.5b-check": 2.5,
+ORDER = {"smollm2": 0, "smollm2-q8_0": 0.5, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2, "qwen2.5-coder-1.5b-check": 2.5,
          "qwen2.5-coder-1.5b-samples8": 2.6, "llama-3.1-8b-shape": 3}
 
 

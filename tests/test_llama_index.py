@@ -34,9 +34,21 @@ def test_complete_and_stream_complete(llm):
     assert "".join(c.delta for c in chunks) == out.text
 
 
+# A question the full model answers (Paris) in these settings: with "You answer briefly." or no system
+# message the embedded default's full model replies in French about something else, in Q4_1 and Q8_0
+# alike, and a POP "Paris" there would be luck, not a kept answer.
+FRANCE = [ChatMessage(role="system", content="You are a helpful assistant."),
+          ChatMessage(role="user", content="What is the capital of France?")]
+
+
+def test_the_full_model_answers_the_tests_question():
+    full = PopLocalLLM(temperature=0, max_tokens=32, seed=0, min_tokens=0, pop=False)
+    assert "Paris" in full.chat(FRANCE).message.content
+    assert "Paris" in full.complete("The capital of France is").text
+
+
 def test_chat_and_stream_chat(llm):
-    messages = [ChatMessage(role="system", content="You answer briefly."),
-                ChatMessage(role="user", content="What is the capital of France?")]
+    messages = FRANCE
     out = llm.chat(messages)
     assert out.message.role.value == "assistant" and "Paris" in out.message.content
     chunks = list(llm.stream_chat(messages))
@@ -45,7 +57,7 @@ def test_chat_and_stream_chat(llm):
 
 
 def test_async_variants(llm):
-    messages = [ChatMessage(role="user", content="What is the capital of France?")]
+    messages = FRANCE
 
     async def run():
         a = await llm.achat(messages)
