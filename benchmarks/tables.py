@@ -30,8 +30,8 @@ LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_
           "qwen2.5-coder-1.5b-check": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, answer-checked default",
           "qwen2.5-coder-1.5b-samples8": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 8 samples",
           "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
-ORDER = {"smollm2": 0, "smollm2-q8_0": 0.5, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2, "qwen2.5-coder-1.5b-check": 2.5,
-         "qwen2.5-coder-1.5b-samples8": 2.6, "llama-3.1-8b-shape": 3}
+ORDER = {"smollm2": 0, "smollm2-q8_0": 0.5, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2,
+         "qwen2.5-coder-1.5b-check": 2.5, "qwen2.5-coder-1.5b-samples8": 2.6, "llama-3.1-8b-shape": 3}
 
 
 def _load(name: str) -> dict:
@@ -169,7 +169,7 @@ def converter_cost() -> str:
 
 
 # the default each model gets, and the suite results that measured it: (name, suite results, label)
-DEFAULTS = (("smollm2", "smollm2", "the embedded default (`pop-local chat`)"),
+DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "the embedded default (`pop-local chat`)"),
             ("gemma3", "gemma3-check", "`pop-local convert`"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "`pop-local convert`"))
 

@@ -230,8 +230,7 @@ def convert(model: str, output: str, *, layers: "Optional[str | Sequence[int]]" 
     else:
         extra[keys.KV_METHOD] = "own"
     write_pop_gguf(src, output, skip, extra=extra, force=force, extra_tensors=tensors)
-    from .cost import peak_rss_bytes
-
+    from .cost import peak_rss_bytes  # the process's own peak, reported with the result
     return ConvertResult(output, tuple(skip), imp.prefill if imp else None, imp.decode if imp else None,
                          time.time() - started, extra, peak_rss_bytes())
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
-from typing import Callable, Optional
+import tempfile
+from typing import Callable, Iterator, Optional
 
 from pop_local.format.metadata import PopMetadata
 from pop_local.runtime.models import SMOLLM2_DIST, SMOLLM2_FILE, cache_dir, resolve_model_ref, smollm2_path
 
-__all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRATION_SAMPLES"]
+__all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRATION_SAMPLES", "DEFAULT_WEIGHT_TYPE"]
 
 # The default model is converted with a quality budget (frontier measured and stored), restricted to
 # the layers' own K/V and at most a third of the layers, without the answer check: that gives the
@@ -18,10 +20,17 @@ __all__ = ["default_model", "default_model_path", "model_meta", "DEFAULT_CALIBRA
 # 16 samples keep the first start near two minutes on two cores.
 DEFAULT_CALIBRATION_SAMPLES = 16
 DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_check": False}
+# The package ships Q4_1, the slowest of the types measured: Q8_0 (llama.cpp's quantizer, from the Q4_1
+# weights) prefills 1.5-1.7x faster with the same answers to the check's 24 questions
+# (benchmarks/results/weight-types-smollm2.json) and the suite's needles at 1k and 2k
+# (suite-smollm2-q8_0.json); it is made from the package's file on first start.
+PACKAGED_WEIGHT_TYPE = "q4_1"
+DEFAULT_WEIGHT_TYPE = "q8_0"
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
-DEFAULT_RECIPE = "budget-own-third"
+DEFAULT_RECIPE = "budget-own-third" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE else f"-{DEFAULT_WEIGHT_TYPE}")
 # without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
-UNCALIBRATED_RECIPE = "paper-uncalibrated"
+UNCALIBRATED_RECIPE = "paper-uncalibrated" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE
+                                              else f"-{DEFAULT_WEIGHT_TYPE}")
 
 
 def default_model_path(progress: Optional[Callable[[str, int, int], None]] = None) -> str:
@@ -74,12 +83,28 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
             progress(f"torch is not installed: the default model skips the paper's last third (layers {skip}) "
                      "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
         if not os.path.isfile(fallback):
-            convert(source, fallback, layers=skip, calibrate=False, force=True)
+            with _in_weight_type(source, os.path.dirname(target)) as weights:
+                convert(weights, fallback, layers=skip, calibrate=False, force=True)
         return read_pop_metadata(fallback)
     if progress:
         progress(f"first start: making the default model POP-ready (cached in {os.path.dirname(target)})", 0, 0)
-    convert(source, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
+    with _in_weight_type(source, os.path.dirname(target)) as weights:
+        convert(weights, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
     return read_pop_metadata(target)
+
+
+@contextlib.contextmanager
+def _in_weight_type(source: str, folder: str) -> Iterator[str]:
+    """The packaged model in DEFAULT_WEIGHT_TYPE: the package's file, or a copy in that type in a temporary
+    folder beside the cache (removed after)."""
+    from .quantize import requantize
+
+    if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE:
+        yield source
+        return
+    name = SMOLLM2_FILE.replace(".Q4_1.", f".{DEFAULT_WEIGHT_TYPE.upper()}.")
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        yield requantize(source, os.path.join(tmp, name), DEFAULT_WEIGHT_TYPE)
 
 
 def model_meta(ref: Optional[str], progress: Optional[Callable[[str, int, int], None]] = None) -> PopMetadata:

@@ -162,11 +162,12 @@ def test_chat_default_model_is_converted_once_and_cached(default_model_start):
     assert f.budget == "max_kl=paper" and meta.skip_layers == f.choice.skip
     assert f.choice.kl(meta.extra["pop.prefill.kv_method"]) <= f.paper_kl
     assert len(meta.extra["pop.importance.prefill"]) == 30  # really calibrated
-    # in the package's own weight type (Q4_1; a faster type waits for an answer comparison, docs/converter.md)
+    # re-quantized from the package's Q4_1 to the type that prefills fastest at its answers (Q8_0,
+    # weight-types-smollm2.json and suite-smollm2-q8_0.json); the temporary copy is gone
     from gguf import GGMLQuantizationType, GGUFReader
 
     assert {t.tensor_type for t in GGUFReader(folder / "models" / cached[0]).tensors
-            if t.name == "blk.0.attn_q.weight"} == {GGMLQuantizationType.Q4_1}
+            if t.name == "blk.0.attn_q.weight"} == {GGMLQuantizationType.Q8_0}
     second = pop_local("chat", "--max-tokens", "8", "--temperature", "0", stdin="Hi\n", env=env)
     assert second.returncode == 0 and "first start" not in second.stderr
     # "Hi" is a short prompt: under the default minimum it runs the full model, and the line says so
