@@ -24,13 +24,11 @@ DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_ch
 # weights) prefills 1.5-1.7x faster with the same answers to the check's 24 questions
 # (benchmarks/results/weight-types-smollm2.json) and the suite's needles at 1k and 2k
 # (suite-smollm2-q8_0.json); it is made from the package's file on first start.
-PACKAGED_WEIGHT_TYPE = "q4_1"
 DEFAULT_WEIGHT_TYPE = "q8_0"
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
-DEFAULT_RECIPE = "budget-own-third" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE else f"-{DEFAULT_WEIGHT_TYPE}")
+DEFAULT_RECIPE = f"budget-own-third-{DEFAULT_WEIGHT_TYPE}"
 # without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
-UNCALIBRATED_RECIPE = "paper-uncalibrated" + ("" if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE
-                                              else f"-{DEFAULT_WEIGHT_TYPE}")
+UNCALIBRATED_RECIPE = f"paper-uncalibrated-{DEFAULT_WEIGHT_TYPE}"
 
 
 def default_model_path(progress: Optional[Callable[[str, int, int], None]] = None) -> str:
@@ -95,13 +93,9 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
 
 @contextlib.contextmanager
 def _in_weight_type(source: str, folder: str) -> Iterator[str]:
-    """The packaged model in DEFAULT_WEIGHT_TYPE: the package's file, or a copy in that type in a temporary
-    folder beside the cache (removed after)."""
+    """The packaged model in DEFAULT_WEIGHT_TYPE, in a temporary folder beside the cache (removed after)."""
     from .quantize import requantize
 
-    if DEFAULT_WEIGHT_TYPE == PACKAGED_WEIGHT_TYPE:
-        yield source
-        return
     name = SMOLLM2_FILE.replace(".Q4_1.", f".{DEFAULT_WEIGHT_TYPE.upper()}.")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         yield requantize(source, os.path.join(tmp, name), DEFAULT_WEIGHT_TYPE)

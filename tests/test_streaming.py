@@ -97,7 +97,7 @@ def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, 
     out = tmp_path / "smol.pop.gguf"
     kept = tmp_path / "candidates"
     proc, _seconds = _run_cli(["convert", smollm2, "-o", str(out), "--samples", "8",
-                                     "--keep-candidates", str(kept)])
+                               "--keep-candidates", str(kept)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", proc.stderr)
     assert m, proc.stderr[-2000:]
