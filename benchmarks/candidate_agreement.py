@@ -9,12 +9,18 @@ next to the suite's verdict on the same candidate, the same weights and fitted p
 Own-K/V candidates run on the chosen file with their skip set; fitted ones on the file the check
 loaded (kept by --keep-candidates), the chosen one on the chosen file itself. The full model runs once.
 Writes results/candidate-agreement-NAME.json (commit, machine, date, command).
+
+With --rescore the suite's cells of that file stay (each cell records its own run) and only the check
+runs again, the current one, on every candidate there, with the same --chosen and --dir:
+
+    python benchmarks/candidate_agreement.py gemma3 --chosen /tmp/g.pop.gguf --dir /tmp/g-cand --rescore
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -57,7 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--items", type=int, default=30)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--rescore", action="store_true",
+                   help="keep the recorded suite cells; run the current check on each recorded candidate")
     a = p.parse_args(argv)
+    if a.rescore:
+        return rescore(a, argv)
     conv = json.load(open(os.path.join(a.out, f"convert-{a.name}-streamed.json")))
     check = conv["frontier"]["check"]
     meta = read_pop_metadata(a.chosen)
@@ -90,6 +100,67 @@ def main(argv=None) -> int:
     write_json(path, {"name": a.name, "conversion": f"convert-{a.name}-streamed.json", "check_shape": {
         k: check[k] for k in ("items", "length", "full_right")}, "tasks": tasks, "length": L, "items": a.items,
         "rows": out_rows, "cells": result["cells"], **provenance(command)})
+    print(f"saved {path}")
+    return 0
+
+
+def check_verdicts(chosen: str, runs, progress=print):
+    """The current check (converter/answer_check.py) on each (name, file, setting args): its shape and,
+    per candidate, what the converter records (scored, lost, low, passed), stopped where it stops."""
+    from pop_local.converter.answer_check import AnswerCheck
+    from pop_local.format.metadata import read_pop_metadata
+    from pop_local.runtime.llama import PopLlama
+
+    check = AnswerCheck(chosen, read_pop_metadata(chosen))
+    items, length, right = check.shape
+    progress(f"check: the full model answers {right} of {items} questions")
+    out = {}
+    try:
+        for name, path, args in runs:
+            if path == chosen and args:  # an own-K/V set: the reference's weights, that skip set
+                check.llm.skip_layers = args["skip_layers"]
+                check.llm.kv_mode = "own"
+                check.llm.pop_enabled = True
+                try:
+                    got = check.score_loaded(check.llm)
+                finally:
+                    check.llm.pop_enabled = False
+            else:  # the file's own setting (its fitted projections)
+                llm = PopLlama(path, min_tokens=0, **check._load())
+                try:
+                    got = check.score_loaded(llm)
+                finally:
+                    llm.close()
+            out[name] = {"scored": got.scored, "lost": got.lost, "gained": got.gained,
+                         "low": None if math.isnan(got.low) else got.low,
+                         "passed": got.passed(right)}
+            progress(f"{name}: check {got.text(right)}")
+    finally:
+        check.close()
+    return {"items": items, "length": length, "full_right": right}, out
+
+
+def rescore(a, argv) -> int:
+    from check_agreement import agreement
+
+    from pop_local.format.atomic import write_json
+    from pop_local.measure.provenance import provenance
+
+    path = os.path.join(a.out, f"candidate-agreement-{a.name}.json")
+    prev = json.load(open(path))
+    runs = [(r["candidate"], a.chosen if r["file"] == os.path.basename(a.chosen) else os.path.join(a.dir, r["file"]),
+             {} if r["check"]["kv"] == "fitted" else {"skip_layers": r["check"]["skip"]}) for r in prev["rows"]]
+    for name, file, _ in runs:
+        if not os.path.exists(file):
+            raise SystemExit(f"{file} ({name}) is missing: give the conversion's --chosen and --dir")
+    shape, verdicts = check_verdicts(a.chosen, runs)
+    for r in prev["rows"]:
+        r["check"] = {**{k: r["check"][k] for k in ("skip", "kv", "speedup_2048")}, **verdicts[r["candidate"]]}
+        r["agreement"] = agreement(r["check"]["passed"], r["suite"])
+    command = "python benchmarks/candidate_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    prev.update({"check_shape": shape, "suite_command": prev.get("suite_command", prev["command"]),
+                 **provenance(command)})
+    write_json(path, prev)
     print(f"saved {path}")
     return 0
 

@@ -1,5 +1,5 @@
 """Does the converter's answer check say what the answers suite says? For every POP setting a suite
-results file records, the check's verdict (converter/answer_check.py: its own 24 needle and document
+results file records, the check's verdict (converter/answer_check.py: its own needle and document
 questions at 1k, the rule of format.frontier.keeps_answers) beside the suite's verdicts on every task the
 full model can do at each recorded length up to --max-length.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -62,8 +63,8 @@ def measure(model: str, result: dict, names, max_length: int, progress):
             suite = suite_verdict(cells)
             passed = got.passed(right)
             out.append({"setting": name, "args": result["settings"][name]["args"],
-                        "check": {"scored": got.scored, "lost": got.lost,
-                                  "low": None if got.scored < right else got.low, "passed": passed,
+                        "check": {"scored": got.scored, "lost": got.lost, "gained": got.gained,
+                                  "low": None if math.isnan(got.low) else got.low, "passed": passed,
                                   "text": got.text(right)},
                         "suite": suite, "cells": cells, "agreement": agreement(passed, suite)})
             print(f"{name}: check {got.text(right)}; suite {suite} -> {out[-1]['agreement']}", flush=True)

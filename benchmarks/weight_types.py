@@ -1,8 +1,9 @@
 """Which weight type should the embedded default model ship? SmolLM2-135M-Instruct as its package ships
 it (Q4_1) and re-quantized with llama.cpp's own quantizer (llama_model_quantize, requantizing allowed)
 to other types: prefill speed, full model and the paper's set (20-29, own K/V), alternating over all
-types in one process (medians), and the full model's answers to the converter's 24 check questions at
-1k tokens, paired with the shipped type's.
+types in one process (medians), and the full model's answers to the converter's check questions at 1k
+tokens (its first --documents documents), paired with the shipped type's (results recorded before the
+check asked several questions per document asked its 24 single-question items).
 
     python benchmarks/weight_types.py --types q4_1,q8_0,q4_0,q4_k_m --lengths 512,2048 --repeats 3
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--types", default="q4_1,q8_0,q4_0,q4_k_m", help=f"comma separated, of {', '.join(FTYPES)}")
     p.add_argument("--lengths", default="512,2048")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--per-kind", type=int, default=8, help="check questions per kind (3 kinds)")
+    p.add_argument("--documents", type=int, default=6, help="the check's first documents (up to 4 questions each)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
     kinds = a.types.split(",")
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         try:
             speed = _speed(llms, paper, lengths, a.repeats, bench_prompt, time_prefill)
             count = lambda text: len(llms["q4_1"].tokenize(text.encode(), add_bos=False, special=False))  # noqa: E731
-            items = check_items(count, 1024, a.per_kind)
+            items = check_items(count, 1024, a.documents)
             answers = {k: [score_reply(greedy_reply(llm, i.prompt, 24), i.answer, i.distractors) for i in items]
                        for k, llm in llms.items()}
         finally:

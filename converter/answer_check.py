@@ -6,17 +6,25 @@ answers suite, docs/answers-suite.md). So the default budget asks each candidate
 sit in a long prompt, greedily in llama.cpp as users run the model (POP prefill, full decode), and keeps
 the fastest candidate that answers as the full model does:
 
-- items: a single needle in prose, a needle among needles and a document question with distractors
-  (pop_local.measure.needles and docqa, seeds of the converter's own: not the suite's items), interleaved,
-  CHECK_PER_KIND of each, at CHECK_LENGTH tokens of the model's own tokenizer (less where its context is
-  shorter), each scored right or wrong as the suite scores it;
-- the rule: at least 95% of the full model's right answers kept and the paired 95% bootstrap interval
-  of POP - full above -10 points (format.frontier.keeps_answers: the rule the suite's "kept" verdict
-  applies, here over the items the full model answers);
-- candidates answer only the items the full model answers right (nothing can be lost on the others,
-  and a "gain" there is a lucky guess at a question the model cannot answer), and stop as soon as they
-  cannot pass even with every remaining item right; the items earlier candidates lost go first, so the
-  deep sets that lose answers cost an item or two each, and only the chosen one answers them all.
+- documents: needles in prose, a needle among needles and a staff report with distractors
+  (pop_local.measure.needles and docqa, seeds of the converter's own: not the suite's items), kinds
+  interleaved, CHECK_LENGTH tokens of the model's own tokenizer (less where its context is shorter),
+  QUESTIONS_PER_DOC questions about each. The prompts of one document differ only after its question,
+  so the cache keeps the document and each further question costs a few tokens: a 1k prompt took
+  11 s on the 1.5B here, a further question 1 s. Each reply is scored right or wrong as the suite scores it;
+- documents are added until the full model has answered TARGET_RIGHT right (at most MAX_DOCUMENTS):
+  the rule allows no net loss at all under 20 right answers, and one or two at 40, so a model that
+  answers half the questions is not judged on a dozen;
+- the rule is the suite's (format.frontier.keeps_answers): POP's score at least 95% of the full model's
+  and the paired 95% bootstrap interval of POP - full above -10 points, over every question asked, a
+  right answer lost and a wrong one gained counted alike. (Counting losses only, as this check did
+  until 2026-12-07, failed every skip set of a model that answers half its questions: any change to a
+  borderline model flips some answers each way. SmolLM2 lost 2 of its first few right answers under
+  every candidate, down to 4 layers.) Questions about one document are not independent, so this
+  interval is narrower than a per-document one: the suite is the judge;
+- documents whose questions earlier candidates lost go first, and a candidate stops as soon as it
+  cannot pass even with every remaining answer right, so the deep sets that lose answers cost a
+  document or two each where the full model answers most questions.
 
 Fitted K/V need their tensors in a file: a candidate with fitted K/V is measured on a temporary copy
 of the model with that set's projections (removed afterwards). One model is loaded at a time (llama.cpp
@@ -29,14 +37,17 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from pop_local.format.frontier import CheckResult
 
-__all__ = ["AnswerCheck", "check_items", "check_length", "fits", "CHECK_LENGTH", "CHECK_PER_KIND", "REPLY_TOKENS"]
+__all__ = ["AnswerCheck", "check_document", "check_items", "check_length", "fits", "CHECK_LENGTH",
+           "QUESTIONS_PER_DOC", "TARGET_RIGHT", "MAX_DOCUMENTS", "REPLY_TOKENS", "KINDS"]
 
-CHECK_LENGTH = 1024   # prompt tokens per item (the suite's shortest length where deep sets lose answers)
-CHECK_PER_KIND = 8    # items per kind: 24 in all
+CHECK_LENGTH = 1024   # prompt tokens per document (the suite's shortest length where deep sets lose answers)
+QUESTIONS_PER_DOC = 4  # questions about each document (different facts, one cached document)
+TARGET_RIGHT = 40     # the full model's right answers to collect: the rule then allows a net loss or two
+MAX_DOCUMENTS = 24    # at most 96 questions, for a model that answers few
 REPLY_TOKENS = 24     # greedy reply tokens (the suite's cap for these tasks)
 CHECK_SEED = 7919     # not the suite's seeds
 MIN_LENGTH = 256      # below this a document question does not fit: no check
@@ -56,37 +67,39 @@ def fits(meta) -> bool:
     return check_length(meta.context_length) >= MIN_LENGTH
 
 
-def check_items(count_tokens: Callable[[str], int], length: int, per_kind: int = CHECK_PER_KIND,
-                seed: int = CHECK_SEED) -> list:
-    """The check's items (docqa.DocItem), kinds interleaved so that a stopped candidate has met each kind."""
+def check_document(count_tokens: Callable[[str], int], length: int, number: int,
+                   questions: int = QUESTIONS_PER_DOC, seed: int = CHECK_SEED) -> list:
+    """The check's document `number` (kinds in turn): its questions (docqa.DocItem), differing only
+    after "Question:"."""
     from pop_local.measure import docqa, needles
 
-    makers = {"single": needles.make_single_item, "multi": needles.make_item, "docqa": docqa.make_item}
-    return [makers[kind](seed, length, i, count_tokens) for i in range(per_kind) for kind in KINDS]
+    makers = {"single": needles.make_single_document, "multi": needles.make_document, "docqa": docqa.make_document}
+    kind = KINDS[number % len(KINDS)]
+    return makers[kind](seed, length, number // len(KINDS), count_tokens, questions)
 
 
-def _interval_low(lost: int, n: int) -> float:
-    """The paired 95% interval's lower end of POP - full over n items the full model answers, `lost`
-    of them answered wrong (the items in a fixed order: the bootstrap depends on the counts only)."""
+def check_items(count_tokens: Callable[[str], int], length: int, documents: int,
+                questions: int = QUESTIONS_PER_DOC, seed: int = CHECK_SEED) -> list:
+    """The questions of the check's first `documents` documents, in order."""
+    return [item for d in range(documents) for item in check_document(count_tokens, length, d, questions, seed)]
+
+
+def _keeps(pop: Sequence[float], full: Sequence[float]) -> Tuple[bool, float]:
+    """(whether POP's answers keep the full model's, the paired 95% interval's lower end): the suite's
+    rule (format.frontier.keeps_answers) over the same items."""
+    from pop_local.format.frontier import keeps_answers
     from pop_local.measure.suite import paired_interval
 
-    return paired_interval([0.0] * lost + [1.0] * (n - lost), [1.0] * n)[1]
-
-
-def _keeps(lost: int, n: int) -> bool:
-    """Whether `lost` of n such items (or, for a candidate still answering, `lost` so far and none of
-    the rest) still keep the answers."""
-    from pop_local.format.frontier import keeps_answers
-
-    return keeps_answers((n - lost) / n, 1.0, _interval_low(lost, n))
+    low = paired_interval(pop, full)[1]
+    return keeps_answers(sum(pop), sum(full), low), low
 
 
 class AnswerCheck:
     """The full model's answers to the check's items, once; then `score(skip, fitted)` per candidate."""
 
-    def __init__(self, src: str, meta, *, per_kind: int = CHECK_PER_KIND, length: Optional[int] = None,
-                 seed: int = CHECK_SEED, progress: Optional[Callable[[int, int], None]] = None,
-                 keep: Optional[str] = None):
+    def __init__(self, src: str, meta, *, questions: int = QUESTIONS_PER_DOC, target_right: int = TARGET_RIGHT,
+                 max_documents: int = MAX_DOCUMENTS, length: Optional[int] = None, seed: int = CHECK_SEED,
+                 progress: Optional[Callable[[int, int], None]] = None, keep: Optional[str] = None):
         from pop_local.runtime.llama import PopLlama
 
         from .streaming import release_memory
@@ -98,14 +111,30 @@ class AnswerCheck:
         release_memory()  # what the calibration freed, before llama.cpp loads the model
         # POP off for the references; min_tokens 0: every prompt here is long, and the rule is stated per set
         self._llm = PopLlama(src, pop=False, skip_layers=(), min_tokens=0, **self._load())
-        self.items = check_items(lambda text: len(self.llm.tokenize(text.encode(), add_bos=False, special=False)),
-                                 self.length, per_kind, seed)
+
+        def count(text: str) -> int:
+            return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+        self.items: list = []
+        self.document: List[int] = []  # per item: its document's number
         self.full: List[float] = []
+        planned = max_documents * questions
+        for number in range(max_documents):
+            for item in check_document(count, self.length, number, questions, seed):
+                self.items.append(item)
+                self.document.append(number)
+                self.full.append(self._answer(self.llm, item))
+                if progress:
+                    progress(len(self.items), max(planned, len(self.items)))
+            right = sum(self.full)
+            if right >= target_right:
+                break
+            if right:  # the documents still needed at this rate, for the progress bar's total
+                per_document = right / (number + 1)
+                planned = len(self.items) + math.ceil((target_right - right) / per_document) * questions
+        if progress:
+            progress(len(self.items), len(self.items))
         self._lost = [0] * len(self.items)  # per item: how many candidates lost it so far
-        for n, item in enumerate(self.items):
-            self.full.append(self._answer(self.llm, item))
-            if progress:
-                progress(n + 1, len(self.items))
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -118,10 +147,12 @@ class AnswerCheck:
 
     @staticmethod
     def _answer(llm, item) -> float:
+        """Right (1.0) or wrong; the cache's prefix computed in the same setting (the document, when the
+        previous question was about it) is reused (PopLlama never reuses another setting's)."""
         from pop_local.measure.answers import greedy_reply
         from pop_local.measure.docqa import score_reply
 
-        return score_reply(greedy_reply(llm, item.prompt, REPLY_TOKENS), item.answer, item.distractors)
+        return score_reply(greedy_reply(llm, item.prompt, REPLY_TOKENS, fresh=False), item.answer, item.distractors)
 
     def score(self, skip: Tuple[int, ...], fitted=None, *, stop_early: bool = True) -> CheckResult:
         """`skip`'s answers (with `fitted` K/V: a FittedKV, else the layers' own), paired with the full
@@ -163,27 +194,36 @@ class AnswerCheck:
         return self._llm
 
     def score_loaded(self, llm, *, stop_early: bool = True) -> CheckResult:
-        """The answers of a loaded model in the setting it is in (the same weights as the reference), to
-        the items the full model answers right.
+        """The answers of a loaded model in the setting it is in (the same weights as the reference),
+        paired with the full model's: right answers lost, wrong ones gained, as the suite counts them.
 
-        Items earlier candidates lost go first: candidates come fastest first and nested, so a deeper
-        set's losses are the likeliest losses of the next, and a failing candidate stops soon. The
-        verdict does not depend on the order."""
-        right = [i for i, f in enumerate(self.full) if f]
-        order = sorted(right, key=lambda i: (-self._lost[i], i))
-        lost: List[int] = []
+        Documents whose questions earlier candidates lost go first, and within a document the questions
+        the full model answers right (a document's questions stay together, so its cached prompt serves
+        them all): candidates come fastest first and nested, so a deeper set's losses are the likeliest
+        losses of the next. With `stop_early` a candidate stops once it cannot pass even if every
+        remaining answer is right. The verdict does not depend on the order."""
+        n = len(self.items)
+        doc_lost: dict = {}
+        for i in range(n):
+            doc_lost[self.document[i]] = doc_lost.get(self.document[i], 0) + self._lost[i]
+        order = sorted(range(n), key=lambda i: (-doc_lost[self.document[i]], self.document[i], -self.full[i],
+                                                -self._lost[i], i))
+        pop = list(self.full)  # answered items are replaced; the rest stand at their best case, right
+        best = [1.0] * n
+        lost, gained = [], 0
         for done, i in enumerate(order, 1):
-            if not self._answer(llm, self.items[i]):
+            pop[i] = best[i] = self._answer(llm, self.items[i])
+            if self.full[i] and not pop[i]:
                 lost.append(i)
+            gained += int(pop[i] and not self.full[i])
             if self.progress:
-                self.progress(done, len(order))
-            if stop_early and done < len(order) and not _keeps(len(lost), len(order)):
+                self.progress(done, n)
+            if stop_early and done < n and not pop[i] and not _keeps(best, self.full)[0]:
                 break
         for i in lost:
             self._lost[i] += 1
-        answered = done if order else 0
-        low = _interval_low(len(lost), len(order)) if order and answered == len(order) else math.nan
-        return CheckResult(answered, len(lost), low)
+        low = _keeps(pop, self.full)[1] if done == n else math.nan
+        return CheckResult(done, len(lost), low, gained)
 
     def _fitted_copy(self, skip: Tuple[int, ...], fitted) -> str:
         from .convert import kv_metadata

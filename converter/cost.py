@@ -12,6 +12,7 @@ within half either way by tests/test_streaming.py. Memory needs no probe.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -29,9 +30,12 @@ DEQUANT_RATE = 6.0e7       # weights / s, gguf.dequantize, at the reference torc
 LOAD_SECONDS = 35.0        # imports, reading the model's config and tokenizer, the probe, at the reference torch rate
 FILE_SECONDS = 1.15e-7     # per byte of GGUF: reading its config and tokenizer, writing the output copy
 TEMPLATE_TOKENS = 40       # a chat template's tokens around a prompt
-# the answer check's passes over its items, in whole-check equivalents: the full model, the chosen set, and
-# the deeper sets it stops early (a few items each, about one pass together); halved prefill work for POP
-ANSWER_RUNS = 3
+# the answer check's passes over its documents, in whole-check equivalents: the full model, the chosen set
+# (POP prefill, the questions the full model answers), and the deeper sets it stops early (a document or two each)
+ANSWER_RUNS = 2.5
+RIGHT_SHARE = 0.6          # the full model's share of right answers (measured 0.4-0.9): documents to reach the target
+QUESTION_TOKENS = 30       # a question and the chat template's turn, prefilled after the cached document
+REPLY_DECODED = 10         # tokens decoded per reply (a number or a name, then the end of turn)
 CHARS_PER_TOKEN = 5.0      # the built-in prompts: about 5 characters per token beyond the template
 
 
@@ -131,14 +135,14 @@ def matmul_flops() -> float:
 
 
 def _answer_seconds(n_all: int, file_bytes: int, rates: Rates, context: int) -> float:
-    """The default budget's answer check: llama.cpp passes over its items, and the fitted candidates'
-    temporary copies of the model."""
-    from .answer_check import CHECK_PER_KIND, KINDS, REPLY_TOKENS, check_length
+    """The default budget's answer check: llama.cpp passes over its documents (each prefilled once, then
+    its questions), and the fitted candidates' temporary copies of the model."""
+    from .answer_check import MAX_DOCUMENTS, QUESTIONS_PER_DOC, TARGET_RIGHT, check_length
 
     length = check_length(context)
-    items = CHECK_PER_KIND * len(KINDS)
-    prefill = items * (TEMPLATE_TOKENS + length) * n_all / rates.llama_prefill
-    decode = items * REPLY_TOKENS * n_all / rates.llama_decode
+    documents = min(MAX_DOCUMENTS, math.ceil(TARGET_RIGHT / (RIGHT_SHARE * QUESTIONS_PER_DOC)))
+    prefill = documents * (TEMPLATE_TOKENS + length + QUESTIONS_PER_DOC * QUESTION_TOKENS) * n_all / rates.llama_prefill
+    decode = documents * QUESTIONS_PER_DOC * REPLY_DECODED * n_all / rates.llama_decode
     return ANSWER_RUNS * (prefill + decode) + 2 * FILE_SECONDS * file_bytes
 
 

@@ -129,38 +129,62 @@ def test_a_model_without_a_chat_template_is_asked_in_plain_text(gemma3, smollm2)
 
 
 def test_the_converters_check_asks_its_own_questions_of_each_kind(smollm2_tokens):
-    """The answer check interleaves single needles, needles among needles and document questions, fills
-    its length, states each answer in the prompt and not in the question, and never asks the suite's items."""
-    from pop_local.converter.answer_check import KINDS, check_items
+    """The answer check's documents take the kinds in turn (needles in prose, a needle among needles, a
+    staff report); each asks up to four questions about different facts, the prompts identical up to
+    the question (one cached document serves them all); each fills its length, states each answer in the
+    document and not in the question, names the other asked values as distractors, and none is a suite item."""
+    from pop_local.converter.answer_check import KINDS, check_document, check_items
     from pop_local.measure import docqa, needles
 
-    items = check_items(smollm2_tokens, 512, per_kind=3)
-    assert [i.id.split("-")[0] for i in items] == ["single", "needle", "docqa"] * 3 and len(KINDS) == 3
-    for item in items:
-        document, question = item.prompt.rsplit("Question:", 1)
-        assert item.answer in document and item.answer not in question, item.id
-        assert 350 < smollm2_tokens(item.prompt) <= 512, item.id
+    documents = [check_document(smollm2_tokens, 512, d) for d in range(6)]
+    assert [doc[0].id.split("-")[0] for doc in documents] == ["single", "needle", "docqa"] * 2 and len(KINDS) == 3
+    for doc in documents:
+        assert 2 <= len(doc) <= 4 or doc[0].kind == "role", doc[0].id  # a report about a post asks one
+        documents_text = {item.prompt.rsplit("Question:", 1)[0] for item in doc}
+        assert len(documents_text) == 1 and len({item.answer for item in doc}) == len(doc), doc[0].id
+        for item in doc:
+            document, question = item.prompt.rsplit("Question:", 1)
+            assert item.answer in document and item.answer not in question, item.id
+            assert 350 < smollm2_tokens(item.prompt) <= 512, item.id
+            if item.kind in ("single", "needle"):  # every other record's number is a distractor
+                assert {o.answer for o in doc} - {item.answer} <= set(item.distractors), item.id
+    items = [item for doc in documents for item in doc]
     suite = docqa.make_items(0, 512, 3, smollm2_tokens) + needles.make_items(0, 512, 3, smollm2_tokens)
     assert not {i.prompt for i in items} & {i.prompt for i in suite}
-    assert check_items(smollm2_tokens, 512, per_kind=3) == items  # the same questions in every conversion
+    assert check_items(smollm2_tokens, 512, 6) == items  # the same questions in every conversion
+
+
+def test_a_documents_first_question_is_the_single_question_item(smollm2_tokens):
+    """The suite's document questions and the single-needle items stay what they were: a document's
+    first question is make_item's item, whatever the number of questions."""
+    from pop_local.measure import docqa, needles
+
+    count = smollm2_tokens
+    for index in range(3):
+        assert docqa.make_document(0, 512, index, count, 4)[0] == docqa.make_item(0, 512, index, count)
+        assert needles.make_document(0, 512, index, count, 4)[0] == needles.make_item(0, 512, index, count)
+        single = needles.make_single_document(0, 512, index, smollm2_tokens, 1)
+        assert single == [needles.make_single_item(0, 512, index, smollm2_tokens)] and not single[0].distractors
 
 
 @pytest.mark.slow
 def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(smollm2):
-    """A candidate that skips nothing (POP on, empty set) answers as the full model: every item the full
-    model answers is answered, nothing lost, the interval [0, 0], so it keeps the answers; a set that
-    skips almost every layer loses the first needle the full model finds and stops there, unless asked
-    to go on."""
+    """The check adds whole documents until the full model has answered its target; a candidate that skips
+    nothing (POP on, empty set) answers as the full model: every item the full model answers is answered,
+    nothing lost, the interval [0, 0], so it keeps the answers; a set that skips almost every layer loses
+    the first question the full model answers and stops there, unless asked to go on."""
     from pop_local import read_pop_metadata
     from pop_local.converter.answer_check import AnswerCheck
 
     meta = read_pop_metadata(smollm2)
-    check = AnswerCheck(smollm2, meta, per_kind=2, length=512)
+    check = AnswerCheck(smollm2, meta, target_right=3, max_documents=6, length=512)
     try:
         items, length, right = check.shape
-        assert (items, length) == (6, 512) and check.full[0] == 1.0  # SmolLM2 finds a single needle at 512
+        assert length == 512 and right >= 3 and items < 24  # stopped adding documents at the target
+        assert sum(check.full[:-len([d for d in check.document if d == check.document[-1]])]) < 3  # not before
+        assert check.document == sorted(check.document) and len(check.items) == items
         same = check.score(())
-        assert (same.scored, same.lost, same.low) == (right, 0, 0.0) and same.passed(right) and right >= 2
+        assert (same.scored, same.lost, same.low) == (right, 0, 0.0) and same.passed(right)
         gutted = tuple(range(2, meta.n_layer))
         stopped = check.score(gutted)
         assert stopped.scored < right and stopped.lost >= 1 and not stopped.passed(right)
@@ -168,3 +192,26 @@ def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(s
         assert whole.scored == right and whole.lost >= stopped.lost and not whole.passed(right)
     finally:
         check.close()
+
+
+@pytest.mark.slow
+def test_a_cached_document_answers_as_a_fresh_prompt_under_pop(smollm2, smollm2_tokens):
+    """The check's economy is exact: POP's pruned positions depend only on what precedes them, so with
+    the document cached a question's reply is the reply a fresh cache gives, under POP as in full."""
+    from pop_local.converter.answer_check import check_document
+    from pop_local.measure.answers import greedy_reply
+    from pop_local.runtime.llama import PopLlama
+
+    doc = check_document(smollm2_tokens, 512, 0)
+    llm = PopLlama(smollm2, min_tokens=0, n_ctx=640, n_batch=512, verbose=False, seed=0)
+    try:
+        for pop in (True, False):
+            llm.pop_enabled = pop
+            fresh = [greedy_reply(llm, item.prompt, 16) for item in doc]
+            llm.reset_pop_stats()
+            cached = [greedy_reply(llm, item.prompt, 16, fresh=False) for item in doc]
+            assert cached == fresh, pop
+            if pop:  # the document ran once: the later questions prefilled only their own tokens
+                assert llm.pop_stats()["pruned_tokens"] < 512 + 3 * 40
+    finally:
+        llm.close()

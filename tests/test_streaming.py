@@ -112,13 +112,14 @@ def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, 
     from pop_local import read_pop_metadata
 
     f = read_pop_metadata(str(out)).frontier
-    assert f.check[:2] == (24, 1024) and f.check[2] >= 8  # SmolLM2 finds at least its single needles
+    # documents were added until the full model had 40 right, or the most there are (24 of up to 4 questions)
+    assert f.check[1] == 1024 and (f.check[2] >= 40 or f.check[0] > 80), f.check
     kv = "fitted" if "fitted" in proc.stdout.split("skip layers")[1].split(";")[0] else "own"
     assert f.passed(f.choice.check(kv)), f.choice
     faster = [c for r in f.rows if r.speedup_2048 > f.choice.speedup_2048 for c in (r.check_own, r.check_fitted) if c]
     assert not any(f.passed(c) for c in faster)
     assert not any(r.check_own or r.check_fitted for r in f.rows if r.speedup_2048 < f.choice.speedup_2048)
-    assert "answers to 24 needle and document questions of 1024 tokens: the full model" in proc.stdout
+    assert f"answers to {f.check[0]} needle and document questions of 1024 tokens: the full model" in proc.stdout
     # --keep-candidates: each fitted candidate the check loaded is there, a POP file of its own skip set
     from pop_local.format.layers import format_layers
 

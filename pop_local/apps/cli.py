@@ -182,9 +182,9 @@ def _max_ratio(value):
 @click.option("--in-memory", is_flag=True,
               help="calibrate with the whole model in memory (float32) instead of one layer at a time; for comparisons")
 @click.option("--answer-check/--no-answer-check", default=True, show_default=True,
-              help="with the default budget, keep a skip set only if it keeps the full model's answers to 24 "
-                   "generated needle and document questions of 1k tokens (95% of its score, paired interval above "
-                   "-10 points; measured in llama.cpp)")
+              help="with the default budget, keep a skip set only if it keeps the full model's answers to "
+                   "generated needle and document questions of 1k tokens, four per document, until the full model "
+                   "has 40 right (95% of its score, paired interval above -10 points; measured in llama.cpp)")
 @click.option("--keep-candidates", type=click.Path(file_okay=False, writable=True), metavar="DIR",
               help="keep each fitted candidate the answer check tried in DIR (SKIP-fitted.pop.gguf, a complete "
                    "POP GGUF each), to run or measure yourself")

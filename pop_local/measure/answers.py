@@ -126,14 +126,16 @@ def has_chat_template(llm) -> bool:
             or (llm.chat_format or "llama-2") != "llama-2")
 
 
-def greedy_reply(llm, prompt: str, max_tokens: int, images: Sequence[str] = ()) -> str:
+def greedy_reply(llm, prompt: str, max_tokens: int, images: Sequence[str] = (), *, fresh: bool = True) -> str:
     """The greedy reply to one user message (after `images`, for a model with a projector), from a fresh
-    cache (no setting reuses another's prompt). A file without a chat template (a base model) gets the
-    plain prompt and an "Answer:" line instead of the guessed [INST] format, to which Gemma-3-270M replies
-    nothing at all to a short question."""
+    cache (no setting reuses another's prompt), or with `fresh` False reusing the cached prefix the
+    current setting computed (a PopLlama reuses no other setting's). A file without a chat template (a
+    base model) gets the plain prompt and an "Answer:" line instead of the guessed [INST] format, to which
+    Gemma-3-270M replies nothing at all to a short question."""
     from pop_local.runtime.multimodal import image_content
 
-    llm.reset()
+    if fresh:
+        llm.reset()
     if images and not llm.multimodal:
         raise PopError("the answer set has images, and the model was loaded without a projector: give its mmproj file")
     if has_chat_template(llm) or images:

@@ -21,7 +21,7 @@ from typing import Callable, List, Sequence, Tuple
 
 from .answers import answer_found
 
-__all__ = ["DocItem", "make_item", "make_items", "score_reply", "PROMPT_HEAD", "GEN_PREFIX"]
+__all__ = ["DocItem", "make_item", "make_items", "make_document", "score_reply", "PROMPT_HEAD", "GEN_PREFIX"]
 
 PROMPT_HEAD = "Read the staff report below, then answer the question after it with the exact value the report gives."
 GEN_PREFIX = "Answer:"
@@ -123,8 +123,9 @@ def _paragraph(rng: random.Random, name: str, facts: Sequence[Tuple[_Fact, str, 
 
 
 def _question_item(rng: random.Random, people: List[str]):
-    """(question, answer, distractors, kind, paragraphs): the asked fact, and a list of (weight, text)
-    paragraphs with the answer's paragraph marked weight 0 (never dropped) and the others droppable."""
+    """(question, answer, distractors, kind, paragraphs): the asked fact, and a list of (weight, text,
+    facts) paragraphs with the answer's paragraph marked weight 0 (never dropped) and the others
+    droppable; `facts` are the (person, fact, value, extra) a paragraph states about one other person."""
     target, neighbour, others = people[0], people[1], people[2:]
     if rng.random() < 1 / (len(_FACTS) + 1):  # the reverse question about a role
         role = rng.choice(_ROLES)
@@ -133,8 +134,8 @@ def _question_item(rng: random.Random, people: List[str]):
         key = (f"{former} served as {role} until {year}, when the members appointed {answer} to the post. "
                f"{answer} had worked beside {former} for several years.")
         other_roles = [r for r in _ROLES if r != role]
-        para = [(0, key)] + [(1, f"{p} was appointed {rng.choice(other_roles)} in {rng.randint(1990, 2024)}.")
-                             for p in others]
+        para = [(0, key, ())] + [(1, f"{p} was appointed {rng.choice(other_roles)} in {rng.randint(1990, 2024)}.", ())
+                                 for p in others]
         return f"Who is the cooperative's {role} now?", answer, (former,), _ROLE, para
     fact = rng.choice(_FACTS)
     values = set()
@@ -151,7 +152,7 @@ def _question_item(rng: random.Random, people: List[str]):
     answer, near = fresh(), fresh()
     key = " ".join(f.sentence.format(name=n, value=v, extra=extra) for f, n, v in
                    rng.sample([(fact, target, answer), (fact, neighbour, near)], 2))
-    para = [(0, key)]
+    para = [(0, key, ((target, fact, answer, extra), (neighbour, fact, near, extra)))]
     distractors = [near]
     other_facts = [f for f in _FACTS if f.kind != fact.kind]
     for i, p in enumerate(others):
@@ -161,22 +162,30 @@ def _question_item(rng: random.Random, people: List[str]):
             distractors.append(v)
             chosen.append((fact, v, fact.extra(rng)))
         rng.shuffle(chosen)
-        para.append((1, _paragraph(rng, p, chosen)))
+        para.append((1, _paragraph(rng, p, chosen), tuple((p, f, value, extra) for f, value, extra in chosen)))
     return fact.question.format(name=target, extra=extra), answer, tuple(distractors), fact.kind, para
 
 
 def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], int], reserve: int = 96) -> DocItem:
     """The item `index` of a set whose prompts fill `length` tokens (as `count_tokens` counts them) less
     `reserve` (the reply's room); the same arguments always give the same item."""
+    return make_document(seed, length, index, count_tokens, 1, reserve)[0]
+
+
+def make_document(seed: int, length: int, index: int, count_tokens: Callable[[str], int], questions: int = 1,
+                  reserve: int = 96) -> List[DocItem]:
+    """Up to `questions` questions about one report, differing only after "Question:" (a cache holding the
+    report answers the rest for a few tokens each): `make_item`'s item, then facts the report states
+    about other people, each value stated once, the same kind of value for others its distractors."""
     rng = random.Random(f"pop-local-docqa-{seed}-{length}-{index}")
     people = _people(rng, 60)
     question, answer, distractors, kind, para = _question_item(rng, people)
-    fixed = [p for w, p in para if w == 0]
-    optional = [p for w, p in para if w == 1]
+    fixed = [p for w, p, _ in para if w == 0]
+    optional = [p for w, p, _ in para if w == 1]
     budget = length - reserve
 
-    def render(body: List[str]) -> str:
-        return f"{PROMPT_HEAD}\n\nSTAFF REPORT\n\n" + "\n\n".join(body) + f"\n\nQuestion: {question}"
+    def render(body: List[str], asked: str = question) -> str:
+        return f"{PROMPT_HEAD}\n\nSTAFF REPORT\n\n" + "\n\n".join(body) + f"\n\nQuestion: {asked}"
 
     # fill with paragraphs (the people's first, then filler) while the summed counts fit, then drop
     # paragraphs from the end until the whole prompt, counted at once, fits
@@ -202,8 +211,40 @@ def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], 
     rest.insert(rng.randint(0, len(rest)), key)
     # distractors named in paragraphs that did not fit are not in the document: keep those that are
     text = render(rest)
-    present = tuple(d for d in distractors if d in text.split("\n\nQuestion:")[0])
-    return DocItem(f"docqa-{length}-{index}", text, question, answer, present, kind)
+    document = text.split("\n\nQuestion:")[0]
+    present = tuple(d for d in distractors if d in document)
+    items = [DocItem(f"docqa-{length}-{index}", text, question, answer, present, kind)]
+    if questions > 1:
+        items += _more_questions(f"pop-local-docqa-{seed}-{length}-{index}-more", para, rest, document, render,
+                                 budget, count_tokens, questions - 1, f"docqa-{length}-{index}")
+    return items
+
+
+def _more_questions(seed: str, para, body: List[str], document: str, render, budget: int, count_tokens,
+                    n: int, name: str) -> List[DocItem]:
+    """Up to n questions about the other people's facts in `body` whose value the document states once."""
+    import re
+
+    stated = {text: facts for _, text, facts in para if text in body}
+    facts = [fact for text in body for fact in stated.get(text, ())]
+
+    def once(value: str) -> bool:
+        return len(re.findall(rf"(?<!\w){re.escape(value)}(?!\w)", document)) == 1
+
+    asked_first = render(body).rsplit("Question: ", 1)[1]
+    askable = [f for f in facts if once(f[2]) and f[1].question.format(name=f[0], extra=f[3]) != asked_first]
+    random.Random(seed).shuffle(askable)
+    items: List[DocItem] = []
+    for person, fact, value, extra in askable:
+        if len(items) == n:
+            break
+        asked = fact.question.format(name=person, extra=extra)
+        text = render(body, asked)
+        if count_tokens(text) > budget:
+            continue
+        others = tuple(dict.fromkeys(v for _, f, v, _ in facts if f.kind == fact.kind and v != value))
+        items.append(DocItem(f"{name}-q{len(items) + 1}", text, asked, value, others, fact.kind))
+    return items
 
 
 def make_items(seed: int, length: int, n: int, count_tokens: Callable[[str], int], reserve: int = 96) -> List[DocItem]:

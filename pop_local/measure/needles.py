@@ -21,7 +21,8 @@ from typing import Callable, List
 
 from .docqa import DocItem
 
-__all__ = ["make_item", "make_items", "make_single_item", "PROMPT_HEAD", "SINGLE_HEAD"]
+__all__ = ["make_item", "make_items", "make_document", "make_single_item", "make_single_document", "PROMPT_HEAD",
+           "SINGLE_HEAD"]
 
 PROMPT_HEAD = ("Below is a list of access numbers. Memorize them: you will be asked for the number of one "
                "of them, and must answer with that exact number.")
@@ -36,6 +37,14 @@ _NOUNS = ("falcon", "lantern", "harbor", "orchard", "compass", "glacier", "meado
 
 def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], int], reserve: int = 64) -> DocItem:
     """The item `index` of a set whose prompts fill `length` tokens less `reserve` (the reply's room)."""
+    return make_document(seed, length, index, count_tokens, 1, reserve)[0]
+
+
+def make_document(seed: int, length: int, index: int, count_tokens: Callable[[str], int], questions: int = 1,
+                  reserve: int = 64) -> List[DocItem]:
+    """Up to `questions` questions about one list (each about a different record): the prompts differ
+    only after "Question:", so a cache holding the list answers the rest for a few tokens each. The
+    first is `make_item`'s item; the others are drawn from a generator of their own."""
     rng = random.Random(f"pop-local-needles-{seed}-{length}-{index}")
     keys = [f"{a} {n}" for a in _ADJECTIVES for n in _NOUNS]
     rng.shuffle(keys)
@@ -66,9 +75,20 @@ def make_item(seed: int, length: int, index: int, count_tokens: Callable[[str], 
         if count_tokens(text) <= budget or n == 2:
             break
         n -= 1
-    distractors = tuple(str(v) for i, v in enumerate(numbers[:n]) if i != target)
-    return DocItem(f"needle-{length}-{index}", text, question(keys[target]), str(numbers[target]), distractors,
-                   "needle")
+    others = [i for i in range(n) if i != target]
+    random.Random(f"pop-local-needles-{seed}-{length}-{index}-more").shuffle(others)
+    items = []
+    for t in [target] + others:
+        if len(items) == questions:
+            break
+        text = render(records[:n], keys[t])
+        if t != target and count_tokens(text) > budget:
+            continue
+        distractors = tuple(str(v) for i, v in enumerate(numbers[:n]) if i != t)
+        suffix = f"-q{len(items)}" if items else ""
+        items.append(DocItem(f"needle-{length}-{index}{suffix}", text, question(keys[t]), str(numbers[t]),
+                             distractors, "needle"))
+    return items
 
 
 def make_items(seed: int, length: int, n: int, count_tokens: Callable[[str], int], reserve: int = 64) -> List[DocItem]:
@@ -95,29 +115,47 @@ def make_single_item(seed: int, length: int, index: int, count_tokens: Callable[
                      reserve: int = 64) -> DocItem:
     """The item `index` of a set of single needles: one access-number record at a random depth of prose
     that fills `length` tokens less `reserve`; no distractors."""
-    rng = random.Random(f"pop-local-single-needle-{seed}-{length}-{index}")
-    key = f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
-    number = str(rng.randrange(1_000_000, 10_000_000))
-    record = f"The special access number for the {key} is {number}."
-    question = f"What is the special access number for the {key}?"
+    return make_single_document(seed, length, index, count_tokens, 1, reserve)[0]
 
-    def render(sentences: List[str]) -> str:
+
+def make_single_document(seed: int, length: int, index: int, count_tokens: Callable[[str], int],
+                         questions: int = 1, reserve: int = 64) -> List[DocItem]:
+    """`questions` records for different keys, each at a random depth of one prose text, and a question
+    about each (RULER's multi-key needle in a haystack; the other records' numbers are its distractors).
+    With one, `make_single_item`'s item; the further records are drawn from a generator of their own."""
+    rng = random.Random(f"pop-local-single-needle-{seed}-{length}-{index}")
+    more = random.Random(f"pop-local-single-needle-{seed}-{length}-{index}-more")
+    keys = [f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"]
+    numbers = [str(rng.randrange(1_000_000, 10_000_000))]
+    while len(keys) < questions:
+        key = f"{more.choice(_ADJECTIVES)} {more.choice(_NOUNS)}"
+        number = str(more.randrange(1_000_000, 10_000_000))
+        if key not in keys and number not in numbers:
+            keys.append(key)
+            numbers.append(number)
+    records = [f"The special access number for the {k} is {v}." for k, v in zip(keys, numbers)]
+    asked = [f"What is the special access number for the {k}?" for k in keys]
+
+    def render(sentences: List[str], question: str = max(asked, key=len)) -> str:
         return f"{SINGLE_HEAD}\n\n" + " ".join(sentences) + f"\n\nQuestion: {question}"
 
     budget = length - reserve
     prose = [rng.choice(_PROSE) for _ in range(8)]
-    if count_tokens(render([record])) > budget:
+    if count_tokens(render(records)) > budget:
         raise ValueError(f"a needle question does not fit {length} tokens (give a length of 128 or more)")
     per = max(1, count_tokens(" ".join(prose)) // len(prose))
-    n = max(0, (budget - count_tokens(render([record]))) // per)
+    n = max(0, (budget - count_tokens(render(records))) // per)
     prose = [rng.choice(_PROSE) for _ in range(n + 8)]
-    depth = rng.random()
-    while True:  # the most prose sentences that fit around the record
+    depths = [rng.random()] + [more.random() for _ in records[1:]]
+    while True:  # the most prose sentences that fit around the records
         body = prose[:n]
-        body.insert(min(int(depth * (n + 1)), n), record)
+        # deepest first, so that each insertion leaves the earlier slots where they were
+        for slot, record in sorted(((min(int(d * (n + 1)), n), r) for d, r in zip(depths, records)), reverse=True):
+            body.insert(slot, record)
         text = render(body)
         if count_tokens(text) <= budget or n == 0:
             break
         n -= max(1, (count_tokens(text) - budget) // per)
         n = max(0, n)
-    return DocItem(f"single-{length}-{index}", text, question, number, (), "single")
+    return [DocItem(f"single-{length}-{index}" + (f"-q{j}" if j else ""), render(body, asked[j]), asked[j],
+                    numbers[j], tuple(v for v in numbers if v != numbers[j]), "single") for j in range(len(keys))]
