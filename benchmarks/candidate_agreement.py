@@ -131,8 +131,7 @@ def check_verdicts(chosen: str, runs, progress=print):
                     got = check.score_loaded(llm)
                 finally:
                     llm.close()
-            out[name] = {"scored": got.scored, "lost": got.lost, "gained": got.gained,
-                         "low": None if math.isnan(got.low) else got.low,
+            out[name] = {"scored": got.scored, "lost": got.lost, "low": None if math.isnan(got.low) else got.low,
                          "passed": got.passed(right)}
             progress(f"{name}: check {got.text(right)}")
     finally:

@@ -63,7 +63,7 @@ def measure(model: str, result: dict, names, max_length: int, progress):
             suite = suite_verdict(cells)
             passed = got.passed(right)
             out.append({"setting": name, "args": result["settings"][name]["args"],
-                        "check": {"scored": got.scored, "lost": got.lost, "gained": got.gained,
+                        "check": {"scored": got.scored, "lost": got.lost,
                                   "low": None if math.isnan(got.low) else got.low, "passed": passed,
                                   "text": got.text(right)},
                         "suite": suite, "cells": cells, "agreement": agreement(passed, suite)})

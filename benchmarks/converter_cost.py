@@ -124,7 +124,7 @@ def _check(meta) -> "dict | None":
         return None
     items, length, right = f.check
     measured = [{"skip": format_layers(r.skip), "kv": kv, "speedup_2048": r.speedup_2048, "scored": c.scored,
-                 "lost": c.lost, "gained": c.gained, "low": None if math.isnan(c.low) else c.low,
+                 "lost": c.lost, "low": None if math.isnan(c.low) else c.low,
                  "passed": f.passed(c)}
                 for r in f.rows for kv, c in (("own", r.check_own), ("fitted", r.check_fitted)) if c is not None]
     measured.sort(key=lambda m: -m["speedup_2048"])

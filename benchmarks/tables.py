@@ -216,18 +216,14 @@ def converter_check(name: str) -> str:
     check = (conv.get("frontier") or {}).get("check")
     if not check:
         return f"(no answer check recorded in `{source}`)"
-    gains = all(m.get("gained") is not None for m in check["measured"])
-    asked = ("each candidate is asked every question, a right answer lost and a wrong one gained counted alike"
-             if gains else "which each candidate is asked")
     lines = [f"{check['items']} questions of {check['length']} tokens; the full model answers {check['full_right']}, "
-             f"{asked}.", "",
-             "| candidate (fastest first) | K/V | FLOP ideal @2048 | answered | lost |" + (" gained |" if gains else "")
-             + " lower end | verdict |", "|---|---|---|---|---|---|---|" + ("---|" if gains else "")]
+             "which each candidate is asked.",
+             "", "| candidate (fastest first) | K/V | FLOP ideal @2048 | answered | lost | lower end | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for m in check["measured"]:
         low = "-" if m["low"] is None else _points(m["low"])
         verdict = "**keeps (chosen)**" if m["passed"] else ("stopped: cannot pass" if m["low"] is None else "fails")
-        gained = f" {m['gained']} |" if gains else ""
-        lines.append(f"| {m['skip']} | {m['kv']} | {m['speedup_2048']:.2f}x | {m['scored']} | {m['lost']} |{gained} "
+        lines.append(f"| {m['skip']} | {m['kv']} | {m['speedup_2048']:.2f}x | {m['scored']} | {m['lost']} | "
                      f"{low} | {verdict} |")
     return "\n".join(lines) + f"\n\nChosen: {_layers(conv['skip_layers'])} ({conv['kv_method']} K/V), conversion " \
         f"{conv['seconds'] / 60:.1f} min, peak {conv['peak_rss_bytes'] / 2**30:.1f} GB for a " \
@@ -270,7 +266,7 @@ def check_agreement() -> str:
     files = _agreement_files("check-agreement")
     if not files:
         return "(not measured yet: `python benchmarks/check_agreement.py NAME`)"
-    lines = ["| model | setting | the check (at 1k) | the suite (kept / lost / undecided cells) | |",
+    lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
              "|---|---|---|---|---|"]
     tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
     for path in files:
@@ -300,12 +296,8 @@ def candidate_agreement() -> str:
         r = _load(os.path.basename(path))
         for row in r["rows"]:
             c, right = row["check"], r["check_shape"]["full_right"]
-            if c.get("gained") is None:  # the check before gains counted: the full model's right answers only
-                check = (f"passes ({c['scored']} of {right})" if c["passed"] else
-                         f"fails: {c['lost']} lost of {c['scored']} asked")
-            else:
-                check = (f"{'passes' if c['passed'] else 'fails'}: {c['lost']} lost, {c['gained']} gained of "
-                         f"{c['scored']} asked")
+            check = (f"passes ({c['scored']} of {right})" if c["passed"] else
+                     f"fails: {c['lost']} lost of {c['scored']} asked")
             cells = "; ".join(f"{x['task']}@{x['length'] // 1024}k {_points(x['score'] - x['full'])} "
                               f"[{_points(x['low'])}] {x['verdict']} ({x['n']})" for x in row["cells"])
             tally[row["agreement"]] += 1

@@ -33,27 +33,23 @@ def keeps_answers(score: float, full_score: float, low: float) -> bool:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One candidate's answers on the converter's check, each paired with the full model's answer to the
-    same question: its score against the full model's, as the suite compares them."""
-    scored: int   # items answered (fewer than all: stopped, it could not pass)
+    """One candidate's answers on the converter's check: the items the full model answers right, each
+    paired with the full model's answer (nothing can be lost on the others)."""
+    scored: int   # items answered (fewer than the full model's right answers: stopped, it could not pass)
     lost: int     # right for the full model, wrong here
     low: float    # the paired 95% interval's lower end of POP - full, a share (NaN: stopped early)
-    # wrong for the full model, right here; None: a file from before gains counted, whose check asked only
-    # the items the full model answers right (`scored` and `low` over those)
-    gained: Optional[int] = None
 
     def retention(self, full_right: int) -> float:
-        return (full_right - self.lost + (self.gained or 0)) / full_right if full_right else math.nan
+        return (full_right - self.lost) / full_right if full_right else math.nan
 
     def passed(self, full_right: int) -> bool:
-        if full_right == 0 or math.isnan(self.low):
+        if full_right == 0 or self.scored < full_right or math.isnan(self.low):
             return False
-        return keeps_answers(self.retention(full_right), 1.0, self.low)
+        return keeps_answers((full_right - self.lost) / full_right, 1.0, self.low)
 
     def text(self, full_right: int) -> str:
-        gains = "" if self.gained is None else f", {self.gained} gained"
-        if math.isnan(self.low):
-            return f"stopped at {self.scored}: {self.lost} lost{gains}"
+        if self.scored < full_right:
+            return f"stopped at {self.scored}: {self.lost} lost"
         verdict = "keeps" if self.passed(full_right) else "fails"
         return f"{verdict} {self.retention(full_right):.0%} [{100 * self.low:+.0f}]"
 
@@ -224,10 +220,6 @@ def frontier_fields(rows: Sequence[FrontierRow], chosen: int, budget: Budget, pa
                 fields[name] = [math.nan if c is None else float(c.low) for c in results]
             else:
                 fields[name] = [0 if c is None else int(getattr(c, attr)) for c in results]
-        for name, kv in ((keys.FRONTIER_CHECK_GAINED_OWN, "own"), (keys.FRONTIER_CHECK_GAINED_FITTED, "fitted")):
-            results = [getattr(r, f"check_{kv}") for r in rows]
-            if all(c is None or c.gained is not None for c in results):
-                fields[name] = [0 if c is None else int(c.gained) for c in results]
     return fields
 
 
@@ -337,26 +329,15 @@ def _read_check(extra: Mapping[str, Any], n: int):
                 what = "a share in [-1, 1]" if attr == "low" else "a count of items"
                 raise PopMetadataError(name, f"{v!r} is not {what}")
         columns[(attr, kv)] = value
-    # gains: files from before them asked only the items the full model answers right
-    gains = [k for k in (keys.FRONTIER_CHECK_GAINED_OWN, keys.FRONTIER_CHECK_GAINED_FITTED) if k in extra]
-    if len(gains) == 1:
-        raise PopMetadataError(gains[0], "present without its other K/V's (the file has a partial answer check)")
-    for kv, name in (("own", keys.FRONTIER_CHECK_GAINED_OWN), ("fitted", keys.FRONTIER_CHECK_GAINED_FITTED)):
-        value = extra.get(name, [None] * n)
-        if not isinstance(value, list) or len(value) != n or not all(
-                v is None if not gains else type(v) is int and 0 <= v <= items - right for v in value):
-            raise PopMetadataError(name, f"expected {n} counts of at most {items - right} items, got {value!r}"[:200])
-        columns[("gained", kv)] = value
-    asked = items if gains else right  # what a candidate answers in full
     results = {}
     for kv in ("own", "fitted"):
         results[kv] = [None if columns[("scored", kv)][i] == 0 else
-                       CheckResult(columns[("scored", kv)][i], columns[("lost", kv)][i], float(columns[("low", kv)][i]),
-                                   columns[("gained", kv)][i])
+                       CheckResult(columns[("scored", kv)][i], columns[("lost", kv)][i], float(columns[("low", kv)][i]))
                        for i in range(n)]
-        if any(r is not None and (r.lost > min(r.scored, right) or r.scored > asked) for r in results[kv]):
-            raise PopMetadataError(keys.FRONTIER_CHECK, f"a candidate answered more than the {asked} items asked, "
-                                   f"or lost more than the {right} the full model answers")
+        if any(r is not None and r.lost > r.scored for r in results[kv]) or any(
+                r is not None and r.scored > right for r in results[kv]):
+            raise PopMetadataError(keys.FRONTIER_CHECK, f"a candidate answered or lost more than the {right} items "
+                                   "the full model answers")
     return (items, check[1], right), results
 
 

@@ -85,18 +85,14 @@ FRONTIER_CHOSEN = "pop.frontier.chosen"              # u32: index of the candida
 FRONTIER_PAPER_KL = "pop.frontier.paper_kl"          # f32: held-out KL of the paper's set (last 1/3, own K/V)
 FRONTIER_HELD_OUT = "pop.frontier.held_out"          # u32 array [2]: held-out samples, response tokens
 # the default budget's answer check (converter/answer_check.py): generated needle and document questions
-# at one prompt length, answered greedily in llama.cpp by the full model, and by each candidate the rule
-# reached (fastest first, each stopped once it can no longer pass); per candidate and K/V, aligned with the
-# frontier (0 items answered: not measured)
+# at one prompt length, answered greedily in llama.cpp by the full model; those it answers right, by each
+# candidate the rule reached (fastest first, each stopped once it can no longer pass); per candidate and
+# K/V, aligned with the frontier (0 items answered: not measured)
 FRONTIER_CHECK = "pop.frontier.check"                  # u32 array [3]: items, prompt tokens, full model's right answers
-FRONTIER_CHECK_SCORED_OWN = "pop.frontier.check_scored_own"      # u32 array: items answered, own K/V
+FRONTIER_CHECK_SCORED_OWN = "pop.frontier.check_scored_own"      # u32 array: of those, items answered, own K/V
 FRONTIER_CHECK_SCORED_FITTED = "pop.frontier.check_scored_fitted"
-FRONTIER_CHECK_LOST_OWN = "pop.frontier.check_lost_own"          # u32 array: of those, right in full, wrong here
+FRONTIER_CHECK_LOST_OWN = "pop.frontier.check_lost_own"          # u32 array: of those, answered wrong
 FRONTIER_CHECK_LOST_FITTED = "pop.frontier.check_lost_fitted"
-# u32 arrays: wrong in full, right here. Files from before (2026-12-07) lack them: their check asked only the
-# items the full model answers right, and `scored`/`low` are over those
-FRONTIER_CHECK_GAINED_OWN = "pop.frontier.check_gained_own"
-FRONTIER_CHECK_GAINED_FITTED = "pop.frontier.check_gained_fitted"
 FRONTIER_CHECK_LOW_OWN = "pop.frontier.check_low_own"            # f32 array: paired 95% interval's lower end of
 FRONTIER_CHECK_LOW_FITTED = "pop.frontier.check_low_fitted"      # POP - full (a share; NaN: not all items answered)
 FRONTIER_CHECK_ARRAYS = (FRONTIER_CHECK_SCORED_OWN, FRONTIER_CHECK_SCORED_FITTED, FRONTIER_CHECK_LOST_OWN,
