@@ -149,7 +149,8 @@ def test_the_converters_check_asks_its_own_questions_of_each_kind(smollm2_tokens
             if item.kind in ("single", "needle"):  # every other record's number is a distractor
                 assert {o.answer for o in doc} - {item.answer} <= set(item.distractors), item.id
     items = [item for doc in documents for item in doc]
-    suite = docqa.make_items(0, 512, 3, smollm2_tokens) + needles.make_items(0, 512, 3, smollm2_tokens)
+    suite = (docqa.make_items(0, 512, 3, smollm2_tokens) + needles.make_items(0, 512, 3, smollm2_tokens)
+             + [needles.make_single_item(0, 512, i, smollm2_tokens) for i in range(3)])  # pop_needle's
     assert not {i.prompt for i in items} & {i.prompt for i in suite}
     assert check_items(smollm2_tokens, 512, 6) == items  # the same questions in every conversion
 

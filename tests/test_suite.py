@@ -123,23 +123,24 @@ def test_retention_verdicts():
 
 
 def test_the_suite_pairs_settings_on_the_same_items(smollm2):
-    """The library path on the real model: two settings, RULER's single needle and the document
-    questions at 512 tokens, 3 items each; paired rows; speed of both settings at one length."""
+    """The library path on the real model: two settings, RULER's single needle, the document questions
+    and the needle in prose at 512 tokens, 3 items each; paired rows; speed of both settings at one length."""
     settings = [s for s in suite.standard_settings(smollm2) if s.name in ("full", "paper")]
     assert [s.args for s in settings] == [{"pop": False}, {"pop": True, "skip_layers": "20-29", "kv_mode": "own"}]
-    result = run_suite(smollm2, lengths=[512], items={512: 3}, tasks=["niah_single_1", "pop_docqa"],
-                             settings=settings, n_threads=2)
-    assert {(c["setting"], c["task"]) for c in result["cells"]} == {
-        (s, t) for s in ("full", "paper") for t in ("niah_single_1", "pop_docqa")}
+    tasks = ["niah_single_1", "pop_docqa", "pop_needle"]
+    result = run_suite(smollm2, lengths=[512], items={512: 3}, tasks=tasks, settings=settings, n_threads=2)
+    assert {(c["setting"], c["task"]) for c in result["cells"]} == {(s, t) for s in ("full", "paper") for t in tasks}
     for c in result["cells"]:
         assert c["n"] == 3 and all(0.0 <= r["score"] <= 1.0 for r in c["items"])
     needle = next(c for c in result["cells"] if c["setting"] == "full" and c["task"] == "niah_single_1")
     assert needle["score"] > 0  # the full model finds a needle in 380 tokens of repeated text
+    prose = next(c for c in result["cells"] if c["setting"] == "full" and c["task"] == "pop_needle")
+    assert prose["score"] > 0  # and one in 450 tokens of varied prose
     rows = suite.retention(result)
-    assert len(rows) == 2 and all(r["n"] == 3 for r in rows)
+    assert len(rows) == 3 and all(r["n"] == 3 for r in rows)
     # the generators are seeded per task and length: built again, alone, the tasks ask the same items
     asked = {c["task"]: [r["hash"] for r in c["items"]] for c in result["cells"] if c["setting"] == "full"}
-    assert item_hashes(smollm2, ["pop_docqa", "niah_single_1"], 512, 3) == asked
+    assert item_hashes(smollm2, ["pop_needle", "pop_docqa", "niah_single_1"], 512, 3) == asked
     cwe = item_hashes(smollm2, ["ruler_cwe"], 512, 2)  # ruler_cwe shuffles with a module-level generator too
     assert item_hashes(smollm2, ["niah_single_1", "ruler_cwe"], 512, 2)["ruler_cwe"] == cwe["ruler_cwe"]
     speed = suite_speed(smollm2, settings, [256], repeats=1, n_threads=2)

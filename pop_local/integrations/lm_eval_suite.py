@@ -126,7 +126,7 @@ def missing_cells(result: Optional[Dict[str, Any]], path: str, settings: Sequenc
 
 
 def _item_score(sample: Dict[str, Any], task: str, length: int) -> float:
-    key = "score" if task == "pop_docqa" else str(length)
+    key = "score" if task.startswith("pop_") else str(length)
     value = sample.get(key)
     if not isinstance(value, (int, float)) or value < 0:
         raise PopError(f"{task}: no score at length {length} in lm_eval's sample (keys {sorted(sample)})")

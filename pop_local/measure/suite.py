@@ -5,6 +5,8 @@ intervals; prefill speed at the same lengths.
 Tasks (all generated locally from the model's tokenizer, nothing downloaded):
     niah_single_1, niah_multikey_2, niah_multikey_3, ruler_vt, ruler_cwe, ruler_fwe   lm_eval's RULER
     pop_docqa   pop_local/measure/docqa.py (staff reports with distractors; tasks/pop_docqa.yaml)
+    pop_needle  pop_local/measure/needles.py (one needle in varied prose; tasks/pop_needle.yaml): RULER's
+                offline single needle repeats one sentence around it, which SmolLM2's deep sets keep
 RULER's essay and SQuAD/HotpotQA variants download their text and are left out.
 
 The tokenizer comes from the GGUF (transformers reads it; exported once into the cache), so the
@@ -15,7 +17,7 @@ would give other items) and each item's prompt hash is checked when settings are
 Generation is greedy (lm_eval's `generate_until` through `--model pop-local`), with each task's reply
 capped at GEN_CAP tokens (RULER asks for up to 128; its answers come first, and every setting gets the
 same cap, so the comparison stays paired). A length L holds prompts of at most L - 128 tokens (RULER's
-own budget) or L - 96 (pop_docqa), before the chat template's few tokens; the context is L tokens.
+own budget), L - 96 (pop_docqa) or L - 64 (pop_needle), before the chat template's few tokens; the context is L tokens.
 
 `run_suite` returns a JSON-ready dict; `retention` turns it into rows (score, retention, paired 95%
 bootstrap interval of POP - full, verdict); `measure_speed` times prefill of every setting at each length,
@@ -37,11 +39,11 @@ __all__ = ["TASKS", "GEN_CAP", "Setting", "standard_settings", "tokenizer_dir", 
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 RULER = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
-TASKS = RULER + ("pop_docqa",)
+TASKS = RULER + ("pop_docqa", "pop_needle")
 # reply tokens per task: room for the answer (a 7-digit number, a UUID, five variable names, ten or three
 # words, a short value) with some slack
 GEN_CAP = {"niah_single_1": 24, "niah_multikey_2": 24, "niah_multikey_3": 48, "ruler_vt": 30, "ruler_cwe": 64,
-           "ruler_fwe": 32, "pop_docqa": 24}
+           "ruler_fwe": 32, "pop_docqa": 24, "pop_needle": 24}
 MIN_FULL_SCORE = 0.3  # below this the full model cannot do the task: no retention is reported
 
 
