@@ -169,9 +169,23 @@ def converter_cost() -> str:
 
 
 # the default each model gets, and the suite results that measured it: (name, suite results, label)
-DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "the embedded default (`pop-local chat`)"),
-            ("gemma3", "gemma3-check", "`pop-local convert`"),
-            ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "`pop-local convert`"))
+# (model label, suite results, the suite setting that is the default, how a user gets it, the conversion's
+# results: what it chose and what its answer check measured)
+DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)",
+             "first-start-smollm2.json"),
+            ("gemma3", "gemma3-check", "documents-check", "`pop-local convert`", "convert-gemma3-streamed.json"),
+            ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "documents-check", "`pop-local convert`",
+             "convert-qwen2.5-coder-1.5b-streamed.json"))
+
+
+def _setting_skip(description: str) -> "tuple[str, str] | None":
+    """(skip set, K/V) from a suite setting's description: the file's own ("20-29 (own K/V)") or an added
+    setting's arguments ("skip_layers=13-17; kv_mode=fitted")."""
+    m = re.search(r"(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*) \((\w+) K/V\)", description)
+    if m:
+        return m.group(1), m.group(2)
+    m = re.search(r"skip_layers=([\d,-]+)(?:; kv_mode=(\w+))?", description)
+    return (m.group(1), m.group(2) or "own") if m else None
 
 
 def defaults() -> str:
@@ -182,21 +196,19 @@ def defaults() -> str:
     lines = ["| model | default | skip set (K/V) | answers kept (suite, n per cell) | prefill (FLOP ideal) | "
              "the converter's check |", "|---|---|---|---|---|---|"]
     files = []
-    for name, suite_name, how in DEFAULTS:
+    for name, suite_name, setting, how, conv in DEFAULTS:
         if not os.path.exists(os.path.join(RESULTS, f"suite-{suite_name}.json")):
             continue
         r, speed, f = _suite_files(suite_name)
         files += f
-        info = r["settings"]["default"]["description"]
-        skip = re.search(r"(\d+(?:-\d+)?) \((\w+) K/V\)", info)
+        skip, kv = _setting_skip(r["settings"][setting]["description"]) if setting in r["settings"] else ("-", "-")
         kept = [f"{x['task']} {x['length']}: {x['verdict']} ({x['n']})" for x in
                 sorted(retention(r), key=lambda x: (x["task"], x["length"]))
-                if x["setting"] == "default" and x["verdict"] != "full below 0.3"]
-        lengths = sorted(speed)
-        pre = ", ".join(f"{L}: {_prefill(speed, 'default', L)}" for L in lengths) or "-"
+                if x["setting"] == setting and x["verdict"] != "full below 0.3"]
+        lengths = [L for L in sorted(speed) if setting in speed[L]["ms"]]
+        pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths) or "not timed"
         check = "-"
-        conv = f"convert-{name}-streamed.json"
-        if how.startswith("`pop-local convert") and os.path.exists(os.path.join(RESULTS, conv)):
+        if os.path.exists(os.path.join(RESULTS, conv)):
             c = (_load(conv).get("frontier") or {}).get("check")
             if c:
                 chosen = next((m for m in c["measured"] if m["passed"]), None)
@@ -204,8 +216,17 @@ def defaults() -> str:
                 check = (f"kept {c['full_right'] - chosen['lost']} of {c['full_right']}; {rejected} faster options "
                          "rejected") if chosen else "none kept"
                 files.append(conv)
-        lines.append(f"| {LABELS.get(name, name)} | {how} | {skip.group(1)} ({skip.group(2)}) | {'; '.join(kept)} | "
-                     f"{pre} | {check} |")
+                made = _load(conv)
+                now = (_layers(made["skip_layers"]), made["kv_method"])
+                changed = now != (skip, kv)
+                if changed:  # the suite measured an earlier choice: say so, never pass it off
+                    kept = ["not measured yet" + (f" (the suite has {skip} ({kv}), the choice before)"
+                                                  if skip != "-" else "")]
+                    skip, kv = now
+                if changed or not lengths:
+                    ideal = made.get("speedup_2048") or made["frontier"]["speedup_2048"]
+                    pre = f"not timed (FLOP ideal {ideal:.2f}x at 2048)"
+        lines.append(f"| {LABELS.get(name, name)} | {how} | {skip} ({kv}) | {'; '.join(kept)} | {pre} | {check} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
 
@@ -266,7 +287,7 @@ def check_agreement() -> str:
     files = _agreement_files("check-agreement")
     if not files:
         return "(not measured yet: `python benchmarks/check_agreement.py NAME`)"
-    lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
+    lines = ["| model | setting | the check (at 1k) | the suite (kept / lost / undecided cells) | |",
              "|---|---|---|---|---|"]
     tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
     for path in files:
