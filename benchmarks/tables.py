@@ -171,8 +171,7 @@ def converter_cost() -> str:
 # the default each model gets, and the suite results that measured it: (name, suite results, label)
 # (model label, suite results, the suite setting that is the default, how a user gets it, the conversion's
 # results: what it chose and what its answer check measured)
-DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)",
-             "first-start-smollm2.json"),
+DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)", None),
             ("gemma3", "gemma3-check", "documents-check", "`pop-local convert`", "convert-gemma3-streamed.json"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "documents-check", "`pop-local convert`",
              "convert-qwen2.5-coder-1.5b-streamed.json"))
@@ -208,7 +207,7 @@ def defaults() -> str:
         lengths = [L for L in sorted(speed) if setting in speed[L]["ms"]]
         pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths) or "not timed"
         check = "-"
-        if os.path.exists(os.path.join(RESULTS, conv)):
+        if conv and os.path.exists(os.path.join(RESULTS, conv)):
             c = (_load(conv).get("frontier") or {}).get("check")
             if c:
                 chosen = next((m for m in c["measured"] if m["passed"]), None)
@@ -287,7 +286,7 @@ def check_agreement() -> str:
     files = _agreement_files("check-agreement")
     if not files:
         return "(not measured yet: `python benchmarks/check_agreement.py NAME`)"
-    lines = ["| model | setting | the check (at 1k) | the suite (kept / lost / undecided cells) | |",
+    lines = ["| model | setting | the check (24 items at 1k) | the suite (kept / lost / undecided cells) | |",
              "|---|---|---|---|---|"]
     tally = {"agree": 0, "disagree": 0, "suite undecided": 0}
     for path in files:
