@@ -108,6 +108,7 @@ def check_verdicts(chosen: str, runs, progress=print):
     """The current check (converter/answer_check.py) on each (name, file, setting args): its shape and,
     per candidate, what the converter records (scored, lost, low, passed), stopped where it stops."""
     from pop_local.converter.answer_check import AnswerCheck
+    from pop_local.format.layers import parse_layers
     from pop_local.format.metadata import read_pop_metadata
     from pop_local.runtime.llama import PopLlama
 
@@ -118,13 +119,7 @@ def check_verdicts(chosen: str, runs, progress=print):
     try:
         for name, path, args in runs:
             if path == chosen and args:  # an own-K/V set: the reference's weights, that skip set
-                check.llm.skip_layers = args["skip_layers"]
-                check.llm.kv_mode = "own"
-                check.llm.pop_enabled = True
-                try:
-                    got = check.score_loaded(check.llm)
-                finally:
-                    check.llm.pop_enabled = False
+                got = check.score(parse_layers(args["skip_layers"]))
             else:  # the file's own setting (its fitted projections)
                 llm = PopLlama(path, min_tokens=0, **check._load())
                 try:

@@ -208,14 +208,14 @@ def defaults() -> str:
         pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths) or "not timed"
         check = "-"
         if conv and os.path.exists(os.path.join(RESULTS, conv)):
-            c = (_load(conv).get("frontier") or {}).get("check")
+            made = _load(conv)
+            c = (made.get("frontier") or {}).get("check")
             if c:
                 chosen = next((m for m in c["measured"] if m["passed"]), None)
                 rejected = sum(not m["passed"] for m in c["measured"])
                 check = (f"kept {c['full_right'] - chosen['lost']} of {c['full_right']}; {rejected} faster options "
                          "rejected") if chosen else "none kept"
                 files.append(conv)
-                made = _load(conv)
                 now = (_layers(made["skip_layers"]), made["kv_method"])
                 changed = now != (skip, kv)
                 if changed:  # the suite measured an earlier choice: say so, never pass it off
@@ -223,8 +223,7 @@ def defaults() -> str:
                                                   if skip != "-" else "")]
                     skip, kv = now
                 if changed or not lengths:
-                    ideal = made.get("speedup_2048") or made["frontier"]["speedup_2048"]
-                    pre = f"not timed (FLOP ideal {ideal:.2f}x at 2048)"
+                    pre = f"not timed (FLOP ideal {made['frontier']['speedup_2048']:.2f}x at 2048)"
         lines.append(f"| {LABELS.get(name, name)} | {how} | {skip} ({kv}) | {'; '.join(kept)} | {pre} | {check} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
 

@@ -215,14 +215,14 @@ def make_document(seed: int, length: int, index: int, count_tokens: Callable[[st
     present = tuple(d for d in distractors if d in document)
     items = [DocItem(f"docqa-{length}-{index}", text, question, answer, present, kind)]
     if questions > 1:
-        items += _more_questions(f"pop-local-docqa-{seed}-{length}-{index}-more", para, rest, document, render,
-                                 budget, count_tokens, questions - 1, f"docqa-{length}-{index}")
+        items += _more_questions(f"pop-local-docqa-{seed}-{length}-{index}-more", para, rest, document, question,
+                                 render, budget, count_tokens, questions - 1, f"docqa-{length}-{index}")
     return items
 
 
-def _more_questions(seed: str, para, body: List[str], document: str, render, budget: int, count_tokens,
-                    n: int, name: str) -> List[DocItem]:
-    """Up to n questions about the other people's facts in `body` whose value the document states once."""
+def _more_questions(seed: str, para, body: List[str], document: str, first: str, render, budget: int,
+                    count_tokens, n: int, name: str) -> List[DocItem]:
+    """Up to n questions besides `first` about the facts in `body` whose value the document states once."""
     import re
 
     stated = {text: facts for _, text, facts in para if text in body}
@@ -231,8 +231,7 @@ def _more_questions(seed: str, para, body: List[str], document: str, render, bud
     def once(value: str) -> bool:
         return len(re.findall(rf"(?<!\w){re.escape(value)}(?!\w)", document)) == 1
 
-    asked_first = render(body).rsplit("Question: ", 1)[1]
-    askable = [f for f in facts if once(f[2]) and f[1].question.format(name=f[0], extra=f[3]) != asked_first]
+    askable = [f for f in facts if once(f[2]) and f[1].question.format(name=f[0], extra=f[3]) != first]
     random.Random(seed).shuffle(askable)
     items: List[DocItem] = []
     for person, fact, value, extra in askable:
