@@ -84,8 +84,17 @@ def headline() -> str:
 
         key = f"{keys_found(mode):.2f} / {keys_found(full):.2f}" if keys_found(mode) is not None else "-"
         decode = be["decode"]
+        kv = "fitted" if ev.get("file_choice") == "pop_fitted" else "own"
+        conv = next((d[4] for d in DEFAULTS if d[5] == name and d[4]), None)
+        before = ""
+        if conv and os.path.exists(os.path.join(RESULTS, conv)):  # timed before the converter chose otherwise
+            made = _load(conv)
+            now = (_layers(made["skip_layers"]), made["kv_method"])
+            if now != (be["skip_layers"], kv):
+                before = f"; the default before: now {now[0]}, {now[1]}"
+                files.append(conv)
         lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} "
-                     f"({'fitted' if ev.get('file_choice') == 'pop_fitted' else 'own'}) | "
+                     f"({kv}{before}) | "
                      f"{cells[0]} | {cells[1]} | {decode['pop_tps']['median'] / decode['full_tps']['median']:.2f}x | "
                      f"{by} | {mode['top1_agreement']:.3f} | {key} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
@@ -168,13 +177,13 @@ def converter_cost() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*(name for name, _ in rows))
 
 
-# the default each model gets, and the suite results that measured it: (name, suite results, label)
 # (model label, suite results, the suite setting that is the default, how a user gets it, the conversion's
-# results: what it chose and what its answer check measured)
-DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)", None),
-            ("gemma3", "gemma3-check", "documents-check", "`pop-local convert`", "convert-gemma3-streamed.json"),
+# results: what it chose and what its answer check measured, the headline name: its bench timed that file)
+DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)", None, "smollm2"),
+            ("gemma3", "gemma3-check", "documents-check", "`pop-local convert`", "convert-gemma3-streamed.json",
+             "gemma3"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "documents-check", "`pop-local convert`",
-             "convert-qwen2.5-coder-1.5b-streamed.json"))
+             "convert-qwen2.5-coder-1.5b-streamed.json", "qwen2.5-coder-1.5b"))
 
 
 def _setting_skip(description: str) -> "tuple[str, str] | None":
@@ -187,15 +196,28 @@ def _setting_skip(description: str) -> "tuple[str, str] | None":
     return (m.group(1), m.group(2) or "own") if m else None
 
 
+def _headline_prefill(name: str, skip: str, kv: str) -> "tuple[str, list] | None":
+    """The headline bench's prefill speedups when it timed this skip set and K/V (else None)."""
+    bench, ev = f"headline-{name}-bench.json", f"headline-{name}-eval.json"
+    if not (os.path.exists(os.path.join(RESULTS, bench)) and os.path.exists(os.path.join(RESULTS, ev))):
+        return None
+    be, e = _load(bench), _load(ev)
+    if (be["skip_layers"], "fitted" if e.get("file_choice") == "pop_fitted" else "own") != (skip, kv):
+        return None
+    cells = [f"{r['n_tokens']}: **{r['speedup']:.2f}x** ({r['ideal_speedup']:.2f}x)" for r in be["prefill"]]
+    return ", ".join(cells), [bench, ev]
+
+
 def defaults() -> str:
     """What each model's default keeps: its skip set, the suite's verdict on every task the full model can
-    do at each length, the measured prefill speedup (FLOP ideal), and its conversion's answer check."""
+    do at each length, the measured prefill speedup (FLOP ideal: the suite's timing, else the headline
+    bench's of the same choice), and its conversion's answer check."""
     from pop_local.measure.suite import retention
 
     lines = ["| model | default | skip set (K/V) | answers kept (suite, n per cell) | prefill (FLOP ideal) | "
              "the converter's check |", "|---|---|---|---|---|---|"]
     files = []
-    for name, suite_name, setting, how, conv in DEFAULTS:
+    for name, suite_name, setting, how, conv, headline_name in DEFAULTS:
         if not os.path.exists(os.path.join(RESULTS, f"suite-{suite_name}.json")):
             continue
         r, speed, f = _suite_files(suite_name)
@@ -205,8 +227,8 @@ def defaults() -> str:
                 sorted(retention(r), key=lambda x: (x["task"], x["length"]))
                 if x["setting"] == setting and x["verdict"] != "full below 0.3"]
         lengths = [L for L in sorted(speed) if setting in speed[L]["ms"]]
-        pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths) or "not timed"
-        check = "-"
+        pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths)
+        check, ideal = "-", None
         if conv and os.path.exists(os.path.join(RESULTS, conv)):
             made = _load(conv)
             c = (made.get("frontier") or {}).get("check")
@@ -217,13 +239,19 @@ def defaults() -> str:
                          "rejected") if chosen else "none kept"
                 files.append(conv)
                 now = (_layers(made["skip_layers"]), made["kv_method"])
-                changed = now != (skip, kv)
-                if changed:  # the suite measured an earlier choice: say so, never pass it off
+                if now != (skip, kv):  # the suite measured an earlier choice: say so, never pass it off
                     kept = ["not measured yet" + (f" (the suite has {skip} ({kv}), the choice before)"
                                                   if skip != "-" else "")]
                     skip, kv = now
-                if changed or not lengths:
-                    pre = f"not timed (FLOP ideal {made['frontier']['speedup_2048']:.2f}x at 2048)"
+                    pre = ""
+                ideal = made["frontier"]["speedup_2048"]
+        if not pre:
+            timed = _headline_prefill(headline_name, skip, kv)
+            if timed:
+                pre, more = timed
+                files += more
+            else:
+                pre = f"not timed (FLOP ideal {ideal:.2f}x at 2048)" if ideal else "not timed"
         lines.append(f"| {LABELS.get(name, name)} | {how} | {skip} ({kv}) | {'; '.join(kept)} | {pre} | {check} |")
     return "\n".join(lines) + "\n\n" + _sources(*files)
 
@@ -476,16 +504,18 @@ def _retained(x: dict) -> str:
     return f"{x['retention'] * 100:.0f}%, {_points(x['diff'])} [{_points(x['low'])}, {_points(x['high'])}]"
 
 
-def suite_rows(name: str, settings: str, lengths: str = "") -> str:
-    """Chosen POP settings of one model's suite side by side (at the comma-separated `lengths`, default
-    all), every task the full model can do: score, retention and interval, verdict, prefill speedup."""
+def suite_rows(name: str, settings: str, lengths: str = "", tasks: str = "") -> str:
+    """Chosen POP settings of one model's suite side by side (at the comma-separated `lengths` and
+    `tasks`, default all), every task the full model can do: score, retention and interval, verdict,
+    prefill speedup."""
     from pop_local.measure.suite import retention
 
     r, speed, files = _suite_files(name)
     wanted = settings.split(",")
     at = {int(x) for x in lengths.split(",") if x}
+    only = {x for x in tasks.split(",") if x}
     rows = sorted((x for x in retention(r) if x["setting"] in wanted and x["verdict"] != "full below 0.3"
-                   and (not at or x["length"] in at)),
+                   and (not at or x["length"] in at) and (not only or x["task"] in only)),
                   key=lambda x: (x["task"], x["length"], wanted.index(x["setting"])))
     lines = ["| tokens | task | setting | what it runs | n | score (full) | POP − full [95%] | verdict | "
              "prefill (FLOP ideal) |", "|---|---|---|---|---|---|---|---|---|"]
