@@ -93,7 +93,8 @@ def headline() -> str:
             if now != (be["skip_layers"], kv):
                 before = f"; the default before: now {now[0]}, {now[1]}"
                 files.append(conv)
-        lines.append(f"| {LABELS.get(name, name)} | {be['skip_layers']} "
+        label = LABELS.get(f"{name}-q8_0" if "q8_0" in be["model"].lower() else name, name)  # the embedded default
+        lines.append(f"| {label} | {be['skip_layers']} "
                      f"({kv}{before}) | "
                      f"{cells[0]} | {cells[1]} | {decode['pop_tps']['median'] / decode['full_tps']['median']:.2f}x | "
                      f"{by} | {mode['top1_agreement']:.3f} | {key} |")
@@ -179,7 +180,8 @@ def converter_cost() -> str:
 
 # (model label, suite results, the suite setting that is the default, how a user gets it, the conversion's
 # results: what it chose and what its answer check measured, the headline name: its bench timed that file)
-DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "default", "the embedded default (`pop-local chat`)", None, "smollm2"),
+DEFAULTS = (("smollm2-q8_0", "smollm2-q8_0", "documents-check", "the embedded default (`pop-local chat`)", None,
+             "smollm2"),
             ("gemma3", "gemma3-check", "documents-check", "`pop-local convert`", "convert-gemma3-streamed.json",
              "gemma3"),
             ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-check", "documents-check", "`pop-local convert`",

@@ -260,22 +260,24 @@ def test_a_budget_no_candidate_meets_is_a_one_line_error(smollm2, tmp_path):
 @pytest.mark.slow
 def test_held_out_kl_predicts_eval_on_the_bundled_passage(default_model_start):
     """The default model's converter KL (512-token held-out prompts) against `pop-local eval` on text
-    the converter never saw, at 512-token contexts, for the chosen set: within 35%."""
+    the converter never saw, at 512-token contexts, for the deepest set in its stored frontier (a third
+    of the layers; the answer check chooses a shallower one on this model, whose KL is too small to
+    compare): within 35%."""
     from pop_local import PopLlama
     from pop_local.converter.default_model import default_model_path
+    from pop_local.format.layers import format_layers
     from pop_local.measure.evaluate import run_eval
 
     path = default_model_path()
     meta = read_pop_metadata(path)
-    choice = meta.frontier.choice
-    predicted = choice.kl(meta.extra[keys.KV_METHOD])
-    llm = PopLlama(path, n_ctx=1024, n_batch=1024, verbose=False)
+    row = max(meta.frontier.rows, key=lambda r: len(r.skip))
+    predicted = row.kl("own")
+    llm = PopLlama(path, skip_layers=format_layers(row.skip), kv_mode="own", n_ctx=1024, n_batch=1024, verbose=False)
     try:
-        mode = "pop_fitted" if meta.extra[keys.KV_METHOD] == "fitted" else "pop"
-        result = run_eval(llm, ctx=(512,), continuation=64, windows=3, passkey_lengths=(), modes=["full", mode])
+        result = run_eval(llm, ctx=(512,), continuation=64, windows=3, passkey_lengths=(), modes=["full", "pop"])
     finally:
         llm.close()
-    measured = result["modes"][mode]["kl_to_full"]
+    measured = result["modes"]["pop"]["kl_to_full"]
     assert abs(measured - predicted) <= 0.35 * predicted, (predicted, measured)
 
 

@@ -157,10 +157,16 @@ def test_chat_default_model_is_converted_once_and_cached(default_model_start):
     from pop_local import read_pop_metadata
 
     meta = read_pop_metadata(folder / "models" / cached[0])
-    # converted with the default quality budget: the fastest set at least as faithful as the paper's
+    # converted with the default quality budget and its answer check: the fastest set at least as faithful
+    # as the paper's that keeps the full model's answers, or, when none does, the shallowest (retention first)
     f = meta.frontier
-    assert f.budget == "max_kl=paper" and meta.skip_layers == f.choice.skip
+    assert f.budget == "max_kl=paper" and meta.skip_layers == f.choice.skip and f.check is not None
     assert f.choice.kl(meta.extra["pop.prefill.kv_method"]) <= f.paper_kl
+    checked = [r for r in f.rows if r.check("own") is not None]
+    passing = [r for r in checked if f.passed(r.check("own"))]
+    assert len(passing) <= 1 and len(checked) > 1  # fastest first, stopped at the first that keeps them
+    expected = passing[0] if passing else min(f.rows, key=lambda r: len(r.skip))
+    assert f.choice == expected and all(r.speedup_2048 > expected.speedup_2048 for r in checked if r is not expected)
     assert len(meta.extra["pop.importance.prefill"]) == 30  # really calibrated
     # re-quantized from the package's Q4_1 to the type that prefills fastest at its answers (Q8_0,
     # weight-types-smollm2.json and suite-smollm2-q8_0.json); the temporary copy is gone
