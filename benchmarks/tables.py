@@ -60,6 +60,16 @@ def _layers(layers) -> str:
 
 # --- the tables -------------------------------------------------------------------------------------
 
+def _headline_choice(be: dict, ev: dict) -> "tuple[str, str]":
+    """(skip set, K/V) the headline's bench and eval ran: the file's set, fitted where eval used the fit."""
+    return be["skip_layers"], "fitted" if ev.get("file_choice") == "pop_fitted" else "own"
+
+
+def _conversion_choice(made: dict) -> "tuple[str, str]":
+    """(skip set, K/V) a conversion record (benchmarks/converter_cost.py) says the converter chose."""
+    return _layers(made["skip_layers"]), made["kv_method"]
+
+
 def headline() -> str:
     """Speed and quality at the default settings on each test model (benchmarks/headline.py)."""
     lines = ["| model | skip set (K/V) | prefill @512 (FLOP ideal) | prefill @2048 (FLOP ideal) | decode | "
@@ -84,13 +94,13 @@ def headline() -> str:
 
         key = f"{keys_found(mode):.2f} / {keys_found(full):.2f}" if keys_found(mode) is not None else "-"
         decode = be["decode"]
-        kv = "fitted" if ev.get("file_choice") == "pop_fitted" else "own"
+        timed = _headline_choice(be, ev)
+        kv = timed[1]
         conv = next((d[4] for d in DEFAULTS if d[5] == name and d[4]), None)
         before = ""
         if conv and os.path.exists(os.path.join(RESULTS, conv)):  # timed before the converter chose otherwise
-            made = _load(conv)
-            now = (_layers(made["skip_layers"]), made["kv_method"])
-            if now != (be["skip_layers"], kv):
+            now = _conversion_choice(_load(conv))
+            if now != timed:
                 before = f"; the default before: now {now[0]}, {now[1]}"
                 files.append(conv)
         label = LABELS.get(f"{name}-q8_0" if "q8_0" in be["model"].lower() else name, name)  # the embedded default
@@ -204,7 +214,7 @@ def _headline_prefill(name: str, skip: str, kv: str) -> "tuple[str, list] | None
     if not (os.path.exists(os.path.join(RESULTS, bench)) and os.path.exists(os.path.join(RESULTS, ev))):
         return None
     be, e = _load(bench), _load(ev)
-    if (be["skip_layers"], "fitted" if e.get("file_choice") == "pop_fitted" else "own") != (skip, kv):
+    if _headline_choice(be, e) != (skip, kv):
         return None
     cells = [f"{r['n_tokens']}: **{r['speedup']:.2f}x** ({r['ideal_speedup']:.2f}x)" for r in be["prefill"]]
     return ", ".join(cells), [bench, ev]
@@ -240,7 +250,7 @@ def defaults() -> str:
                 check = (f"kept {c['full_right'] - chosen['lost']} of {c['full_right']}; {rejected} faster options "
                          "rejected") if chosen else "none kept"
                 files.append(conv)
-                now = (_layers(made["skip_layers"]), made["kv_method"])
+                now = _conversion_choice(made)
                 if now != (skip, kv):  # the suite measured an earlier choice: say so, never pass it off
                     kept = ["not measured yet" + (f" (the suite has {skip} ({kv}), the choice before)"
                                                   if skip != "-" else "")]
