@@ -346,6 +346,9 @@ def _answer_choice(out, rows, budget, kv: str, paper_kl, meta, src: str, progres
     measured = {}
     try:
         items, _, right = check.shape
+        if progress and check.unstable:
+            progress(f"answer check: {check.unstable} of the full model's right answers flip when only its rounding "
+                     f"moves; judged on the other {right}", 0, 0)
 
         def keeps(option) -> bool:
             i, method = option

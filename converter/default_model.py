@@ -29,7 +29,7 @@ DEFAULT_BUDGET = {"max_kl": "paper", "kv": "own", "max_ratio": 1 / 3, "answer_ch
 # (suite-smollm2-q8_0.json); it is made from the package's file on first start.
 DEFAULT_WEIGHT_TYPE = "q8_0"
 # part of the cached file's name: a new recipe (how the converter measures or chooses) makes a new file
-DEFAULT_RECIPE = f"checked-own-third-{DEFAULT_WEIGHT_TYPE}"
+DEFAULT_RECIPE = f"checked-stable-own-third-{DEFAULT_WEIGHT_TYPE}"
 # without torch (a plain `pip install pop-local`): the paper's last third, written without calibration
 UNCALIBRATED_RECIPE = f"paper-uncalibrated-{DEFAULT_WEIGHT_TYPE}"
 

@@ -186,6 +186,8 @@ def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(s
         assert check.document == sorted(check.document) and len(check.items) == items
         same = check.score(())
         assert (same.scored, same.lost, same.low) == (right, 0, 0.0) and same.passed(right)
+        # the answers counted are those the full model gives again with the rounding moved
+        assert right == sum(check.full) and right + check.unstable <= items
         gutted = tuple(range(2, meta.n_layer))
         stopped = check.score(gutted)
         assert stopped.scored < right and stopped.lost >= 1 and not stopped.passed(right)
@@ -198,7 +200,8 @@ def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(s
 @pytest.mark.slow
 def test_a_cached_document_answers_as_a_fresh_prompt_under_pop(smollm2, smollm2_tokens):
     """The check's economy is exact: POP's pruned positions depend only on what precedes them, so with
-    the document cached a question's reply is the reply a fresh cache gives, under POP as in full."""
+    the document cached a question's reply is the reply a fresh cache gives, under POP as in full. Asked
+    again, only the prompt's last token runs, alone: the check's second rounding."""
     from pop_local.converter.answer_check import check_document
     from pop_local.measure.answers import greedy_reply
     from pop_local.runtime.llama import PopLlama
@@ -215,5 +218,11 @@ def test_a_cached_document_answers_as_a_fresh_prompt_under_pop(smollm2, smollm2_
             assert cached == fresh, pop
             if pop:  # the last fresh prompt left the document cached: each question prefilled its own tokens
                 assert 0 < llm.pop_stats()["pruned_tokens"] < 4 * 40
+        # the check's second rounding: the same question again evaluates its prompt's last token alone,
+        # as one step after the cached rest (no prefill batch)
+        llm.reset_pop_stats()
+        greedy_reply(llm, doc[-1].prompt, 16, fresh=False)
+        stats = llm.pop_stats()
+        assert stats["last_prefill_tokens"] == 0 and stats["pruned_tokens"] == 0 and 1 <= stats["full_tokens"] <= 17
     finally:
         llm.close()
