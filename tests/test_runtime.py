@@ -1,6 +1,7 @@
 """The native POP runtime on the real SmolLM2-135M-Instruct model (llama architecture, 30 layers)."""
 
 import ctypes
+import os
 
 import llama_cpp
 import numpy as np
@@ -71,6 +72,16 @@ def test_overrides_reach_the_runtime(pop_llm):
     assert pop_llm.pop_supported
     assert pop_llm.skip_layers == SKIP_TUPLE
     assert pop_llm.pop_enabled and pop_llm.pop_active
+
+
+def test_decode_threads_default_to_the_physical_cores(pop_llm):
+    """llama.cpp's own tools' default; llama-cpp-python's (half the logical CPUs) would be one thread on a
+    2-core machine without hyperthreads. The context was made with it (llama.cpp reports it back)."""
+    from pop_local.runtime.devices import physical_cores
+
+    cores = physical_cores()
+    assert cores is not None and 1 <= cores <= len(os.sched_getaffinity(0))  # Linux, where the tests run
+    assert pop_llm.n_threads == cores == llama_cpp.llama_n_threads(context_pointer(pop_llm))
 
 
 def test_counters_show_pruned_prompt(pop_llm, prompt512):

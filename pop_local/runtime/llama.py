@@ -22,7 +22,7 @@ from pop_local.errors import PopSettingError
 from pop_local.format.layers import check_range, parse_layers
 from pop_local.format.metadata import PopMetadata, check_token_count, read_pop_metadata, resolve_runtime_metadata
 
-from . import multimodal, native as _native, upstream
+from . import devices, multimodal, native as _native, upstream
 from .rpc import devices_for_load, use_servers
 from .settings import LoadSettings, PopSettings, build
 
@@ -112,6 +112,8 @@ class PopLlama(llama_cpp.Llama):
         endpoints = list(load.rpc_servers or ())
         if endpoints:
             use_servers(endpoints, timeout_s=load.rpc_timeout)
+        if llama_kwargs.get("n_threads") is None:
+            llama_kwargs["n_threads"] = devices.physical_cores()
         if load.mmproj and llama_kwargs.get("chat_handler") is None:
             llama_kwargs["chat_handler"] = upstream.multimodal_chat_handler(
                 load.mmproj, llama_kwargs.get("chat_format"), verbose=bool(llama_kwargs.get("verbose")))

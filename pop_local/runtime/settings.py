@@ -34,7 +34,8 @@ class LoadFields(BaseModel):
 
     n_ctx: int = Field(4096, ge=16, le=1 << 24, description="context size, in tokens")
     n_batch: int = Field(512, ge=1, le=1 << 24, description="prompt tokens per llama.cpp batch")
-    n_threads: Optional[int] = Field(None, ge=1, le=1024, description="CPU threads (default: llama.cpp's choice)")
+    n_threads: Optional[int] = Field(None, ge=1, le=1024,
+                                     description="CPU threads (default: the physical cores, as llama.cpp's own tools)")
     n_gpu_layers: int = Field(-1, ge=-1, le=100000,
                               description="layers offloaded to the GPU in GPU builds (-1: all; ignored on CPU builds)")
     flash_attn: bool = Field(False, description="flash attention (where the backend has it)")
