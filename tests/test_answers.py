@@ -198,6 +198,40 @@ def test_the_answer_check_pairs_candidates_with_the_full_model_and_stops_early(s
 
 
 @pytest.mark.slow
+def test_a_fitted_candidate_is_scored_on_a_copy_it_can_keep(smollm2, tmp_path):
+    """A candidate with fitted K/V answers from a temporary copy of the model carrying its projections;
+    with `keep` (convert --keep-candidates) the copy is moved there, a complete POP file of that set. The
+    source model is loaded again for the next own-K/V candidate."""
+    from pop_local import read_pop_metadata
+    from pop_local.converter.answer_check import AnswerCheck
+    from pop_local.converter.calibrate import calibrate
+
+    meta = read_pop_metadata(smollm2)
+    block = (26, 27, 28, 29)
+    cal = calibrate(smollm2, meta, hf_model=None, data=None, dataset=None, samples=4, seq_len=96,
+                    response_tokens=32, device="cpu", dtype="float32", seed=0, fit_kv_for=lambda imp: block)
+    skip, fitted = cal.fitted
+    assert skip == block
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    check = AnswerCheck(smollm2, meta, target_right=3, max_documents=6, length=512, keep=str(kept))
+    try:
+        _, _, right = check.shape
+        result = check.score(skip, fitted, stop_early=False)
+        assert result.scored == right and 0 <= result.lost <= right
+        assert [p.name for p in kept.iterdir()] == ["26-29-fitted.pop.gguf"]
+        copy = read_pop_metadata(str(kept / "26-29-fitted.pop.gguf"))
+        assert copy.skip_layers == block and copy.extra["pop.prefill.kv_method"] == "fitted"
+        from gguf import GGUFReader
+
+        assert any(t.name.endswith(".pop") for t in GGUFReader(str(kept / "26-29-fitted.pop.gguf")).tensors)
+        own = check.score(skip)
+        assert own.scored >= 1 and check.llm.pop_metadata.path == smollm2
+    finally:
+        check.close()
+
+
+@pytest.mark.slow
 def test_a_cached_document_answers_as_a_fresh_prompt_under_pop(smollm2, smollm2_tokens):
     """The check's economy is exact: POP's pruned positions depend only on what precedes them, so with
     the document cached a question's reply is the reply a fresh cache gives, under POP as in full. Asked

@@ -90,16 +90,14 @@ def _run_cli(args):
     return proc, time.time() - started
 
 
-def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, tmp_path):
-    """The estimate line before the work starts (its memory within half of the measured peak; its time is
+def test_a_conversion_prints_its_estimate_and_its_peak_within_it(smollm2, tmp_path):
+    """The estimate line before the work starts, its memory within half of the measured peak (its time is
     wall-clock, which a shared machine cannot assert: benchmarks/converter_cost.py records estimate and
-    measured time side by side), and the default budget's answer check."""
+    measured time side by side). The answer check's rule is asserted on the embedded default's first start
+    (test_cli.py) and its fitted candidates in test_answers.py: here it would add minutes and no memory."""
     out = tmp_path / "smol.pop.gguf"
-    kept = tmp_path / "candidates"
-    # a tenth of the layers at most: 3 sets, not 15 (each one the check measures costs a temporary copy of the
-    # model with fitted K/V and up to 40 questions; the rule is the same for any number of sets)
-    proc, _seconds = _run_cli(["convert", smollm2, "-o", str(out), "--samples", "8", "--max-ratio", "0.1",
-                               "--keep-candidates", str(kept)])
+    proc, _seconds = _run_cli(["convert", smollm2, "-o", str(out), "--samples", "8", "--max-ratio", "0.34",
+                               "--no-answer-check"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r"about (\d+) min and ([\d.]+) GB \(estimate\)", proc.stderr)
     assert m, proc.stderr[-2000:]
@@ -107,29 +105,8 @@ def test_the_default_conversion_prints_its_estimate_and_checks_answers(smollm2, 
     from pop_local.converter.cost import estimate
 
     # the memory does not depend on the machine's measured rates (None: the reference machine's)
-    cost = estimate(smollm2, 8, 256, 48, frontier_ratio=0.1, prompts=BUILTIN_PROMPTS, answer_check=True)
+    cost = estimate(smollm2, 8, 256, 48, frontier_ratio=0.34, prompts=BUILTIN_PROMPTS, answer_check=False)
     assert f"{cost.peak_bytes / 2**30:.1f}" == m.group(2)
-    # the default budget checked answers: the fastest candidate that keeps the full model's answers, every
-    # faster one measured and failing (or stopped), nothing slower measured
-    from pop_local import read_pop_metadata
-
-    f = read_pop_metadata(str(out)).frontier
-    # documents were added until the full model had 40 right, or the most there are (24 of up to 4 questions)
-    assert f.check[1] == 1024 and (f.check[2] >= 40 or f.check[0] > 80), f.check
-    kv = "fitted" if "fitted" in proc.stdout.split("skip layers")[1].split(";")[0] else "own"
-    assert f.passed(f.choice.check(kv)), f.choice
-    faster = [c for r in f.rows if r.speedup_2048 > f.choice.speedup_2048 for c in (r.check_own, r.check_fitted) if c]
-    assert not any(f.passed(c) for c in faster)
-    assert not any(r.check_own or r.check_fitted for r in f.rows if r.speedup_2048 < f.choice.speedup_2048)
-    assert f"answers to {f.check[0]} needle and document questions of 1024 tokens: the full model" in proc.stdout
-    # --keep-candidates: each fitted candidate the check loaded is there, a POP file of its own skip set
-    from pop_local.format.layers import format_layers
-
-    fitted = {format_layers(r.skip) for r in f.rows if r.check_fitted}
-    assert {p.name for p in kept.iterdir()} == {f"{s}-fitted.pop.gguf" for s in fitted}
-    for name in fitted:
-        meta = read_pop_metadata(str(kept / f"{name}-fitted.pop.gguf"))
-        assert format_layers(meta.skip_layers) == name and meta.extra["pop.prefill.kv_method"] == "fitted"
     # the converter's own peak (VmHWM: a forked child's getrusage also keeps the RSS pytest had when it forked)
     peak = float(re.search(r"peak memory ([\d.]+) GB\)", proc.stdout).group(1)) * 2**30
     assert 0.5 * peak <= cost.peak_bytes <= 1.5 * peak, (cost.peak_bytes, peak)
