@@ -143,7 +143,8 @@ def _answer_seconds(n_all: int, file_bytes: int, rates: Rates, context: int) -> 
     documents = min(MAX_DOCUMENTS, math.ceil(TARGET_RIGHT / (RIGHT_SHARE * QUESTIONS_PER_DOC)))
     prefill = documents * (TEMPLATE_TOKENS + length + QUESTIONS_PER_DOC * QUESTION_TOKENS) * n_all / rates.llama_prefill
     decode = documents * QUESTIONS_PER_DOC * REPLY_DECODED * n_all / rates.llama_decode
-    return ANSWER_RUNS * (prefill + decode) + 2 * FILE_SECONDS * file_bytes
+    # + the full model's right answers asked again (its second rounding: one token prefilled, the reply decoded)
+    return ANSWER_RUNS * (prefill + decode) + RIGHT_SHARE * decode + 2 * FILE_SECONDS * file_bytes
 
 
 def estimate(src: str, samples: int, seq_len: int, response_tokens: int, *, frontier_ratio: Optional[float] = None,
