@@ -135,11 +135,11 @@ class AnswerCheck:
         planned = max_documents * questions
         for number in range(max_documents):
             for item in check_document(count, self.length, number, questions, seed):
-                right = self._answer(self.llm, item)
+                first = self._answer(self.llm, item)
                 # asked again, the cache holds all of the prompt but its last token, which then runs alone
                 # instead of in the batch: the same arithmetic, rounded otherwise
-                kept = right and self._answer(self.llm, item)
-                self.unstable += bool(right) and not kept
+                kept = first and self._answer(self.llm, item)
+                self.unstable += bool(first) and not kept
                 self.items.append(item)
                 self.document.append(number)
                 self.full.append(kept)

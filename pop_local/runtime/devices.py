@@ -10,6 +10,7 @@ when LLAMA_CPP_LIB_PATH points elsewhere, so it is not used here).
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 
 from .upstream import ggml, ggml_base
@@ -77,8 +78,6 @@ def physical_cores() -> "int | None":
     llama.cpp's own tools default to. llama-cpp-python's default is half the logical CPUs, one thread
     on a 2-core machine without hyperthreads, where two decode 1.4x faster (SmolLM2 Q8_0, measured here).
     None where the platform does not say (outside Linux): llama-cpp-python's default then."""
-    import os
-
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
