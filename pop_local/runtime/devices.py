@@ -76,7 +76,8 @@ def tensor_placement(tensor: int) -> tuple[str, str]:
 def physical_cores() -> "int | None":
     """The CPU cores this process may run on, each core's hyperthreads counted once: the thread count
     llama.cpp's own tools default to. llama-cpp-python's default is half the logical CPUs, one thread
-    on a 2-core machine without hyperthreads, where two decode 1.4x faster (SmolLM2 Q8_0, measured here).
+    on a 2-core machine without hyperthreads, where two decode 1.46x faster (SmolLM2 Q8_0:
+    benchmarks/results/decode-threads-smollm2-q8_0.json, benchmarks/decode.py --threads 1,2).
     None where the platform does not say (outside Linux): llama-cpp-python's default then."""
     try:
         cpus = os.sched_getaffinity(0)
