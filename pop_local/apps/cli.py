@@ -128,6 +128,15 @@ def _checked(check):
     return callback
 
 
+def _origins(value):
+    from .server_access import parse_origins
+
+    try:
+        return parse_origins(value)
+    except PopError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _max_kl(value):
     from pop_local.format.frontier import parse_budget
 
@@ -727,13 +736,22 @@ def eval_command(model, ctx, continuation, windows, passkey_lengths, trials, dat
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--alias", help="model name clients use (default: the file name)")
 @click.option("--api-key", envvar="POP_LOCAL_API_KEY", help="require this bearer key (or set POP_LOCAL_API_KEY)")
+@click.option("--insecure-no-key", is_flag=True,
+              help="listen beyond loopback without --api-key: anyone who reaches the address uses the model")
+@click.option("--allowed-origins", metavar="ORIGIN[,...]", callback=lambda ctx, param, value: _origins(value),
+              help="web pages (scheme://host[:port], 'null' or '*') allowed to call the server beside local ones "
+                   "(or set POP_LOCAL_ORIGINS)")
+@click.option("--fetch-image-urls", is_flag=True,
+              help="fetch http(s) image URLs in chat requests (10 s, 20 MiB, 3 redirects); default: data: URIs only")
 @_settings_options()
 @_fail_cleanly
-def serve(model, host, port, alias, api_key, **options) -> None:
+def serve(model, host, port, alias, api_key, insecure_no_key, allowed_origins, fetch_image_urls, **options) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API with POP on.
 
     /v1/chat/completions, /v1/completions (both with streaming), /v1/embeddings, /v1/models,
-    and GET /pop/stats. Uses llama-cpp-python's server; listens on 127.0.0.1 unless --host says otherwise.
+    and GET /pop/stats. Uses llama-cpp-python's server; listens on 127.0.0.1 unless --host says otherwise
+    (beyond loopback it needs --api-key). Browser pages may call it from local origins only unless
+    --allowed-origins names others; chat images come as data: URIs unless --fetch-image-urls.
 
     \b
     Examples:
@@ -744,15 +762,22 @@ def serve(model, host, port, alias, api_key, **options) -> None:
     from pop_local.runtime.models import check_context, pop_notes, pop_state_text
 
     from .server import create_pop_app, serve as run_server
+    from .server_access import check_binding, is_loopback
 
     load, pop = _settings(options)
+    check_binding(host, api_key, insecure_no_key)  # before a first start's download
     meta = _model_meta(model)
     check_context(meta, load.n_ctx)
     _check_can_listen(host, port)  # a clear message now instead of a traceback after the model has loaded
     name = alias or os.path.basename(meta.path)
-    app = create_pop_app(meta, load, pop, model_alias=name, api_key=api_key, host=host, port=port)
+    app = create_pop_app(meta, load, pop, model_alias=name, api_key=api_key, host=host, port=port,
+                         allowed_origins=allowed_origins, insecure_no_key=insecure_no_key,
+                         fetch_image_urls=fetch_image_urls)
     llm = app.state.pop_llm
     _print_notes(pop_notes(llm, meta))
+    if not is_loopback(host):
+        click.echo(f"note: listening on {host}, beyond this machine, over plain HTTP"
+                   + ("" if api_key else ", with no API key: anyone who reaches it uses the model"), err=True)
     click.echo(f"serving {name} ({pop_state_text(llm)}) at http://{host}:{port}/v1 - Ctrl-C stops", err=True)
     try:
         run_server(app, host=host, port=port, log_level="info" if load.llama_log else "warning")

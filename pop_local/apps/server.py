@@ -7,9 +7,13 @@ behave as upstream documents. One route is added: GET /pop/stats (the model's PO
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import os
+import warnings
+from typing import Any, Dict, Optional, Sequence
 
 from pop_local.errors import PopError
+
+from .server_access import ORIGINS_ENV
 
 __all__ = ["create_pop_app", "serve"]
 
@@ -40,7 +44,8 @@ def check_model_settings(settings) -> None:
 
 
 def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = None, api_key: Optional[str] = None,
-                   host: str = "127.0.0.1", port: int = 8000, **upstream_settings: Any):
+                   host: str = "127.0.0.1", port: int = 8000, allowed_origins: "str | Sequence[str] | None" = None,
+                   insecure_no_key: bool = False, fetch_image_urls: bool = False, **upstream_settings: Any):
     """The FastAPI app of llama-cpp-python's server with the model (its PopMetadata, or a path) loaded
     as a PopLlama.
 
@@ -48,6 +53,12 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     takes), handed to PopLlama as they are. `upstream_settings`: further llama-cpp-python ModelSettings
     fields (rope scaling, LoRA, draft model, ...), honoured as upstream honours them; one pop-local
     cannot honour is an error.
+
+    Access (pop_local/apps/server_access.py): web pages from local origins only, plus `allowed_origins`
+    (comma separated, or a list; POP_LOCAL_ORIGINS adds to them); a `host` beyond loopback needs an
+    `api_key` unless `insecure_no_key`; chat images as data: URIs, http(s) URLs fetched by the server
+    only with `fetch_image_urls`. Each app has its own settings, model and key (several may share a process);
+    CONFIG_FILE, which upstream's app reads, is ignored with a warning.
     """
     from pydantic import ValidationError
 
@@ -56,6 +67,16 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
 
     server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
     from fastapi import Depends
+
+    from .server_access import AccessPolicy, check_binding, key_check, parse_origins
+    from .server_images import ImagePolicy
+
+    check_binding(host, api_key, insecure_no_key)
+    access = AccessPolicy(host=host, images=ImagePolicy(fetch_urls=fetch_image_urls),
+                          origins=parse_origins(os.environ.get(ORIGINS_ENV)) + parse_origins(allowed_origins))
+    if os.environ.get("CONFIG_FILE"):
+        warnings.warn("CONFIG_FILE is set: pop-local's server ignores it (its settings are the options given)",
+                      stacklevel=2)
 
     if not isinstance(meta, PopMetadata):  # a file path
         meta = read_pop_metadata(meta)
@@ -86,12 +107,18 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     # interrupt_requests off: upstream ends a running stream whenever another request waits for the
     # model; here requests queue and every stream runs to its end
     server = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
-    app, llm = server_app_with_llama(server, settings, pop_llama)
+    authenticate = key_check(api_key)
+    app, llm = server_app_with_llama(server, settings, pop_llama, authenticate=authenticate)
     app.state.pop_llm = llm  # the model loaded at start (for the caller's messages)
+    _guard(app, access)
+    if hasattr(getattr(llm, "chat_handler", None), "_load_image"):  # checked before; never read a URL here
+        from .server_images import data_uri_loader
+
+        llm.chat_handler._load_image = data_uri_loader
 
     # not through upstream's model lock (get_llama_proxy): waiting there would interrupt or delay the
     # running request; the snapshot is what the request thread last recorded
-    @app.get("/pop/stats", dependencies=[Depends(server_app.authenticate)], tags=["pop-local"])
+    @app.get("/pop/stats", dependencies=[Depends(authenticate)], tags=["pop-local"])
     async def pop_stats() -> Dict[str, Any]:
         """POP counters of the loaded model: pruned and full-depth tokens since start."""
         stats = llm.pop_stats_snapshot()
@@ -99,6 +126,20 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
         return stats
 
     return app
+
+
+def _guard(app, access) -> None:
+    """Upstream's CORS (any origin, with credentials) replaced: CORS headers for local and allowed origins
+    only, behind the RequestGuard that turns every other origin away."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from .server_access import RequestGuard
+
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    app.add_middleware(CORSMiddleware, allow_origins=["*"] if "*" in access.origins else list(access.origins),
+                       allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
+                       allow_methods=["*"], allow_headers=["*"], allow_credentials=False)
+    app.add_middleware(RequestGuard, policy=access)
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:

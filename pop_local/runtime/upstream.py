@@ -229,22 +229,46 @@ def model_devices(devices: Sequence[int]):
 def _with_names(fn, **names):
     """A copy of function `fn` whose global `names` are bound to other objects: upstream's own code runs
     as it is, with pop-local's pieces where it names its own, and nothing in upstream's modules changes."""
+    return _in_namespace(fn, {**fn.__globals__, **names})
+
+
+def _in_namespace(fn, namespace: dict):
+    """A copy of function `fn` (defaults, annotations and docstring included) whose globals are `namespace`."""
     import types
 
-    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__annotations__ = fn.__kwdefaults__, dict(fn.__annotations__)
+    copy.__doc__, copy.__qualname__, copy.__module__ = fn.__doc__, fn.__qualname__, fn.__module__
+    return copy
 
 
-def server_app_with_llama(server_settings, model_settings, make_llama):
+class _NoConfigFile:
+    """`os` as upstream's create_app reads it, without CONFIG_FILE: pop-local's settings are the ones given."""
+
+    def __init__(self):
+        import os
+
+        self.path = os.path
+        self.environ = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
+
+
+def server_app_with_llama(server_settings, model_settings, make_llama, authenticate=None):
     """(app, model): llama-cpp-python's FastAPI app (create_app) serving one model that upstream's own
     loader builds (chat handlers, LoRA, draft model, cache, ...) through `make_llama(**kwargs)` where it
     would call llama_cpp.Llama(**kwargs); loaded once, at start.
 
-    create_app would build its model proxy (set_llama_proxy) and load the model with llama_cpp.Llama;
-    here both names are bound to pop-local's for those calls only (see _with_names)."""
+    Upstream keeps its server state in module globals (settings, model proxy, model locks, router), so a
+    second app in one process would serve the first's model with the second's key. Each app here runs
+    copies of upstream's functions over a namespace of its own: its own settings, proxy, locks and routes
+    (the same paths and schemas), its dependencies resolved to those copies; upstream's module is left as
+    it is. CONFIG_FILE is not read (the caller's settings are the server's). `authenticate`: a
+    replacement for upstream's API key check (same dependency signature), or None to keep upstream's."""
     import types
 
+    import anyio
     import llama_cpp
     import llama_cpp.server.app as server_app
+    from fastapi import APIRouter
     from llama_cpp.server.model import LlamaProxy
 
     check_version()
@@ -255,13 +279,30 @@ def server_app_with_llama(server_settings, model_settings, make_llama):
         load_llama_from_model_settings = staticmethod(
             _with_names(LlamaProxy.load_llama_from_model_settings, llama_cpp=with_llama))
 
+    upstream = vars(server_app)
+    namespace = dict(upstream)
+    own = {name: _in_namespace(fn, namespace) for name, fn in upstream.items()
+           if isinstance(fn, types.FunctionType) and fn.__globals__ is upstream}
+    if authenticate is not None:
+        own["authenticate"] = authenticate
+    router = APIRouter(route_class=server_app.router.route_class)
+    fields = ("response_model", "status_code", "tags", "dependencies", "summary", "description",
+              "response_description", "responses", "deprecated", "methods", "operation_id", "include_in_schema",
+              "response_class", "name", "callbacks", "openapi_extra")
+    for route in server_app.router.routes:
+        router.add_api_route(route.path, own[route.endpoint.__name__],
+                             **{f: getattr(route, f) for f in fields if hasattr(route, f)})
     proxy = Proxy(models=[model_settings])
 
     def set_llama_proxy(model_settings):  # upstream's setter, with the proxy made above
-        server_app._llama_proxy = proxy
+        namespace["_llama_proxy"] = proxy
 
-    app = _with_names(server_app.create_app, set_llama_proxy=set_llama_proxy)(
-        server_settings=server_settings, model_settings=[model_settings])
+    namespace.update(own, router=router, _server_settings=None, _llama_proxy=None, _ping_message_factory=None,
+                     llama_outer_lock=anyio.Lock(), llama_inner_lock=anyio.Lock(), set_llama_proxy=set_llama_proxy,
+                     os=_NoConfigFile())
+    app = namespace["create_app"](server_settings=server_settings, model_settings=[model_settings])
+    # routes declare upstream's functions as dependencies (the key check, the settings, the model proxy)
+    app.dependency_overrides.update({upstream[name]: fn for name, fn in own.items()})
     return app, proxy()
 
 
