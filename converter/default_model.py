@@ -63,9 +63,9 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
     if os.path.isfile(target):
         try:
             meta = read_pop_metadata(target)
-            if meta.frontier is not None:  # made the current way (with a budget)
+            if meta.frontier is not None and _complete(target):  # made the current way (with a budget)
                 return meta
-        except Exception:  # an unreadable cache entry is rebuilt below
+        except Exception:  # an unreadable or incomplete cache entry is rebuilt below
             pass
     os.makedirs(os.path.dirname(target), exist_ok=True)
     from pop_local.errors import PopError
@@ -83,7 +83,7 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
         if progress:
             progress(f"torch is not installed: the default model skips the paper's last third (layers {skip}) "
                      "without calibration; pip install 'pop-local[convert]' for the calibrated default", 0, 0)
-        if not os.path.isfile(fallback):
+        if not (os.path.isfile(fallback) and _complete(fallback)):
             with _in_weight_type(source, os.path.dirname(target)) as weights:
                 convert(weights, fallback, layers=skip, calibrate=False, force=True)
         return read_pop_metadata(fallback)
@@ -92,6 +92,18 @@ def default_model(progress: Optional[Callable[[str, int, int], None]] = None):
     with _in_weight_type(source, os.path.dirname(target)) as weights:
         convert(weights, target, samples=DEFAULT_CALIBRATION_SAMPLES, force=True, progress=progress, **DEFAULT_BUDGET)
     return read_pop_metadata(target)
+
+
+def _complete(path: str) -> bool:
+    """Whether the file holds every byte its tensor table names: a cache entry cut short (a crash, a full disk)
+    is made again instead of failing at every load."""
+    from pop_local.format.gguf_file import read_gguf
+
+    try:
+        read_gguf(path)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -411,17 +411,23 @@ def test_full_tail_from_the_file_the_argument_and_overrides(smollm2, tmp_path):
         make(smollm2, full_tail=-1)
 
 
-def test_short_evaluations_keep_the_settings_cache_label(pop_llm, prompt512):
-    """A short evaluation under a minimum ran full because the settings say so: the next request under the
-    same settings reuses it (a chat's short turns do not force the conversation to be evaluated again)."""
+def test_evaluations_are_weighed_and_labelled_as_a_fresh_run(pop_llm, prompt512):
+    """The prompt minimum weighs the whole prompt, a cached prefix included, and positions that ran at
+    full depth (an output, a prompt under the minimum) are reused by no later request: each prompt then
+    computes what a fresh run of it would."""
     pop_llm.min_tokens = 100
     try:
         pop_llm.reset()
-        pop_llm.eval(prompt512[:300])  # pruned
-        pop_llm.eval(prompt512[300:340])  # 40 new tokens: full
-        assert pop_llm.reusable_prefix() == 340
+        short = pop_llm.pop_stats()["short_prompts"]
+        pop_llm.eval(prompt512[:300])  # pruned but its last token, an output
+        pop_llm.eval(prompt512[300:340])  # 40 new tokens of a 340-token prompt: pruned too
+        assert pop_llm.pop_stats()["short_prompts"] == short
+        assert pop_llm.reusable_prefix() == 299  # up to the first prompt's output, which ran full
         pop_llm.min_tokens = 50  # other settings: the positions the old minimum computed are not reused
         assert pop_llm.reusable_prefix() == 0
+        pop_llm.reset()
+        pop_llm.eval(prompt512[:40])  # under the minimum: the full model, reused by no pruned request
+        assert pop_llm.pop_stats()["short_prompts"] == short + 1 and pop_llm.reusable_prefix() == 0
     finally:
         pop_llm.min_tokens = 0
         pop_llm.reset()

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 DOC_TOKENS = 600
 MORE_TOKENS = 100
+TURN_TOKENS = 256  # turn 1 of the two-turn comparisons
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,8 @@ def test_saved_states_keep_their_settings(llm, document):
         llm.load_state(state)
         assert llm.reusable_prefix() == 0
         llm.pop_enabled = True
-        assert llm.reusable_prefix() == llm.n_tokens >= DOC_TOKENS
+        # all but the prompt's last token, which ran at full depth (a fresh run would prune it)
+        assert llm.reusable_prefix() == llm.n_tokens - 1 >= DOC_TOKENS - 1
     finally:
         llm.pop_enabled = True
 
@@ -137,6 +139,147 @@ def test_integrations_sharing_a_model_each_get_a_fresh_run(pop_model, document, 
     after_off = _backend.complete(settings, on, text, max_tokens=16, temperature=0.0)
     assert after_on["content"] == fresh_off["content"] and after_on["pop"]["pruned_tokens"] == 0
     assert after_off["content"] == fresh_on["content"] and after_off["pop"]["pruned_tokens"] > DOC_TOKENS
+
+
+# --- 1b. a reused prefix never differs from a fresh run ---------------------------------------------
+
+def turn_two_against_a_fresh_run(model, prompt, more, n=16):
+    """(turn 2's reply, a fresh run's reply, prompt tokens turn 2 evaluated, turn 2's length): turn 2 is
+    turn 1's prompt, its reply (as the cache holds it) and `more`."""
+    eos = model.token_eos()
+    model.reset()
+    model.create_completion(prompt, max_tokens=12, temperature=0.0, top_k=1, logit_bias={eos: -100})
+    turn2 = list(model.input_ids[: model.n_tokens]) + list(more)  # the prompt and the reply fed back
+    before = model.pop_stats()
+    again = model.create_completion(turn2, max_tokens=n, temperature=0.0, top_k=1, logit_bias={eos: -100})
+    prompt_evaluated = evaluated(model, before) - (n - 1)  # the last reply token is never evaluated
+    model.reset()
+    fresh = model.create_completion(turn2, max_tokens=n, temperature=0.0, top_k=1, logit_bias={eos: -100})
+    return again["choices"][0]["text"], fresh["choices"][0]["text"], prompt_evaluated, len(turn2)
+
+
+@pytest.fixture(scope="module")
+def gemma4(arch_model):
+    """A generated random-weight gemma4 (KV sharing: its last layers store no K/V and are skipped exactly)."""
+    model = PopLlama(arch_model("gemma4"), skip_layers="2-4", min_tokens=0, n_ctx=1024, n_batch=512,
+                     verbose=False, seed=0)
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma4"])
+def test_turn_two_equals_a_fresh_run(which, llm, gemma4, long_text):
+    """The reply and the prompt's last token ran at full depth; a fresh run of turn 2 prunes them. So turn 2
+    reuses turn 1's prompt but its last token, evaluates the rest again, and answers as a fresh run does."""
+    model = llm if which == "smollm2" else gemma4
+    toks = model.tokenize(long_text.encode())[:TURN_TOKENS + 64]
+    again, fresh, prompt_evaluated, n = turn_two_against_a_fresh_run(model, toks[:TURN_TOKENS], toks[TURN_TOKENS:])
+    assert again == fresh
+    # reused: the first TURN_TOKENS - 1 (pruned as a fresh run prunes them); evaluated: the rest
+    assert prompt_evaluated == n - (TURN_TOKENS - 1)
+
+
+def test_a_prompt_under_the_minimum_is_weighed_as_a_fresh_run_weighs_it(pop_model, document):
+    """The prompt minimum counts the whole prompt, a reused prefix included: a short follow-up after a long
+    document is pruned as a fresh run of the whole prompt would be (not run at full depth for being short)."""
+    doc = document[1]
+    model = PopLlama(pop_model, n_ctx=1024, min_tokens=128, verbose=False, seed=0)
+    try:
+        again, fresh, _, _ = turn_two_against_a_fresh_run(model, doc[:TURN_TOKENS], doc[TURN_TOKENS:TURN_TOKENS + 40])
+        assert again == fresh and model.pop_stats()["short_prompts"] == 0
+        model.reset()
+        greedy(model, doc[:60], n=2)  # a prompt under the minimum runs the full model and says so
+        assert model.pop_stats()["short_prompts"] == 1
+    finally:
+        model.close()
+
+
+def test_pop_off_stays_off_and_keeps_its_own_cache_on_a_kv_sharing_model(arch_model, long_text):
+    """Gemma 4 runs its exact KV-sharing skip with POP off: a short prompt must not turn POP on, and a
+    prefix computed with POP must not be reused after POP is turned off."""
+    model = PopLlama(arch_model("gemma4"), skip_layers="2-4", min_tokens=64, pop=False, n_ctx=1024, n_batch=512,
+                     verbose=False, seed=0)
+    try:
+        toks = model.tokenize(long_text.encode())
+        doc, longer = toks[:DOC_TOKENS], toks[:DOC_TOKENS + MORE_TOKENS]
+        assert model.pop_active  # the exact skip: POP's own set is off
+        greedy(model, toks[:20], n=2)
+        assert not model.pop_enabled and model.pop_stats()["short_prompts"] == 0
+        model.reset()
+        fresh_off = greedy(model, longer)
+        model.pop_enabled = True
+        model.reset()
+        greedy(model, doc, n=1)
+        model.pop_enabled = False
+        before = model.pop_stats()
+        after_switch = greedy(model, longer)
+        assert evaluated(model, before) >= len(longer) and after_switch == fresh_off
+    finally:
+        model.close()
+
+
+# --- 1c. options that would quietly turn POP into something else -------------------------------------
+
+def lora_adapter(base, path, layer, rank=4):
+    """A LoRA adapter GGUF for `base` (random A and B for blk.LAYER.attn_k), as llama.cpp's loader reads them."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(base, "r")
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    wk = next(t for t in reader.tensors if t.name == f"blk.{layer}.attn_k.weight")
+    n_in, n_out = (int(x) for x in wk.shape[:2])
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    writer.add_tensor(f"blk.{layer}.attn_k.weight.lora_a", rng.normal(0, 0.02, (rank, n_in)).astype(np.float32))
+    writer.add_tensor(f"blk.{layer}.attn_k.weight.lora_b", rng.normal(0, 0.02, (n_out, rank)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def test_a_lora_adapter_with_fitted_kv_is_refused_with_what_to_do(smollm2, tmp_path):
+    """Fitted K/V were fitted to the base weights: with an adapter they would replace its K/V in the
+    pruned layers. Refused at load (and on a later switch), with the setting that works."""
+    from gguf import GGUFReader
+
+    from pop_local.converter.writer import write_pop_gguf
+    from pop_local.errors import PopSettingError
+
+    weights = {t.name: t for t in GGUFReader(smollm2, "r").tensors}
+    own = {kv: weights[f"blk.29.attn_{kv}.weight"] for kv in ("k", "v")}
+    fitted = write_pop_gguf(smollm2, tmp_path / "fitted.gguf", [29], extra_tensors={
+        f"blk.29.attn_{kv}.pop": (own[kv].data, own[kv].tensor_type) for kv in ("k", "v")})
+    adapter = lora_adapter(smollm2, tmp_path / "adapter.gguf", 29)
+    with pytest.raises(PopSettingError, match='LoRA adapter.*kv_mode="own"'):
+        PopLlama(str(fitted), lora_path=adapter, n_ctx=256, verbose=False)
+    model = PopLlama(str(fitted), lora_path=adapter, kv_mode="own", n_ctx=256, verbose=False)
+    try:
+        assert model.kv_used == "own" and model.n_fitted_layers == 1
+        with pytest.raises(PopSettingError, match="LoRA"):
+            model.kv_mode = "fitted"
+        assert greedy(model, "The capital of France is", n=2)
+    finally:
+        model.close()
+
+
+def test_speculative_decoding_is_refused_while_pop_prunes(pop_model):
+    """A draft model makes every prompt token an output, and outputs run at full depth: nothing would be pruned."""
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    from pop_local.apps.server import create_pop_app
+    from pop_local.errors import PopSettingError
+
+    with pytest.raises(PopSettingError, match="draft_model.*pop=False"):
+        PopLlama(pop_model, draft_model=LlamaPromptLookupDecoding(), n_ctx=256, verbose=False)
+    with pytest.raises(PopError, match="draft_model"):
+        create_pop_app(pop_model, LoadSettings(n_ctx=256), draft_model="prompt-lookup-decoding")
+    PopLlama(pop_model, draft_model=LlamaPromptLookupDecoding(), pop=False, n_ctx=256, verbose=False).close()
 
 
 # --- 2 and 3: the server ------------------------------------------------------------------------------

@@ -51,9 +51,17 @@ class GGUFContents:
     tensors: List[GGUFTensor]
 
 
+def _n_bytes(qtype, dims) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[qtype]
+    return (int(np.prod(dims, dtype=np.int64)) if dims else 1) * size // block
+
+
 def read_gguf(path: "str | os.PathLike[str]") -> GGUFContents:
-    """Keys and tensors of the GGUF at `path` (memory-mapped; the tensors' data stay on disk until read)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    """Keys and tensors of the GGUF at `path` (memory-mapped; the tensors' data stay on disk until read).
+    ValueError when it is not a GGUF or is shorter than its tensor table says."""
+    from gguf import GGMLQuantizationType
     from gguf.quants import quant_shape_to_byte_shape
 
     mm = np.memmap(path, mode="r")
@@ -114,12 +122,15 @@ def read_gguf(path: "str | os.PathLike[str]") -> GGUFContents:
              GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
              GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
              GGMLQuantizationType.I64: np.int64}
+    end = max((start + rel + _n_bytes(GGMLQuantizationType(ttype), dims) for _, dims, ttype, rel in infos),
+              default=start)
+    if end > len(mm):  # a copy or a write cut short: its tensors would read past the end
+        raise ValueError(f"{path}: cut short: its tensor table needs {end:,} bytes, the file has {len(mm):,}")
     tensors = []
     for name, dims, ttype, rel in infos:
         qtype = GGMLQuantizationType(ttype)
         n_elements = int(np.prod(dims, dtype=np.int64)) if dims else 1
-        block, size = GGML_QUANT_SIZES[qtype]
-        n_bytes = n_elements * size // block
+        n_bytes = _n_bytes(qtype, dims)
         np_dims = tuple(reversed(dims))
         at = start + rel
         if qtype in typed:

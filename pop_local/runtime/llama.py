@@ -29,6 +29,13 @@ from .settings import LoadSettings, PopSettings, build
 __all__ = ["PopLlama"]
 
 _UNKNOWN = object()  # the label of a cached position whose settings are not known: reusable by none
+# labels a position that ran at full depth while prompts are pruned (an output: the prompt's last token,
+# a decoded token; a full-depth tail; a prompt under the minimum), with the pruned label it ran under: a
+# fresh run of a longer prompt would have pruned it, so no request reuses it (a later prompt evaluates it
+# again), except the very prompt it ended (_exact_hit)
+_RAN_FULL = "ran full"
+_LORA_FITTED = ("the file's fitted K/V projections were fitted to the base weights, which a LoRA adapter (lora_path) "
+                "changes: pass kv_mode=\"own\" (the pruned layers' own, adapted projections)")
 
 
 @dataclass
@@ -48,16 +55,19 @@ class PopLlama(llama_cpp.Llama):
         pop: None follows the file (pop.prefill.enabled, default on); True/False forces POP on/off.
         skip_layers: None follows the file; otherwise layer indices (iterable of int or "20-29").
         kv_mode: None: "fitted" (fitted K/V where the file has them); "own": the layers' own projections.
-        min_tokens: None follows the file (pop.prefill.min_tokens, else 128); a prompt evaluation of fewer
-            new tokens than this runs the full model (0: prune every prompt of two tokens or more).
+        min_tokens: None follows the file (pop.prefill.min_tokens, else 128); a prompt of fewer tokens than
+            this (a reused prefix counted, as a fresh run counts it) runs the full model (0: prune every
+            prompt of two tokens or more).
         full_tail: None follows the file (pop.prefill.full_tail, else 1); the last `full_tail` tokens of a
             pruned prompt run the full model (the question after a long document), not only the last one.
         exact_prefill: KV-sharing models (gemma4): skip the layers that store no K/V of their own for
             prompt tokens without outputs, with identical results (default True; independent of `pop`).
-        reuse_cache_across_settings: False (default): a cached prompt prefix is reused only by a request
-            that runs under the POP settings that computed it, so every output equals a fresh run with
-            its settings. True: any cached prefix is reused (e.g. a chat that switches POP on for later
-            turns keeps the earlier turns' cache, computed under the earlier setting).
+        reuse_cache_across_settings: False (default): a cached prompt prefix is reused only as far as a
+            fresh run under the current settings would have computed it the same way (same POP settings,
+            and pruned where the fresh run prunes: an earlier reply and the token before it ran at full
+            depth, so they are evaluated again), so every output equals a fresh run with its settings.
+            True: any cached prefix is reused (e.g. a chat that switches POP on for later turns keeps the
+            earlier turns' cache, computed under the earlier setting).
         metadata: the file's PopMetadata when the caller has read it already (the header is read once).
         rpc_servers: "HOST:PORT[,HOST:PORT...]" (or a list) of `pop-local rpc-server`s whose devices the
             model is split over too (runtime/rpc.py); rpc_timeout: seconds each may take to answer.
@@ -90,6 +100,10 @@ class PopLlama(llama_cpp.Llama):
                                                "min_tokens": min_tokens, "full_tail": full_tail})
         else:  # from_settings: checked where they entered
             load, pop_settings = settings
+        if llama_kwargs.get("draft_model") is not None and pop_settings.pop is not False:
+            raise PopSettingError("draft_model", "speculative decoding makes every prompt token an output, and "
+                                  "outputs run at full depth: POP would prune nothing (pass pop=False to use it)")
+        self._lora = bool(llama_kwargs.get("lora_path"))
         if metadata is None or os.path.abspath(metadata.path) != os.path.abspath(model_path):
             metadata = read_pop_metadata(model_path)
         # same checks as the native loader, but as a Python error naming the key
@@ -130,6 +144,9 @@ class PopLlama(llama_cpp.Llama):
             self._set_skip_layers(pop_settings.skip_layers)
         if pop_settings.pop is not None:
             self.pop_enabled = pop_settings.pop
+        if self._lora and (pop_settings.kv_mode or self.kv_mode) == "fitted" and self.n_fitted_layers > 0:
+            self.close()
+            raise PopSettingError("kv_mode", _LORA_FITTED)
         if pop_settings.kv_mode is not None:
             self.kv_mode = pop_settings.kv_mode
         self.exact_prefill = exact_prefill
@@ -255,6 +272,8 @@ class PopLlama(llama_cpp.Llama):
     def kv_mode(self, mode: str) -> None:
         if mode not in ("fitted", "own"):
             raise PopSettingError("kv_mode", f'expected "fitted" or "own", got {mode!r}')
+        if mode == "fitted" and getattr(self, "_lora", False) and self.n_fitted_layers > 0:
+            raise PopSettingError("kv_mode", _LORA_FITTED)
         self._pop.pop_llama_set_kv_mode(self._ctx_ptr, _native.KV_FITTED if mode == "fitted" else _native.KV_OWN)
         self.pop_stats()
 
@@ -322,14 +341,41 @@ class PopLlama(llama_cpp.Llama):
 
     # --- which cached prefix a request may reuse ----------------------------------------------------
 
+    @property
+    def _pruning(self) -> bool:
+        """Whether prompts are pruned by POP's own skip set now (a KV-sharing model's exact skip, on while
+        POP is off, gives the full model's results and does not count)."""
+        return self.pop_enabled and bool(self.skip_layers) and self.pop_active
+
     def _cache_label(self) -> Hashable:
-        """What decides the K/V a prompt leaves in the cache: "full", or the pruned configuration (the
-        prompt minimum and the full-depth tail included: under the minimum, a short evaluation runs full
-        and keeps this label)."""
-        if not self.pop_active:
+        """What decides the K/V a pruned prompt position leaves in the cache: "full" when nothing is
+        pruned, else the pruned configuration. Positions that run at full depth under it are labelled
+        otherwise (_ran_full)."""
+        if not self._pruning:
             return "full"
         return (self.skip_layers, self.fitted_active, int(self._pop.pop_llama_get_stage_mode(self._ctx_ptr)),
                 self._min_tokens, max(self._full_tail, 1))
+
+    def _ran_full(self, label: Hashable = None) -> Hashable:
+        """The label of a position computed at full depth under `label` (default: the current one)."""
+        label = self._cache_label() if label is None else label
+        return label if label == "full" or (isinstance(label, tuple) and label[:1] == (_RAN_FULL,)) \
+            else (_RAN_FULL, label)
+
+    def _exact_hit(self, tokens: Sequence[int]) -> bool:
+        """Whether the cache holds exactly `tokens` as one prompt computed under the current settings: pruned
+        but its last token or full-depth tail (or all of it, under the prompt minimum), as a fresh run of it
+        computes. Upstream may then answer from the logits in hand (a multimodal handler relies on that:
+        its image positions cannot be evaluated again from token ids)."""
+        n = self.n_tokens
+        if n != len(tokens) or n == 0 or list(self.input_ids[:n]) != list(tokens):
+            return False
+        label, full = self._cache_label(), self._ran_full()
+        labels = self._position_labels[:n]
+        k = n - next((i for i in range(n - 1, -1, -1) if labels[i] != full), -1) - 1  # the full-depth suffix
+        if any(have != label for have in labels[: n - k]):
+            return False
+        return n < self._min_tokens if k == n else 1 <= k <= max(self._full_tail, 1)
 
     def _label_positions(self, start: int, end: int, label: Hashable = None) -> None:
         labels = self._position_labels
@@ -356,7 +402,7 @@ class PopLlama(llama_cpp.Llama):
         self._prompt = None  # a multimodal prompt ends where generation starts
         if kwargs.get("reset", True) and self.n_tokens > 0:
             valid = self.reusable_prefix()
-            if valid < self.n_tokens:
+            if valid < self.n_tokens and not self._exact_hit(tokens):
                 self.n_tokens = valid
                 upstream.invalidate_logits(self)
         yield from super().generate(tokens, *args, **kwargs)
@@ -384,27 +430,29 @@ class PopLlama(llama_cpp.Llama):
         prompt's last tokens (of the chunk that ends it) run the full model after the pruned rest.
         """
         prompt = self._prompt
-        if upstream.logits_all(self) or (len(tokens) <= 1 and prompt is None):
+        if upstream.logits_all(self) or (len(tokens) <= 1 and prompt is None):  # outputs: full depth
             start = self.n_tokens
             super().eval(tokens)
-            self._label_positions(start, self.n_tokens)
+            self._label_positions(start, self.n_tokens, self._ran_full())
             self.pop_stats()
             return
         if prompt is None:
             started = time.perf_counter()
-            short = self._count_short(len(tokens))
+            # the prompt's size as a fresh run sees it: a reused prefix counts
+            short = self._count_short(len(tokens), self.n_tokens + len(tokens))
             ends, label = True, self._cache_label()
         else:
             started, short, label = prompt.started, prompt.short, prompt.label
             ends = self.n_tokens + len(tokens) >= prompt.plan.positions
         upstream.forget_after(self, self.n_tokens)
         tail = 0
-        if ends and not short and self._full_tail > 1 and self.pop_enabled and self.pop_active:
+        if ends and not short and self._full_tail > 1 and self._pruning:
             tail = min(self._full_tail, len(tokens))
         with self._full_model_if(short):
-            self._decode_chunks(tokens[: len(tokens) - tail], output=ends and not tail, label=label)
+            self._decode_chunks(tokens[: len(tokens) - tail], output=ends and not tail,
+                                label=self._ran_full(label) if short else label)
         with self._full_model_if(tail > 0):
-            self._decode_chunks(tokens[len(tokens) - tail:], output=True, label=label)
+            self._decode_chunks(tokens[len(tokens) - tail:], output=True, label=self._ran_full(label))
         if ends:
             self._prompt_done(started, len(tokens) if prompt is None else prompt.plan.tokens)
         self.pop_stats()
@@ -415,10 +463,10 @@ class PopLlama(llama_cpp.Llama):
         self._last_prefill_tokens = n_tokens
         self._prompt = None
 
-    def _count_short(self, n_tokens: int) -> bool:
-        """Whether a prompt evaluation of n_tokens new tokens runs the full model (under the minimum,
-        with POP active), counted as a short prompt when it does."""
-        short = n_tokens < self._min_tokens and self.pop_active
+    def _count_short(self, n_tokens: int, prompt_tokens: int) -> bool:
+        """Whether evaluating n_tokens new tokens of a prompt of prompt_tokens runs the full model (a prompt
+        under the minimum, with POP pruning), counted as a short prompt when it does."""
+        short = prompt_tokens < self._min_tokens and self._pruning
         if short:
             self._short_prompts += 1
             self._short_prompt_tokens += n_tokens
@@ -442,7 +490,9 @@ class PopLlama(llama_cpp.Llama):
 
     def _begin_multimodal_prompt(self, plan: "multimodal.PromptPlan") -> None:
         """A chat handler has split a prompt into chunks; it evaluates them from position 0 next."""
-        self._prompt = _MultimodalPrompt(plan, time.perf_counter(), self._count_short(plan.tokens), self._cache_label())
+        short = self._count_short(plan.tokens, plan.tokens)
+        label = self._cache_label()
+        self._prompt = _MultimodalPrompt(plan, time.perf_counter(), short, self._ran_full(label) if short else label)
 
     def _eval_image_chunk(self, run, *, n_tokens: int, start: int, end) -> int:
         """Run one image chunk's evaluation (`run`: mtmd's encode + llama_decode, no outputs, returns its
@@ -475,7 +525,10 @@ class PopLlama(llama_cpp.Llama):
         upstream.decode(self, chunk, n_past, outputs="all" if all_outputs else "last" if last_is_output else "none")
         self.input_ids[n_past: n_past + len(chunk)] = chunk
         self.n_tokens += len(chunk)
-        self._label_positions(n_past, self.n_tokens, label)
+        label = self._cache_label() if label is None else label
+        outputs = len(chunk) if all_outputs else int(last_is_output)
+        self._label_positions(n_past, self.n_tokens - outputs, label)
+        self._label_positions(self.n_tokens - outputs, self.n_tokens, self._ran_full(label))
 
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Evaluate tokens after the cache with every token an output (so each runs at full depth, like
