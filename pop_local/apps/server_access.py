@@ -15,14 +15,14 @@ import json
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from pop_local.errors import PopError
 
 from .server_images import ImagePolicy, ImageRefused, localize_images
 
 __all__ = ["AccessPolicy", "RequestGuard", "check_binding", "is_loopback", "parse_origins", "ORIGINS_ENV",
-           "MAX_REQUEST_BYTES", "key_check"]
+           "MAX_REQUEST_BYTES", "key_check", "token_id_problem"]
 
 ORIGINS_ENV = "POP_LOCAL_ORIGINS"
 MAX_REQUEST_BYTES = 64 * 2**20  # a chat request with a few images as data: URIs fits; 100 MB does not
@@ -88,6 +88,8 @@ class AccessPolicy:
     origins: Tuple[str, ...] = ()  # beside the local ones (parse_origins)
     max_request_bytes: int = MAX_REQUEST_BYTES
     images: ImagePolicy = field(default_factory=ImagePolicy)
+    # the model's own checks of a request's JSON (path, payload) -> why it cannot run, or None (server.py)
+    check: Optional[Callable[[str, Any], Optional[str]]] = None
 
     def allows_origin(self, origin: str) -> bool:
         origin = origin.rstrip("/").lower()
@@ -175,19 +177,93 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:  # JSON is UTF-8 (RFC 8259); upstream's error path would fail on it
+            return await _send_error(send, 400, f"the request body is not UTF-8 (byte {e.start})",
+                                     "invalid_request_error")
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None  # the route's own validation answers it
+        problem = request_problem(payload) or (self.policy.check(scope["path"], payload) if self.policy.check else None)
+        if problem:
+            return await _send_error(send, 400, problem, "invalid_request_error")
+        changed = _nulls_to_defaults(payload)
         if scope["path"].rstrip("/").endswith("/chat/completions"):
             try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                payload = None  # the route's own validation answers it
-            try:
-                if payload is not None and await localize_images(payload, self.policy.images):
-                    body = json.dumps(payload).encode()
-                    scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-                             + [(b"content-length", str(len(body)).encode())]}
+                changed = payload is not None and await localize_images(payload, self.policy.images) or changed
             except ImageRefused as e:
                 return await _send_error(send, 400, str(e), "invalid_request_error")
+        if changed:
+            body = json.dumps(payload).encode()
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+                     + [(b"content-length", str(len(body)).encode())]}
         return await self.app(scope, _replay(body, receive), send)
+
+
+# fields upstream's request types allow as null but hand on to llama.cpp as numbers (a crash in ctypes):
+# null means the default there, as in OpenAI's API
+_NULL_MEANS_DEFAULT = ("presence_penalty", "frequency_penalty")
+
+
+def _nulls_to_defaults(payload) -> bool:
+    """Drop _NULL_MEANS_DEFAULT fields given as null (the route then uses their defaults); True if any was."""
+    if not isinstance(payload, dict):
+        return False
+    nulls = [k for k in _NULL_MEANS_DEFAULT if k in payload and payload[k] is None]
+    for k in nulls:
+        del payload[k]
+    return bool(nulls)
+
+
+LOGPROBS_REFUSED = ("logprobs are not served: they need logits for every prompt token, and an output runs at "
+                    "full depth, so nothing would be pruned")
+
+
+def request_problem(payload) -> Optional[str]:
+    """Why a request cannot run whatever the model (upstream would answer 500), or None: a tool_choice or
+    function_call naming a function the request does not define; logprobs."""
+    if not isinstance(payload, dict):
+        return None
+    tools = payload.get("tools") if isinstance(payload.get("tools"), list) else []
+    functions = payload.get("functions") if isinstance(payload.get("functions"), list) else []
+    names = {t["function"].get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)}
+    names |= {f.get("name") for f in functions if isinstance(f, dict)}
+    for field_name in ("tool_choice", "function_call"):
+        choice = payload.get(field_name)
+        if isinstance(choice, dict):
+            function = choice.get("function") if field_name == "tool_choice" else choice
+            name = function.get("name") if isinstance(function, dict) else None
+            if name not in names:
+                return f"{field_name}: {str(name)[:40]!r} is not a function the request defines"
+    if payload.get("logprobs") not in (None, False) or payload.get("top_logprobs") is not None:
+        return LOGPROBS_REFUSED
+    return None
+
+
+def token_id_problem(path: str, payload, n_vocab: int) -> Optional[str]:
+    """Why a request's token ids cannot be used (llama.cpp aborts the whole process on a token id outside the
+    vocabulary, and upstream answers a malformed logit_bias with a 500), or None. Ids are checked where a
+    request names them: /extras/detokenize's tokens and logit_bias keys (unless logit_bias_type is
+    "tokens", whose keys are text)."""
+    if not isinstance(payload, dict) or n_vocab <= 0:
+        return None
+    bad = f"is not a token id of this model (0 to {n_vocab - 1})"
+    if path.rstrip("/").endswith("/detokenize"):
+        tokens = payload.get("tokens")
+        for token in tokens if isinstance(tokens, list) else ():
+            if isinstance(token, int) and not isinstance(token, bool) and not 0 <= token < n_vocab:
+                return f"tokens: {token} {bad}"
+    bias = payload.get("logit_bias")
+    if isinstance(bias, dict) and payload.get("logit_bias_type") != "tokens":
+        for key, value in bias.items():
+            if not (key.strip().isdigit() and int(key) < n_vocab):
+                return f"logit_bias: {key[:40]!r} {bad}"
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value \
+                    or abs(value) == float("inf"):
+                return f"logit_bias: the bias of {key} must be a finite number"
+    return None
 
 
 def _replay(body: bytes, receive):

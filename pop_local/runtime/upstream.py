@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from pop_local.errors import PopNativeError
 
 __all__ = ["VERSION", "check_version", "libllama", "ggml", "ggml_base", "ggml_rpc", "context_pointer", "model_pointer",
-           "initialised", "logits_all", "forget_after", "decode", "output_logits", "model_devices",
+           "initialised", "logits_all", "forget_after", "decode", "output_logits", "model_devices", "grammar_parses",
            "server_app_with_llama", "MULTIMODAL_CHAT_FORMATS", "multimodal_chat_handler", "observe_mtmd",
            "load_projector"]
 
@@ -252,6 +252,47 @@ class _NoConfigFile:
         self.environ = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
 
 
+def _route_class(upstream_route):
+    """Upstream's route class (it answers any exception in OpenAI's error shape, as a 500), with a request's
+    own faults kept as 4xx: FastAPI's validation errors (422) and embeddings asked of a model loaded
+    without them (400). They reach upstream's handler as HTTPExceptions, which it passes on."""
+    from fastapi import HTTPException
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.routing import APIRoute
+
+    class ClientFaults(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def faults_as_4xx(request):
+                try:
+                    return await handler(request)
+                except RequestValidationError as e:
+                    raise HTTPException(status_code=422, detail=jsonable_errors(e)) from None
+                except RuntimeError as e:
+                    if "embedding=True" in str(e):
+                        raise HTTPException(status_code=400, detail="this server's model computes no embeddings "
+                                            "(it is loaded for generation)") from None
+                    if "llama_decode returned 1" in str(e):  # no room left in the context's cache
+                        raise HTTPException(status_code=400, detail="the prompt and the reply do not fit the "
+                                            "model's context (--n-ctx)") from None
+                    raise
+
+            return faults_as_4xx
+
+    class Route(upstream_route, ClientFaults):
+        pass
+
+    return Route
+
+
+def jsonable_errors(error) -> list:
+    """A validation error's list, as JSON can carry it (FastAPI's own 422 body)."""
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(error.errors())
+
+
 def server_app_with_llama(server_settings, model_settings, make_llama, authenticate=None):
     """(app, model): llama-cpp-python's FastAPI app (create_app) serving one model that upstream's own
     loader builds (chat handlers, LoRA, draft model, cache, ...) through `make_llama(**kwargs)` where it
@@ -285,7 +326,7 @@ def server_app_with_llama(server_settings, model_settings, make_llama, authentic
            if isinstance(fn, types.FunctionType) and fn.__globals__ is upstream}
     if authenticate is not None:
         own["authenticate"] = authenticate
-    router = APIRouter(route_class=server_app.router.route_class)
+    router = APIRouter(route_class=_route_class(server_app.router.route_class))
     fields = ("response_model", "status_code", "tags", "dependencies", "summary", "description",
               "response_description", "responses", "deprecated", "methods", "operation_id", "include_in_schema",
               "response_class", "name", "callbacks", "openapi_extra")
@@ -304,6 +345,19 @@ def server_app_with_llama(server_settings, model_settings, make_llama, authentic
     # routes declare upstream's functions as dependencies (the key check, the settings, the model proxy)
     app.dependency_overrides.update({upstream[name]: fn for name, fn in own.items()})
     return app, proxy()
+
+
+def grammar_parses(llm, grammar: str) -> bool:
+    """Whether llama.cpp parses `grammar` (GBNF, root rule "root") for llm's vocabulary: upstream adds the
+    sampler llama_sampler_init_grammar returns, and a grammar that does not parse returns none."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(model_pointer(llm))
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8", "replace"), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
 
 
 # --- llama-cpp-python's multimodal chat handlers (mtmd) ---------------------------------------------

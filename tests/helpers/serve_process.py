@@ -20,7 +20,7 @@ def wait_until_listening(proc, port, timeout, what):
     deadline = time.time() + timeout
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"{what} exited: {proc.stderr.read()}")
+            pytest.fail(f"{what} exited: {proc.stderr.read() if proc.stderr else '(see its log)'}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
@@ -32,11 +32,14 @@ def wait_until_listening(proc, port, timeout, what):
 
 
 @contextlib.contextmanager
-def serving(model, *args, start_timeout=180):
-    """Yield (port, process) once the server accepts connections; terminate it afterwards."""
+def serving(model, *args, start_timeout=180, log=None):
+    """Yield (port, process) once the server accepts connections; terminate it afterwards. `log`: an open
+    file for the server's output; without it, pipes read only if it fails to start (enough for a server
+    that writes little: one that writes more than a pipe holds would block on it)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pop_local.apps.cli", "serve", model, "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT if log else subprocess.PIPE,
+                            text=True)
     wait_until_listening(proc, port, start_timeout, "server")
     try:
         yield port, proc
