@@ -143,3 +143,36 @@ def test_fast_header_reader_refuses_foreign_and_truncated_files(smollm2, tmp_pat
         cut.write_bytes(f.read(200_000))  # ends inside the tokenizer arrays
     with pytest.raises(PopMetadataError, match="ends inside its header"):
         read_pop_metadata(cut)
+
+
+def test_a_file_cut_short_is_found_by_its_tensor_table(pop_file, tmp_path):
+    """A file whose tensor data ends early (a crash or a full disk during a copy) is named as such; the
+    cached default model is rebuilt from such a file instead of failing at every load."""
+    from pop_local.converter.default_model import _complete
+    from pop_local.format.gguf_file import read_gguf
+
+    cut = tmp_path / "cut.pop.gguf"
+    with open(pop_file, "rb") as src:
+        cut.write_bytes(src.read(os.path.getsize(pop_file) - 4096))
+    assert read_pop_metadata(str(cut)).skip_layers == tuple(range(20, 30))  # its header alone reads fine
+    with pytest.raises(ValueError, match="cut short"):
+        read_gguf(str(cut))
+    assert not _complete(str(cut)) and _complete(pop_file)
+
+
+def test_writes_reach_the_disk_before_the_rename_and_the_umask_is_read_once(tmp_path, monkeypatch):
+    """atomic_path flushes the file, renames it, then flushes the folder (a power cut leaves the old file or
+    the new one); it never sets the process umask (other threads would create files under a zero umask)."""
+    from pop_local.format import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("atomic_path set the umask"))
+    target = tmp_path / "out.json"
+    atomic.write_json(str(target), {"a": 1})
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+    assert target.read_text().strip().startswith("{")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK  # what a plain open() gives
