@@ -71,15 +71,9 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
     server_app, LlamaProxy, ModelSettings, ServerSettings = _server_modules()
     from fastapi import Depends
 
-    from .server_access import AccessPolicy, check_binding, key_check, parse_origins
-    from .server_images import ImagePolicy
+    from .server_access import key_check
 
-    check_binding(host, api_key, insecure_no_key)
-    access = AccessPolicy(host=host, images=ImagePolicy(fetch_urls=fetch_image_urls),
-                          origins=parse_origins(os.environ.get(ORIGINS_ENV)) + parse_origins(allowed_origins))
-    if os.environ.get("CONFIG_FILE"):
-        warnings.warn("CONFIG_FILE is set: pop-local's server ignores it (its settings are the options given)",
-                      stacklevel=2)
+    access = _access_policy(host, api_key, insecure_no_key, fetch_image_urls, allowed_origins)
 
     if not isinstance(meta, PopMetadata):  # a file path
         meta = read_pop_metadata(meta)
@@ -129,6 +123,19 @@ def create_pop_app(meta, load=None, pop=None, *, model_alias: Optional[str] = No
         return stats
 
     return app
+
+
+def _access_policy(host, api_key, insecure_no_key, fetch_image_urls, allowed_origins):
+    """The access settings checked where they enter (binding, origins), and a warning for CONFIG_FILE."""
+    from .server_access import AccessPolicy, check_binding, parse_origins
+    from .server_images import ImagePolicy
+
+    check_binding(host, api_key, insecure_no_key)
+    if os.environ.get("CONFIG_FILE"):
+        warnings.warn("CONFIG_FILE is set: pop-local's server ignores it (its settings are the options given)",
+                      stacklevel=3)
+    return AccessPolicy(host=host, images=ImagePolicy(fetch_urls=fetch_image_urls),
+                        origins=parse_origins(os.environ.get(ORIGINS_ENV)) + parse_origins(allowed_origins))
 
 
 def _request_check(llm):

@@ -58,6 +58,16 @@ def _n_bytes(qtype, dims) -> int:
     return (int(np.prod(dims, dtype=np.int64)) if dims else 1) * size // block
 
 
+def _check_complete(path, size: int, start: int, infos) -> None:
+    """ValueError when the tensor table names bytes past the end of the file (a copy or a write cut short)."""
+    from gguf import GGMLQuantizationType
+
+    end = max((start + rel + _n_bytes(GGMLQuantizationType(ttype), dims) for _, dims, ttype, rel in infos),
+              default=start)
+    if end > size:
+        raise ValueError(f"{path}: cut short: its tensor table needs {end:,} bytes, the file has {size:,}")
+
+
 def read_gguf(path: "str | os.PathLike[str]") -> GGUFContents:
     """Keys and tensors of the GGUF at `path` (memory-mapped; the tensors' data stay on disk until read).
     ValueError when it is not a GGUF or is shorter than its tensor table says."""
@@ -122,10 +132,7 @@ def read_gguf(path: "str | os.PathLike[str]") -> GGUFContents:
              GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
              GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
              GGMLQuantizationType.I64: np.int64}
-    end = max((start + rel + _n_bytes(GGMLQuantizationType(ttype), dims) for _, dims, ttype, rel in infos),
-              default=start)
-    if end > len(mm):  # a copy or a write cut short: its tensors would read past the end
-        raise ValueError(f"{path}: cut short: its tensor table needs {end:,} bytes, the file has {len(mm):,}")
+    _check_complete(path, len(mm), start, infos)
     tensors = []
     for name, dims, ttype, rel in infos:
         qtype = GGMLQuantizationType(ttype)
