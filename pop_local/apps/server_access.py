@@ -9,6 +9,7 @@ this machine (`--insecure-no-key` is the explicit opt-out).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -30,15 +31,23 @@ _LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 _ORIGIN = re.compile(r"^(https?|[a-z][a-z0-9+.-]*)://[^/\s?#]+$")
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address to listen on) reaches this machine only."""
-    name = host.strip("[]").lower()
+def _local_name(name: str) -> "bool | None":
+    """Whether a host name or address (no brackets, lower case) is this machine's by its spelling alone:
+    True for localhost names and loopback addresses, False for other addresses, None for other names."""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
-        pass
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address to listen on) reaches this machine only (a name is resolved)."""
+    name = host.strip("[]").lower()
+    local = _local_name(name)
+    if local is not None:
+        return local
     try:
         infos = socket.getaddrinfo(name, None)
     except OSError:
@@ -95,19 +104,15 @@ class AccessPolicy:
         origin = origin.rstrip("/").lower()
         return _local_origin(origin) or "*" in self.origins or origin in self.origins
 
+    @functools.cached_property
+    def _on_loopback(self) -> bool:  # resolved once, not at every request
+        return is_loopback(self.host)
+
     def allows_host(self, host_header: Optional[str]) -> bool:
-        if not is_loopback(self.host) or host_header is None:
+        if not self._on_loopback or host_header is None:
             return True  # reachable by any name the network gives it (HTTP/1.0 sends no Host)
         name = _host_name(host_header)
-        return name in _LOCAL_NAMES or name.endswith(".localhost") or name == self.host.strip("[]").lower() or \
-            _is_loopback_address(name)
-
-
-def _is_loopback_address(name: str) -> bool:
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+        return bool(_local_name(name)) or name == self.host.strip("[]").lower()
 
 
 def key_check(api_key: Optional[str]):

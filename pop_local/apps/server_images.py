@@ -83,11 +83,14 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
     raise ImageRefused("the JPEG has no frame header")
 
 
+def _too_large(what: str, policy: ImagePolicy) -> ImageRefused:
+    return ImageRefused(f"{what} is over the server's {policy.max_bytes / 2**20:.0f} MiB per image")
+
+
 def check_image(data: bytes, policy: ImagePolicy) -> str:
     """The image's MIME type, after its size and pixel count are checked (ImageRefused otherwise)."""
     if len(data) > policy.max_bytes:
-        raise ImageRefused(f"the image is {len(data) / 2**20:.1f} MiB, over the server's "
-                           f"{policy.max_bytes / 2**20:.0f} MiB per image")
+        raise _too_large(f"the image ({len(data) / 2**20:.1f} MiB)", policy)
     mime, width, height = image_size(data)
     if width <= 0 or height <= 0:
         raise ImageRefused(f"the image claims {width}x{height} pixels")
@@ -102,7 +105,7 @@ def _data_uri_bytes(url: str, policy: ImagePolicy) -> bytes:
     if not sep or not head.endswith(";base64"):
         raise ImageRefused("a data: image URL must be base64 (data:image/png;base64,...)")
     if len(payload) > policy.max_bytes * 4 // 3 + 4:
-        raise ImageRefused(f"the image is over the server's {policy.max_bytes / 2**20:.0f} MiB per image")
+        raise _too_large("the image", policy)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -130,14 +133,12 @@ async def _fetch(url: str, policy: ImagePolicy) -> bytes:
                             raise ImageRefused(f"fetching the image {shown} gave HTTP {reply.status_code}")
                         declared = reply.headers.get("content-length", "")
                         if declared.isdigit() and int(declared) > policy.max_bytes:
-                            raise ImageRefused(f"the image at {shown} is over the server's "
-                                               f"{policy.max_bytes / 2**20:.0f} MiB per image")
+                            raise _too_large(f"the image at {shown}", policy)
                         data = bytearray()
                         async for chunk in reply.aiter_bytes():
                             data += chunk
                             if len(data) > policy.max_bytes:
-                                raise ImageRefused(f"the image at {shown} is over the server's "
-                                                   f"{policy.max_bytes / 2**20:.0f} MiB per image")
+                                raise _too_large(f"the image at {shown}", policy)
                         return bytes(data)
                 raise ImageRefused(f"the image URL {shown} redirects more than {policy.max_redirects} times")
     except TimeoutError:
